@@ -1,0 +1,48 @@
+# Warta: `make run` starts a development instance, `make test` is what CI runs.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The stamp's name carries a checksum of pyproject.toml: edit the dependencies
+# and the next target re-installs; otherwise an existing venv is reused as is.
+STAMP := $(VENV)/.installed-$(firstword $(shell cksum pyproject.toml))
+
+.PHONY: help venv install run lint test bench clean distclean
+
+help:  ## list the targets
+	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+venv install: $(STAMP)  ## create .venv and install warta with the dev extras
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: $(STAMP)  ## migrate, then start API, worker and MTA (embedded SQLite and Redis)
+	$(BIN)/warta migrate
+	exec $(BIN)/warta dev
+
+lint: $(STAMP)  ## ruff check, ruff format --check, mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint  ## lint, then the whole suite on SQLite and on PostgreSQL
+	bash scripts/ensure-system-deps.sh
+	WARTA_TEST_DB=sqlite $(BIN)/pytest
+	WARTA_TEST_DB=postgresql $(BIN)/pytest
+
+bench: $(STAMP)  ## run the benchmarks (not part of `make test`)
+	$(BIN)/python bench/run.py
+
+clean:  ## remove caches and build output (keeps .venv and var/)
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean  ## also remove .venv
+	rm -rf $(VENV)

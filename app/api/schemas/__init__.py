@@ -1,0 +1,1 @@
+"""Request and response schemas, in families: XCreate, XUpdate, XRead."""

@@ -1,0 +1,203 @@
+"""The `warta` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from app import migrate as migrations
+from app.database import create_engine, create_sessionmaker, unit_of_work
+from app.errors import DomainError
+from app.services import api_keys
+from app.settings import Settings, SettingsError, get_settings
+
+cli = typer.Typer(
+    help="Warta: self-hosted newsletter and bulk mail.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+class CommandFailed(Exception):
+    """A command could not do its job; the message is the one-line reason."""
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except (SettingsError, ValidationError) as exc:
+        raise CommandFailed(f"configuration error: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        return f"{where}: {err['msg']}"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _serve(settings: Settings) -> None:
+    from app.api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        proxy_headers=True,
+        log_level="info",
+    )
+    uvicorn.Server(config).run()
+
+
+async def _ensure_key(settings: Settings, token: str, name: str) -> None:
+    engine = create_engine(settings)
+    try:
+        async with unit_of_work(create_sessionmaker(engine)) as session:
+            await api_keys.ensure_key(session, token, name)
+    finally:
+        await engine.dispose()
+
+
+def _dev_key(settings: Settings) -> str:
+    """The bootstrap key, or one generated once into var/ for development."""
+    if settings.bootstrap_api_key:
+        return settings.bootstrap_api_key
+    path = settings.ensure_var_dir() / "dev-api-key"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(api_keys.TOKEN_PREFIX + secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations up to the newest revision."""
+    settings = _settings()
+    console.print(f"migrating {_safe_url(settings.database_url)} …")
+    migrations.upgrade(settings.database_url)
+    console.print("[green]database is up to date[/green]")
+
+
+@cli.command()
+def api() -> None:
+    """Serve the HTTP API (run as many as you like behind a load balancer)."""
+    _serve(_settings())
+
+
+@cli.command()
+def dev() -> None:
+    """Development: migrate, make an API key, and serve everything from one process."""
+    settings = _settings()
+    settings.effective_secret_key()
+    migrations.upgrade(settings.database_url)
+    token = _dev_key(settings)
+    asyncio.run(_ensure_key(settings, token, "development"))
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    console.print(f"[bold]Warta[/bold] API      {base}/api/v1")
+    console.print(f"      OpenAPI  {base}/docs  ({base}/openapi.json)")
+    console.print(f"      health   {base}/healthz")
+    console.print(f"      API key  [bold]{token}[/bold]")
+    console.print(f'      try      curl -H "Authorization: Bearer {token}" {base}/api/v1/lists')
+    _serve(settings)
+
+
+@cli.command("create-api-key")
+def create_api_key(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    scopes: Annotated[
+        list[str] | None,
+        typer.Option(help="Scopes (repeatable): admin, lists:read, subscribers:write, …"),
+    ] = None,
+) -> None:
+    """Create an API key and print its token (shown only this once)."""
+    settings = _settings()
+
+    async def run() -> str:
+        engine = create_engine(settings)
+        try:
+            async with unit_of_work(create_sessionmaker(engine)) as session:
+                _, token = await api_keys.create_key(session, name, scopes or ["admin"])
+                return token
+        finally:
+            await engine.dispose()
+
+    typer.echo(asyncio.run(run()))
+
+
+@cli.command("import")
+def import_csv(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    list_ids: Annotated[list[int] | None, typer.Option("--list", help="List id (repeatable).")] = None,
+    blocklist: Annotated[bool, typer.Option(help="Blocklist the addresses instead.")] = False,
+    unconfirmed: Annotated[
+        bool, typer.Option(help="Add memberships as unconfirmed (double opt-in).")
+    ] = False,
+) -> None:
+    """Import subscribers from a CSV file (email,name,…attributes), upserting by email."""
+    from app.services import imports
+
+    settings = _settings()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[rows]} rows, {task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("importing", total=file.stat().st_size, rows=0, failed=0)
+
+        def report(job: imports.ImportJob) -> None:
+            progress.update(
+                task, completed=job.bytes_read, rows=job.rows_processed, failed=job.rows_failed
+            )
+
+        job = asyncio.run(
+            imports.import_file(
+                settings,
+                file,
+                list_ids or [],
+                "blocklist" if blocklist else "subscribe",
+                "unconfirmed" if unconfirmed else "confirmed",
+                report,
+            )
+        )
+    for error in job.errors[:20]:
+        console.print(f"  line {error.get('line')}: {error.get('reason')}")
+    if job.status != "finished":
+        raise CommandFailed(f"import failed: {job.error}")
+    console.print(
+        f"[green]imported {job.rows_imported} rows[/green], {job.rows_failed} rejected "
+        f"(import #{job.id})"
+    )
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    """Entry point: run the command; any failure is one line on stderr and exit status 1."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cli()
+    except CommandFailed as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    except (DomainError, SettingsError, OSError) as exc:
+        console.print(f"[red]error:[/red] {_first_line(exc)}")
+        sys.exit(1)

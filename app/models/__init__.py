@@ -1,0 +1,32 @@
+"""All models, imported so that Base.metadata knows every table."""
+
+from app.models.api_key import ApiKey
+from app.models.base import Base, utcnow
+from app.models.campaign import Campaign, CampaignList, CampaignStatus
+from app.models.import_job import ImportJob, ImportMode, ImportStatus
+from app.models.mailing_list import MailingList, OptIn, Visibility
+from app.models.subscriber import Subscriber, SubscriberStatus, Subscription, SubscriptionStatus
+from app.models.suppression import Suppression, SuppressionScope
+from app.models.template import Template
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Campaign",
+    "CampaignList",
+    "CampaignStatus",
+    "ImportJob",
+    "ImportMode",
+    "ImportStatus",
+    "MailingList",
+    "OptIn",
+    "Subscriber",
+    "SubscriberStatus",
+    "Subscription",
+    "SubscriptionStatus",
+    "Suppression",
+    "SuppressionScope",
+    "Template",
+    "Visibility",
+    "utcnow",
+]

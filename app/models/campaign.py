@@ -1,0 +1,60 @@
+"""Campaigns and the lists they go to."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Timestamps, enum_type
+
+
+class CampaignStatus(enum.StrEnum):
+    """Lifecycle: draft → scheduled → running ⇄ paused → finished, or cancelled."""
+
+    draft = "draft"
+    scheduled = "scheduled"
+    running = "running"
+    paused = "paused"
+    finished = "finished"
+    cancelled = "cancelled"
+
+
+class Campaign(Timestamps, Base):
+    """A message to the union of some lists, optionally narrowed by a segment."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    subject: Mapped[str] = mapped_column(sa.String(998))
+    from_email: Mapped[str] = mapped_column(sa.String(400))
+    reply_to: Mapped[str | None] = mapped_column(sa.String(400))
+    template_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("templates.id", ondelete="RESTRICT"), index=True
+    )
+    html: Mapped[str] = mapped_column(sa.Text, default="")
+    text: Mapped[str] = mapped_column(sa.Text, default="")
+    segment: Mapped[dict[str, Any] | None]
+    status: Mapped[CampaignStatus] = mapped_column(
+        enum_type(CampaignStatus, "campaign_status"), default=CampaignStatus.draft, index=True
+    )
+    send_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class CampaignList(Base):
+    """A list a campaign is addressed to."""
+
+    __tablename__ = "campaign_lists"
+
+    campaign_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    list_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True, index=True
+    )

@@ -1,0 +1,114 @@
+"""Settings: one pydantic-settings class, read from the environment (prefix WARTA_) and .env."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WEAK_SECRETS = frozenset({"", "changethis", "secret", "changeme", "warta", "password"})
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(ValueError):
+    """A setting is missing or unsafe; the message says which and why."""
+
+
+class Settings(BaseSettings):
+    """Every knob Warta reads; each field documents itself."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WARTA_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    env: Literal["development", "production"] = Field(
+        "development", description="`production` refuses weak secrets and dev conveniences."
+    )
+    var_dir: Path = Field(Path("var"), description="Directory for local state (created on demand).")
+    database_url: str = Field(
+        "sqlite+aiosqlite:///var/warta.db",
+        description="SQLAlchemy async URL; postgresql+asyncpg://… at scale.",
+    )
+    database_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
+    redis_url: str = Field("", description="redis://host:port/db; empty starts an embedded Redis.")
+    api_host: str = Field("127.0.0.1", description="HTTP listener address.")
+    api_port: int = Field(8000, ge=1, le=65535, description="HTTP listener port.")
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of unsubscribe, preference, tracking links."
+    )
+    secret_key: str = Field(
+        "", description="Signs tokens and webhooks; generated into var/ in development."
+    )
+    bootstrap_api_key: str = Field(
+        "", description="If set, an admin API key with exactly this token exists after start."
+    )
+    mta_submission: str = Field("127.0.0.1:2587", description="host:port(s) the sender submits to.")
+    mta_inbound: str = Field(
+        "127.0.0.1:2525", description="Inbound listener for the bounce domain."
+    )
+    mta_delivery: Literal["capture", "mx", "relay"] = Field(
+        "capture", description="capture (Maildir var/maildir), mx (direct) or relay."
+    )
+    mta_relay_host: str = Field("", description="host:port of the smart host for `relay`.")
+    mta_transport_map: str = Field("", description='JSON {"domain": "host:port"} next-hop map.')
+    mta_dns_servers: str = Field("", description="ip[:port],… for MX/A lookups; empty = system.")
+    mta_spool_dir: Path = Field(Path("var/spool"), description="The MTA's durable queue.")
+    mta_hostname: str = Field(
+        default_factory=socket.getfqdn, description="HELO name, Message-ID and DSN Reporting-MTA."
+    )
+    bounce_domain: str = Field("bounces.localhost", description="VERP return-path domain.")
+    mta_retry_min: int = Field(300, ge=1, description="Seconds before the first retry.")
+    mta_retry_max: int = Field(4000, ge=1, description="Longest wait between tries, seconds.")
+    mta_queue_lifetime: int = Field(432000, ge=1, description="Seconds before a message fails.")
+    dkim_dir: Path = Field(Path("var/dkim"), description="DKIM keys as <domain>/<selector>.pem.")
+    send_rate: float = Field(
+        0, ge=0, description="Messages per second for all workers; 0 = no cap."
+    )
+    max_json_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(50_000_000, ge=1024, description="Largest CSV upload.")
+    import_batch_size: int = Field(5000, ge=1, le=50_000, description="Rows per import flush.")
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.env == "production":
+            if self.secret_key.strip().lower() in WEAK_SECRETS:
+                raise SettingsError(
+                    "WARTA_SECRET_KEY is required when WARTA_ENV=production "
+                    "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                )
+            if len(self.secret_key) < MIN_SECRET_LENGTH:
+                raise SettingsError(
+                    f"WARTA_SECRET_KEY is too weak: use at least {MIN_SECRET_LENGTH} characters"
+                )
+        return self
+
+    def ensure_var_dir(self) -> Path:
+        """Create the local state directory if it does not exist yet."""
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        return self.var_dir
+
+    def effective_secret_key(self) -> str:
+        """The configured secret, or in development one generated once into var/."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.ensure_var_dir() / "secret_key"
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, built on first use (never at import time)."""
+    return Settings()

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Make sure the servers the test suite starts for itself are installed:
+# PostgreSQL (initdb, pg_ctl, postgres) and redis-server. Idempotent, and a
+# no-op costing milliseconds when both are present. Starts no daemons.
+set -euo pipefail
+
+have_pg_server() {
+    if command -v initdb && command -v pg_ctl && command -v postgres; then
+        return 0
+    fi >/dev/null 2>&1
+    local dir
+    for dir in /usr/lib/postgresql/*/bin; do
+        [[ -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]] && return 0
+    done
+    return 1
+}
+
+have_redis_server() {
+    command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]]
+}
+
+missing=()
+have_pg_server || missing+=(postgresql)
+have_redis_server || missing+=(redis-server)
+((${#missing[@]} == 0)) && exit 0
+
+echo "ensure-system-deps: installing ${missing[*]}" >&2
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-system-deps: no apt-get here; install ${missing[*]} yourself" >&2
+    exit 1
+fi
+
+if ((EUID != 0)); then
+    if command -v sudo >/dev/null 2>&1; then
+        exec sudo -- bash "${BASH_SOURCE[0]}" "$@"
+    fi
+    echo "ensure-system-deps: need root (or sudo) to apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+
+# Keep the packages' maintainer scripts from starting the system-wide services:
+# the tests run their own throwaway servers. Docker images ship this file already.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+install() {
+    apt-get install -y --no-install-recommends "${missing[@]}"
+}
+# A fresh machine may have no package lists yet: update only when needed.
+if ! install; then
+    apt-get update
+    install
+fi
+
+have_pg_server || { echo "ensure-system-deps: PostgreSQL still missing" >&2; exit 1; }
+have_redis_server || { echo "ensure-system-deps: redis-server still missing" >&2; exit 1; }

@@ -1,0 +1,44 @@
+"""Settings: production refuses weak secrets; development generates one once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def test_production_without_secret_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARTA_ENV", "production")
+    monkeypatch.delenv("WARTA_SECRET_KEY", raising=False)
+    with pytest.raises(ValidationError, match="WARTA_SECRET_KEY is required"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("secret", ["changethis", "short-secret"])
+def test_production_with_weak_secret_refuses(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("WARTA_ENV", "production")
+    monkeypatch.setenv("WARTA_SECRET_KEY", secret)
+    with pytest.raises(ValidationError, match="WARTA_SECRET_KEY"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_production_with_strong_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARTA_ENV", "production")
+    monkeypatch.setenv("WARTA_SECRET_KEY", "s" * 48)
+    assert Settings(_env_file=None).effective_secret_key() == "s" * 48  # type: ignore[call-arg]
+
+
+def test_development_secret_is_generated_once(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path / "var", secret_key="", _env_file=None)  # type: ignore[call-arg]
+    first = settings.effective_secret_key()
+    assert len(first) >= 48
+    assert settings.effective_secret_key() == first
+    assert (tmp_path / "var" / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_every_setting_is_described() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
