@@ -139,7 +139,9 @@ def create_api_key(
 @cli.command("import")
 def import_csv(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    list_ids: Annotated[list[int] | None, typer.Option("--list", help="List id (repeatable).")] = None,
+    list_ids: Annotated[
+        list[int] | None, typer.Option("--list", help="List id (repeatable).")
+    ] = None,
     blocklist: Annotated[bool, typer.Option(help="Blocklist the addresses instead.")] = False,
     unconfirmed: Annotated[
         bool, typer.Option(help="Add memberships as unconfirmed (double opt-in).")

@@ -12,15 +12,17 @@ from __future__ import annotations
 import enum
 import math
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from functools import partial
 from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 
-from app.models import Subscriber, SubscriberStatus
-from campaigns._json_sql import bytewise, json_is, json_value
+from app.models import SubscriberStatus
+from campaigns.segment_sql import attribute_clause, field_clause
 
 MAX_DEPTH = 10
 MAX_NODES = 200
@@ -179,41 +181,41 @@ class _Parser:
     def condition(self, data: dict[Any, Any], kind: str, path: str) -> Node:
         if "op" not in data:
             raise SegmentError(f"{path}.op: missing")
-        raw_op = data["op"]
-        if raw_op not in Op.__members__.values():
-            expected = ", ".join(Op)
+        if data["op"] not in Op.__members__.values():
             raise SegmentError(
-                f"{path}.op: unknown operator {_show(raw_op)} (expected one of: {expected})"
+                f"{path}.op: unknown operator {_show(data['op'])}"
+                f" (expected one of: {', '.join(Op)})"
             )
-        op = Op(raw_op)
+        op = Op(data["op"])
         if "value" not in data:
             raise SegmentError(f"{path}.value: missing")
-        value_path = f"{path}.value"
-        if kind == "field":
-            field = data["field"]
-            if not isinstance(field, str) or field not in FIELD_OPS:
-                expected = ", ".join(FIELD_OPS)
-                raise SegmentError(
-                    f"{path}.field: unknown field {_show(field)} (expected one of: {expected})"
-                )
-            if op not in FIELD_OPS[field]:
-                expected = ", ".join(FIELD_OPS[field])
-                raise SegmentError(
-                    f"{path}.op: operator '{op}' does not apply to field '{field}'"
-                    f" (expected one of: {expected})"
-                )
-            if op is Op.in_:
-                items = _sequence(data["value"], value_path, MAX_LIST_ITEMS)
-                values = tuple(
-                    _field_value(field, item, f"{value_path}[{i}]") for i, item in enumerate(items)
-                )
-                return FieldCondition(field, op, values)
-            return FieldCondition(field, op, _field_value(field, data["value"], value_path))
-        return AttributeCondition(
-            _attribute_path(data["attribute"], f"{path}.attribute"),
-            op,
-            _attribute_value(op, data["value"], value_path),
+        if kind == "attribute":
+            attribute = _attribute_path(data["attribute"], f"{path}.attribute")
+            value = _each(op, data["value"], f"{path}.value", partial(_attribute_value, op))
+            return AttributeCondition(attribute, op, value)
+        field = data["field"]
+        if not isinstance(field, str) or field not in FIELD_OPS:
+            raise SegmentError(
+                f"{path}.field: unknown field {_show(field)}"
+                f" (expected one of: {', '.join(FIELD_OPS)})"
+            )
+        if op not in FIELD_OPS[field]:
+            raise SegmentError(
+                f"{path}.op: operator '{op}' does not apply to field '{field}'"
+                f" (expected one of: {', '.join(FIELD_OPS[field])})"
+            )
+        return FieldCondition(
+            field, op, _each(op, data["value"], f"{path}.value", partial(_field_value, field))
         )
+
+
+def _each(op: Op, value: object, path: str, check: Callable[[object, str], Any]) -> Value:
+    """The checked value, or with `in` the tuple of checked items."""
+    if op is not Op.in_:
+        result: Value = check(value, path)
+        return result
+    items = _sequence(value, path, MAX_LIST_ITEMS)
+    return tuple(check(item, f"{path}[{i}]") for i, item in enumerate(items))
 
 
 def _field_value(field: str, value: object, path: str) -> Scalar | datetime:
@@ -231,16 +233,13 @@ def _field_value(field: str, value: object, path: str) -> Scalar | datetime:
     return text.lower() if field == "email" else text
 
 
-def _attribute_value(op: Op, value: object, path: str) -> Value:
+def _attribute_value(op: Op, value: object, path: str) -> Scalar:
     if op is Op.exists:
         if not isinstance(value, bool):
             raise SegmentError(f"{path}: expected true or false, got {_kind(value)}")
         return value
     if op is Op.contains:
         return _string(value, path)
-    if op is Op.in_:
-        items = _sequence(value, path, MAX_LIST_ITEMS)
-        return tuple(_scalar(item, f"{path}[{i}]") for i, item in enumerate(items))
     scalar = _scalar(value, path)
     if op in _ORDER and (
         isinstance(scalar, bool) or (isinstance(scalar, str) and not _iso(scalar))
@@ -266,7 +265,8 @@ def _scalar(value: object, path: str) -> Scalar:
     if isinstance(value, float) and not math.isfinite(value):
         raise SegmentError(f"{path}: expected a finite number")
     if isinstance(value, int | float):
-        if not isinstance(value, bool) and abs(value) > 1e300:
+        # SQLite binds numbers as floats.
+        if abs(value) > sys.float_info.max:
             raise SegmentError(f"{path}: number out of range")
         return value
     raise SegmentError(f"{path}: expected a string, number or boolean, got {_kind(value)}")
@@ -345,76 +345,7 @@ def _compile(node: Node) -> sa.ColumnElement[bool]:
             return sa.or_(sa.false(), *map(_compile, children))
         case Not(child):
             return sa.not_(_compile(child))
-        case FieldCondition():
-            return _compile_field(node)
-        case AttributeCondition():
-            return _compile_attribute(node)
-
-
-def _compare(op: Op, left: sa.ColumnElement[Any], value: Any) -> sa.ColumnElement[bool]:
-    if op is Op.in_:
-        return left.in_(value)
-    operators = {Op.eq: "__eq__", Op.ne: "__ne__", Op.gt: "__gt__", Op.gte: "__ge__"}
-    operators |= {Op.lt: "__lt__", Op.lte: "__le__"}
-    result: sa.ColumnElement[bool] = getattr(left, operators[op])(value)
-    return result
-
-
-def _compile_field(node: FieldCondition) -> sa.ColumnElement[bool]:
-    column: sa.ColumnElement[Any] = getattr(Subscriber, node.field)
-    if node.op is Op.contains:
-        if node.field == "email":
-            return column.contains(node.value, autoescape=True)
-        # Byte-wise, so PostgreSQL folds case like SQLite does: ASCII letters only.
-        return bytewise(column).icontains(node.value, autoescape=True)
-    return _compare(node.op, column, node.value)
-
-
-def _compile_attribute(node: AttributeCondition) -> sa.ColumnElement[bool]:
-    path, op, value = node.path, node.op, node.value
-    if op is Op.exists:
-        present = json_is(path, "present")
-        return present if value else sa.not_(present)
-    if op is Op.contains:
-        text = bytewise(json_value(path, "string"))
-        return _when(path, "string", text.icontains(value, autoescape=True))
-    if op in _ORDER:
-        if isinstance(value, str):
-            return _when(path, "string", _compare(op, bytewise(json_value(path, "string")), value))
-        return _when(path, "number", _compare(op, json_value(path, "number"), _number(value)))
-    values = value if isinstance(value, tuple) else (value,)
-    by_kind: dict[str, list[Any]] = {"string": [], "number": [], "boolean": []}
-    for item in values:
-        if isinstance(item, bool):
-            by_kind["boolean"].append(item)
-        elif isinstance(item, str):
-            by_kind["string"].append(item)
-        else:
-            by_kind["number"].append(_number(item))
-    matches = [
-        _when(
-            path,
-            kind,
-            _compare(
-                Op.in_ if len(items) > 1 else Op.eq,
-                json_value(path, kind),
-                items if len(items) > 1 else items[0],
-            ),
-        )
-        for kind, items in by_kind.items()
-        if items
-    ]
-    matched = sa.or_(sa.false(), *matches)
-    return sa.not_(matched) if op is Op.ne else matched
-
-
-def _when(path: tuple[str, ...], kind: str, test: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
-    # CASE fixes the order of evaluation: PostgreSQL would otherwise be free to cast a
-    # string to a number before looking at its type, and fail the whole query.
-    return sa.case((json_is(path, kind), test), else_=sa.false())
-
-
-def _number(value: Any) -> Decimal:
-    # Exact decimal: 0.1 stored as JSON must equal 0.1 given here, and binding a float
-    # sends its full binary expansion to PostgreSQL.
-    return Decimal(repr(value))
+        case FieldCondition(field, op, value):
+            return field_clause(field, op, value)
+        case AttributeCondition(path, op, value):
+            return attribute_clause(path, op, value)

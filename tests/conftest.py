@@ -56,9 +56,7 @@ def template_database(
 
 
 @pytest.fixture
-def database_url(
-    postgres: PostgresServer | None, template_database: str, tmp_path: Path
-) -> str:
+def database_url(postgres: PostgresServer | None, template_database: str, tmp_path: Path) -> str:
     if postgres is None:
         path = tmp_path / "warta.db"
         shutil.copyfile(template_database, path)

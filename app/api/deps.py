@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +14,7 @@ from app.services import api_keys
 from app.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
+PathId = Annotated[int, Path(ge=1, le=2_147_483_647, description="A 32-bit id.")]
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -39,7 +40,8 @@ async def current_key(
     """The API key named by the bearer token, or 401."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
-            401, "an API key is required: Authorization: Bearer <key>",
+            401,
+            "an API key is required: Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
     key = await api_keys.authenticate(session, credentials.credentials)

@@ -62,16 +62,12 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
             errors=errors,
         )
     summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
-    return problem(
-        422, "Invalid request", summary, instance=request.url.path, errors=errors
-    )
+    return problem(422, "Invalid request", summary, instance=request.url.path, errors=errors)
 
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return problem(
-        exc.status, exc.title, exc.detail, instance=request.url.path, errors=exc.errors
-    )
+    return problem(exc.status, exc.title, exc.detail, instance=request.url.path, errors=exc.errors)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -107,9 +103,7 @@ async def _too_large(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(
-        500, "Internal error", "an unexpected error occurred", instance=request.url.path
-    )
+    return problem(500, "Internal error", "an unexpected error occurred", instance=request.url.path)
 
 
 def install(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ from app.models.base import Base, utcnow
 from app.models.campaign import Campaign, CampaignList, CampaignStatus
 from app.models.import_job import ImportJob, ImportMode, ImportStatus
 from app.models.mailing_list import MailingList, OptIn, Visibility
+from app.models.send import OPEN_STATUSES, Send, SendStatus
 from app.models.subscriber import Subscriber, SubscriberStatus, Subscription, SubscriptionStatus
 from app.models.suppression import Suppression, SuppressionScope
 from app.models.template import Template
@@ -19,7 +20,10 @@ __all__ = [
     "ImportMode",
     "ImportStatus",
     "MailingList",
+    "OPEN_STATUSES",
     "OptIn",
+    "Send",
+    "SendStatus",
     "Subscriber",
     "SubscriberStatus",
     "Subscription",

@@ -43,6 +43,10 @@ class Campaign(Timestamps, Base):
         enum_type(CampaignStatus, "campaign_status"), default=CampaignStatus.draft, index=True
     )
     send_at: Mapped[datetime | None]
+    rate: Mapped[float | None] = mapped_column(sa.Float)
+    status_reason: Mapped[str] = mapped_column(sa.String(500), default="")
+    audience_size: Mapped[int] = mapped_column(default=0)
+    ledger_base: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 

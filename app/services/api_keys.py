@@ -13,9 +13,7 @@ from app.errors import Invalid
 from app.models import ApiKey, utcnow
 
 RESOURCES = ("lists", "subscribers", "templates", "campaigns", "suppressions", "messages")
-SCOPES = frozenset(
-    {"admin"} | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")}
-)
+SCOPES = frozenset({"admin"} | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")})
 TOKEN_PREFIX = "wk_"
 _TOUCH_INTERVAL = timedelta(minutes=1)
 

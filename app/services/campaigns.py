@@ -14,7 +14,12 @@ from app.services import templates as templates_service
 from campaigns.segments import SegmentError, validate_segment
 
 DELETABLE = frozenset(
-    {CampaignStatus.draft, CampaignStatus.scheduled, CampaignStatus.finished, CampaignStatus.cancelled}
+    {
+        CampaignStatus.draft,
+        CampaignStatus.scheduled,
+        CampaignStatus.finished,
+        CampaignStatus.cancelled,
+    }
 )
 
 

@@ -153,9 +153,7 @@ def filters(query: SubscriberQuery) -> list[sa.ColumnElement[bool]]:
     if query.status is not None:
         clauses.append(Subscriber.status == query.status)
     if query.email_contains:
-        clauses.append(
-            Subscriber.email.contains(query.email_contains.lower(), autoescape=True)
-        )
+        clauses.append(Subscriber.email.contains(query.email_contains.lower(), autoescape=True))
     for key, value in query.attributes.items():
         clauses.append(Subscriber.attributes[key].as_string() == value)
     if query.segment is not None:

@@ -45,9 +45,7 @@ async def test_draft_lifecycle(client: httpx.AsyncClient) -> None:
     assert (await client.delete(f"/api/v1/campaigns/{body['id']}")).status_code == 204
 
 
-async def test_only_drafts_can_be_edited(
-    client: httpx.AsyncClient, session: AsyncSession
-) -> None:
+async def test_only_drafts_can_be_edited(client: httpx.AsyncClient, session: AsyncSession) -> None:
     list_id = await _list(client)
     created = (await client.post("/api/v1/campaigns", json=_campaign(list_id))).json()
     campaign = await session.get(Campaign, created["id"])

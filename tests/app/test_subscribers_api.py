@@ -36,9 +36,7 @@ async def test_memberships_follow_the_list_optin(client: httpx.AsyncClient) -> N
     created = await _subscriber(client, email="a@example.com", lists=[single, double])
     statuses = {m["list_id"]: m["status"] for m in created["lists"]}
     assert statuses == {single: "confirmed", double: "unconfirmed"}
-    preconfirmed = await _subscriber(
-        client, email="b@example.com", lists=[double], preconfirm=True
-    )
+    preconfirmed = await _subscriber(client, email="b@example.com", lists=[double], preconfirm=True)
     assert preconfirmed["lists"][0]["status"] == "confirmed"
 
 
@@ -124,7 +122,10 @@ async def test_hostile_input_is_refused(client: httpx.AsyncClient) -> None:
         {"email": "a@example.com", "name": "nul\x00"},
         {"email": "a@example.com", "attributes": {"bad key": 1}},
         {"email": "a@example.com", "attributes": {"k": "nul\x00"}},
-        {"email": "a@example.com", "attributes": {"k": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}}},
+        {
+            "email": "a@example.com",
+            "attributes": {"k": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}},
+        },
         {"email": "a@example.com", "status": "deleted"},
         {"email": "a@example.com", "attributes": []},
     ]

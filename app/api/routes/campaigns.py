@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.api.deps import SessionDep, require
+from app.api.deps import PathId, SessionDep, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.campaigns import CampaignCreate, CampaignRead, CampaignUpdate
 from app.models import Campaign, CampaignStatus
@@ -41,14 +41,14 @@ async def list_campaigns(
 
 
 @router.get("/{campaign_id}", dependencies=READ)
-async def get_campaign(campaign_id: int, session: SessionDep) -> CampaignRead:
+async def get_campaign(campaign_id: PathId, session: SessionDep) -> CampaignRead:
     """One campaign."""
     return (await _read(session, [await service.get(session, campaign_id)]))[0]
 
 
 @router.patch("/{campaign_id}", dependencies=WRITE)
 async def update_campaign(
-    campaign_id: int, body: CampaignUpdate, session: SessionDep
+    campaign_id: PathId, body: CampaignUpdate, session: SessionDep
 ) -> CampaignRead:
     """Edit a draft."""
     changed = await service.update(session, campaign_id, body.model_dump(exclude_unset=True))
@@ -57,7 +57,7 @@ async def update_campaign(
 
 
 @router.delete("/{campaign_id}", status_code=204, dependencies=WRITE)
-async def delete_campaign(campaign_id: int, session: SessionDep) -> Response:
+async def delete_campaign(campaign_id: PathId, session: SessionDep) -> Response:
     """Delete a campaign that is not sending."""
     await service.delete(session, campaign_id)
     await session.commit()

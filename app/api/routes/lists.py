@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.api.deps import SessionDep, require
+from app.api.deps import PathId, SessionDep, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.lists import ListCreate, ListRead, ListUpdate
 from app.models import MailingList
@@ -39,13 +39,13 @@ async def list_lists(session: SessionDep, page: PageDep) -> Page[ListRead]:
 
 
 @router.get("/{list_id}", dependencies=READ)
-async def get_list(list_id: int, session: SessionDep) -> ListRead:
+async def get_list(list_id: PathId, session: SessionDep) -> ListRead:
     """One list with member counts."""
     return (await _read(session, [await service.get(session, list_id)]))[0]
 
 
 @router.patch("/{list_id}", dependencies=WRITE)
-async def update_list(list_id: int, body: ListUpdate, session: SessionDep) -> ListRead:
+async def update_list(list_id: PathId, body: ListUpdate, session: SessionDep) -> ListRead:
     """Change a list."""
     changed = await service.update(session, list_id, body.model_dump(exclude_unset=True))
     await session.commit()
@@ -53,7 +53,7 @@ async def update_list(list_id: int, body: ListUpdate, session: SessionDep) -> Li
 
 
 @router.delete("/{list_id}", status_code=204, dependencies=WRITE)
-async def delete_list(list_id: int, session: SessionDep) -> Response:
+async def delete_list(list_id: PathId, session: SessionDep) -> Response:
     """Delete a list and its memberships."""
     await service.delete(session, list_id)
     await session.commit()

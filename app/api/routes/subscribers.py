@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import Field
 
-from app.api.deps import SessionDep, require
+from app.api.deps import PathId, SessionDep, require
 from app.api.pagination import Page, PageDep, make_page
-from app.api.schemas.common import Strict
+from app.api.schemas.common import MAX_ID, DbId, Strict
 from app.api.schemas.subscribers import (
     MembershipRead,
     MembershipUpdate,
@@ -31,7 +30,7 @@ class SubscriberSearch(Strict):
     """A segment (see the README) plus the usual filters."""
 
     segment: dict[str, Any]
-    list_id: int | None = Field(None, ge=1)
+    list_id: DbId | None = None
 
 
 async def _read(session: SessionDep, found: list[Subscriber]) -> list[SubscriberRead]:
@@ -74,7 +73,7 @@ async def create_subscriber(body: SubscriberCreate, session: SessionDep) -> Subs
 async def list_subscribers(
     session: SessionDep,
     page: PageDep,
-    list_id: Annotated[int | None, Query(ge=1)] = None,
+    list_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     status: SubscriberStatus | None = None,
     subscription_status: SubscriptionStatus | None = None,
     email: Annotated[str | None, Query(max_length=320, description="substring")] = None,
@@ -105,14 +104,14 @@ async def query_subscribers(
 
 
 @router.get("/{subscriber_id:int}", dependencies=READ)
-async def get_subscriber(subscriber_id: int, session: SessionDep) -> SubscriberRead:
+async def get_subscriber(subscriber_id: PathId, session: SessionDep) -> SubscriberRead:
     """One subscriber with memberships."""
     return (await _read(session, [await service.get(session, subscriber_id)]))[0]
 
 
 @router.patch("/{subscriber_id:int}", dependencies=WRITE)
 async def update_subscriber(
-    subscriber_id: int, body: SubscriberUpdate, session: SessionDep
+    subscriber_id: PathId, body: SubscriberUpdate, session: SessionDep
 ) -> SubscriberRead:
     """Change a subscriber; `lists` replaces their memberships."""
     changes = body.model_dump(exclude_unset=True, exclude={"preconfirm"})
@@ -122,7 +121,7 @@ async def update_subscriber(
 
 
 @router.delete("/{subscriber_id:int}", status_code=204, dependencies=WRITE)
-async def delete_subscriber(subscriber_id: int, session: SessionDep) -> Response:
+async def delete_subscriber(subscriber_id: PathId, session: SessionDep) -> Response:
     """Delete a subscriber."""
     await service.delete(session, subscriber_id)
     await session.commit()
@@ -131,7 +130,7 @@ async def delete_subscriber(subscriber_id: int, session: SessionDep) -> Response
 
 @router.put("/{subscriber_id:int}/lists/{list_id:int}", dependencies=WRITE)
 async def set_membership(
-    subscriber_id: int, list_id: int, body: MembershipUpdate, session: SessionDep
+    subscriber_id: PathId, list_id: PathId, body: MembershipUpdate, session: SessionDep
 ) -> MembershipRead:
     """Add the subscriber to a list, or change the membership's status."""
     membership = await service.set_membership(session, subscriber_id, list_id, body.status)
@@ -140,7 +139,9 @@ async def set_membership(
 
 
 @router.delete("/{subscriber_id:int}/lists/{list_id:int}", status_code=204, dependencies=WRITE)
-async def remove_membership(subscriber_id: int, list_id: int, session: SessionDep) -> Response:
+async def remove_membership(
+    subscriber_id: PathId, list_id: PathId, session: SessionDep
+) -> Response:
     """Remove the subscriber from a list."""
     await service.remove_membership(session, subscriber_id, list_id)
     await session.commit()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.api.deps import SessionDep, require
+from app.api.deps import PathId, SessionDep, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.templates import TemplateCreate, TemplateRead, TemplateUpdate
 from app.services import templates as service
@@ -31,14 +31,14 @@ async def list_templates(session: SessionDep, page: PageDep) -> Page[TemplateRea
 
 
 @router.get("/{template_id}", dependencies=READ)
-async def get_template(template_id: int, session: SessionDep) -> TemplateRead:
+async def get_template(template_id: PathId, session: SessionDep) -> TemplateRead:
     """One template."""
     return TemplateRead.model_validate(await service.get(session, template_id))
 
 
 @router.patch("/{template_id}", dependencies=WRITE)
 async def update_template(
-    template_id: int, body: TemplateUpdate, session: SessionDep
+    template_id: PathId, body: TemplateUpdate, session: SessionDep
 ) -> TemplateRead:
     """Change a template."""
     changed = await service.update(session, template_id, body.model_dump(exclude_unset=True))
@@ -47,7 +47,7 @@ async def update_template(
 
 
 @router.delete("/{template_id}", status_code=204, dependencies=WRITE)
-async def delete_template(template_id: int, session: SessionDep) -> Response:
+async def delete_template(template_id: PathId, session: SessionDep) -> Response:
     """Delete a template that no campaign uses."""
     await service.delete(session, template_id)
     await session.commit()

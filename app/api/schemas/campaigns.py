@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from app.api.schemas.common import Body, HeaderText, Mailbox, Name, ReadModel, Strict
+from app.api.schemas.common import Body, DbId, HeaderText, Mailbox, Name, ReadModel, Strict
 from app.models import CampaignStatus
 
-CampaignListIds = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=100)]
+CampaignListIds = Annotated[list[DbId], Field(min_length=1, max_length=100)]
 
 
 class CampaignCreate(Strict):
@@ -22,7 +22,7 @@ class CampaignCreate(Strict):
     reply_to: Mailbox | None = None
     list_ids: CampaignListIds
     segment: dict[str, Any] | None = None
-    template_id: int | None = Field(None, ge=1)
+    template_id: DbId | None = None
     html: Body = ""
     text: Body = ""
     send_at: datetime | None = None
@@ -37,7 +37,7 @@ class CampaignUpdate(Strict):
     reply_to: Mailbox | None = None
     list_ids: CampaignListIds | None = None
     segment: dict[str, Any] | None = None
-    template_id: int | None = Field(None, ge=1)
+    template_id: DbId | None = None
     html: Body | None = None
     text: Body | None = None
     send_at: datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from email.utils import formataddr, getaddresses
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.addresses import normalize_address
 from app.text import check_attributes, no_nul, single_line
@@ -32,6 +32,8 @@ def _mailbox(value: str) -> str:
     return formataddr((name, normalize_address(address))) if name else normalize_address(address)
 
 
+MAX_ID = 2_147_483_647  # ids are 32-bit integers in the database
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
@@ -41,9 +43,7 @@ OptionalName = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(single_line)
 ]
 Description = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(no_nul)]
-HeaderText = Annotated[
-    str, StringConstraints(max_length=998), AfterValidator(single_line)
-]
+HeaderText = Annotated[str, StringConstraints(max_length=998), AfterValidator(single_line)]
 Body = Annotated[str, StringConstraints(max_length=500_000), AfterValidator(no_nul)]
 Address = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_address)]
 Mailbox = Annotated[str, StringConstraints(max_length=400), AfterValidator(_mailbox)]

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from app.api.schemas.common import Address, Attributes, OptionalName, ReadModel, Strict
+from app.api.schemas.common import Address, Attributes, DbId, OptionalName, ReadModel, Strict
 from app.models import SubscriberStatus, SubscriptionStatus
 
-ListIds = Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=1000)]
+ListIds = Annotated[list[DbId], Field(max_length=1000)]
 
 
 class SubscriberCreate(Strict):

@@ -1,13 +1,16 @@
-"""Typed looks into `subscribers.attributes` that behave alike on SQLite and PostgreSQL.
+"""SQL for segment conditions, with the same results on SQLite and PostgreSQL.
 
 SQLAlchemy's JSON accessors cast blindly: on PostgreSQL `CAST(attributes ->> 'age' AS
-FLOAT)` fails the whole query when one subscriber's age is "unknown". These constructs
-name a JSON kind instead, so callers can test the kind first (under CASE) and only then
-read the value. The key path is validated by the caller and rendered as a SQL literal.
+FLOAT)` fails the whole query when one subscriber's age is "unknown". The constructs here
+test an attribute's JSON kind first (under CASE) and only then read it as that kind.
+Conditions arrive validated by `campaigns.segments`; key paths are rendered as literals.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,8 +62,7 @@ class _AttributePath(FunctionElement[Any]):
 
 
 class json_is(_AttributePath):
-    """True when the attribute holds a JSON string/number/boolean, or anything non-null
-    ("present"); never NULL, so NOT of it is the exact complement."""
+    """Whether the attribute holds a `kind` value ("present": anything but null); never NULL."""
 
     type = sa.Boolean()
     inherit_cache = True
@@ -87,6 +89,11 @@ def _literal(compiler: SQLCompiler, value: str) -> str:
     return compiler.render_literal_value(value, sa.String())
 
 
+def _pg_path(element: _AttributePath) -> str:
+    # Quoted, or a key named "null" would be a NULL array element.
+    return "{" + ",".join(f'"{key}"' for key in element.path) + "}"
+
+
 @compiles(json_is, "sqlite")
 def _json_is_sqlite(element: json_is, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.clauses, **kw)
@@ -98,7 +105,7 @@ def _json_is_sqlite(element: json_is, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(json_is, "postgresql")
 def _json_is_postgresql(element: json_is, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.clauses, **kw)
-    path = _literal(compiler, "{" + ",".join(element.path) + "}")
+    path = _literal(compiler, _pg_path(element))
     names = ", ".join(_literal(compiler, n) for n in _TYPE_NAMES["postgresql"][element.kind])
     return f"coalesce(jsonb_typeof({column} #> {path}) IN ({names}), false)"
 
@@ -114,7 +121,7 @@ def _json_value_sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) ->
 @compiles(json_value, "postgresql")
 def _json_value_postgresql(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
     column = compiler.process(element.clauses, **kw)
-    text = f"({column} #>> {_literal(compiler, '{' + ','.join(element.path) + '}')})"
+    text = f"({column} #>> {_literal(compiler, _pg_path(element))})"
     # NUMERIC, not FLOAT: a huge JSON number must compare, not overflow.
     cast = _PG_CASTS[element.kind]
     return f"CAST({text} AS {cast})" if cast else text
@@ -135,3 +142,66 @@ def _bytewise_postgresql(element: bytewise, compiler: SQLCompiler, **kw: Any) ->
 @compiles(bytewise)
 def _unsupported(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     raise CompileError(f"segments compile for SQLite and PostgreSQL, not {compiler.dialect.name}")
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], sa.ColumnElement[bool]]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "in": lambda left, values: left.in_(values),
+}
+
+
+def field_clause(field: str, op: str, value: Any) -> sa.ColumnElement[bool]:
+    """`Subscriber.<field> <op> value`, for a validated condition."""
+    column: sa.ColumnElement[Any] = getattr(Subscriber, field)
+    if op == "contains":
+        if field == "email":
+            return column.contains(value, autoescape=True)
+        # Byte-wise, so PostgreSQL folds case like SQLite does: ASCII letters only.
+        return bytewise(column).icontains(value, autoescape=True)
+    return _OPERATORS[op](column, value)
+
+
+def attribute_clause(path: tuple[str, ...], op: str, value: Any) -> sa.ColumnElement[bool]:
+    """The attribute at `path` <op> value, for a validated condition; never NULL."""
+    if op == "exists":
+        present = json_is(path, "present")
+        return present if value else sa.not_(present)
+    if op == "contains":
+        text = bytewise(json_value(path, "string"))
+        return _when(path, "string", text.icontains(value, autoescape=True))
+    if op in ("gt", "gte", "lt", "lte"):
+        if isinstance(value, str):
+            text = bytewise(json_value(path, "string"))
+            return _when(path, "string", _OPERATORS[op](text, value))
+        return _when(path, "number", _OPERATORS[op](json_value(path, "number"), _number(value)))
+    # One test per JSON kind among the values: 30 never equals "30" nor true equals 1.
+    by_kind: dict[str, list[Any]] = {}
+    for item in value if isinstance(value, tuple) else (value,):
+        if isinstance(item, bool):
+            by_kind.setdefault("boolean", []).append(item)
+        elif isinstance(item, str):
+            by_kind.setdefault("string", []).append(item)
+        else:
+            by_kind.setdefault("number", []).append(_number(item))
+    matches = [
+        _when(path, kind, json_value(path, kind).in_(items)) for kind, items in by_kind.items()
+    ]
+    matched = sa.or_(sa.false(), *matches)
+    return sa.not_(matched) if op == "ne" else matched
+
+
+def _when(path: tuple[str, ...], kind: str, test: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    # CASE fixes the order of evaluation: PostgreSQL would otherwise be free to cast a
+    # string to a number before looking at its type, and fail the whole query.
+    return sa.case((json_is(path, kind), test), else_=sa.false())
+
+
+def _number(value: Any) -> Decimal:
+    # Exact decimal: 0.1 stored as JSON must equal 0.1 given here, and binding a float
+    # sends its full binary expansion to PostgreSQL.
+    return Decimal(repr(value))

@@ -1,0 +1,1 @@
+"""Repositories: query building and bulk writes; they flush, callers commit."""

@@ -1,0 +1,164 @@
+"""The send ledger: freezing an audience, claiming rows, recording outcomes in bulk."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import OPEN_STATUSES, Campaign, Send, SendStatus, Subscriber, utcnow
+from campaigns.audience import audience_filter
+from campaigns.segments import segment_filter
+
+BATCH_SPAN = 500  # ledger ids per batch job
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one ledger row on one attempt."""
+
+    send_id: int
+    status: SendStatus
+    reply: str
+    next_attempt_at: datetime | None = None
+
+
+async def freeze_audience(session: AsyncSession, campaign: Campaign) -> tuple[int, int]:
+    """Write one pending row per eligible subscriber; returns (count, lowest ledger id)."""
+    segment = segment_filter(campaign.segment) if campaign.segment else None
+    now = utcnow()
+    recipients = (
+        sa.select(
+            sa.literal(campaign.id),
+            Subscriber.id,
+            Subscriber.email,
+            sa.literal(SendStatus.pending.value),
+            sa.literal(0),
+            sa.literal(""),
+            sa.literal(now, type_=Send.updated_at.type),
+        )
+        .where(*audience_filter(campaign.id, segment))
+        .order_by(Subscriber.id)
+    )
+    await session.execute(
+        sa.insert(Send).from_select(
+            ["campaign_id", "subscriber_id", "email", "status", "attempts", "last_reply", "updated_at"],
+            recipients,
+        )
+    )
+    count, base = (
+        await session.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.min(Send.id), 0)).where(
+                Send.campaign_id == campaign.id
+            )
+        )
+    ).one()
+    return int(count), int(base)
+
+
+def batch_range(base: int, index: int) -> tuple[int, int]:
+    """The inclusive ledger id range of batch `index`."""
+    low = base + index * BATCH_SPAN
+    return low, low + BATCH_SPAN - 1
+
+
+async def ranges_with_work(
+    session: AsyncSession, campaign_id: int, base: int, now: datetime
+) -> list[tuple[int, int]]:
+    """Ranges that still hold rows to send: pending, in flight, or deferred and due."""
+    index = (Send.id - base) // BATCH_SPAN
+    query = (
+        sa.select(index)
+        .where(Send.campaign_id == campaign_id, _due(now))
+        .distinct()
+        .order_by(index)
+    )
+    return [batch_range(base, int(i)) for i in (await session.scalars(query)).all()]
+
+
+def _due(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(
+        Send.status.in_((SendStatus.pending, SendStatus.sending)),
+        sa.and_(Send.status == SendStatus.deferred, Send.next_attempt_at <= now),
+    )
+
+
+async def rows_to_send(
+    session: AsyncSession, campaign_id: int, low: int, high: int, now: datetime
+) -> list[tuple[int, int | None, str, int]]:
+    """(ledger id, subscriber id, email, attempts) of the rows in range that need an attempt.
+
+    Rows still marked `sending` were claimed by an attempt of this very batch that died (a
+    batch id runs on one worker at a time): they are sent again with the same Message-ID,
+    which the MTA recognises.
+    """
+    result = await session.execute(
+        sa.select(Send.id, Send.subscriber_id, Send.email, Send.attempts)
+        .where(Send.campaign_id == campaign_id, Send.id.between(low, high), _due(now))
+        .order_by(Send.id)
+    )
+    return [(row[0], row[1], row[2], row[3]) for row in result]
+
+
+async def mark_sending(session: AsyncSession, send_ids: Sequence[int]) -> None:
+    """Claim rows just before their messages leave."""
+    await session.execute(
+        sa.update(Send)
+        .where(Send.id.in_(send_ids))
+        .values(status=SendStatus.sending, updated_at=utcnow())
+    )
+
+
+async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
+    """Write a batch of outcomes in one executemany."""
+    if not outcomes:
+        return
+    now = utcnow()
+    table = Send.__table__
+    statement = (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(
+            status=sa.bindparam("b_status"),
+            last_reply=sa.bindparam("b_reply"),
+            next_attempt_at=sa.bindparam("b_next", type_=Send.next_attempt_at.type),
+            sent_at=sa.bindparam("b_sent", type_=Send.sent_at.type),
+            attempts=table.c.attempts + sa.bindparam("b_inc"),
+            updated_at=now,
+        )
+    )
+    params = [
+        {
+            "b_id": item.send_id,
+            "b_status": item.status.value,
+            "b_reply": item.reply[:1000],
+            "b_next": item.next_attempt_at,
+            "b_sent": now if item.status == SendStatus.sent else None,
+            "b_inc": 0 if item.status == SendStatus.skipped else 1,
+        }
+        for item in outcomes
+    ]
+    await session.execute(statement, params)
+
+
+async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
+    """Ledger rows per status."""
+    rows = await session.execute(
+        sa.select(Send.status, sa.func.count())
+        .where(Send.campaign_id == campaign_id)
+        .group_by(Send.status)
+    )
+    return {str(status): int(count) for status, count in rows}
+
+
+async def has_open_rows(session: AsyncSession, campaign_id: int) -> bool:
+    """Whether any recipient still waits for a final outcome."""
+    found = await session.scalar(
+        sa.select(Send.id)
+        .where(Send.campaign_id == campaign_id, Send.status.in_(OPEN_STATUSES))
+        .limit(1)
+    )
+    return found is not None

@@ -1,0 +1,67 @@
+"""Who a campaign goes to: the union of its lists, each subscriber once, minus the excluded."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app.models import (
+    CampaignList,
+    MailingList,
+    OptIn,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionScope,
+)
+
+BROADCAST_SCOPES = (SuppressionScope.all, SuppressionScope.broadcast)
+
+
+def eligible_membership(campaign_id: int) -> sa.Exists:
+    """A membership of one of the campaign's lists that may receive it.
+
+    Double opt-in lists count confirmed members only; single opt-in lists count every
+    membership that is not unsubscribed.
+    """
+    return (
+        sa.select(Subscription.subscriber_id)
+        .join(CampaignList, CampaignList.list_id == Subscription.list_id)
+        .join(MailingList, MailingList.id == Subscription.list_id)
+        .where(
+            CampaignList.campaign_id == campaign_id,
+            Subscription.subscriber_id == Subscriber.id,
+            sa.or_(
+                Subscription.status == SubscriptionStatus.confirmed,
+                sa.and_(
+                    MailingList.optin == OptIn.single,
+                    Subscription.status == SubscriptionStatus.unconfirmed,
+                ),
+            ),
+        )
+        .exists()
+    )
+
+
+def not_suppressed(address: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """No broadcast-blocking suppression exists for `address`."""
+    return ~(
+        sa.select(Suppression.id)
+        .where(Suppression.address == address, Suppression.scope.in_(BROADCAST_SCOPES))
+        .exists()
+    )
+
+
+def audience_filter(
+    campaign_id: int, segment: sa.ColumnElement[bool] | None
+) -> list[sa.ColumnElement[bool]]:
+    """WHERE clauses over Subscriber selecting the campaign's eligible recipients."""
+    clauses: list[sa.ColumnElement[bool]] = [
+        Subscriber.status == SubscriberStatus.enabled,
+        eligible_membership(campaign_id),
+        not_suppressed(Subscriber.email),
+    ]
+    if segment is not None:
+        clauses.append(segment)
+    return clauses
