@@ -19,6 +19,7 @@ from app import migrate as migrations
 from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.errors import DomainError
 from app.services import api_keys
+from app.redis import EmbeddedRedis, resolve_redis_url
 from app.settings import Settings, SettingsError, get_settings
 
 cli = typer.Typer(
@@ -48,7 +49,7 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _serve(settings: Settings) -> None:
+def _server(settings: Settings) -> uvicorn.Server:
     from app.api.app import create_app
 
     config = uvicorn.Config(
@@ -58,7 +59,17 @@ def _serve(settings: Settings) -> None:
         proxy_headers=True,
         log_level="info",
     )
-    uvicorn.Server(config).run()
+    return uvicorn.Server(config)
+
+
+def _serve(settings: Settings) -> None:
+    _server(settings).run()
+
+
+def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
+    """Settings whose redis_url names a running Redis (the embedded one if none is set)."""
+    url, embedded = resolve_redis_url(settings)
+    return settings.model_copy(update={"redis_url": url}), embedded
 
 
 async def _ensure_key(settings: Settings, token: str, name: str) -> None:
@@ -110,7 +121,46 @@ def dev() -> None:
     console.print(f"      health   {base}/healthz")
     console.print(f"      API key  [bold]{token}[/bold]")
     console.print(f'      try      curl -H "Authorization: Bearer {token}" {base}/api/v1/lists')
-    _serve(settings)
+    settings, embedded = _with_redis(settings)
+    try:
+        asyncio.run(_dev_services(settings))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _dev_services(settings: Settings) -> None:
+    """API, worker and the capture listener in one event loop; Ctrl-C stops them all."""
+    from workers.capture import CaptureListener
+    from workers.worker import run_worker
+
+    stop = asyncio.Event()
+    server = _server(settings)
+    capture = CaptureListener.from_settings(settings) if settings.mta_delivery == "capture" else None
+    if capture is not None:
+        capture.start()
+        console.print(f"      capture  smtp://{settings.mta_submission} → {capture.maildir}")
+    worker = asyncio.create_task(run_worker(settings, settings.redis_url, stop))
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        await worker
+        if capture is not None:
+            capture.stop()
+
+
+@cli.command()
+def worker() -> None:
+    """Run a campaign worker (bulk and priority queues); run as many as you like."""
+    from workers.worker import run_worker
+
+    settings, embedded = _with_redis(_settings())
+    try:
+        asyncio.run(run_worker(settings, settings.redis_url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 @cli.command("create-api-key")

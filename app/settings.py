@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     send_rate: float = Field(
         0, ge=0, description="Messages per second for all workers; 0 = no cap."
     )
+    batch_timeout: int = Field(
+        600, ge=1, description="Seconds a batch job may run; a dead worker's batch resumes after."
+    )
+    worker_batches: int = Field(4, ge=1, le=64, description="Batch jobs one worker runs at once.")
+    sender_connections: int = Field(
+        10, ge=1, le=200, description="Persistent SMTP connections per worker process."
+    )
     max_json_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(50_000_000, ge=1024, description="Largest CSV upload.")
     import_batch_size: int = Field(5000, ge=1, le=50_000, description="Rows per import flush.")

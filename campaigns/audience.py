@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.models import (
     CampaignList,
@@ -44,7 +45,9 @@ def eligible_membership(campaign_id: int) -> sa.Exists:
     )
 
 
-def not_suppressed(address: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+def not_suppressed(
+    address: sa.ColumnElement[str] | InstrumentedAttribute[str],
+) -> sa.ColumnElement[bool]:
     """No broadcast-blocking suppression exists for `address`."""
     return ~(
         sa.select(Suppression.id)

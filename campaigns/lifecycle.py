@@ -6,7 +6,8 @@ from app.models import CampaignStatus as S
 
 ACTIONS: dict[str, tuple[frozenset[S], S]] = {
     "schedule": (frozenset({S.draft}), S.scheduled),
-    "pause": (frozenset({S.running, S.scheduled}), S.paused),
+    "unschedule": (frozenset({S.scheduled}), S.draft),
+    "pause": (frozenset({S.running}), S.paused),
     "resume": (frozenset({S.paused}), S.running),
     "cancel": (frozenset({S.draft, S.scheduled, S.running, S.paused}), S.cancelled),
     "start": (frozenset({S.scheduled}), S.running),
@@ -24,4 +25,6 @@ def target(action: str, current: S) -> S:
     if current in allowed:
         return to
     names = ", ".join(sorted(state.value for state in allowed))
-    raise TransitionError(f"cannot {action} a campaign that is {current.value} (only from: {names})")
+    raise TransitionError(
+        f"cannot {action} a campaign that is {current.value} (only from: {names})"
+    )

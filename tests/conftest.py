@@ -21,7 +21,7 @@ from app.api.app import create_app
 from app.database import create_engine, create_sessionmaker
 from app.migrate import upgrade
 from app.settings import Settings
-from tests.servers import PostgresServer
+from tests.servers import PostgresServer, RedisServer
 
 ADMIN_TOKEN = "wk_test_admin_token_0123456789abcdefghijklmnop"
 BACKEND = os.environ.get("WARTA_TEST_DB", "sqlite")
@@ -64,10 +64,28 @@ def database_url(postgres: PostgresServer | None, template_database: str, tmp_pa
     return postgres.create_database(f"test_{next(_counter)}", template=template_database)
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def redis_url(redis_server: RedisServer) -> str:
+    """A real Redis, emptied before each test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
     return Settings(
         database_url=database_url,
+        redis_url=redis_url,
         var_dir=tmp_path / "var",
         secret_key="test-secret-key-" + "x" * 40,
         bootstrap_api_key=ADMIN_TOKEN,

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from arq.connections import create_pool
 from fastapi import APIRouter, FastAPI
 
 from app.api import problems
 from app.api.limits import BodyLimit
-from app.api.routes import campaigns, health, lists, subscribers, suppressions, templates
+from app.api.routes import (
+    campaigns,
+    health,
+    imports,
+    lifecycle,
+    lists,
+    subscribers,
+    suppressions,
+    templates,
+)
 from app.database import create_engine, create_sessionmaker, unit_of_work
+from app.redis import arq_redis_settings, resolve_redis_url
 from app.services import api_keys
+from app.services import imports as import_jobs
 from app.settings import Settings, get_settings
 
 API_PREFIX = "/api/v1"
@@ -27,13 +40,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
+        redis_url, embedded = settings.redis_url, None
+        if not redis_url:
+            redis_url, embedded = await asyncio.to_thread(resolve_redis_url, settings)
+        app.state.queue = await create_pool(arq_redis_settings(redis_url))
         if settings.bootstrap_api_key:
             async with unit_of_work(app.state.sessionmaker) as session:
                 await api_keys.ensure_key(session, settings.bootstrap_api_key, "bootstrap")
+        async with unit_of_work(app.state.sessionmaker) as session:
+            await import_jobs.recover_interrupted(session)
+        app.state.imports = import_jobs.ImportRunner(
+            app.state.sessionmaker, settings.import_batch_size
+        )
         try:
             yield
         finally:
+            await app.state.imports.close()
+            await app.state.queue.aclose()
             await engine.dispose()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
 
     app = FastAPI(
         title="Warta",
@@ -44,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (lists, subscribers, templates, campaigns, suppressions):
+    for module in (lists, subscribers, imports, templates, campaigns, lifecycle, suppressions):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

@@ -141,7 +141,9 @@ class CsvReader:
             raise Invalid(f"cannot read {self.path.name}: {exc.strerror or exc}") from None
         if not first.strip():
             self.close()
-            raise Invalid("the file is empty or its first line is blank: a header must name the columns")
+            raise Invalid(
+                "the file is empty or its first line is blank: a header must name the columns"
+            )
         delimiter = _delimiter(first)
         try:
             self._header = parse_header(next(csv.reader([first], delimiter=delimiter)), delimiter)

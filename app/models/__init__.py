@@ -11,6 +11,7 @@ from app.models.suppression import Suppression, SuppressionScope
 from app.models.template import Template
 
 __all__ = [
+    "OPEN_STATUSES",
     "ApiKey",
     "Base",
     "Campaign",
@@ -20,7 +21,6 @@ __all__ = [
     "ImportMode",
     "ImportStatus",
     "MailingList",
-    "OPEN_STATUSES",
     "OptIn",
     "Send",
     "SendStatus",

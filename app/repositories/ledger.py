@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,7 +46,15 @@ async def freeze_audience(session: AsyncSession, campaign: Campaign) -> tuple[in
     )
     await session.execute(
         sa.insert(Send).from_select(
-            ["campaign_id", "subscriber_id", "email", "status", "attempts", "last_reply", "updated_at"],
+            [
+                "campaign_id",
+                "subscriber_id",
+                "email",
+                "status",
+                "attempts",
+                "last_reply",
+                "updated_at",
+            ],
             recipients,
         )
     )
@@ -117,7 +126,7 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
     if not outcomes:
         return
     now = utcnow()
-    table = Send.__table__
+    table = cast(sa.Table, Send.__table__)
     statement = (
         sa.update(table)
         .where(table.c.id == sa.bindparam("b_id"))

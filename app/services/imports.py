@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.errors import Invalid, NotFound
 from app.imports.reader import Chunk, CsvReader, read_header
-from app.imports.writer import ChunkWriter, Target
+from app.imports.writer import ChunkWriter, Target, encode
 from app.models import ImportJob, ImportMode, ImportStatus, Subscriber, SubscriptionStatus, utcnow
 from app.services import lists as lists_service
 from app.services.subscribers import SubscriberQuery, filters
@@ -98,6 +98,7 @@ async def create_job(
     missing = await lists_service.missing_ids(session, unique_ids)
     if missing:
         raise Invalid(f"unknown list ids: {missing}")
+    size = (await asyncio.to_thread(path.stat)).st_size
     job = ImportJob(
         status=ImportStatus.queued,
         mode=chosen_mode,
@@ -106,7 +107,7 @@ async def create_job(
         overwrite=overwrite,
         filename=filename[:300],
         path=str(path),
-        total_bytes=path.stat().st_size,
+        total_bytes=size,
     )
     session.add(job)
     await session.flush()
@@ -143,7 +144,7 @@ async def run_import(
         await _fail(sessionmaker, job, f"the import stopped: {_first_line(exc)}")
     finally:
         if remove_file:
-            Path(job.path).unlink(missing_ok=True)
+            await asyncio.to_thread(Path(job.path).unlink, missing_ok=True)
     return job
 
 
@@ -158,14 +159,15 @@ async def import_file(
     overwrite: bool = True,
 ) -> ImportJob:
     """Import a local file in this process (the CLI): Invalid if it cannot start at all."""
-    read_header(path)
+    path = await asyncio.to_thread(path.resolve)
+    await asyncio.to_thread(read_header, path)
     engine = create_engine(settings)
     sessionmaker = create_sessionmaker(engine)
     try:
         async with unit_of_work(sessionmaker) as session:
             job = await create_job(
                 session,
-                path=path.resolve(),
+                path=path,
                 filename=path.name,
                 mode=mode,
                 list_ids=list_ids,
@@ -183,7 +185,9 @@ async def import_file(
         await engine.dispose()
 
 
-async def recover_interrupted(session: AsyncSession, *, stale_after: timedelta = STALE_AFTER) -> list[int]:
+async def recover_interrupted(
+    session: AsyncSession, *, stale_after: timedelta = STALE_AFTER
+) -> list[int]:
     """Fail jobs a dead process left queued or running; returns their ids.
 
     Without a heartbeat column, a job counts as dead when it started (or was queued) more
@@ -214,21 +218,19 @@ class ImportRunner:
     def start(self, job_id: int) -> None:
         """Run a committed job in the background; its uploaded file is removed at the end."""
         task = asyncio.create_task(
-            run_import(
-                self.sessionmaker, job_id, batch_size=self.batch_size, remove_file=True
-            ),
+            run_import(self.sessionmaker, job_id, batch_size=self.batch_size, remove_file=True),
             name=f"import-{job_id}",
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def close(self, timeout: float = 10.0) -> None:
+    async def close(self, grace: float = 10.0) -> None:
         """Cancel running imports (each records itself as interrupted) and wait for them."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks, timeout=grace)
 
 
 def export_rows(
@@ -311,7 +313,7 @@ async def _claim(sessionmaker: Sessionmaker, job_id: int) -> tuple[ImportJob, bo
 async def _import(
     sessionmaker: Sessionmaker, job: ImportJob, batch_size: int, progress: Progress | None
 ) -> None:
-    """Read the file chunk by chunk; parsing the next chunk overlaps writing this one."""
+    """Read, check and encode the next chunk in a thread while this one is being written."""
     target = Target(
         mode=job.mode,
         overwrite=job.overwrite,
@@ -323,26 +325,28 @@ async def _import(
     writer = ChunkWriter(dialect, target)
     with CsvReader(Path(job.path), overwrite=job.overwrite) as reader:
         chunks = reader.chunks(batch_size)
-        following: asyncio.Future[Chunk | None] = asyncio.ensure_future(
-            asyncio.to_thread(next, chunks, None)
-        )
+
+        def prepare() -> tuple[Chunk, str] | None:
+            chunk = next(chunks, None)
+            return None if chunk is None else (chunk, encode(chunk.rows) if chunk.rows else "")
+
+        following = asyncio.ensure_future(asyncio.to_thread(prepare))
         try:
             # shield: a cancelled job must still wait below for the thread using the file.
-            while (chunk := await asyncio.shield(following)) is not None:
-                following = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
-                await _write(sessionmaker, writer, job, chunk)
+            while (prepared := await asyncio.shield(following)) is not None:
+                following = asyncio.ensure_future(asyncio.to_thread(prepare))
+                await _write(sessionmaker, writer, job, *prepared)
                 if progress is not None:
                     progress(job)
         finally:
-            # The reader thread must be done with the file before it is closed.
             if not following.done():
                 await asyncio.wait([following])
             if not following.cancelled():
-                following.exception()
+                following.exception()  # retrieved: an error here is already being raised
 
 
 async def _write(
-    sessionmaker: Sessionmaker, writer: ChunkWriter, job: ImportJob, chunk: Chunk
+    sessionmaker: Sessionmaker, writer: ChunkWriter, job: ImportJob, chunk: Chunk, document: str
 ) -> None:
     """One transaction: the chunk's rows and the job's progress, committed together."""
     values: dict[str, Any] = {
@@ -359,7 +363,8 @@ async def _write(
     if chunk.errors and room > 0:
         values["errors"] = [*job.errors, *chunk.errors[:room]]
     async with unit_of_work(sessionmaker) as session:
-        await writer.write(session, chunk.rows, utcnow())
+        if document:
+            await writer.write(session, document, utcnow())
         await session.execute(sa.update(ImportJob).where(ImportJob.id == job.id).values(values))
     for name, value in values.items():
         setattr(job, name, value)

@@ -23,11 +23,12 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def api_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+def api_url(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
         "WARTA_DATABASE_URL": database_url,
+        "WARTA_REDIS_URL": redis_url,
         "WARTA_VAR_DIR": str(tmp_path / "var"),
         "WARTA_BOOTSTRAP_API_KEY": ADMIN_TOKEN,
         "WARTA_API_PORT": str(port),

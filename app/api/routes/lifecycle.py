@@ -1,0 +1,86 @@
+"""/campaigns/{id}/schedule|unschedule|pause|resume|cancel and /campaigns/{id}/stats."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from app.api.deps import PathId, SessionDep, SettingsDep, require
+from app.api.routes.campaigns import _read
+from app.api.schemas.campaigns import CampaignRead
+from app.api.schemas.lifecycle import CampaignStats
+from app.models import utcnow
+from app.queue import enqueue_batches, enqueue_start
+from app.repositories import ledger
+from app.services import campaigns as campaigns_service
+from app.services import content, lifecycle
+
+router = APIRouter(prefix="/campaigns", tags=["campaigns"])
+READ = [Depends(require("campaigns:read"))]
+WRITE = [Depends(require("campaigns:write"))]
+
+
+async def _apply(
+    request: Request, session: SessionDep, campaign_id: int, action: str
+) -> CampaignRead:
+    campaign = await lifecycle.transition(session, campaign_id, action)
+    await session.commit()
+    pool = request.app.state.queue
+    if action == "schedule":
+        await enqueue_start(pool, campaign_id)
+    elif action == "resume":
+        ranges = await ledger.ranges_with_work(session, campaign_id, campaign.ledger_base, utcnow())
+        await enqueue_batches(pool, campaign_id, ranges)
+    return (await _read(session, [campaign]))[0]
+
+
+@router.post("/{campaign_id}/schedule", dependencies=WRITE)
+async def schedule(
+    campaign_id: PathId, request: Request, session: SessionDep, settings: SettingsDep
+) -> CampaignRead:
+    """draft → scheduled: sends at `send_at`, or now if it is unset or past."""
+    campaign = await campaigns_service.get(session, campaign_id)
+    await content.check_renders(session, settings, campaign)
+    return await _apply(request, session, campaign_id, "schedule")
+
+
+@router.post("/{campaign_id}/unschedule", dependencies=WRITE)
+async def unschedule(campaign_id: PathId, request: Request, session: SessionDep) -> CampaignRead:
+    """scheduled → draft, to edit it again."""
+    return await _apply(request, session, campaign_id, "unschedule")
+
+
+@router.post("/{campaign_id}/pause", dependencies=WRITE)
+async def pause(campaign_id: PathId, request: Request, session: SessionDep) -> CampaignRead:
+    """running → paused: every worker stops sending it within a second."""
+    return await _apply(request, session, campaign_id, "pause")
+
+
+@router.post("/{campaign_id}/resume", dependencies=WRITE)
+async def resume(campaign_id: PathId, request: Request, session: SessionDep) -> CampaignRead:
+    """paused → running: sends exactly the recipients not yet sent."""
+    return await _apply(request, session, campaign_id, "resume")
+
+
+@router.post("/{campaign_id}/cancel", dependencies=WRITE)
+async def cancel(campaign_id: PathId, request: Request, session: SessionDep) -> CampaignRead:
+    """Stop for good; recipients not yet sent stay pending in the ledger."""
+    return await _apply(request, session, campaign_id, "cancel")
+
+
+@router.get("/{campaign_id}/stats", dependencies=READ)
+async def stats(campaign_id: PathId, session: SessionDep) -> CampaignStats:
+    """Ledger counts per status, the current rate and an ETA."""
+    campaign = await campaigns_service.get(session, campaign_id)
+    figures = await lifecycle.stats(session, campaign_id)
+    counts = {status: figures.counts.get(status, 0) for status in CampaignStats.model_fields}
+    return CampaignStats(
+        **{
+            **counts,
+            "campaign_id": campaign_id,
+            "status": campaign.status.value,
+            "status_reason": campaign.status_reason,
+            "recipients": figures.recipients,
+            "rate_per_second": round(figures.rate, 2),
+            "eta_seconds": figures.eta_seconds,
+        }
+    )

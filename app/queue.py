@@ -1,0 +1,43 @@
+"""The job queue: arq on Redis, a bulk queue for campaigns and a priority queue for the rest.
+
+Jobs carry ids only and have deterministic job ids, so enqueueing the same work twice is a
+no-op while the first is queued or running.
+"""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis
+
+BULK_QUEUE = "warta:bulk"
+PRIORITY_QUEUE = "warta:priority"
+
+
+def batch_job_id(campaign_id: int, low: int) -> str:
+    """The one job that sends ledger rows [low, low + span) of a campaign."""
+    return f"warta:batch:{campaign_id}:{low}"
+
+
+async def enqueue_start(pool: ArqRedis, campaign_id: int) -> None:
+    """Ask a worker to start a campaign now (the scheduler would, within a second)."""
+    await pool.enqueue_job(
+        "start_campaign",
+        campaign_id,
+        _job_id=f"warta:start:{campaign_id}",
+        _queue_name=PRIORITY_QUEUE,
+    )
+
+
+async def enqueue_batches(pool: ArqRedis, campaign_id: int, ranges: list[tuple[int, int]]) -> int:
+    """Enqueue a batch job per ledger range; returns how many were new."""
+    new = 0
+    for low, high in ranges:
+        job = await pool.enqueue_job(
+            "send_batch",
+            campaign_id,
+            low,
+            high,
+            _job_id=batch_job_id(campaign_id, low),
+            _queue_name=BULK_QUEUE,
+        )
+        new += job is not None
+    return new

@@ -1,0 +1,105 @@
+"""A campaign's content made ready to send: loaded, compiled, and checked against recipients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import Invalid
+from app.models import Campaign, CampaignList, MailingList, Subscriber, Template
+from app.settings import Settings
+from campaigns.audience import audience_filter
+from campaigns.composer import Addressee, PreparedCampaign, SiteIdentity, links, mailbox
+from campaigns.rendering import Recipient, RenderError, SubscriberView, compile_campaign, validate
+from campaigns.segments import segment_filter
+from campaigns.templating import TemplateError
+
+VALIDATION_SAMPLE = 50
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    id: int
+    name: str
+    subject: str
+    html: str
+    text: str
+
+
+def site_identity(settings: Settings) -> SiteIdentity:
+    """The names and secret every message is built with."""
+    return SiteIdentity(
+        secret=settings.effective_secret_key(),
+        public_url=settings.public_url,
+        hostname=settings.mta_hostname,
+        bounce_domain=settings.bounce_domain,
+    )
+
+
+async def prepare_campaign(
+    session: AsyncSession, campaign: Campaign, site: SiteIdentity
+) -> PreparedCampaign:
+    """Load the content (inline or template) and list, and compile it."""
+    subject, html, text = campaign.subject, campaign.html, campaign.text
+    if campaign.template_id is not None:
+        template = await session.get(Template, campaign.template_id)
+        if template is not None:
+            html, text = template.html or html, template.text or text
+            subject = campaign.subject or template.subject
+    first_list = (
+        await session.execute(
+            sa.select(MailingList.id, MailingList.name)
+            .join(CampaignList, CampaignList.list_id == MailingList.id)
+            .where(CampaignList.campaign_id == campaign.id)
+            .order_by(MailingList.id)
+            .limit(1)
+        )
+    ).first()
+    list_id, list_name = (first_list[0], first_list[1]) if first_list else (0, None)
+    return PreparedCampaign(
+        campaign_id=campaign.id,
+        compiled=compile_campaign(_Source(campaign.id, campaign.name, subject, html, text)),
+        sender=mailbox(campaign.from_email),
+        reply_to=mailbox(campaign.reply_to) if campaign.reply_to else None,
+        list_name=list_name,
+        list_id=f"list{list_id}.{site.hostname}",
+        rate=campaign.rate or 0.0,
+        site=site,
+    )
+
+
+async def check_renders(session: AsyncSession, settings: Settings, campaign: Campaign) -> None:
+    """Render for a sample and the first audience members; any failure is Invalid (422).
+
+    This is where an undefined variable or a sandbox violation is caught: when the campaign
+    is scheduled, not half-way through the send.
+    """
+    site = site_identity(settings)
+    try:
+        prepared = await prepare_campaign(session, campaign, site)
+        validate(prepared.compiled)
+    except (RenderError, TemplateError) as exc:
+        raise Invalid(f"the campaign does not render: {exc}") from None
+    segment = segment_filter(campaign.segment) if campaign.segment else None
+    members = await session.scalars(
+        sa.select(Subscriber)
+        .where(*audience_filter(campaign.id, segment))
+        .order_by(Subscriber.id)
+        .limit(VALIDATION_SAMPLE)
+    )
+    for member in members:
+        addressee = Addressee(member.id, member.email, member.name, dict(member.attributes))
+        recipient = Recipient(
+            subscriber=SubscriberView.of(member.email, member.name, member.attributes),
+            list_name=prepared.list_name,
+            **links(site, member.id, campaign.id),
+        )
+        try:
+            validate(prepared.compiled, recipient)
+        except RenderError as exc:
+            raise Invalid(
+                f"the campaign does not render for {addressee.email}: {exc} "
+                "(use the default filter for attributes some subscribers lack)"
+            ) from None

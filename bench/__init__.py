@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (bench/run.py) runs every bench/*_bench.py and prints figures."""

@@ -1,0 +1,99 @@
+"""The message for one ledger row: rendered content, identity headers and envelope sender."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import parseaddr
+from typing import Any
+
+from campaigns import identity
+from campaigns.message import Address, OutgoingMessage, build_message
+from campaigns.rendering import CompiledCampaign, Recipient, SubscriberView, render
+
+
+@dataclass(frozen=True, slots=True)
+class SiteIdentity:
+    """The deployment-wide names every message carries."""
+
+    secret: str
+    public_url: str
+    hostname: str
+    bounce_domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class Addressee:
+    """A recipient as loaded at send time."""
+
+    subscriber_id: int
+    email: str
+    name: str
+    attributes: dict[str, Any]
+
+
+def mailbox(value: str) -> Address:
+    """`Name <addr>` or `addr` as an Address."""
+    name, email = parseaddr(value)
+    return Address(email=email, name=name)
+
+
+def links(site: SiteIdentity, subscriber_id: int, campaign_id: int) -> dict[str, str]:
+    """Signed per-recipient links: unsubscribe, preferences, view in browser."""
+
+    def url(kind: str, purpose: str) -> str:
+        token = identity.link_token(site.secret, purpose, subscriber_id, campaign_id)
+        return f"{site.public_url}/{kind}/{token}"
+
+    return {
+        "unsubscribe_url": url("u", "unsubscribe"),
+        "preferences_url": url("p", "preferences"),
+        "view_in_browser_url": url("v", "view"),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCampaign:
+    """A campaign compiled once, ready to build every recipient's message."""
+
+    campaign_id: int
+    compiled: CompiledCampaign
+    sender: Address
+    reply_to: Address | None
+    list_name: str | None
+    list_id: str
+    rate: float
+    site: SiteIdentity
+
+    def envelope_from(self, send_id: int) -> str:
+        """The VERP return path naming the ledger row."""
+        return identity.verp_address(self.site.secret, send_id, self.site.bounce_domain)
+
+    def build(self, send_id: int, addressee: Addressee) -> bytes:
+        """Render and assemble the message for one ledger row."""
+        urls = links(self.site, addressee.subscriber_id, self.campaign_id)
+        recipient = Recipient(
+            subscriber=SubscriberView.of(addressee.email, addressee.name, addressee.attributes),
+            list_name=self.list_name,
+            **urls,
+        )
+        rendered = render(self.compiled, recipient)
+        token = identity.link_token(
+            self.site.secret, "unsubscribe", addressee.subscriber_id, self.campaign_id
+        )
+        return build_message(
+            OutgoingMessage(
+                sender=self.sender,
+                recipient=Address(email=addressee.email, name=addressee.name),
+                subject=rendered.subject,
+                message_id=identity.message_id(self.site.secret, send_id, self.site.hostname),
+                text=rendered.text,
+                html=rendered.html,
+                reply_to=self.reply_to,
+                unsubscribe_url=urls["unsubscribe_url"],
+                unsubscribe_mailto=f"unsubscribe+{token}@{self.site.bounce_domain}",
+                one_click_unsubscribe=True,
+                list_id=self.list_id,
+                list_name=self.list_name or "",
+                feedback_id=f"{self.campaign_id}:campaign:warta",
+            )
+        )

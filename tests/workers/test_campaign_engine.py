@@ -1,0 +1,166 @@
+"""A whole campaign, API to SMTP sink, with a real worker, Redis and database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.api.app import create_app
+from app.settings import Settings
+from campaigns import identity
+from tests.conftest import ADMIN_TOKEN
+from tests.sinks import SinkHandler, smtp_sink
+from workers.worker import run_worker
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[str, SinkHandler]]:
+    with smtp_sink() as server:
+        yield server
+
+
+@pytest.fixture
+def engine_settings(settings: Settings, sink: tuple[str, SinkHandler]) -> Settings:
+    return settings.model_copy(update={"mta_submission": sink[0], "sender_connections": 4})
+
+
+@pytest.fixture
+async def api(engine_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(engine_settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as client:
+            yield client
+
+
+@pytest.fixture
+async def worker(engine_settings: Settings) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(engine_settings, engine_settings.redis_url, stop))
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+async def _post(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await api.post(path, json=body)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+async def wait_for_status(
+    api: httpx.AsyncClient, campaign_id: int, status: str, timeout: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = (await api.get(f"/api/v1/campaigns/{campaign_id}/stats")).json()
+        if stats["status"] == status:
+            return dict(stats)
+        assert time.monotonic() < deadline, f"campaign never became {status}: {stats}"
+        await asyncio.sleep(0.05)
+
+
+async def test_every_eligible_recipient_gets_exactly_one_message(
+    api: httpx.AsyncClient,
+    worker: None,
+    sink: tuple[str, SinkHandler],
+    engine_settings: Settings,
+) -> None:
+    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    double = (await _post(api, "/api/v1/lists", {"name": "dbl", "optin": "double"}))["id"]
+    other = (await _post(api, "/api/v1/lists", {"name": "other"}))["id"]
+    eligible = set()
+    for index in range(30):
+        address = f"reader{index}@example.com"
+        await _post(
+            api,
+            "/api/v1/subscribers",
+            {"email": address, "name": f"Reader {index}", "lists": [news, double]},
+        )
+        eligible.add(address)
+    confirmed = await _post(
+        api, "/api/v1/subscribers", {"email": "confirmed@example.com", "lists": [double], "preconfirm": True}
+    )
+    eligible.add(confirmed["email"])
+    await _post(api, "/api/v1/subscribers", {"email": "unconfirmed@example.com", "lists": [double]})
+    await _post(api, "/api/v1/subscribers", {"email": "elsewhere@example.com", "lists": [other]})
+    await _post(
+        api,
+        "/api/v1/subscribers",
+        {"email": "blocked@example.com", "lists": [news], "status": "blocklisted"},
+    )
+    gone = await _post(api, "/api/v1/subscribers", {"email": "gone@example.com", "lists": [news]})
+    await api.put(f"/api/v1/subscribers/{gone['id']}/lists/{news}", json={"status": "unsubscribed"})
+    await _post(api, "/api/v1/subscribers", {"email": "suppressed@example.com", "lists": [news]})
+    await _post(api, "/api/v1/suppressions", {"address": "suppressed@example.com"})
+
+    campaign = await _post(
+        api,
+        "/api/v1/campaigns",
+        {
+            "name": "November",
+            "subject": "Hello {{ subscriber.name | default('friend') }}",
+            "from_email": "Warta News <news@example.com>",
+            "list_ids": [news, double],
+            "html": "<p>Hi {{ subscriber.name }}</p><a href='{{ unsubscribe_url }}'>unsubscribe</a>",
+        },
+    )
+    await _post(api, f"/api/v1/campaigns/{campaign['id']}/schedule", {})
+    stats = await wait_for_status(api, campaign["id"], "finished")
+
+    received = sink[1].snapshot()
+    recipients = [rcpt for item in received for rcpt in item.rcpt_tos]
+    assert sorted(recipients) == sorted(eligible)
+    assert stats["sent"] == len(eligible)
+    assert stats["recipients"] == len(eligible)
+    secret = engine_settings.effective_secret_key()
+    for item in received:
+        message = item.message
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "<http://127.0.0.1:8000/u/" in message["List-Unsubscribe"]
+        assert identity.parse_verp(secret, item.mail_from) is not None
+        assert item.mail_from.endswith("@" + engine_settings.bounce_domain)
+    assert len({item.message_id for item in received}) == len(received)
+
+
+async def test_impossible_transitions_are_409(api: httpx.AsyncClient) -> None:
+    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    campaign = await _post(
+        api,
+        "/api/v1/campaigns",
+        {"name": "c", "subject": "s", "from_email": "a@example.com", "list_ids": [news], "text": "t"},
+    )
+    response = await api.post(f"/api/v1/campaigns/{campaign['id']}/pause")
+    assert response.status_code == 409
+    assert "cannot pause a campaign that is draft" in response.json()["detail"]
+    assert (await api.post(f"/api/v1/campaigns/{campaign['id']}/resume")).status_code == 409
+
+
+async def test_schedule_refuses_a_campaign_that_does_not_render(api: httpx.AsyncClient) -> None:
+    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    await _post(
+        api, "/api/v1/subscribers", {"email": "a@example.com", "lists": [news], "attributes": {}}
+    )
+    campaign = await _post(
+        api,
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "subject": "s",
+            "from_email": "a@example.com",
+            "list_ids": [news],
+            "html": "<p>{{ subscriber.attributes.city }}</p>",
+        },
+    )
+    response = await api.post(f"/api/v1/campaigns/{campaign['id']}/schedule")
+    assert response.status_code == 422
+    assert "does not render" in response.json()["detail"]
+    assert (await api.get(f"/api/v1/campaigns/{campaign['id']}")).json()["status"] == "draft"

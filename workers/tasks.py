@@ -1,0 +1,83 @@
+"""arq tasks: thin wrappers that call one step of the engine with ids from the job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from arq.connections import ArqRedis
+
+from app.models import Campaign, utcnow
+from app.queue import enqueue_batches
+from app.repositories import ledger
+from app.services import lifecycle
+from workers.batch import send_batch as run_batch
+from workers.context import EngineContext
+from workers.test_send import send_test_messages
+
+logger = logging.getLogger(__name__)
+Ctx = dict[str, Any]
+
+
+def _engine(ctx: Ctx) -> EngineContext:
+    engine: EngineContext = ctx["engine"]
+    return engine
+
+
+async def start_campaign(ctx: Ctx, campaign_id: int) -> bool:
+    """scheduled → running, freeze the audience, fan out the batches; False if not due/taken."""
+    engine = _engine(ctx)
+    async with engine.sessionmaker() as session:
+        campaign = await lifecycle.start(session, campaign_id)
+        await session.commit()
+    if campaign is None:
+        return False
+    logger.info("campaign %s started: %s recipients", campaign_id, campaign.audience_size)
+    await _fan_out(ctx["redis"], engine, campaign)
+    return True
+
+
+async def start_due_campaigns(ctx: Ctx) -> int:
+    """The scheduler: start every scheduled campaign whose time has come."""
+    engine = _engine(ctx)
+    async with engine.sessionmaker() as session:
+        due = await lifecycle.due_campaigns(session, utcnow())
+    started = 0
+    for campaign_id in due:
+        started += await start_campaign(ctx, campaign_id)
+    return started
+
+
+async def reconcile(ctx: Ctx) -> int:
+    """Safety net: re-enqueue ranges of running campaigns that still hold work; finish done ones.
+
+    Enqueueing is idempotent (deterministic job ids), so this can run on every worker.
+    """
+    engine = _engine(ctx)
+    enqueued = 0
+    async with engine.sessionmaker() as session:
+        running = await lifecycle.running_campaigns(session)
+    for campaign in running:
+        enqueued += await _fan_out(ctx["redis"], engine, campaign)
+        async with engine.sessionmaker() as session:
+            await lifecycle.finish_if_done(session, campaign.id)
+            await session.commit()
+    return enqueued
+
+
+async def send_batch(ctx: Ctx, campaign_id: int, low: int, high: int) -> dict[str, Any]:
+    """Send one ledger range of a campaign."""
+    report = await run_batch(_engine(ctx), campaign_id, low, high)
+    return asdict(report)
+
+
+async def send_test(ctx: Ctx, campaign_id: int, addresses: list[str]) -> list[str]:
+    """Send a campaign to test addresses (no ledger rows; the replies are returned)."""
+    return await send_test_messages(_engine(ctx), campaign_id, addresses)
+
+
+async def _fan_out(pool: ArqRedis, engine: EngineContext, campaign: Campaign) -> int:
+    async with engine.sessionmaker() as session:
+        ranges = await ledger.ranges_with_work(session, campaign.id, campaign.ledger_base, utcnow())
+    return await enqueue_batches(pool, campaign.id, ranges)

@@ -1,0 +1,117 @@
+"""`warta worker`: two arq workers in one process, bulk (campaign batches) and priority."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from arq import cron
+from arq.connections import ArqRedis, create_pool
+from arq.worker import Function, Worker, func
+from redis.asyncio import Redis
+
+from app.database import create_engine, create_sessionmaker
+from app.queue import BULK_QUEUE, PRIORITY_QUEUE
+from app.redis import arq_redis_settings
+from app.settings import Settings
+from workers import tasks
+from workers.context import EngineContext
+from workers.ratelimit import RateLimiter
+from workers.sender import SmtpSender
+
+logger = logging.getLogger(__name__)
+SHUTDOWN_GRACE = 10.0  # seconds running jobs get to finish before they are cancelled
+
+
+@asynccontextmanager
+async def engine_context(settings: Settings, redis: Redis) -> AsyncIterator[EngineContext]:
+    """Open the database engine and the SMTP pool for the life of the worker."""
+    engine = create_engine(settings)
+    sender = SmtpSender.from_settings(settings, pool_size=settings.sender_connections)
+    try:
+        async with sender:
+            yield EngineContext(
+                settings=settings,
+                sessionmaker=create_sessionmaker(engine),
+                sender=sender,
+                limiter=RateLimiter(redis),
+            )
+    finally:
+        await engine.dispose()
+
+
+def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> list[Worker]:
+    """The bulk worker (batches) and the priority worker (starts, tests, scheduler crons)."""
+    batch = func(tasks.send_batch, timeout=settings.batch_timeout, keep_result=0, max_tries=1000)
+    common: dict[str, Any] = {
+        "redis_pool": pool,
+        "ctx": ctx,
+        "handle_signals": False,
+        "poll_delay": 0.05,
+        "keep_result": 0,
+    }
+    priority_functions: list[Function] = [
+        func(tasks.start_campaign, keep_result=0),
+        func(tasks.send_test, timeout=120),
+    ]
+    return [
+        Worker(
+            functions=[batch],
+            queue_name=BULK_QUEUE,
+            max_jobs=settings.worker_batches,
+            **common,
+        ),
+        Worker(
+            functions=priority_functions,
+            queue_name=PRIORITY_QUEUE,
+            max_jobs=20,
+            cron_jobs=[
+                cron(tasks.start_due_campaigns, second=set(range(60)), run_at_startup=True),
+                cron(tasks.reconcile, second=set(range(0, 60, 5)), run_at_startup=True),
+            ],
+            **common,
+        ),
+    ]
+
+
+async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event | None = None) -> None:
+    """Run both workers until `stop` is set (by default: SIGINT or SIGTERM)."""
+    pool = await create_pool(arq_redis_settings(redis_url))
+    try:
+        async with engine_context(settings, pool) as engine:
+            ctx: dict[str, Any] = {"engine": engine}
+            workers = build_workers(settings, pool, ctx)
+            if stop is None:
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+            runs = [asyncio.create_task(worker.async_run()) for worker in workers]
+            logger.info("worker ready: queues %s, %s", BULK_QUEUE, PRIORITY_QUEUE)
+            await stop.wait()
+            await _drain(workers, SHUTDOWN_GRACE)
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+    finally:
+        await pool.aclose()
+
+
+async def _drain(workers: list[Worker], grace: float) -> None:
+    """Stop taking jobs, give running ones `grace` seconds, then cancel what is left.
+
+    A cancelled batch loses nothing: its rows stay pending or sending in the ledger and
+    its job stays queued, so another worker sends them (with the same Message-IDs).
+    """
+    for worker in workers:
+        worker.allow_pick_jobs = False
+    running = [task for worker in workers for task in worker.tasks.values() if not task.done()]
+    if running:
+        _, pending = await asyncio.wait(running, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
