@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    received_at: float = 0.0
 
     @property
     def message(self) -> email.message.EmailMessage:
@@ -47,7 +49,10 @@ class SinkHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         item = Received(
-            str(envelope.mail_from), tuple(envelope.rcpt_tos), envelope.original_content or b""
+            str(envelope.mail_from),
+            tuple(envelope.rcpt_tos),
+            envelope.original_content or b"",
+            time.monotonic(),
         )
         with self._lock:
             if self.dedupe:

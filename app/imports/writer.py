@@ -133,7 +133,7 @@ def _upsert(dialect: str, target: Target) -> sa.Executable:
 
 
 def _add_memberships(dialect: str) -> sa.Executable:
-    """Every subscriber id × list id, ON CONFLICT DO NOTHING: existing memberships stay."""
+    """Every subscriber id x list id, ON CONFLICT DO NOTHING: existing memberships stay."""
     now = sa.bindparam("now", type_=UTCDateTime())
     ids, lists = (_json_array(dialect, name) for name in ("ids", "lists"))
     source = (

@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from app.api.app import create_app
 from app.settings import Settings
 from campaigns import identity
-from tests.conftest import ADMIN_TOKEN
-from tests.sinks import SinkHandler, smtp_sink
-from workers.worker import run_worker
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[str, SinkHandler]]:
-    with smtp_sink() as server:
-        yield server
-
-
-@pytest.fixture
-def engine_settings(settings: Settings, sink: tuple[str, SinkHandler]) -> Settings:
-    return settings.model_copy(update={"mta_submission": sink[0], "sender_connections": 4})
-
-
-@pytest.fixture
-async def api(engine_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(engine_settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://testserver",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as client:
-            yield client
-
-
-@pytest.fixture
-async def worker(engine_settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_worker(engine_settings, engine_settings.redis_url, stop))
-    yield
-    stop.set()
-    await asyncio.wait_for(task, 30)
+from tests.sinks import SinkHandler
+from tests.workers.conftest import wait_for_status
 
 
 async def _post(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
     response = await api.post(path, json=body)
     assert response.status_code in (200, 201), response.text
     return dict(response.json())
-
-
-async def wait_for_status(
-    api: httpx.AsyncClient, campaign_id: int, status: str, timeout: float = 60
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = (await api.get(f"/api/v1/campaigns/{campaign_id}/stats")).json()
-        if stats["status"] == status:
-            return dict(stats)
-        assert time.monotonic() < deadline, f"campaign never became {status}: {stats}"
-        await asyncio.sleep(0.05)
 
 
 async def test_every_eligible_recipient_gets_exactly_one_message(
@@ -87,7 +37,9 @@ async def test_every_eligible_recipient_gets_exactly_one_message(
         )
         eligible.add(address)
     confirmed = await _post(
-        api, "/api/v1/subscribers", {"email": "confirmed@example.com", "lists": [double], "preconfirm": True}
+        api,
+        "/api/v1/subscribers",
+        {"email": "confirmed@example.com", "lists": [double], "preconfirm": True},
     )
     eligible.add(confirmed["email"])
     await _post(api, "/api/v1/subscribers", {"email": "unconfirmed@example.com", "lists": [double]})
@@ -136,7 +88,13 @@ async def test_impossible_transitions_are_409(api: httpx.AsyncClient) -> None:
     campaign = await _post(
         api,
         "/api/v1/campaigns",
-        {"name": "c", "subject": "s", "from_email": "a@example.com", "list_ids": [news], "text": "t"},
+        {
+            "name": "c",
+            "subject": "s",
+            "from_email": "a@example.com",
+            "list_ids": [news],
+            "text": "t",
+        },
     )
     response = await api.post(f"/api/v1/campaigns/{campaign['id']}/pause")
     assert response.status_code == 409
