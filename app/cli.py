@@ -18,8 +18,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from app import migrate as migrations
 from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.errors import DomainError
-from app.services import api_keys
 from app.redis import EmbeddedRedis, resolve_redis_url
+from app.services import api_keys
 from app.settings import Settings, SettingsError, get_settings
 
 cli = typer.Typer(
@@ -136,7 +136,9 @@ async def _dev_services(settings: Settings) -> None:
 
     stop = asyncio.Event()
     server = _server(settings)
-    capture = CaptureListener.from_settings(settings) if settings.mta_delivery == "capture" else None
+    capture = (
+        CaptureListener.from_settings(settings) if settings.mta_delivery == "capture" else None
+    )
     if capture is not None:
         capture.start()
         console.print(f"      capture  smtp://{settings.mta_submission} → {capture.maildir}")

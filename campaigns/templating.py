@@ -7,7 +7,7 @@ import re
 from collections.abc import Sized
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError
@@ -38,7 +38,7 @@ def template_view(cls: type[ViewT]) -> type[ViewT]:
     if params is None or not params.frozen:
         raise TypeError(f"{cls.__name__} must be a frozen dataclass")
     _VIEW_FIELDS[cls] = frozenset(
-        f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")
+        f.name for f in dataclasses.fields(cast(Any, cls)) if not f.name.startswith("_")
     )
     return cls
 

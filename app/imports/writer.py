@@ -1,7 +1,14 @@
 """Writing one chunk of valid rows: a bulk upsert of subscribers, then of their memberships.
 
-Both are single statements over the whole chunk, never an ORM object per row. The upsert is keyed by the normalised
-address, so importing the same file twice changes nothing the second time.
+A chunk travels to the database as one JSON document that the database expands itself
+(`json_each` on SQLite, `jsonb_to_recordset` on PostgreSQL): one bound parameter instead
+of six per row. Measured on 100,000 rows, SQLAlchemy's per-row parameter processing for
+an executemany cost more than the writes themselves; this costs one `json.dumps`.
+
+The upsert is keyed by the normalised address, so importing a file twice changes nothing
+the second time. Memberships are inserted ON CONFLICT DO NOTHING: an existing membership,
+unsubscribed included, keeps its status. On PostgreSQL both are one statement (a
+data-modifying CTE), on SQLite two (the upsert's RETURNING ids feed the second).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from app.models.base import UTCDateTime
 
 _subscribers = cast(sa.Table, Subscriber.__table__)
 _subscriptions = cast(sa.Table, Subscription.__table__)
+_SUBSCRIBER_COLUMNS = ["email", "name", "attributes", "status", "created_at", "updated_at"]
+_MEMBERSHIP_COLUMNS = ["subscriber_id", "list_id", "status", "created_at", "updated_at"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,43 +48,6 @@ class Target:
         return self.mode is ImportMode.subscribe and bool(self.list_ids)
 
 
-class ChunkWriter:
-    """Statements built once per job for the session's dialect, run once per chunk.
-
-    A chunk travels as one JSON document, expanded by the database (`json_each` on SQLite,
-    `jsonb_to_recordset` on PostgreSQL): one bound parameter instead of six per row, which
-    spares the per-row parameter processing that otherwise costs more than the writes.
-    """
-
-    def __init__(self, dialect: str, target: Target) -> None:
-        self.target = target
-        self.status = (
-            SubscriberStatus.blocklisted
-            if target.mode is ImportMode.blocklist
-            else SubscriberStatus.enabled
-        ).value
-        self.lists = json.dumps(list(target.list_ids))
-        self.upsert = _upsert(dialect, target)
-        self.add_memberships = _add_memberships(dialect)
-
-    async def write(self, session: AsyncSession, document: str, now: datetime) -> None:
-        """Upsert a chunk (as `encode` made it) and add memberships, in the session's transaction."""
-        result = await session.execute(
-            self.upsert, {"rows": document, "status": self.status, "now": now}
-        )
-        if not self.target.adds_memberships:
-            return
-        await session.execute(
-            self.add_memberships,
-            {
-                "ids": json.dumps(result.scalars().all()),
-                "lists": self.lists,
-                "membership": self.target.subscription_status.value,
-                "now": now,
-            },
-        )
-
-
 def encode(rows: dict[str, Row]) -> str:
     """A chunk's valid rows as the JSON document the statements expand (pure: any thread)."""
     return json.dumps(
@@ -85,8 +57,39 @@ def encode(rows: dict[str, Row]) -> str:
     )
 
 
-def _upsert(dialect: str, target: Target) -> sa.Executable:
-    """INSERT … SELECT FROM the chunk ON CONFLICT (email) DO UPDATE, merging attributes."""
+class ChunkWriter:
+    """The statements for one job, built once for the dialect, run once per chunk."""
+
+    def __init__(self, dialect: str, target: Target) -> None:
+        self.target = target
+        blocklist = target.mode is ImportMode.blocklist
+        status = SubscriberStatus.blocklisted if blocklist else SubscriberStatus.enabled
+        self.params: dict[str, Any] = {
+            "status": status.value,
+            "lists": json.dumps(list(target.list_ids)),
+            "membership": target.subscription_status.value,
+        }
+        upsert = _upsert(dialect, target)
+        self.first: sa.Executable = upsert
+        self.then: sa.Executable | None = None
+        if target.adds_memberships and dialect == "postgresql":
+            upserted = upsert.returning(_subscribers.c.id).cte("upserted")
+            self.first = _add_memberships(dialect, upserted).add_cte(upserted)
+        elif target.adds_memberships:
+            self.first = upsert.returning(_subscribers.c.id)
+            self.then = _add_memberships(dialect, _json_array(dialect, "ids"))
+
+    async def write(self, session: AsyncSession, document: str, now: datetime) -> None:
+        """Upsert a chunk (as `encode` made it) and add memberships, in the session's transaction."""
+        params = {**self.params, "rows": document, "now": now}
+        result = await session.execute(self.first, params)
+        if self.then is not None:
+            params["ids"] = json.dumps(result.scalars().all())
+            await session.execute(self.then, params)
+
+
+def _upsert(dialect: str, target: Target) -> Any:
+    """INSERT … SELECT FROM the document ON CONFLICT (email) DO UPDATE, merging attributes."""
     now = sa.bindparam("now", type_=UTCDateTime())
     if dialect == "postgresql":
         document = sa.cast(sa.bindparam("rows", type_=sa.Text), JSONB)
@@ -105,10 +108,8 @@ def _upsert(dialect: str, target: Target) -> sa.Executable:
     source = sa.select(
         email, name, attributes, sa.bindparam("status", type_=sa.String), now, now
     ).where(sa.true())
-    columns = ["email", "name", "attributes", "status", "created_at", "updated_at"]
-    statement: Any = _insert(dialect)(_subscribers).from_select(columns, source)
-    new = statement.excluded
-    stored = _subscribers.c
+    statement = _insert(dialect)(_subscribers).from_select(_SUBSCRIBER_COLUMNS, source)
+    new, stored = statement.excluded, _subscribers.c
     changes: dict[str, Any] = {}
     if target.overwrite:
         # An empty cell sets nothing: keep the stored name, merge attributes key by key.
@@ -125,35 +126,28 @@ def _upsert(dialect: str, target: Target) -> sa.Executable:
     if not changes:
         # A no-op update rather than DO NOTHING, so RETURNING reports existing rows too.
         changes["email"] = new.email
-    statement = statement.on_conflict_do_update(index_elements=[stored.email], set_=changes)
-    if target.adds_memberships:
-        statement = statement.returning(stored.id)
-    upsert: sa.Executable = statement
-    return upsert
+    return statement.on_conflict_do_update(index_elements=[stored.email], set_=changes)
 
 
-def _add_memberships(dialect: str) -> sa.Executable:
-    """Every subscriber id x list id, ON CONFLICT DO NOTHING: existing memberships stay."""
+def _add_memberships(dialect: str, subscribers: Any) -> Any:
+    """Each of the subscribers (a table whose first column is the id) on each list."""
     now = sa.bindparam("now", type_=UTCDateTime())
-    ids, lists = (_json_array(dialect, name) for name in ("ids", "lists"))
+    lists = _json_array(dialect, "lists")
+    subscriber_id = next(iter(subscribers.c))
     source = (
         sa.select(
-            sa.cast(ids.c.value, sa.Integer),
+            sa.cast(subscriber_id, sa.Integer),
             sa.cast(lists.c.value, sa.Integer),
             sa.bindparam("membership", type_=sa.String),
             now,
             now,
         )
-        .select_from(ids)
+        .select_from(subscribers)
         .join(lists, sa.true())
         .where(sa.true())
     )
-    columns = ["subscriber_id", "list_id", "status", "created_at", "updated_at"]
-    statement: Any = _insert(dialect)(_subscriptions).from_select(columns, source)
-    insert: sa.Executable = statement.on_conflict_do_nothing(
-        index_elements=["subscriber_id", "list_id"]
-    )
-    return insert
+    statement = _insert(dialect)(_subscriptions).from_select(_MEMBERSHIP_COLUMNS, source)
+    return statement.on_conflict_do_nothing(index_elements=["subscriber_id", "list_id"])
 
 
 def _json_array(dialect: str, name: str) -> Any:

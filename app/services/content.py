@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 from dataclasses import dataclass
+from email.message import EmailMessage
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,7 +15,14 @@ from app.models import Campaign, CampaignList, MailingList, Subscriber, Template
 from app.settings import Settings
 from campaigns.audience import audience_filter
 from campaigns.composer import Addressee, PreparedCampaign, SiteIdentity, links, mailbox
-from campaigns.rendering import Recipient, RenderError, SubscriberView, compile_campaign, validate
+from campaigns.rendering import (
+    Recipient,
+    RenderError,
+    SubscriberView,
+    compile_campaign,
+    sample_recipient,
+    validate,
+)
 from campaigns.segments import segment_filter
 from campaigns.templating import TemplateError
 
@@ -103,3 +113,42 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
                 f"the campaign does not render for {addressee.email}: {exc} "
                 "(use the default filter for attributes some subscribers lack)"
             ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """A campaign as one recipient would receive it."""
+
+    headers: list[tuple[str, str]]
+    subject: str
+    html: str | None
+    text: str
+
+
+async def preview(
+    session: AsyncSession, settings: Settings, campaign: Campaign, subscriber: Subscriber | None
+) -> Preview:
+    """Build the real message for `subscriber` (or a sample) and read it back."""
+    site = site_identity(settings)
+    try:
+        prepared = await prepare_campaign(session, campaign, site)
+        if subscriber is None:
+            sample = sample_recipient().subscriber
+            addressee = Addressee(0, sample.email, sample.name, dict(sample.attributes))
+        else:
+            addressee = Addressee(
+                subscriber.id, subscriber.email, subscriber.name, dict(subscriber.attributes)
+            )
+        data = prepared.build(0, addressee)
+    except (RenderError, TemplateError) as exc:
+        raise Invalid(f"the campaign does not render: {exc}") from None
+    message = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    html_part = message.get_body(("html",))
+    text_part = message.get_body(("plain",))
+    return Preview(
+        headers=[(name, str(value)) for name, value in message.items()],
+        subject=str(message["Subject"]),
+        html=html_part.get_content() if isinstance(html_part, EmailMessage) else None,
+        text=text_part.get_content() if isinstance(text_part, EmailMessage) else "",
+    )

@@ -33,10 +33,10 @@ HTML = '<html><body><p style="color:#333">Hello <b>Jane</b> &amp; friends — ü
 
 # Unicode without surrogates (not encodable) and without CR, LF, NUL (header injection).
 header_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"),
+    alphabet=st.characters(codec="utf-8", exclude_characters="\r\n\x00"),
     max_size=200,
 )
-body_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=3000)
+body_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=3000)
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -282,7 +282,7 @@ def test_long_ascii_subject_is_folded_at_spaces() -> None:
     [
         "Café & crème brûlée — this week",
         "Новости недели",
-        "本周新闻：东京、大阪和京都的最新消息",
+        "本周新闻 东京、大阪和京都的最新消息",
         "🎉🎉 Party time 🎉 " * 8,
         "👩‍👩‍👧‍👦 family emoji and 🇳🇴 flags",
         "x" * 300,
@@ -505,7 +505,7 @@ INJECTIONS = ["x\r\nBcc: victim@example.com", "x\nBcc: v@example.com", "x\rBcc: 
     ],
 )
 def test_header_injection_is_refused(field: str, value: str) -> None:
-    changes: dict[str, Any] = {
+    cases: dict[str, dict[str, Any]] = {
         "subject": {"subject": value},
         "sender_name": {"sender": Address("a@example.com", value)},
         "recipient_name": {"recipient": Address("a@example.com", value)},
@@ -518,9 +518,9 @@ def test_header_injection_is_refused(field: str, value: str) -> None:
         "list_name": {"list_id": "l.example", "list_name": value},
         "feedback_id": {"feedback_id": value},
         "extra_value": {"extra_headers": {"X-Note": value}},
-    }[field]
+    }
     with pytest.raises(HeaderInjection):
-        build_message(outgoing(**changes))
+        build_message(outgoing(**cases[field]))
 
 
 def test_header_injection_is_a_value_error() -> None:

@@ -65,7 +65,9 @@ def test_renders_every_part_with_the_whole_context() -> None:
         "<title>Jane Doe: Weekly #7</title><p>jane@example.com Weekly News Oslo</p>"
         "<a href='https://example.com/u/tok'>u</a>"
     )
-    assert rendered.text == "https://example.com/p/tok https://example.com/v/7/tok Jane Doe: Weekly #7"
+    assert (
+        rendered.text == "https://example.com/p/tok https://example.com/v/7/tok Jane Doe: Weekly #7"
+    )
 
 
 def test_compiles_once_and_reuses_templates_from_one_environment_per_kind() -> None:
@@ -83,7 +85,13 @@ def test_compiles_once_and_reuses_templates_from_one_environment_per_kind() -> N
 
 
 def test_compiles_an_orm_campaign_and_views_an_orm_subscriber() -> None:
-    campaign = Campaign(id=3, name="N", subject="S {{ subscriber.name }}", html="<b>{{ subscriber.attributes.plan }}</b>", text="")
+    campaign = Campaign(
+        id=3,
+        name="N",
+        subject="S {{ subscriber.name }}",
+        html="<b>{{ subscriber.attributes.plan }}</b>",
+        text="",
+    )
     attributes = {"plan": "pro"}
     subscriber = Subscriber(email="a@example.com", name="Ann", attributes=attributes)
     view = SubscriberView.from_model(subscriber)
@@ -180,7 +188,9 @@ def test_validate_finds_undefined_names_before_sending() -> None:
 
 def test_validate_caps_output_size() -> None:
     campaign = compiled(text="{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}")
-    with pytest.raises(RenderError, match=rf"unsafe template: output exceeds {MAX_VALIDATE_OUTPUT}"):
+    with pytest.raises(
+        RenderError, match=rf"unsafe template: output exceeds {MAX_VALIDATE_OUTPUT}"
+    ):
         validate(campaign)
 
 

@@ -122,3 +122,67 @@ async def test_schedule_refuses_a_campaign_that_does_not_render(api: httpx.Async
     assert response.status_code == 422
     assert "does not render" in response.json()["detail"]
     assert (await api.get(f"/api/v1/campaigns/{campaign['id']}")).json()["status"] == "draft"
+
+
+async def test_preview_shows_the_real_message(api: httpx.AsyncClient) -> None:
+    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    ada = await _post(
+        api,
+        "/api/v1/subscribers",
+        {
+            "email": "ada@example.com",
+            "name": "Ada",
+            "lists": [news],
+            "attributes": {"city": "Oslo"},
+        },
+    )
+    campaign = await _post(
+        api,
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "subject": "Hi {{ subscriber.name }} in {{ subscriber.attributes.city | default('?') }}",
+            "from_email": "News <news@example.com>",
+            "list_ids": [news],
+            "html": "<p>Dear {{ subscriber.name }} &amp; co</p>",
+        },
+    )
+    response = await api.get(
+        f"/api/v1/campaigns/{campaign['id']}/preview", params={"subscriber_id": ada["id"]}
+    )
+    assert response.status_code == 200, response.text
+    preview = response.json()
+    assert preview["subject"] == "Hi Ada in Oslo"
+    assert "Dear Ada &amp; co" in preview["html"]
+    assert "Dear Ada & co" in preview["text"]
+    names = [name for name, _ in preview["headers"]]
+    for header in ("Date", "Message-ID", "From", "To", "Subject", "List-Unsubscribe", "List-Id"):
+        assert header in names
+    sample = await api.get(f"/api/v1/campaigns/{campaign['id']}/preview")
+    assert sample.json()["subject"] == "Hi Jane Doe in ?"
+
+
+async def test_test_send_goes_through_the_priority_queue(
+    api: httpx.AsyncClient, worker: None, sink: tuple[str, SinkHandler]
+) -> None:
+    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    campaign = await _post(
+        api,
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "subject": "Test {{ subscriber.name }}",
+            "from_email": "a@example.com",
+            "list_ids": [news],
+            "text": "Body",
+        },
+    )
+    response = await api.post(
+        f"/api/v1/campaigns/{campaign['id']}/test", json={"addresses": ["qa@example.com"]}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["replies"][0].startswith("qa@example.com: delivered")
+    received = sink[1].snapshot()
+    assert [item.rcpt_tos for item in received] == [("qa@example.com",)]
+    assert received[0].message["Subject"] == "Test Test Recipient"
+    assert (await api.get(f"/api/v1/campaigns/{campaign['id']}")).json()["status"] == "draft"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from arq.jobs import Job
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from app.api.deps import PathId, SessionDep, SettingsDep, require
 from app.api.routes.campaigns import _read
 from app.api.schemas.campaigns import CampaignRead
-from app.api.schemas.lifecycle import CampaignStats
+from app.api.schemas.lifecycle import CampaignPreview, CampaignStats, TestSend, TestSendResult
 from app.models import utcnow
-from app.queue import enqueue_batches, enqueue_start
+from app.queue import PRIORITY_QUEUE, enqueue_batches, enqueue_start
 from app.repositories import ledger
 from app.services import campaigns as campaigns_service
 from app.services import content, lifecycle
+from app.services import subscribers as subscribers_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 READ = [Depends(require("campaigns:read"))]
@@ -84,3 +88,48 @@ async def stats(campaign_id: PathId, session: SessionDep) -> CampaignStats:
             "eta_seconds": figures.eta_seconds,
         }
     )
+
+
+@router.get("/{campaign_id}/preview", dependencies=READ)
+async def preview(
+    campaign_id: PathId,
+    session: SessionDep,
+    settings: SettingsDep,
+    subscriber_id: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
+) -> CampaignPreview:
+    """The campaign as a subscriber (or a sample recipient) would receive it."""
+    campaign = await campaigns_service.get(session, campaign_id)
+    subscriber = await subscribers_service.get(session, subscriber_id) if subscriber_id else None
+    built = await content.preview(session, settings, campaign, subscriber)
+    return CampaignPreview(
+        headers=built.headers, subject=built.subject, html=built.html, text=built.text
+    )
+
+
+TEST_SEND_WAIT = 30.0
+
+
+@router.post("/{campaign_id}/test", dependencies=WRITE)
+async def test_send(
+    campaign_id: PathId,
+    body: TestSend,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> TestSendResult:
+    """Send the campaign to test addresses now, through the priority queue, and report replies."""
+    campaign = await campaigns_service.get(session, campaign_id)
+    await content.check_renders(session, settings, campaign)
+    pool = request.app.state.queue
+    job: Job | None = await pool.enqueue_job(
+        "send_test", campaign_id, body.addresses, _queue_name=PRIORITY_QUEUE
+    )
+    assert job is not None  # random job ids never collide
+    try:
+        replies = await job.result(timeout=TEST_SEND_WAIT, poll_delay=0.05)
+    except TimeoutError:
+        raise HTTPException(
+            504,
+            f"no worker sent the test within {TEST_SEND_WAIT:.0f} s; is `warta worker` running?",
+        ) from None
+    return TestSendResult(replies=list(replies))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from app.api.schemas.common import ReadModel
+from typing import Annotated
+
+from pydantic import Field
+
+from app.api.schemas.common import Address, ReadModel, Strict
 
 
 class CampaignStats(ReadModel):
@@ -23,3 +27,24 @@ class CampaignStats(ReadModel):
     skipped: int
     rate_per_second: float
     eta_seconds: float | None
+
+
+class CampaignPreview(ReadModel):
+    """The message one recipient would receive: headers in order, subject, both parts."""
+
+    headers: list[tuple[str, str]]
+    subject: str
+    html: str | None
+    text: str
+
+
+class TestSend(Strict):
+    """Addresses to send a test copy to."""
+
+    addresses: Annotated[list[Address], Field(min_length=1, max_length=20)]
+
+
+class TestSendResult(ReadModel):
+    """The MTA's reply for each test address."""
+
+    replies: list[str]
