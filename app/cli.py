@@ -165,6 +165,49 @@ def worker() -> None:
             embedded.stop()
 
 
+@cli.command()
+def demo(
+    recipients: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many to send.")] = 1000,
+) -> None:
+    """Seed a list of generated subscribers and send them a campaign into the capture Maildir."""
+    from app.demo import port_open, run_demo
+    from workers.capture import CaptureListener
+
+    settings = _settings()
+    settings.effective_secret_key()
+    migrations.upgrade(settings.database_url)
+    settings, embedded = _with_redis(settings)
+    capture = None
+    if settings.mta_delivery == "capture" and not port_open(settings.mta_submission):
+        capture = CaptureListener.from_settings(settings)
+        capture.start()
+    try:
+        with Progress(
+            TextColumn("sending"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[detail]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("send", total=recipients, detail="")
+
+            def report(done: int, total: int, counts: dict[str, int]) -> None:
+                detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                bar.update(task, completed=done, total=total, detail=detail)
+
+            counts = asyncio.run(run_demo(settings, recipients, report))
+    finally:
+        if capture is not None:
+            capture.stop()
+        if embedded is not None:
+            embedded.stop()
+    maildir = settings.var_dir / "maildir" / "new"
+    console.print(f"[green]done[/green]: {counts}; read the mail in {maildir}")
+    if counts.get("sent", 0) == 0:
+        raise CommandFailed("no message was accepted; is the MTA submission port reachable?")
+
+
 @cli.command("create-api-key")
 def create_api_key(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
@@ -247,6 +290,7 @@ def _safe_url(url: str) -> str:
 def main() -> None:
     """Entry point: run the command; any failure is one line on stderr and exit status 1."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         cli()
     except CommandFailed as exc:

@@ -25,6 +25,11 @@ class RenderError(ValueError):
     def __init__(self, part: str, message: str) -> None:
         super().__init__(f"{part}: {message}")
         self.part = part
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[RenderError], tuple[str, str]]:
+        # arq pickles a failed job's exception; keep both arguments across that trip.
+        return (type(self), (self.part, self.message))
 
 
 class CampaignSource(Protocol):

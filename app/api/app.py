@@ -26,6 +26,7 @@ from app.redis import arq_redis_settings, resolve_redis_url
 from app.services import api_keys
 from app.services import imports as import_jobs
 from app.settings import Settings, get_settings
+from app.web import unsubscribe as unsubscribe_pages
 
 API_PREFIX = "/api/v1"
 UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import",)
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(unsubscribe_pages.router)
     app.add_middleware(
         BodyLimit,
         default=settings.max_json_bytes,

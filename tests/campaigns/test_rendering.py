@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass
 
@@ -158,6 +159,8 @@ def test_undefined_variable_names_part_line_and_variable() -> None:
     assert str(info.value).startswith("html: line 2: ")
     assert "nickname" in str(info.value)
     assert isinstance(info.value, ValueError)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (copy.part, str(copy)) == ("html", str(info.value))
 
 
 @pytest.mark.parametrize("part", ["subject", "html", "text"])

@@ -186,3 +186,49 @@ async def test_test_send_goes_through_the_priority_queue(
     assert [item.rcpt_tos for item in received] == [("qa@example.com",)]
     assert received[0].message["Subject"] == "Test Test Recipient"
     assert (await api.get(f"/api/v1/campaigns/{campaign['id']}")).json()["status"] == "draft"
+
+
+async def test_one_click_unsubscribe_from_a_received_message(
+    api: httpx.AsyncClient, worker: None, sink: tuple[str, SinkHandler]
+) -> None:
+    news = (await _post(api, "/api/v1/lists", {"name": "Weekly news"}))["id"]
+    reader = await _post(api, "/api/v1/subscribers", {"email": "r@example.com", "lists": [news]})
+    campaign = await _post(
+        api,
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "subject": "s",
+            "from_email": "a@example.com",
+            "list_ids": [news],
+            "text": "t",
+        },
+    )
+    await _post(api, f"/api/v1/campaigns/{campaign['id']}/schedule", {})
+    await wait_for_status(api, campaign["id"], "finished")
+    header = str(sink[1].snapshot()[0].message["List-Unsubscribe"])
+    path = header.split("<http://127.0.0.1:8000", 1)[1].split(">", 1)[0]
+
+    page = await api.get(path)  # what a link scanner does
+    assert page.status_code == 200
+    assert "Weekly news" in page.text
+    member = (await api.get(f"/api/v1/subscribers/{reader['id']}")).json()["lists"][0]
+    assert member["status"] == "confirmed"
+
+    tampered = await api.post(
+        path[:-2] + "xx",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert tampered.status_code == 400
+    assert "not valid" in tampered.text
+
+    done = await api.post(
+        path,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded", "Authorization": ""},
+    )
+    assert done.status_code == 200
+    assert "set-cookie" not in done.headers
+    member = (await api.get(f"/api/v1/subscribers/{reader['id']}")).json()["lists"][0]
+    assert member["status"] == "unsubscribed"

@@ -1,0 +1,131 @@
+"""`warta demo`: seed a list, send a campaign into the capture Maildir, show progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from arq.connections import create_pool
+
+from app.database import create_engine, create_sessionmaker
+from app.models import (
+    Campaign,
+    CampaignList,
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    utcnow,
+)
+from app.queue import enqueue_start
+from app.redis import arq_redis_settings
+from app.services import lifecycle
+from app.settings import Settings
+
+DEMO_HTML = """<h1>Hello {{ subscriber.name }}!</h1>
+<p>This is the Warta demo campaign, rendered for you ({{ subscriber.email }}) from
+{{ subscriber.attributes.city | default('somewhere') }}.</p>
+<p><a href="{{ view_in_browser_url }}">View in browser</a> ·
+<a href="{{ unsubscribe_url }}">Unsubscribe</a></p>"""
+CITIES = ("Oslo", "Lisbon", "Kraków", "Nairobi", "Osaka")
+
+Progress = Callable[[int, int, dict[str, int]], None]
+
+
+def port_open(address: str) -> bool:
+    """Whether something already listens on host:port."""
+    host, _, port = address.rpartition(":")
+    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
+        return True
+    return False
+
+
+async def seed(settings: Settings, recipients: int) -> int:
+    """A list of generated subscribers and a draft campaign to it; returns the campaign id."""
+    engine = create_engine(settings)
+    sessionmaker = create_sessionmaker(engine)
+    stamp = int(time.time())
+    try:
+        async with sessionmaker() as session:
+            mailing_list = MailingList(name=f"Demo {stamp}", description="warta demo")
+            session.add(mailing_list)
+            await session.flush()
+            now = utcnow()
+            rows = [
+                {
+                    "email": f"demo{stamp}.{index}@example.com",
+                    "name": f"Reader {index}",
+                    "attributes": {"city": CITIES[index % len(CITIES)]},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for index in range(recipients)
+            ]
+            for start in range(0, len(rows), 5000):
+                await session.execute(sa.insert(Subscriber), rows[start : start + 5000])
+            ids = (
+                await session.scalars(
+                    sa.select(Subscriber.id).where(Subscriber.email.like(f"demo{stamp}.%"))
+                )
+            ).all()
+            memberships = [
+                {
+                    "subscriber_id": subscriber_id,
+                    "list_id": mailing_list.id,
+                    "status": SubscriptionStatus.confirmed,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for subscriber_id in ids
+            ]
+            for start in range(0, len(memberships), 5000):
+                await session.execute(sa.insert(Subscription), memberships[start : start + 5000])
+            campaign = Campaign(
+                name=f"Demo {stamp}",
+                subject="Hello {{ subscriber.name }}, this is Warta",
+                from_email="Warta Demo <demo@example.com>",
+                html=DEMO_HTML,
+            )
+            session.add(campaign)
+            await session.flush()
+            session.add(CampaignList(campaign_id=campaign.id, list_id=mailing_list.id))
+            await session.flush()
+            await lifecycle.transition(session, campaign.id, "schedule")
+            await session.commit()
+            return campaign.id
+    finally:
+        await engine.dispose()
+
+
+async def run_demo(settings: Settings, recipients: int, progress: Progress) -> dict[str, int]:
+    """Seed, start a worker (unless one runs), send, and report progress until finished."""
+    from workers.worker import run_worker
+
+    campaign_id = await seed(settings, recipients)
+    pool = await create_pool(arq_redis_settings(settings.redis_url))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, settings.redis_url, stop))
+    engine = create_engine(settings)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        await enqueue_start(pool, campaign_id)
+        while True:
+            async with sessionmaker() as session:
+                stats = await lifecycle.stats(session, campaign_id)
+                status = await lifecycle.current_status(session, campaign_id)
+            done = sum(v for k, v in stats.counts.items() if k not in ("pending", "sending"))
+            progress(done, max(stats.recipients, recipients), stats.counts)
+            if status is not None and status.value in ("finished", "cancelled", "paused"):
+                return stats.counts
+            if worker.done():
+                worker.result()
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await worker
+        await pool.aclose()
+        await engine.dispose()

@@ -1,0 +1,1 @@
+"""Public pages subscribers reach from the links in Warta's mail."""
