@@ -28,6 +28,13 @@ HTML = (
     + "</p><a href='{{ unsubscribe_url }}'>Unsubscribe</a></body></html>"
 )
 
+TEXT = (
+    "Hello {{ subscriber.name }}\n\nOur monthly newsletter, "
+    "{{ subscriber.attributes.city | default('friend') }}.\n\n"
+    + "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n" * 25
+    + "\nUnsubscribe: {{ unsubscribe_url }}\n"
+)
+
 
 def _sink(port: int, log: Path) -> subprocess.Popen[bytes]:
     smtp_sink = shutil.which("smtp-sink") or (
@@ -87,13 +94,17 @@ async def _run(recipients: int, workers: int, tmp: Path) -> None:
         engine = create_engine(settings)
         sessionmaker = create_sessionmaker(engine)
         seeded = time.perf_counter()
-        campaign_id, _ = await seed_campaign(sessionmaker, recipients, html=HTML)
+        campaign_id, _ = await seed_campaign(sessionmaker, recipients, html=HTML, text=TEXT)
         print(f"  seeded {recipients:,} subscribers in {time.perf_counter() - seeded:.1f} s")
         env = worker_env(settings)
         procs = [
             subprocess.Popen(
                 [str(Path(sys.executable).parent / "warta"), "worker"],
-                env={**env, "WARTA_WORKER_BATCHES": "4"},
+                env={
+                    **env,
+                    "WARTA_WORKER_BATCHES": os.environ.get("BENCH_BATCHES", "8"),
+                    "WARTA_SENDER_CONNECTIONS": os.environ.get("BENCH_CONNECTIONS", "20"),
+                },
                 stdout=(tmp / f"worker{i}.log").open("wb"),
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

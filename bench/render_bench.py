@@ -32,7 +32,30 @@ PLANS = ("free", "pro", "team")
 
 SUBJECT = "{{ subscriber.name.split()[0] }}, your {{ subscriber.attributes.city }} digest #42 ☕"
 
-HTML = """<!DOCTYPE html>
+SUMMARY = (
+    "After months of debate the council approved the plan on Tuesday. Residents along "
+    "the route say they welcome the quieter streets, while shop owners worry about two "
+    "years of construction &mdash; here is what changes and when."
+)
+
+# A campaign body as a marketer writes it: static HTML with merge tags in it.
+ARTICLE_HTML = """<tr><td style="padding:0 24px 24px 24px">
+<h2 style="font-size:18px;margin:0 0 8px 0">Story {n}: the city council &amp; the new tram line</h2>
+<p style="margin:0 0 12px 0;line-height:1.5">{summary}</p>
+<a class="btn" href="https://news.example.com/2026/11/story-{n}?utm_source=newsletter&amp;utm_medium=email&amp;utm_campaign={{{{ campaign.id }}}}&amp;s={{{{ subscriber.attributes.sid }}}}">Read more</a>
+</td></tr>
+"""
+
+ARTICLE_TEXT = """
+Story {n}: the city council & the new tram line
+{summary}
+Read more: https://news.example.com/2026/11/story-{n}?s={{{{ subscriber.attributes.sid }}}}
+"""
+
+ARTICLES = range(1, 7)
+
+HTML = (
+    """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ campaign.subject }}</title>
 <style>body{margin:0;padding:0;background:#f4f4f4}td{font-family:Helvetica,Arial,sans-serif}
 .btn{background:#1a73e8;color:#fff;padding:10px 18px;border-radius:4px;text-decoration:none}</style>
@@ -43,14 +66,9 @@ HTML = """<!DOCTYPE html>
 <tr><td style="padding:24px"><h1 style="font-size:24px;margin:0">Hello {{ subscriber.name }}!</h1>
 <p>Here is what happened in {{ subscriber.attributes.city }} this week, picked for your
 {{ subscriber.attributes.plan }} plan. Thank you for reading {{ list }}.</p></td></tr>
-{% for item in articles %}
-<tr><td style="padding:0 24px 24px 24px">
-<h2 style="font-size:18px;margin:0 0 8px 0">{{ item.title }}</h2>
-<p style="margin:0 0 12px 0;line-height:1.5">{{ item.summary }}</p>
-<a class="btn" href="https://news.example.com/{{ item.slug }}?utm_source=newsletter&amp;utm_medium=email&amp;utm_campaign={{ campaign.id }}&amp;s={{ subscriber.attributes.sid }}">Read more</a>
-</td></tr>
-{% endfor %}
-{% if subscriber.attributes.plan == "free" %}
+"""
+    + "".join(ARTICLE_HTML.format(n=n, summary=SUMMARY) for n in ARTICLES)
+    + """{% if subscriber.attributes.plan == "free" %}
 <tr><td style="padding:24px;background:#fff8e1"><strong>Upgrade to Pro</strong> and get the
 full archive, offline reading and no ads. <a href="https://news.example.com/upgrade?s={{ subscriber.attributes.sid }}">Upgrade now</a>.</td></tr>
 {% else %}
@@ -65,16 +83,16 @@ Example News Ltd, 1 Example Street, 0150 Oslo, Norway</td></tr>
 </table></td></tr></table>
 </body></html>
 """
+)
 
-TEXT = """Hello {{ subscriber.name }}!
+TEXT = (
+    """Hello {{ subscriber.name }}!
 
 Here is what happened in {{ subscriber.attributes.city }} this week, picked for your
 {{ subscriber.attributes.plan }} plan. Thank you for reading {{ list }}.
-{% for item in articles %}
-{{ item.title }}
-{{ item.summary }}
-Read more: https://news.example.com/{{ item.slug }}?s={{ subscriber.attributes.sid }}
-{% endfor %}
+"""
+    + "".join(ARTICLE_TEXT.format(n=n, summary=SUMMARY.replace("&mdash;", "—")) for n in ARTICLES)
+    + """
 {% if subscriber.attributes.plan == "free" %}Upgrade to Pro: https://news.example.com/upgrade?s={{ subscriber.attributes.sid }}
 {% else %}Thanks for supporting us as a {{ subscriber.attributes.plan|title }} member since {{ subscriber.attributes.since }}.
 {% endif %}
@@ -84,19 +102,7 @@ Manage preferences: {{ preferences_url }}
 Unsubscribe: {{ unsubscribe_url }}
 View in your browser: {{ view_in_browser_url }}
 """
-
-ARTICLES = [
-    {
-        "title": f"Story {n}: the city council & the new tram line",
-        "summary": (
-            "After months of debate the council approved the plan on Tuesday. Residents "
-            "along the route say they welcome the quieter streets, while shop owners worry "
-            "about two years of construction — here is what changes and when."
-        ),
-        "slug": f"2026/11/story-{n}",
-    }
-    for n in range(1, 7)
-]
+)
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,8 @@ class Campaign:
 
 
 def compiled_newsletter(*, with_text: bool = True) -> CompiledCampaign:
-    """The benchmark campaign, compiled; `articles` is a campaign-wide global."""
-    compiled = compile_campaign(
-        Campaign(42, "Weekly digest", SUBJECT, HTML, TEXT if with_text else "")
-    )
-    for template in (compiled.subject, compiled.html, compiled.text):
-        if template is not None:
-            template.globals["articles"] = ARTICLES
-    return compiled
+    """The benchmark campaign, compiled once."""
+    return compile_campaign(Campaign(42, "Weekly digest", SUBJECT, HTML, TEXT if with_text else ""))
 
 
 def recipients(count: int) -> list[Recipient]:
@@ -188,6 +188,14 @@ def measure(count: int) -> dict[str, float]:
             build_message(outgoing(i, r, render(compiled, r)))
 
     both_rate = _rate(count, render_and_build)
+    derived = compiled_newsletter(with_text=False)
+    derived_count = max(count // 10, 100)
+
+    def render_and_build_derived() -> None:
+        for i, r in enumerate(people[:derived_count]):
+            build_message(outgoing(i, r, render(derived, r)))
+
+    derived_rate = _rate(derived_count, render_and_build_derived)
     derive_count = max(count // 10, 100)
     html_samples = [m.html or "" for m in rendered[:derive_count]]
     derive_rate = _rate(derive_count, lambda: [html_to_text(h) for h in html_samples])
@@ -200,11 +208,12 @@ def measure(count: int) -> dict[str, float]:
         "build": build_rate,
         "render_build": both_rate,
         "html_to_text": derive_rate,
+        "render_build_derived": derived_rate,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print messages/s for render only, build only, render+build and html→text."""
+    """Print messages/s: render only, build only, render+build, and with a derived text part."""
     parser = argparse.ArgumentParser(
         description="Campaign rendering and message building throughput."
     )
@@ -219,7 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"build only           {figures['build']:>9,.0f} msg/s")
     verdict = "ok" if figures["render_build"] >= TARGET else f"BELOW target {TARGET:,}"
     print(f"render+build         {figures['render_build']:>9,.0f} msg/s  ({verdict})")
-    print(f"html→text (derived)  {figures['html_to_text']:>9,.0f} msg/s")
+    print(f"html→text only       {figures['html_to_text']:>9,.0f} msg/s")
+    print(
+        f"render+build, text derived from HTML {figures['render_build_derived']:>7,.0f} msg/s "
+        "(campaigns without a text part)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ from __future__ import annotations
 import binascii
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from types import MappingProxyType
 
 MAX_HEADER_LINE = 78
@@ -88,7 +90,7 @@ def build_message(msg: OutgoingMessage) -> bytes:
     if msg.text is None and msg.html is None:
         raise ValueError("a message needs a text or an HTML body")
     lines = [
-        "Date: " + format_datetime(msg.date or datetime.now(UTC)),
+        _date_header(msg.date),
         "Message-ID: " + _message_id(msg.message_id),
         _mailbox_header("From", msg.sender),
         _mailbox_header("To", msg.recipient),
@@ -129,6 +131,17 @@ def build_message(msg: OutgoingMessage) -> bytes:
     encoded = quoted_printable(body)
     # End on CRLF for SMTP; a soft line break adds it without changing the text.
     return b"".join((_head(lines), encoded, b"" if encoded.endswith(b"\r\n") else b"=\r\n"))
+
+
+def _date_header(date: datetime | None) -> str:
+    if date is not None:
+        return "Date: " + format_datetime(date)
+    return _date_of_second(int(time.time()))
+
+
+@lru_cache(maxsize=2)  # one formatting per second, not per message
+def _date_of_second(second: int) -> str:
+    return "Date: " + format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def new_boundary() -> str:
@@ -211,6 +224,7 @@ def _addr_spec(name: str, email: str) -> str:
     return email
 
 
+@lru_cache(maxsize=256)  # From, Reply-To: the same for every message of a campaign
 def _mailbox_header(name: str, address: Address) -> str:
     email = _addr_spec(name, address.email)
     tokens = _phrase(name, address.name)
@@ -334,14 +348,16 @@ def _list_headers(msg: OutgoingMessage) -> list[str]:
             raise ValueError("List-Unsubscribe-Post needs an unsubscribe_url (RFC 8058)")
         lines.append("List-Unsubscribe-Post: " + ONE_CLICK)
     if msg.list_id is not None:
-        list_id = _ascii_value("List-Id", msg.list_id)
-        if not _URI.fullmatch(list_id) or "<" in list_id or ">" in list_id:
-            raise ValueError(f"List-Id: {list_id!r} is not a dot-atom such as news.example.com")
-        if msg.list_name:
-            lines.append(_fold("List-Id", [*_phrase("List-Id", msg.list_name), f"<{list_id}>"]))
-        else:
-            lines.append(f"List-Id: <{list_id}>")
+        lines.append(_list_id_header(msg.list_id, msg.list_name))
     return lines
+
+
+@lru_cache(maxsize=64)
+def _list_id_header(list_id: str, list_name: str) -> str:
+    _ascii_value("List-Id", list_id)
+    if not _URI.fullmatch(list_id) or "<" in list_id or ">" in list_id:
+        raise ValueError(f"List-Id: {list_id!r} is not a dot-atom such as news.example.com")
+    return _fold("List-Id", [*_phrase("List-Id", list_name), f"<{list_id}>"])
 
 
 def _uri(name: str, uri: str) -> str:

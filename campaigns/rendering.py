@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any, Protocol
 
-from jinja2 import Template, TemplateSyntaxError
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from app.models import Subscriber
@@ -124,15 +124,11 @@ def compile_campaign(source: CampaignSource) -> CompiledCampaign:
 
 
 def render(compiled: CompiledCampaign, recipient: Recipient) -> RenderedMessage:
-    """Render all parts for one recipient; RenderError names the part that failed."""
-    context: dict[str, Any] = {
-        "subscriber": recipient.subscriber,
-        "campaign": compiled.campaign,
-        "list": recipient.list_name,
-        "unsubscribe_url": recipient.unsubscribe_url,
-        "preferences_url": recipient.preferences_url,
-        "view_in_browser_url": recipient.view_in_browser_url,
-    }
+    """Render all parts for one recipient; RenderError names the part that failed.
+
+    The subject renders first; the HTML and text then see it as `campaign.subject`.
+    """
+    context = _context(compiled.campaign, recipient)
     subject = single_line(_render(compiled.subject, "subject", context))
     base = compiled.campaign
     context["campaign"] = CampaignView(base.id, base.name, subject)
@@ -158,10 +154,34 @@ def validate(compiled: CompiledCampaign, sample: Recipient | None = None) -> Ren
     return render(compiled, sample)
 
 
+class UnknownAttributes(Mapping[str, Any]):
+    """The attributes of a sample subscriber: none known, and reading any is not an error.
+
+    Validating with them checks everything but per-subscriber data; validate with
+    real subscribers too to find attributes some of them lack.
+    """
+
+    def __getitem__(self, key: str) -> Any:
+        return ChainableUndefined(name=key)
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 def sample_recipient(attributes: Mapping[str, Any] | None = None) -> Recipient:
-    """A plausible recipient for previews and validation."""
+    """A plausible recipient for previews and validation; without `attributes`, any reads as empty."""
     return Recipient(
-        subscriber=SubscriberView.of("jane.doe@example.com", "Jane Doe", attributes),
+        subscriber=SubscriberView(
+            "jane.doe@example.com",
+            "Jane Doe",
+            UnknownAttributes() if attributes is None else types.MappingProxyType(dict(attributes)),
+        ),
         unsubscribe_url="https://example.com/u/sample",
         preferences_url="https://example.com/p/sample",
         view_in_browser_url="https://example.com/v/sample",
@@ -193,20 +213,23 @@ def _render(template: Template, part: str, context: dict[str, Any]) -> str:
         raise _render_error(part, exc) from exc
 
 
+def _context(campaign: CampaignView, recipient: Recipient) -> dict[str, Any]:
+    return {
+        "subscriber": recipient.subscriber,
+        "campaign": campaign,
+        "list": recipient.list_name,
+        "unsubscribe_url": recipient.unsubscribe_url,
+        "preferences_url": recipient.preferences_url,
+        "view_in_browser_url": recipient.view_in_browser_url,
+    }
+
+
 def _check_output_size(
     template: Template, part: str, sample: Recipient, campaign: CampaignView
 ) -> None:
-    context = {
-        "subscriber": sample.subscriber,
-        "campaign": campaign,
-        "list": sample.list_name,
-        "unsubscribe_url": sample.unsubscribe_url,
-        "preferences_url": sample.preferences_url,
-        "view_in_browser_url": sample.view_in_browser_url,
-    }
     size = 0
     try:
-        for chunk in template.generate(context):
+        for chunk in template.generate(_context(campaign, sample)):
             size += len(chunk)
             if size > MAX_VALIDATE_OUTPUT:
                 raise RenderError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sized
+from collections.abc import MutableMapping, Sized
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
@@ -51,7 +51,7 @@ class CampaignSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox with guards on arithmetic that could exhaust memory or CPU.
 
     Intercepting `*`, `**` and `%` also stops Jinja from folding them at compile
-    time, so `{{ 9**9**9 }}` cannot hang the process that merely saves a template.
+    time, so `{{ 9**(9**9) }}` cannot hang the process that merely saves a template.
     """
 
     intercepted_binops = frozenset({"*", "**", "%"})
@@ -72,6 +72,14 @@ class CampaignSandbox(ImmutableSandboxedEnvironment):
             except KeyError:
                 return self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals as one flat dict (Jinja's ChainMap costs ~20% of a render).
+
+        Environment globals are fixed when the environment is built, so a copy
+        loses nothing; template globals still never leak into the environment.
+        """
+        return {**self.globals, **(d or {})}
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """Refuse binary operations whose result would be unreasonably large."""

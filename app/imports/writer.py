@@ -91,6 +91,7 @@ class ChunkWriter:
 def _upsert(dialect: str, target: Target) -> Any:
     """INSERT … SELECT FROM the document ON CONFLICT (email) DO UPDATE, merging attributes."""
     now = sa.bindparam("now", type_=UTCDateTime())
+    fields: tuple[sa.ColumnElement[Any], ...]
     if dialect == "postgresql":
         document = sa.cast(sa.bindparam("rows", type_=sa.Text), JSONB)
         rows = (
@@ -98,16 +99,12 @@ def _upsert(dialect: str, target: Target) -> Any:
             .table_valued(sa.column("e", sa.Text), sa.column("n", sa.Text), sa.column("a", JSONB))
             .render_derived(name="r", with_types=True)
         )
-        email, name, attributes = rows.c.e, rows.c.n, rows.c.a
+        fields = (rows.c.e, rows.c.n, rows.c.a)
     else:
         each = sa.func.json_each(sa.bindparam("rows", type_=sa.Text)).table_valued("value")
-        email, name, attributes = (
-            sa.func.json_extract(each.c.value, f"$.{key}") for key in ("e", "n", "a")
-        )
+        fields = tuple(sa.func.json_extract(each.c.value, f"$.{key}") for key in ("e", "n", "a"))
     # WHERE true: SQLite would otherwise read ON CONFLICT as a join constraint.
-    source = sa.select(
-        email, name, attributes, sa.bindparam("status", type_=sa.String), now, now
-    ).where(sa.true())
+    source = sa.select(*fields, sa.bindparam("status", type_=sa.String), now, now).where(sa.true())
     statement = _insert(dialect)(_subscribers).from_select(_SUBSCRIBER_COLUMNS, source)
     new, stored = statement.excluded, _subscribers.c
     changes: dict[str, Any] = {}

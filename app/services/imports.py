@@ -240,7 +240,7 @@ def export_rows(
 
     Columns are fixed (EXPORT_COLUMNS) with the attributes as one JSON object, as listmonk
     does: a stream cannot know the union of attribute names before its last row. The
-    filters are checked now, so a bad query fails before the response starts.
+    filters are checked now and the first part holds the header and the first batch.
     """
     return _export(sessionmaker, filters(query), batch_size)
 
@@ -251,7 +251,6 @@ async def _export(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(EXPORT_COLUMNS)
-    yield _drain(buffer)
     columns = (
         Subscriber.id,
         Subscriber.email,
@@ -283,11 +282,12 @@ async def _export(
                     json.dumps(attributes, ensure_ascii=False, separators=(",", ":")),
                 )
             )
-        if batch:
-            yield _drain(buffer)
-            after = batch[-1][0]
+        # The header comes with the first batch: a caller that awaits the first part before
+        # answering turns a failing query into an error status instead of a cut-off body.
+        yield _drain(buffer)
         if len(batch) < batch_size:
             return
+        after = batch[-1][0]
 
 
 def _drain(buffer: io.StringIO) -> str:

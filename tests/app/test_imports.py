@@ -356,9 +356,9 @@ async def test_export_streams_csv_and_filters(client: httpx.AsyncClient) -> None
     assert await emails(status="blocklisted") == ["c@example.com"]
     assert await emails(email="B@EXAMPLE") == ["b@example.com"]
     assert await emails(subscription_status="unconfirmed") == []
-    assert (
-        await client.get("/api/v1/subscribers/export", params={"status": "x"})
-    ).status_code == 422
+    for bad in ({"status": "x"}, {"email": "a\x00b"}, {"list_id": "0"}):
+        response = await client.get("/api/v1/subscribers/export", params=bad)
+        assert response.status_code == 422, bad
 
 
 async def test_export_runs_in_keyset_batches(
@@ -367,7 +367,7 @@ async def test_export_runs_in_keyset_batches(
     await run(client, "email\n" + "".join(f"u{i:03}@example.com\n" for i in range(12)))
     query = SubscriberQuery()
     parts = [part async for part in imports.export_rows(sessionmaker, query, batch_size=5)]
-    assert len(parts) == 1 + 3  # the header, then 5 + 5 + 2 rows
+    assert len(parts) == 3  # the header with 5 rows, 5 rows, 2 rows
     lines = "".join(parts).splitlines()
     assert len(lines) == 13 and lines[-1].startswith("u011@example.com,")
 
@@ -491,8 +491,5 @@ async def test_oversize_chunked_upload_is_413(settings: Settings) -> None:
         )
         assert "content-length" not in response.request.headers
         assert response.status_code == 413, response.text
-        assert (
-            not list((small.var_dir / "imports").glob("*"))
-            if (small.var_dir / "imports").exists()
-            else True
-        )
+        leftovers = small.var_dir / "imports"
+        assert not leftovers.exists() or not list(leftovers.iterdir())

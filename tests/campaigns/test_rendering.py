@@ -181,12 +181,30 @@ def test_other_template_failures_are_render_errors() -> None:
 
 
 def test_validate_finds_undefined_names_before_sending() -> None:
-    good = compiled(html="<p>{{ subscriber.attributes.city }}</p>")
-    assert validate(good, sample_recipient({"city": "Oslo"})).html == "<p>Oslo</p>"
-    with pytest.raises(RenderError, match="city"):
-        validate(good)  # the default sample has no attributes
     with pytest.raises(RenderError, match=r"^subject: .*'campain' is undefined"):
         validate(compiled(subject="{{ campain.name }}"))
+    with pytest.raises(RenderError, match=r"^html: line 1: 'unsubscribe_link' is undefined"):
+        validate(compiled(html="<a href='{{ unsubscribe_link }}'>x</a>"))
+    with pytest.raises(RenderError, match=r"^text: line 1: .*has no attribute 'nmae'"):
+        validate(compiled(text="{{ subscriber.nmae }}"))
+
+
+def test_validate_against_real_attributes() -> None:
+    good = compiled(html="<p>{{ subscriber.attributes.city }}</p>")
+    assert validate(good, sample_recipient({"city": "Oslo"})).html == "<p>Oslo</p>"
+    with pytest.raises(RenderError, match="has no attribute 'city'"):
+        validate(good, sample_recipient({}))  # a subscriber without the attribute
+    with pytest.raises(RenderError, match="has no attribute 'city'"):
+        validate(good, recipient())
+
+
+def test_default_sample_accepts_any_attribute() -> None:
+    source = (
+        "{{ subscriber.attributes.city }}|{{ subscriber.attributes.a.b.c }}|"
+        "{{ subscriber.attributes.plan | default('free') }}|{{ 'x' in subscriber.attributes }}|"
+        "{{ subscriber.attributes | length }}|{% if subscriber.attributes.vip %}vip{% endif %}"
+    )
+    assert validate(compiled(text=source)).text == "||free|False|0|"
 
 
 def test_validate_caps_output_size() -> None:

@@ -23,6 +23,7 @@ async def seed_campaign(
     *,
     rate: float | None = None,
     html: str = "<p>Hello {{ subscriber.name }}</p>",
+    text: str = "",
 ) -> tuple[int, list[str]]:
     """A list of `recipients` confirmed subscribers and a draft campaign to it."""
     async with sessionmaker() as session:
@@ -63,6 +64,7 @@ async def seed_campaign(
             subject="News for {{ subscriber.name }}",
             from_email="news@example.com",
             html=html,
+            text=text,
             status=CampaignStatus.draft,
             rate=rate,
         )

@@ -6,6 +6,7 @@ import asyncio
 import re
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -94,6 +95,8 @@ async def export_subscribers(
     email: Annotated[str | None, Query(max_length=320, description="substring")] = None,
 ) -> StreamingResponse:
     """Matching subscribers as CSV: email, name, status, created_at, updated_at, attributes."""
+    if email is not None and "\x00" in email:
+        raise Invalid("email must not contain NUL characters")
     query = SubscriberQuery(
         list_id=list_id,
         status=status,
@@ -101,12 +104,19 @@ async def export_subscribers(
         email_contains=email,
     )
     rows = service.export_rows(request.app.state.sessionmaker, query)
+    first = await anext(rows)  # before answering, so a failing query is a proper error
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
-        rows,
+        _prepend(first, rows),
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="subscribers-{stamp}.csv"'},
     )
+
+
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for part in rest:
+        yield part
 
 
 def _options(form: FormData) -> ImportOptions:
