@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     batch_timeout: int = Field(
         600, ge=1, description="Seconds a batch job may run; a dead worker's batch resumes after."
     )
+    retry_base: float = Field(
+        60, gt=0, description="Seconds before a deferred recipient is retried; doubles per try."
+    )
     worker_batches: int = Field(4, ge=1, le=64, description="Batch jobs one worker runs at once.")
     sender_connections: int = Field(
         10, ge=1, le=200, description="Persistent SMTP connections per worker process."

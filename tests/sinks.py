@@ -42,10 +42,22 @@ class SinkHandler:
     not stored again — what Warta's MTA promises for resubmissions after a crash."""
 
     dedupe: bool = False
+    # address -> replies to give at RCPT, one per attempt (then accept): e.g. ["451 4.7.1 later"]
+    rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     duplicates: int = 0
     _seen: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self._lock:
+            replies = self.rcpt_replies.get(address)
+            if replies:
+                return replies.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         item = Received(

@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 CHUNK = 100
 STATUS_POLL_SECONDS = 0.25
 MAX_ATTEMPTS = 6
-RETRY_BASE = timedelta(seconds=60)
 RETRY_CAP = timedelta(hours=1)
 
 
@@ -117,15 +116,21 @@ async def _send_chunk(
         )
     )
     now = utcnow()
+    base = timedelta(seconds=ctx.settings.retry_base)
     for (send_id, attempts, _, _), result in zip(messages, results, strict=True):
-        outcomes.append(_outcome(send_id, attempts, result, now, report))
+        outcomes.append(_outcome(send_id, attempts, result, now, base, report))
     async with ctx.sessionmaker() as session:
         await ledger.record(session, outcomes)
         await session.commit()
 
 
 def _outcome(
-    send_id: int, attempts: int, result: SendResult, now: Any, report: BatchReport
+    send_id: int,
+    attempts: int,
+    result: SendResult,
+    now: Any,
+    base: timedelta,
+    report: BatchReport,
 ) -> Outcome:
     reply = result.describe()
     if result.outcome is Reply.DELIVERED:
@@ -133,7 +138,7 @@ def _outcome(
         return Outcome(send_id, SendStatus.sent, reply)
     if result.outcome is Reply.TEMPORARY and attempts + 1 < MAX_ATTEMPTS:
         report.deferred += 1
-        wait = min(RETRY_BASE * (2**attempts), RETRY_CAP)
+        wait = min(base * (2**attempts), RETRY_CAP)
         return Outcome(send_id, SendStatus.deferred, reply, next_attempt_at=now + wait)
     report.failed += 1
     return Outcome(send_id, SendStatus.failed, reply)

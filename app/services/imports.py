@@ -1,8 +1,8 @@
-"""CSV imports as jobs (queue, run in chunks, report progress, recover) and the CSV export.
+"""CSV imports as jobs: create, run (in the background or in-process), recover.
 
-An import runs as named steps: claim the job, open the file, then per chunk of
-`import_batch_size` rows one transaction that upserts the chunk *and* records the job's
-progress, so the job row always tells exactly what is stored. A crash loses at most the
+An import runs as named steps: claim the job, import the file chunk by chunk
+(`app.imports.runner`: per chunk of `import_batch_size` rows, one transaction holding the
+rows and the job's progress), then mark it finished or failed. A crash loses at most the
 chunk in flight; the job is then failed as interrupted (at the next start of the API, see
 `recover_interrupted`) and re-uploading the file finishes it, because the import is an
 idempotent upsert by address.
@@ -11,32 +11,26 @@ idempotent upsert by address.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.errors import Invalid, NotFound
-from app.imports.reader import Chunk, CsvReader, read_header
-from app.imports.writer import ChunkWriter, Target, encode
-from app.models import ImportJob, ImportMode, ImportStatus, Subscriber, SubscriptionStatus, utcnow
+from app.imports.reader import read_header
+from app.imports.runner import Progress, Sessionmaker, import_chunks
+from app.models import ImportJob, ImportMode, ImportStatus, SubscriptionStatus, utcnow
 from app.services import lists as lists_service
-from app.services.subscribers import SubscriberQuery, filters
 from app.settings import Settings
 
 __all__ = [
     "ImportJob",
     "ImportRunner",
     "create_job",
-    "export_rows",
     "get",
     "import_file",
     "recover_interrupted",
@@ -44,10 +38,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-Sessionmaker = async_sessionmaker[AsyncSession]
-Progress = Callable[[ImportJob], None]
 
-MAX_STORED_ERRORS = 1000
 MAX_LIST_IDS = 1000
 DEFAULT_BATCH_SIZE = 5000
 STALE_AFTER = timedelta(minutes=5)
@@ -60,8 +51,6 @@ STOPPED = (
     "(rows already imported are kept — the import is an idempotent upsert)"
 )
 IMPORT_STATUSES = (SubscriptionStatus.confirmed, SubscriptionStatus.unconfirmed)
-EXPORT_COLUMNS = ("email", "name", "status", "created_at", "updated_at", "attributes")
-EXPORT_BATCH_SIZE = 5000
 
 
 async def get(session: AsyncSession, job_id: int) -> ImportJob:
@@ -132,7 +121,7 @@ async def run_import(
     if not claimed:
         return job  # another runner has it, or it has ended
     try:
-        await _import(sessionmaker, job, batch_size, progress)
+        await import_chunks(sessionmaker, job, batch_size, progress)
         await _finish(sessionmaker, job)
     except asyncio.CancelledError:
         await _fail(sessionmaker, job, on_cancel)
@@ -233,70 +222,6 @@ class ImportRunner:
             await asyncio.wait(tasks, timeout=grace)
 
 
-def export_rows(
-    sessionmaker: Sessionmaker, query: SubscriberQuery, *, batch_size: int = EXPORT_BATCH_SIZE
-) -> AsyncIterator[str]:
-    """CSV text of the matching subscribers, in keyset batches, each read in its own session.
-
-    Columns are fixed (EXPORT_COLUMNS) with the attributes as one JSON object, as listmonk
-    does: a stream cannot know the union of attribute names before its last row. The
-    filters are checked now and the first part holds the header and the first batch.
-    """
-    return _export(sessionmaker, filters(query), batch_size)
-
-
-async def _export(
-    sessionmaker: Sessionmaker, clauses: list[sa.ColumnElement[bool]], batch_size: int
-) -> AsyncIterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(EXPORT_COLUMNS)
-    columns = (
-        Subscriber.id,
-        Subscriber.email,
-        Subscriber.name,
-        Subscriber.status,
-        Subscriber.created_at,
-        Subscriber.updated_at,
-        Subscriber.attributes,
-    )
-    after = 0
-    while True:
-        async with sessionmaker() as session:
-            batch = (
-                await session.execute(
-                    sa.select(*columns)
-                    .where(Subscriber.id > after, *clauses)
-                    .order_by(Subscriber.id)
-                    .limit(batch_size)
-                )
-            ).all()
-        for _, email, name, status, created_at, updated_at, attributes in batch:
-            writer.writerow(
-                (
-                    email,
-                    name,
-                    status,
-                    created_at.isoformat(),
-                    updated_at.isoformat(),
-                    json.dumps(attributes, ensure_ascii=False, separators=(",", ":")),
-                )
-            )
-        # The header comes with the first batch: a caller that awaits the first part before
-        # answering turns a failing query into an error status instead of a cut-off body.
-        yield _drain(buffer)
-        if len(batch) < batch_size:
-            return
-        after = batch[-1][0]
-
-
-def _drain(buffer: io.StringIO) -> str:
-    text = buffer.getvalue()
-    buffer.seek(0)
-    buffer.truncate()
-    return text
-
-
 async def _claim(sessionmaker: Sessionmaker, job_id: int) -> tuple[ImportJob, bool]:
     """Mark a queued job running; False if it is not queued (one runner per job)."""
     async with unit_of_work(sessionmaker) as session:
@@ -308,66 +233,6 @@ async def _claim(sessionmaker: Sessionmaker, job_id: int) -> tuple[ImportJob, bo
         job.status = ImportStatus.running
         job.started_at = utcnow()
     return job, True
-
-
-async def _import(
-    sessionmaker: Sessionmaker, job: ImportJob, batch_size: int, progress: Progress | None
-) -> None:
-    """Read, check and encode the next chunk in a thread while this one is being written."""
-    target = Target(
-        mode=job.mode,
-        overwrite=job.overwrite,
-        list_ids=tuple(job.list_ids),
-        subscription_status=SubscriptionStatus(job.subscription_status),
-    )
-    async with sessionmaker() as session:
-        dialect = session.get_bind().dialect.name
-    writer = ChunkWriter(dialect, target)
-    with CsvReader(Path(job.path), overwrite=job.overwrite) as reader:
-        chunks = reader.chunks(batch_size)
-
-        def prepare() -> tuple[Chunk, str] | None:
-            chunk = next(chunks, None)
-            return None if chunk is None else (chunk, encode(chunk.rows) if chunk.rows else "")
-
-        following = asyncio.ensure_future(asyncio.to_thread(prepare))
-        try:
-            # shield: a cancelled job must still wait below for the thread using the file.
-            while (prepared := await asyncio.shield(following)) is not None:
-                following = asyncio.ensure_future(asyncio.to_thread(prepare))
-                await _write(sessionmaker, writer, job, *prepared)
-                if progress is not None:
-                    progress(job)
-        finally:
-            if not following.done():
-                await asyncio.wait([following])
-            if not following.cancelled():
-                following.exception()  # retrieved: an error here is already being raised
-
-
-async def _write(
-    sessionmaker: Sessionmaker, writer: ChunkWriter, job: ImportJob, chunk: Chunk, document: str
-) -> None:
-    """One transaction: the chunk's rows and the job's progress, committed together."""
-    values: dict[str, Any] = {
-        # status/error/finished_at again: heals a job another process wrongly recovered.
-        "status": ImportStatus.running,
-        "error": "",
-        "finished_at": None,
-        "bytes_read": chunk.bytes_read,
-        "rows_processed": job.rows_processed + chunk.processed,
-        "rows_imported": job.rows_imported + chunk.valid,
-        "rows_failed": job.rows_failed + len(chunk.errors),
-    }
-    room = MAX_STORED_ERRORS - len(job.errors)
-    if chunk.errors and room > 0:
-        values["errors"] = [*job.errors, *chunk.errors[:room]]
-    async with unit_of_work(sessionmaker) as session:
-        if document:
-            await writer.write(session, document, utcnow())
-        await session.execute(sa.update(ImportJob).where(ImportJob.id == job.id).values(values))
-    for name, value in values.items():
-        setattr(job, name, value)
 
 
 async def _finish(sessionmaker: Sessionmaker, job: ImportJob) -> None:

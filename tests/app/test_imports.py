@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api.app import create_app
 from app.errors import Invalid
+from app.imports import export
 from app.models import ImportJob, ImportStatus, MailingList, utcnow
 from app.services import api_keys, imports
 from app.services.subscribers import SubscriberQuery
@@ -366,7 +367,7 @@ async def test_export_runs_in_keyset_batches(
 ) -> None:
     await run(client, "email\n" + "".join(f"u{i:03}@example.com\n" for i in range(12)))
     query = SubscriberQuery()
-    parts = [part async for part in imports.export_rows(sessionmaker, query, batch_size=5)]
+    parts = [part async for part in export.export_rows(sessionmaker, query, batch_size=5)]
     assert len(parts) == 3  # the header with 5 rows, 5 rows, 2 rows
     lines = "".join(parts).splitlines()
     assert len(lines) == 13 and lines[-1].startswith("u011@example.com,")

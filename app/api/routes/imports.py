@@ -19,6 +19,7 @@ from starlette.datastructures import FormData, UploadFile
 from app.api.deps import SessionDep, SettingsDep, require
 from app.api.schemas.imports import MAX_LIST_IDS, ImportOptions, ImportRead, upload_schema
 from app.errors import Invalid
+from app.imports import export
 from app.imports.reader import read_header
 from app.models import SubscriberStatus, SubscriptionStatus, utcnow
 from app.services import imports as service
@@ -103,7 +104,7 @@ async def export_subscribers(
         subscription_status=subscription_status,
         email_contains=email,
     )
-    rows = service.export_rows(request.app.state.sessionmaker, query)
+    rows = export.export_rows(request.app.state.sessionmaker, query)
     first = await anext(rows)  # before answering, so a failing query is a proper error
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
