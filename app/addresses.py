@@ -15,6 +15,7 @@ _COMMON_ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 )
+_CONTROL = re.compile(r"[\r\n\x00]")
 _SPECIAL_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
 
 
@@ -33,7 +34,7 @@ def normalize_address(raw: str) -> str:
         raise InvalidAddress("the address is empty")
     if len(candidate) > MAX_ADDRESS_LENGTH:
         raise InvalidAddress(f"the address is longer than {MAX_ADDRESS_LENGTH} characters")
-    if any(ch in candidate for ch in "\r\n\x00"):
+    if _CONTROL.search(candidate):
         raise InvalidAddress("the address contains a line break or NUL")
     if (
         _COMMON_ADDRESS.fullmatch(candidate)

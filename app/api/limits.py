@@ -30,10 +30,23 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.uploads if scope["path"] in self.upload_paths else self.default
+        if _has_nul(scope):
+            await _respond(send, 400, "Bad request", "the URL contains a NUL character", scope)
+            return
+        upload = scope["path"] in self.upload_paths
+        limit = self.uploads if upload else self.default
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _reject(send, limit, scope["path"])
+            return
+        if declared is None and not upload:
+            # No length given (chunked): read the small body here, so an oversized one is a
+            # 413 and not whatever error the body parser would make of a cut-off stream.
+            body = await _read_capped(receive, limit)
+            if body is None:
+                await _reject(send, limit, scope["path"])
+                return
+            await self.app(scope, _replay(body, receive), send)
             return
         seen = 0
 
@@ -49,6 +62,41 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+def _has_nul(scope: Scope) -> bool:
+    raw = scope.get("query_string", b"").lower()
+    return b"%00" in raw or b"\x00" in raw or "\x00" in scope["path"]
+
+
+async def _read_capped(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -60,19 +108,24 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _reject(send: Send, limit: int, path: str) -> None:
+    detail = f"the request body exceeds the limit of {limit} bytes"
+    await _respond(send, 413, "Content too large", detail, {"path": path})
+
+
+async def _respond(send: Send, status: int, title: str, detail: str, scope: Scope) -> None:
     body = json.dumps(
         {
-            "type": "https://warta.dev/problems/content-too-large",
-            "title": "Content too large",
-            "status": 413,
-            "detail": f"the request body exceeds the limit of {limit} bytes",
-            "instance": path,
+            "type": "https://warta.dev/problems/" + title.lower().replace(" ", "-"),
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": scope["path"],
         }
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),

@@ -113,3 +113,22 @@ async def test_authentication_is_required(client: httpx.AsyncClient) -> None:
     assert wrong.status_code == 401
     right = await client.get("/api/v1/lists", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert right.status_code == 200
+
+
+async def test_chunked_oversized_body_is_413(client: httpx.AsyncClient) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(12):
+            yield b"x" * 100_000
+
+    response = await client.post(
+        "/api/v1/lists", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["title"] == "Content too large"
+
+
+async def test_nul_in_the_url_is_400(client: httpx.AsyncClient) -> None:
+    for url in ("/api/v1/subscribers?email=a%00b", "/api/v1/suppressions?address=x%00"):
+        response = await client.get(url)
+        assert response.status_code == 400, url
+        assert response.headers["content-type"] == "application/problem+json"
