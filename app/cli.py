@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -174,6 +175,28 @@ def worker() -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+@cli.command()
+def mta() -> None:
+    """The MTA. For now capture-only: accepted mail is written to var/maildir."""
+    from workers.capture import CaptureListener
+
+    settings = _settings()
+    if settings.mta_delivery != "capture":
+        raise CommandFailed(
+            f"WARTA_MTA_DELIVERY={settings.mta_delivery} needs the embedded MTA, which is not "
+            "built yet; use capture, or point WARTA_MTA_SUBMISSION at your own relay"
+        )
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # the listener thread inherits it
+    listener = CaptureListener.from_settings(settings)
+    listener.start()
+    console.print(f"capture MTA on smtp://{settings.mta_submission} → {listener.maildir}")
+    try:
+        signal.sigwait(stop_signals)
+    finally:
+        listener.stop()
 
 
 @cli.command()
