@@ -100,3 +100,14 @@ async def test_template_syntax_is_checked_and_in_use_templates_are_kept(
     in_use = await client.delete(f"/api/v1/templates/{template_id}")
     assert in_use.status_code == 409
     assert (await client.get(f"/api/v1/templates/{template_id}")).status_code == 200
+
+
+async def test_per_campaign_rate_is_stored_and_validated(client: httpx.AsyncClient) -> None:
+    list_id = await _list(client)
+    created = await client.post("/api/v1/campaigns", json=_campaign(list_id, rate=25))
+    assert created.status_code == 201, created.text
+    assert created.json()["rate"] == 25
+    assert created.json()["audience_size"] == 0
+    for bad in (0, -1, 10**9):
+        response = await client.post("/api/v1/campaigns", json=_campaign(list_id, rate=bad))
+        assert response.status_code == 422

@@ -26,6 +26,9 @@ class CampaignCreate(Strict):
     html: Body = ""
     text: Body = ""
     send_at: datetime | None = None
+    rate: float | None = Field(
+        None, gt=0, le=100_000, description="Messages per second for this campaign (optional)."
+    )
 
 
 class CampaignUpdate(Strict):
@@ -41,6 +44,7 @@ class CampaignUpdate(Strict):
     html: Body | None = None
     text: Body | None = None
     send_at: datetime | None = None
+    rate: float | None = Field(None, gt=0, le=100_000)
 
 
 class CampaignRead(ReadModel):
@@ -57,6 +61,9 @@ class CampaignRead(ReadModel):
     html: str
     text: str
     status: CampaignStatus
+    status_reason: str
+    rate: float | None
+    audience_size: int
     send_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
