@@ -357,9 +357,12 @@ async def test_export_streams_csv_and_filters(client: httpx.AsyncClient) -> None
     assert await emails(status="blocklisted") == ["c@example.com"]
     assert await emails(email="B@EXAMPLE") == ["b@example.com"]
     assert await emails(subscription_status="unconfirmed") == []
-    for bad in ({"status": "x"}, {"email": "a\x00b"}, {"list_id": "0"}):
+    for bad in ({"status": "x"}, {"list_id": "0"}):
         response = await client.get("/api/v1/subscribers/export", params=bad)
         assert response.status_code == 422, bad
+    # NUL anywhere in the URL is refused before routing.
+    nul = await client.get("/api/v1/subscribers/export", params={"email": "a\x00b"})
+    assert nul.status_code == 400
 
 
 async def test_export_runs_in_keyset_batches(
