@@ -1,0 +1,1 @@
+"""The embedded MTA: listeners, spool, delivery and DKIM signing."""
