@@ -199,6 +199,27 @@ def mta() -> None:
         listener.stop()
 
 
+@cli.command("dkim-keygen")
+def dkim_keygen(
+    domain: Annotated[str, typer.Argument(help="The From domain to sign for.")],
+    selector: Annotated[str, typer.Argument(help="The DNS selector, e.g. warta2026.")],
+    algorithm: Annotated[str, typer.Option(help="rsa (2048 bits) or ed25519.")] = "rsa",
+) -> None:
+    """Create a DKIM key under WARTA_DKIM_DIR and print the DNS TXT record to publish."""
+    from workers.mta.dkim import generate_key
+
+    if algorithm not in ("rsa", "ed25519"):
+        raise CommandFailed("--algorithm must be rsa or ed25519")
+    settings = _settings()
+    try:
+        record = generate_key(settings.dkim_dir, domain, selector, algorithm)  # type: ignore[arg-type]
+    except FileExistsError:
+        raise CommandFailed(f"a key for {selector}._domainkey.{domain} exists already") from None
+    except ValueError as exc:
+        raise CommandFailed(str(exc)) from None
+    typer.echo(record)
+
+
 @cli.command()
 def demo(
     recipients: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many to send.")] = 1000,

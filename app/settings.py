@@ -61,6 +61,21 @@ class Settings(BaseSettings):
     mta_hostname: str = Field(
         default_factory=socket.getfqdn, description="HELO name, Message-ID and DSN Reporting-MTA."
     )
+    mta_trusted_networks: str = Field(
+        "127.0.0.0/8,::1/128",
+        description="CIDRs that may submit without SMTP AUTH (comma-separated).",
+    )
+    mta_max_message_size: int = Field(
+        26_214_400, ge=1024, description="SIZE limit in bytes for submitted and inbound mail."
+    )
+    mta_max_recipients: int = Field(1000, ge=1, description="Recipients per SMTP transaction.")
+    mta_max_connections_per_client: int = Field(
+        50, ge=1, description="Concurrent SMTP connections one client address may hold."
+    )
+    mta_idle_timeout: float = Field(300, gt=0, description="Seconds an idle SMTP session lives.")
+    mta_dedupe_window: float = Field(
+        604_800, gt=0, description="Seconds a Message-ID is remembered to refuse a second copy."
+    )
     bounce_domain: str = Field("bounces.localhost", description="VERP return-path domain.")
     mta_retry_min: int = Field(300, ge=1, description="Seconds before the first retry.")
     mta_retry_max: int = Field(4000, ge=1, description="Longest wait between tries, seconds.")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the servers the test suite starts for itself are installed:
-# PostgreSQL (initdb, pg_ctl, postgres) and redis-server. Idempotent, and a
-# no-op costing milliseconds when both are present. Starts no daemons.
+# PostgreSQL (initdb, pg_ctl, postgres) and redis-server, plus Mail::DKIM (with
+# CryptX for Ed25519), the independent verifier of Warta's DKIM signatures.
+# Idempotent, and a no-op costing milliseconds when all are present. Starts no daemons.
 set -euo pipefail
 
 have_pg_server() {
@@ -19,9 +20,14 @@ have_redis_server() {
     command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]]
 }
 
+have_mail_dkim() {
+    perl -MMail::DKIM::Verifier -MCrypt::PK::Ed25519 -e 1 >/dev/null 2>&1
+}
+
 missing=()
 have_pg_server || missing+=(postgresql)
 have_redis_server || missing+=(redis-server)
+have_mail_dkim || missing+=(libmail-dkim-perl libcryptx-perl)
 ((${#missing[@]} == 0)) && exit 0
 
 echo "ensure-system-deps: installing ${missing[*]}" >&2
@@ -60,3 +66,4 @@ fi
 
 have_pg_server || { echo "ensure-system-deps: PostgreSQL still missing" >&2; exit 1; }
 have_redis_server || { echo "ensure-system-deps: redis-server still missing" >&2; exit 1; }
+have_mail_dkim || { echo "ensure-system-deps: Mail::DKIM (libmail-dkim-perl) still missing" >&2; exit 1; }

@@ -1,0 +1,339 @@
+"""DKIM signing (RFC 6376, relaxed/relaxed) with RSA-SHA256 and Ed25519-SHA256 (RFC 8463).
+
+Written on `cryptography` rather than dkimpy: dkimpy's pure-Python RSA signs about
+150 messages/s per core, `cryptography` about 4,000, and signing sits on the MTA's
+delivery path.
+
+Keys live under `WARTA_DKIM_DIR` as `<domain>/<selector>.pem`. A domain with several
+keys gets one signature per key (sorted by selector), so an RSA key beside an Ed25519
+key dual-signs as RFC 8463 suggests, and a key rotation can overlap old and new.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+Algorithm = Literal["rsa", "ed25519"]
+
+# RFC 8058 requires List-Unsubscribe and List-Unsubscribe-Post to be signed.
+SIGNED_HEADERS: tuple[str, ...] = (
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+)
+RSA_KEY_BITS = 2048
+MIN_RSA_KEY_BITS = 1024  # RFC 8301 §3.2: signers MUST use at least 1024 bits.
+TXT_STRING_MAX = 255  # RFC 1035 §3.3: one <character-string> holds at most 255 octets.
+FOLD_WIDTH = 76
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+_SELECTOR_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+class DkimKeyError(ValueError):
+    """A key file under the DKIM directory cannot be used for signing."""
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """One signing key: the domain and selector it signs for, and the private key."""
+
+    domain: str
+    selector: str
+    private_key: PrivateKey
+
+    @property
+    def algorithm(self) -> str:
+        """The `a=` tag value for this key."""
+        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
+            return "ed25519-sha256"
+        return "rsa-sha256"
+
+    def sign_data(self, data: bytes) -> bytes:
+        """Sign the canonicalised header block `data` as RFC 6376 §3.7 / RFC 8463 §3 say."""
+        if isinstance(self.private_key, ed25519.Ed25519PrivateKey):
+            # RFC 8463: PureEdDSA over the SHA-256 hash, not over the data itself.
+            return self.private_key.sign(hashlib.sha256(data).digest())
+        return self.private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+
+
+def _squeeze(data: bytes) -> bytes:
+    """Turn every run of WSP into one SP (bytes methods: ~10x faster than a regex here)."""
+    data = data.replace(b"\t", b" ")
+    while b"  " in data:
+        data = data.replace(b"  ", b" ")
+    return data
+
+
+def canonicalize_body_relaxed(body: bytes) -> bytes:
+    """The relaxed body canonicalisation of RFC 6376 §3.4.4 (input uses CRLF)."""
+    if not body:
+        return b""
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"  # an unterminated last line is still a line
+    # After squeezing, a line ends in at most one SP, so one replace removes it.
+    body = _squeeze(body).replace(b" \r\n", b"\r\n")
+    end = len(body) - 2
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    # An empty body (or one of empty lines only) canonicalises to nothing (erratum 3951).
+    return body[: end + 2] if end > 0 else b""
+
+
+def canonicalize_header_relaxed(name: bytes, value: bytes) -> bytes:
+    """The relaxed header canonicalisation of RFC 6376 §3.4.2, without the final CRLF."""
+    value = _squeeze(value.replace(b"\r\n", b"")).strip(b" ")
+    return name.strip(b" \t").lower() + b":" + value
+
+
+def split_message(message: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Split a CRLF message into `(name, raw value)` header fields and the body."""
+    if message.startswith(b"\r\n"):
+        head, body = b"", message[2:]
+    else:
+        end = message.find(b"\r\n\r\n")
+        if end < 0:
+            head, body = message, b""
+        else:
+            head, body = message[: end + 2], message[end + 4 :]
+    fields: list[tuple[bytes, bytes]] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\r\n" + line)
+        elif line:
+            name, sep, value = line.partition(b":")
+            if sep:
+                fields.append((name, value))
+    return fields, body
+
+
+def select_headers(
+    fields: Sequence[tuple[bytes, bytes]], names: Iterable[str]
+) -> tuple[list[str], list[bytes]]:
+    """The `h=` list and the canonicalised fields it covers, per RFC 6376 §5.4.2.
+
+    Every instance of each present header is signed, and `from` is listed once more
+    than it occurs so that a verifier rejects a From added after signing.
+    """
+    wanted = tuple(names)
+    present: dict[str, list[tuple[bytes, bytes]]] = {}
+    for name, value in fields:
+        key = name.strip(b" \t").decode("ascii", "replace").lower()
+        if key in wanted:
+            present.setdefault(key, []).append((name, value))
+    listed: list[str] = []
+    canonical: list[bytes] = []
+    for header in wanted:
+        # Instances are consumed from the bottom of the header block upwards.
+        for name, value in reversed(present.get(header, [])):
+            listed.append(header)
+            canonical.append(canonicalize_header_relaxed(name, value))
+    # One `from` more than present: it matches no field, so the hash covers the absence.
+    listed.append("from")
+    return listed, canonical
+
+
+def _fold(tokens: Sequence[str], start: int) -> str:
+    """Join tokens into lines of at most FOLD_WIDTH, folding only where FWS may stand."""
+    out: list[str] = []
+    column = start
+    for token in tokens:
+        if column + len(token.rstrip(" ")) > FOLD_WIDTH and column > start:
+            out[-1] = out[-1].rstrip(" ")
+            out.append("\r\n\t")
+            column = 1
+        out.append(token)
+        column += len(token)
+    return "".join(out)
+
+
+def _signature_tokens(
+    key: DkimKey, timestamp: int, headers: Sequence[str], body_hash: str
+) -> list[str]:
+    tokens = [
+        "v=1; ",
+        f"a={key.algorithm}; ",
+        "c=relaxed/relaxed; ",
+        f"d={key.domain}; ",
+        f"s={key.selector}; ",
+        f"t={timestamp}; ",
+    ]
+    # FWS is allowed around the colons of h= (RFC 6376 §3.5), so it may fold there.
+    names = [f"{name}:" for name in headers[:-1]] + [f"{headers[-1]}; "]
+    tokens += ["h=" + names[0], *names[1:]]
+    tokens.append(f"bh={body_hash}; ")
+    tokens.append("b=")
+    return tokens
+
+
+def _fold_base64(value: str, column: int) -> str:
+    """Fold a base64 tag value, which may contain FWS anywhere (RFC 6376 §2.10)."""
+    room = FOLD_WIDTH - column
+    lead = ""
+    if room < 16:
+        lead, room = "\r\n\t", FOLD_WIDTH - 1
+    width = FOLD_WIDTH - 1
+    parts = [value[:room]] + [value[i : i + width] for i in range(room, len(value), width)]
+    return lead + "\r\n\t".join(part for part in parts if part)
+
+
+def build_signature_header(
+    key: DkimKey, headers: Sequence[str], canonical: Sequence[bytes], body_hash: str, timestamp: int
+) -> bytes:
+    """The complete, folded `DKIM-Signature:` field (with CRLF) for one key.
+
+    `headers` and `canonical` come from `select_headers`, `body_hash` is the base64
+    SHA-256 of the relaxed body: both are shared by all of a message's signatures.
+    """
+    prefix = "DKIM-Signature: "
+    unsigned = prefix + _fold(_signature_tokens(key, timestamp, headers, body_hash), len(prefix))
+    name, _, value = unsigned.encode("ascii").partition(b":")
+    # §3.7: the signature field itself is hashed last, with an empty b= and no CRLF.
+    data = b"".join(line + b"\r\n" for line in canonical)
+    data += canonicalize_header_relaxed(name, value)
+    signature = base64.b64encode(key.sign_data(data)).decode("ascii")
+    column = len(unsigned) - unsigned.rfind("\n") - 1
+    return (unsigned + _fold_base64(signature, column) + "\r\n").encode("ascii")
+
+
+def load_key(path: Path, domain: str) -> DkimKey:
+    """Read one `<selector>.pem` file; raise DkimKeyError when it is not a usable key."""
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise DkimKeyError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
+    if isinstance(loaded, rsa.RSAPrivateKey):
+        if loaded.key_size < MIN_RSA_KEY_BITS:
+            raise DkimKeyError(f"{path}: RSA key of {loaded.key_size} bits is too short")
+    elif not isinstance(loaded, ed25519.Ed25519PrivateKey):
+        raise DkimKeyError(f"{path}: only RSA and Ed25519 keys can sign DKIM")
+    return DkimKey(domain=domain, selector=path.stem, private_key=loaded)
+
+
+def normalize_domain(domain: str) -> str | None:
+    """The key directory name for `domain`, or None if it is no valid host name."""
+    candidate = domain.strip().rstrip(".").lower()
+    try:
+        candidate = candidate.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return candidate if _DOMAIN_RE.match(candidate) else None
+
+
+class DkimSigner:
+    """Signs messages with the keys found under a directory, loaded on first use.
+
+    A domain's keys are cached together with its directory's mtime, so adding or
+    removing a key file takes effect without a restart.
+    """
+
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+        self.directory = Path(directory)
+        self._clock = clock
+        self._cache: dict[str, tuple[int | None, tuple[DkimKey, ...]]] = {}
+
+    def keys_for(self, domain: str) -> tuple[DkimKey, ...]:
+        """The signing keys for `domain`, sorted by selector; empty when it has none."""
+        name = normalize_domain(domain)
+        if name is None:
+            return ()
+        path = self.directory / name
+        try:
+            mtime: int | None = path.stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        keys: tuple[DkimKey, ...] = ()
+        if mtime is not None and path.is_dir():
+            files = sorted(p for p in path.glob("*.pem") if _SELECTOR_RE.match(p.stem))
+            keys = tuple(load_key(file, name) for file in files)
+        self._cache[name] = (mtime, keys)
+        return keys
+
+    def sign(self, message: bytes, domain: str) -> bytes:
+        """Return `message` with a DKIM-Signature per key of `domain` prepended."""
+        keys = self.keys_for(domain)
+        if not keys:
+            return message
+        fields, body = split_message(message)
+        digest = hashlib.sha256(canonicalize_body_relaxed(body)).digest()
+        body_hash = base64.b64encode(digest).decode("ascii")
+        headers, canonical = select_headers(fields, SIGNED_HEADERS)
+        timestamp = int(self._clock())
+        signatures = [
+            build_signature_header(key, headers, canonical, body_hash, timestamp) for key in keys
+        ]
+        return b"".join(signatures) + message
+
+
+def _public_key_record(private_key: PrivateKey) -> tuple[str, bytes]:
+    if isinstance(private_key, ed25519.Ed25519PrivateKey):
+        raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return "ed25519", raw
+    der = private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "rsa", der
+
+
+def txt_record(domain: str, selector: str, private_key: PrivateKey) -> str:
+    """The DNS TXT record publishing the public half of `private_key` (zone-file syntax)."""
+    kind, public = _public_key_record(private_key)
+    text = f"v=DKIM1; k={kind}; p={base64.b64encode(public).decode('ascii')}"
+    strings = " ".join(
+        f'"{text[i : i + TXT_STRING_MAX]}"' for i in range(0, len(text), TXT_STRING_MAX)
+    )
+    return f"{selector}._domainkey.{domain} IN TXT {strings}"
+
+
+def generate_key(directory: Path, domain: str, selector: str, algorithm: Algorithm = "rsa") -> str:
+    """Write a new key to `<directory>/<domain>/<selector>.pem` and return its TXT record."""
+    name = normalize_domain(domain)
+    if name is None:
+        raise ValueError(f"not a valid domain name: {domain!r}")
+    if not _SELECTOR_RE.match(selector):
+        raise ValueError(f"not a valid DKIM selector: {selector!r}")
+    private_key: PrivateKey
+    if algorithm == "rsa":
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    elif algorithm == "ed25519":
+        private_key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        raise ValueError(f"unknown DKIM key algorithm: {algorithm!r}")
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    target = Path(directory) / name
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = target / f"{selector}.pem"
+    # O_EXCL: overwriting a key whose record is already in DNS would break signing.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return txt_record(name, selector, private_key)

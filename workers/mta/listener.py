@@ -1,0 +1,247 @@
+"""The MTA's SMTP listeners: submission (relays for trusted or authenticated clients) and
+inbound (accepts only the bounce domain). The protocol is aiosmtpd's; the decisions are here,
+returned as reply strings, and nothing is acknowledged before the spool has it on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from workers.mta.spool import Envelope as SpooledEnvelope
+from workers.mta.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+OK_RCPT = "250 2.1.5 OK"
+AUTH_REQUIRED = "530 5.7.0 Authentication required: submit from a trusted network or use AUTH"
+RELAY_DENIED = "550 5.7.1 Relaying denied: this server accepts mail for {domain} only"
+BAD_ADDRESS = "553 5.1.3 Bad recipient address syntax"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+NO_RECIPIENTS = "503 5.5.1 No valid recipients"
+BARE_LINE_ENDING = "550 5.6.0 Bare CR or LF in message: line endings must be CRLF (RFC 5321 2.3.8)"
+TOO_BIG = "552 5.3.4 Message too big"
+SPOOL_FAILED = "451 4.3.0 Temporary failure: message not queued, try again"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try later"
+QUEUED = "250 2.0.0 OK: queued as {queue_id}"
+ALREADY_QUEUED = "250 2.0.0 OK: already queued as {queue_id}"
+
+_ADDRESS = re.compile(
+    r"^[^@\s<>\"]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$|^[^@\s<>\"]+@\[[0-9.:A-Fa-f]+\]$"
+)
+_BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]{1,900}>)", re.IGNORECASE | re.MULTILINE)
+
+
+def null_sender(address: str) -> str:
+    """aiosmtpd reports the null reverse-path as "<>"; the spool stores it as ""."""
+    return "" if address in ("<>", "") else address
+
+
+def header_block(data: bytes) -> bytes:
+    """The header section of a message (up to the first empty line)."""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def message_id_of(data: bytes) -> str | None:
+    """The Message-ID header's value, if the message has one."""
+    match = _MESSAGE_ID.search(header_block(data))
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+@dataclass(frozen=True)
+class Networks:
+    """A set of CIDR ranges."""
+
+    ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def parse(cls, value: str) -> Networks:
+        """`127.0.0.0/8,::1/128` → Networks; a bad entry raises ValueError naming it."""
+        return cls(
+            tuple(ipaddress.ip_network(part.strip()) for part in value.split(",") if part.strip())
+        )
+
+    def __contains__(self, address: object) -> bool:
+        try:
+            ip = ipaddress.ip_address(str(address))
+        except ValueError:
+            return False
+        return any(ip in network for network in self.ranges)
+
+
+class SubmissionHandler:
+    """Submission: only trusted networks or authenticated sessions may relay."""
+
+    def __init__(self, spool: Spool, trusted: Networks, max_recipients: int) -> None:
+        self.spool = spool
+        self.trusted = trusted
+        self.max_recipients = max_recipients
+
+    def _allowed(self, session: Session) -> bool:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else session.peer
+        return bool(session.authenticated) or peer in self.trusted
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Refuse unauthenticated clients outside the trusted networks before any recipient."""
+        if not self._allowed(session):
+            return AUTH_REQUIRED
+        address = null_sender(address)
+        if address and not _ADDRESS.match(address):
+            return "553 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Check syntax and the recipient limit."""
+        if not self._allowed(session):
+            return AUTH_REQUIRED
+        if not _ADDRESS.match(address):
+            return BAD_ADDRESS
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return OK_RCPT
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Spool durably, then acknowledge; a Message-ID already queued is not stored twice."""
+        data = envelope.original_content or b""
+        problem = check_content(data, envelope)
+        if problem:
+            return problem
+        message_id = message_id_of(data)
+        if message_id is not None and (earlier := await self.spool.seen(message_id)):
+            return ALREADY_QUEUED.format(queue_id=earlier)
+        spooled = SpooledEnvelope(
+            mail_from=envelope.mail_from or "",
+            recipients=list(dict.fromkeys(envelope.rcpt_tos)),
+            message_id=message_id,
+        )
+        try:
+            queue_id = await self.spool.accept(spooled, data)
+        except Exception:
+            logger.exception("spooling failed")
+            return SPOOL_FAILED
+        return QUEUED.format(queue_id=queue_id)
+
+
+def check_content(data: bytes, envelope: Envelope) -> str | None:
+    """Refuse what must never be relayed: no recipients, bare CR/LF (smuggling vectors)."""
+    if not envelope.rcpt_tos:
+        return NO_RECIPIENTS
+    if _BARE.search(data):
+        return BARE_LINE_ENDING
+    return None
+
+
+InboundSink = Callable[[str, list[str], bytes], Awaitable[None]]
+
+
+class InboundHandler:
+    """Inbound: mail for the bounce domain only (DSNs, complaints, replies); never a relay."""
+
+    def __init__(self, bounce_domain: str, sink: InboundSink, max_recipients: int) -> None:
+        self.bounce_domain = bounce_domain.lower()
+        self.sink = sink
+        self.max_recipients = max_recipients
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        """Accept only local parts at the bounce domain."""
+        domain = address.rpartition("@")[2].lower()
+        if domain != self.bounce_domain:
+            return RELAY_DENIED.format(domain=self.bounce_domain)
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        envelope.rcpt_tos.append(address)
+        return OK_RCPT
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Hand the report to the inbound processor (durable before 250)."""
+        data = envelope.original_content or b""
+        problem = check_content(data, envelope)
+        if problem:
+            return problem
+        try:
+            await self.sink(null_sender(envelope.mail_from or ""), list(envelope.rcpt_tos), data)
+        except Exception:
+            logger.exception("inbound processing failed")
+            return SPOOL_FAILED
+        return "250 2.0.0 OK"
+
+
+class LimitedSMTP(SMTP):
+    """aiosmtpd's SMTP with a cap on concurrent connections per client address."""
+
+    def __init__(self, handler: Any, *, per_client: int, counts: Counter[str], **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self._per_client = per_client
+        self._counts = counts
+        self._counted: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the client; over the limit it gets 421 and is disconnected."""
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if self._counts[client] >= self._per_client:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+            transport.close()
+            return
+        self._counts[client] += 1
+        self._counted = client
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Release the client's slot."""
+        if self._counted is not None:
+            self._counts[self._counted] -= 1
+            if self._counts[self._counted] <= 0:
+                del self._counts[self._counted]
+            self._counted = None
+            super().connection_lost(error)
+
+
+async def serve(
+    handler: SubmissionHandler | InboundHandler,
+    address: str,
+    *,
+    hostname: str,
+    max_message_size: int,
+    idle_timeout: float,
+    per_client: int,
+) -> asyncio.Server:
+    """Listen on `host:port` with the handler; close the returned server to stop."""
+    host, _, port = address.rpartition(":")
+    counts: Counter[str] = Counter()
+    loop = asyncio.get_running_loop()
+
+    def factory() -> LimitedSMTP:
+        return LimitedSMTP(
+            handler,
+            per_client=per_client,
+            counts=counts,
+            data_size_limit=max_message_size,
+            hostname=hostname,
+            timeout=idle_timeout,
+            enable_SMTPUTF8=True,
+            loop=loop,
+        )
+
+    return await loop.create_server(factory, host.strip("[]") or "127.0.0.1", int(port))
