@@ -142,26 +142,24 @@ def dev() -> None:
 
 
 async def _dev_services(settings: Settings) -> None:
-    """API, worker and the capture listener in one event loop; Ctrl-C stops them all."""
-    from workers.capture import CaptureListener
+    """API, worker and MTA in one event loop; Ctrl-C stops them all."""
+    from workers.mta.service import MtaService
     from workers.worker import run_worker
 
     stop = asyncio.Event()
     server = _server(settings)
-    capture = (
-        CaptureListener.from_settings(settings) if settings.mta_delivery == "capture" else None
+    mta = await MtaService.start(settings)
+    where = f" → {settings.var_dir / 'maildir'}" if settings.mta_delivery == "capture" else ""
+    console.print(
+        f"      MTA      smtp://{settings.mta_submission} ({settings.mta_delivery}{where})"
     )
-    if capture is not None:
-        capture.start()
-        console.print(f"      capture  smtp://{settings.mta_submission} → {capture.maildir}")
     worker = asyncio.create_task(run_worker(settings, settings.redis_url, stop))
     try:
         await server.serve()
     finally:
         stop.set()
         await worker
-        if capture is not None:
-            capture.stop()
+        await mta.stop()
 
 
 @cli.command()
@@ -179,24 +177,27 @@ def worker() -> None:
 
 @cli.command()
 def mta() -> None:
-    """The MTA. For now capture-only: accepted mail is written to var/maildir."""
-    from workers.capture import CaptureListener
-
+    """The embedded MTA: submission and inbound listeners, durable spool, delivery."""
     settings = _settings()
-    if settings.mta_delivery != "capture":
-        raise CommandFailed(
-            f"WARTA_MTA_DELIVERY={settings.mta_delivery} needs the embedded MTA, which is not "
-            "built yet; use capture, or point WARTA_MTA_SUBMISSION at your own relay"
-        )
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # the listener thread inherits it
-    listener = CaptureListener.from_settings(settings)
-    listener.start()
-    console.print(f"capture MTA on smtp://{settings.mta_submission} → {listener.maildir}")
-    try:
-        signal.sigwait(stop_signals)
-    finally:
-        listener.stop()
+    settings.effective_secret_key()
+    _run(_mta_until_signalled(settings))
+
+
+async def _mta_until_signalled(settings: Settings) -> None:
+    from workers.mta.service import MtaService
+
+    service = await MtaService.start(settings)
+    console.print(
+        f"MTA: submission {settings.mta_submission}, inbound {settings.mta_inbound}, "
+        f"delivery {settings.mta_delivery}, spool {settings.mta_spool_dir}"
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    console.print("MTA draining: no new mail accepted, deliveries in flight finish")
+    await service.stop()
 
 
 @cli.command("dkim-keygen")
@@ -224,18 +225,16 @@ def dkim_keygen(
 def demo(
     recipients: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many to send.")] = 1000,
 ) -> None:
-    """Seed a list of generated subscribers and send them a campaign into the capture Maildir."""
-    from app.demo import port_open, run_demo
-    from workers.capture import CaptureListener
+    """Seed a list of generated subscribers and send them a campaign into the capture Maildir.
+
+    Starts its own MTA unless one already listens on WARTA_MTA_SUBMISSION (`warta dev`).
+    """
+    from app.demo import run_demo
 
     settings = _settings()
     settings.effective_secret_key()
     migrations.upgrade(settings.database_url)
     settings, embedded = _with_redis(settings)
-    capture = None
-    if settings.mta_delivery == "capture" and not port_open(settings.mta_submission):
-        capture = CaptureListener.from_settings(settings)
-        capture.start()
     try:
         with Progress(
             TextColumn("sending"),
@@ -253,8 +252,6 @@ def demo(
 
             counts = _run(run_demo(settings, recipients, report))
     finally:
-        if capture is not None:
-            capture.stop()
         if embedded is not None:
             embedded.stop()
     maildir = settings.var_dir / "maildir" / "new"

@@ -103,9 +103,15 @@ async def seed(settings: Settings, recipients: int) -> int:
 
 async def run_demo(settings: Settings, recipients: int, progress: Progress) -> dict[str, int]:
     """Seed, start a worker (unless one runs), send, and report progress until finished."""
+    from workers.mta.service import MtaService
     from workers.worker import run_worker
 
     campaign_id = await seed(settings, recipients)
+    mta = (
+        None
+        if port_open(settings.mta_submission.split(",")[0])
+        else await MtaService.start(settings)
+    )
     pool = await create_pool(arq_redis_settings(settings.redis_url))
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, settings.redis_url, stop))
@@ -117,9 +123,12 @@ async def run_demo(settings: Settings, recipients: int, progress: Progress) -> d
             async with sessionmaker() as session:
                 stats = await lifecycle.stats(session, campaign_id)
                 status = await lifecycle.current_status(session, campaign_id)
-            done = sum(v for k, v in stats.counts.items() if k not in ("pending", "sending"))
+            done = sum(
+                v for k, v in stats.counts.items() if k not in ("pending", "sending", "sent")
+            )
             progress(done, max(stats.recipients, recipients), stats.counts)
-            if status is not None and status.value in ("finished", "cancelled", "paused"):
+            finished = status is not None and status.value in ("finished", "cancelled", "paused")
+            if finished and (mta is None or done >= stats.recipients):
                 return stats.counts
             if worker.done():
                 worker.result()
@@ -129,3 +138,5 @@ async def run_demo(settings: Settings, recipients: int, progress: Progress) -> d
         await worker
         await pool.aclose()
         await engine.dispose()
+        if mta is not None:
+            await mta.stop()

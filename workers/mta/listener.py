@@ -82,10 +82,17 @@ class Networks:
 class SubmissionHandler:
     """Submission: only trusted networks or authenticated sessions may relay."""
 
-    def __init__(self, spool: Spool, trusted: Networks, max_recipients: int) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        trusted: Networks,
+        max_recipients: int,
+        on_queued: Callable[[SpooledEnvelope], None] | None = None,
+    ) -> None:
         self.spool = spool
         self.trusted = trusted
         self.max_recipients = max_recipients
+        self.on_queued = on_queued
 
     def _allowed(self, session: Session) -> bool:
         peer = session.peer[0] if isinstance(session.peer, tuple) else session.peer
@@ -137,6 +144,8 @@ class SubmissionHandler:
         except Exception:
             logger.exception("spooling failed")
             return SPOOL_FAILED
+        if self.on_queued is not None and spooled.queue_id == queue_id:
+            self.on_queued(spooled)
         return QUEUED.format(queue_id=queue_id)
 
 

@@ -1,0 +1,244 @@
+"""The delivery agent: takes spooled messages when they are due, routes each recipient
+domain, paces each destination, signs, hands the message to a transport, and records what
+happened — for every recipient, on disk and (through an outcome sink) in the send ledger.
+
+A delivery reads as named steps: `_deliver` → `_deliver_domain` (route, shape, sign,
+transport) → `_settle` (remove, retry later, or expire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from workers.mta.dkim import DkimSigner
+from workers.mta.routing import Route, Router, RouteSource, destination_key
+from workers.mta.shaping import Shaping, expired, next_retry_delay
+from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
+from workers.mta.transports import Transport
+from workers.send_result import Outcome, SendResult
+
+logger = logging.getLogger(__name__)
+
+SHAPED_SOURCES = frozenset({RouteSource.MX, RouteSource.IMPLICIT_MX})
+OutcomeSink = Callable[[Envelope, str, str, str], Awaitable[None]]
+"""(envelope, recipient, outcome: delivered | deferred | failed, reply) → recorded."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Postfix-like: first retry after `minimum`, doubling, capped, failing after `lifetime`."""
+
+    minimum: float = 300
+    maximum: float = 4000
+    lifetime: float = 432_000
+
+
+@dataclass
+class AgentStats:
+    """Counters for metrics."""
+
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+
+
+class DeliveryAgent:
+    """Delivers the spool's messages with `concurrency` deliveries in flight."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        router: Router,
+        shaping: Shaping,
+        transports: dict[str, Transport],
+        *,
+        signer: DkimSigner | None = None,
+        outcomes: OutcomeSink | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        concurrency: int = 50,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spool = spool
+        self.router = router
+        self.shaping = shaping
+        self.transports = transports
+        self.signer = signer
+        self.outcomes = outcomes
+        self.retry = retry
+        self.concurrency = concurrency
+        self.clock = clock
+        self.stats = AgentStats()
+        self._due: list[tuple[float, str, Envelope]] = []
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._workers: list[asyncio.Task[None]] = []
+
+    def schedule(self, envelope: Envelope) -> None:
+        """Queue an envelope for delivery at its `next_attempt_at`."""
+        heapq.heappush(self._due, (envelope.next_attempt_at, envelope.queue_id, envelope))
+        self._wakeup.set()
+
+    def start(self) -> None:
+        """Recover the spool and start the delivery workers."""
+        for envelope in self.spool.recover():
+            self.schedule(envelope)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"delivery-{n}") for n in range(self.concurrency)
+        ]
+
+    async def drain(self, grace: float = 30.0) -> None:
+        """Stop taking messages, let deliveries in flight finish (within `grace`)."""
+        self._stopping = True
+        self._wakeup.set()
+        _, pending = await asyncio.wait(self._workers, timeout=grace) if self._workers else ((), ())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for transport in self.transports.values():
+            await transport.aclose()
+
+    def queued(self) -> int:
+        """Messages waiting in this agent's schedule."""
+        return len(self._due)
+
+    async def _work(self) -> None:
+        while not self._stopping:
+            envelope = await self._next()
+            if envelope is None:
+                continue
+            try:
+                await self._deliver(envelope)
+            except Exception:  # a bug must defer one message, never stop the agent
+                logger.exception("delivery of %s failed unexpectedly", envelope.queue_id)
+                envelope.next_attempt_at = self.clock() + self.retry.minimum
+                await self.spool.update(envelope)
+                self.schedule(envelope)
+
+    async def _next(self) -> Envelope | None:
+        if self._due and self._due[0][0] <= self.clock():
+            return heapq.heappop(self._due)[2]
+        wait = min(self._due[0][0] - self.clock(), 1.0) if self._due else 1.0
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), max(wait, 0.0))
+        return None
+
+    async def _deliver(self, envelope: Envelope) -> None:
+        """One attempt for every pending recipient, grouped by domain, then settle."""
+        if envelope.first_attempt_at is None:
+            envelope.first_attempt_at = self.clock()
+        data = self.spool.load(QueueId(envelope.queue_id))
+        if self.signer is not None:
+            data = self.signer.sign(data, _from_domain(data))
+        by_domain: dict[str, list[str]] = defaultdict(list)
+        for recipient in envelope.pending():
+            by_domain[recipient.rpartition("@")[2].lower()].append(recipient)
+        await asyncio.gather(
+            *(
+                self._deliver_domain(envelope, domain, rcpts, data)
+                for domain, rcpts in by_domain.items()
+            )
+        )
+        await self._settle(envelope)
+
+    async def _deliver_domain(
+        self, envelope: Envelope, domain: str, recipients: list[str], data: bytes
+    ) -> None:
+        route = await self.router.route(domain)
+        if route.failure is not None:
+            result = SendResult(
+                route.failure.outcome, None, route.failure.status, route.failure.text
+            )
+            results = dict.fromkeys(recipients, result)
+        else:
+            results = await self._send(route, envelope.mail_from, recipients, data)
+        for recipient, result in results.items():
+            await self._record(envelope, recipient, result)
+
+    async def _send(
+        self, route: Route, mail_from: str, recipients: list[str], data: bytes
+    ) -> dict[str, SendResult]:
+        """Wait for the destination's pace, send, and let its replies steer its rate."""
+        # Pacing protects our reputation at mailbox providers: it applies to MX destinations.
+        # A relay or transport-map next hop is ours or our provider's and paces itself.
+        shaper = (
+            self.shaping.for_destination(destination_key(route))
+            if route.source in SHAPED_SOURCES
+            else None
+        )
+        while shaper is not None:
+            now = self.clock()
+            if shaper.try_send(now=now):
+                break
+            await asyncio.sleep(min(max(shaper.next_send_at(now) - now, 0.01), 1.0))
+        transport = self.transports["capture" if not route.hops else "smtp"]
+        results = await transport.deliver(route, mail_from, recipients, data)
+        for result in results.values():
+            if shaper is not None:
+                shaper.on_reply(result.code or 0, result.enhanced_status, result.text)
+        return results
+
+    async def _record(self, envelope: Envelope, recipient: str, result: SendResult) -> None:
+        state = envelope.states[recipient]
+        state.attempts += 1
+        state.last_reply = result.describe()
+        if result.outcome is Outcome.DELIVERED:
+            state.status = RecipientStatus.DELIVERED
+            self.stats.delivered += 1
+            await self._report(envelope, recipient, "delivered", state.last_reply)
+        elif result.outcome is Outcome.PERMANENT:
+            state.status = RecipientStatus.FAILED
+            self.stats.failed += 1
+            await self._report(envelope, recipient, "failed", state.last_reply)
+        else:
+            self.stats.deferred += 1
+            await self._report(envelope, recipient, "deferred", state.last_reply)
+
+    async def _settle(self, envelope: Envelope) -> None:
+        """Remove a finished message; retry later; fail what outlived the queue lifetime."""
+        now = self.clock()
+        pending = envelope.pending()
+        first = envelope.first_attempt_at or now
+        if pending and expired(first, now, self.retry.lifetime):
+            for recipient in pending:
+                state = envelope.states[recipient]
+                state.status = RecipientStatus.FAILED
+                reply = f"expired after {self.retry.lifetime:.0f} s; last reply: {state.last_reply}"
+                state.last_reply = reply
+                self.stats.failed += 1
+                await self._report(envelope, recipient, "failed", reply)
+            pending = []
+        if not pending:
+            await self.spool.remove(QueueId(envelope.queue_id))
+            return
+        attempt = max(envelope.states[r].attempts for r in pending)
+        envelope.next_attempt_at = now + next_retry_delay(
+            attempt, minimum=self.retry.minimum, maximum=self.retry.maximum
+        )
+        await self.spool.update(envelope)
+        self.schedule(envelope)
+
+    async def _report(self, envelope: Envelope, recipient: str, outcome: str, reply: str) -> None:
+        if self.outcomes is not None:
+            try:
+                await self.outcomes(envelope, recipient, outcome, reply)
+            except Exception:  # the ledger may lag; delivery must not stop for it
+                logger.exception("could not record %s for %s", outcome, recipient)
+
+
+def _from_domain(data: bytes) -> str:
+    """The domain of the From header (what DKIM signs for)."""
+    end = data.find(b"\r\n\r\n")
+    for line in (data if end < 0 else data[:end]).split(b"\r\n"):
+        if line[:5].lower() == b"from:":
+            text = line[5:].decode("utf-8", "replace")
+            address = text.rpartition("<")[2].rstrip("> \t") if "<" in text else text.strip()
+            return address.rpartition("@")[2].lower()
+    return ""

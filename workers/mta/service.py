@@ -1,0 +1,94 @@
+"""`warta mta`: spool, listeners and delivery agent assembled from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.database import create_engine, create_sessionmaker
+from app.settings import Settings
+from workers.mta.delivery import DeliveryAgent, RetryPolicy
+from workers.mta.dkim import DkimSigner
+from workers.mta.inbound import InboundStore
+from workers.mta.listener import InboundHandler, Networks, SubmissionHandler, serve
+from workers.mta.outcomes import LedgerOutcomes
+from workers.mta.routing import Router
+from workers.mta.shaping import Shaping
+from workers.mta.spool import Spool
+from workers.mta.transports import CaptureTransport, SmtpTransport, Transport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MtaService:
+    """A running MTA instance; `stop()` drains it."""
+
+    spool: Spool
+    agent: DeliveryAgent
+    servers: list[asyncio.Server]
+    outcomes: LedgerOutcomes
+    engine: AsyncEngine
+
+    @classmethod
+    async def start(cls, settings: Settings) -> MtaService:
+        """Recover the spool, start delivering, then open the listeners."""
+        var = settings.ensure_var_dir()
+        engine = create_engine(settings)
+        spool = Spool(settings.mta_spool_dir, dedupe_window=settings.mta_dedupe_window)
+        transports: dict[str, Transport] = {
+            "capture": CaptureTransport(var / "maildir"),
+            "smtp": SmtpTransport(hostname=settings.mta_hostname),
+        }
+        outcomes = LedgerOutcomes(create_sessionmaker(engine), settings.effective_secret_key())
+        agent = DeliveryAgent(
+            spool,
+            Router.from_settings(settings),
+            Shaping(),
+            transports,
+            signer=DkimSigner(settings.dkim_dir),
+            outcomes=outcomes,
+            retry=RetryPolicy(
+                settings.mta_retry_min, settings.mta_retry_max, settings.mta_queue_lifetime
+            ),
+        )
+        agent.start()
+
+        async def listen(
+            handler: SubmissionHandler | InboundHandler, address: str
+        ) -> asyncio.Server:
+            return await serve(
+                handler,
+                address.strip(),
+                hostname=settings.mta_hostname,
+                max_message_size=settings.mta_max_message_size,
+                idle_timeout=settings.mta_idle_timeout,
+                per_client=settings.mta_max_connections_per_client,
+            )
+
+        submission = SubmissionHandler(
+            spool,
+            Networks.parse(settings.mta_trusted_networks),
+            settings.mta_max_recipients,
+            on_queued=agent.schedule,
+        )
+        inbound = InboundHandler(
+            settings.bounce_domain, InboundStore(var / "inbound").store, settings.mta_max_recipients
+        )
+        servers = [await listen(submission, a) for a in settings.mta_submission.split(",")]
+        servers.append(await listen(inbound, settings.mta_inbound))
+        return cls(spool, agent, servers, outcomes, engine)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, finish deliveries in flight, keep the rest spooled."""
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+        await self.agent.drain(grace)
+        await self.spool.close()
+        await self.outcomes.close()
+        await self.engine.dispose()

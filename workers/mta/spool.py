@@ -1,0 +1,458 @@
+"""The MTA's durable queue: every accepted message is on disk and fsynced before its 250.
+
+Layout under the spool directory::
+
+    msg/<queue id>.eml      the message bytes as received
+    env/<queue id>.json     the envelope: sender, recipients and their delivery state
+    tmp/<shard>/            files being written; emptied on recovery
+    corrupt/                envelopes whose message is missing, kept for a person to read
+    message-ids.log         accepted Message-IDs with their time, one JSON object a line
+
+A message is acknowledged only when its envelope exists, so the envelope is renamed into
+place after the message: an ``.eml`` without its ``.json`` was never acknowledged and is
+dropped on recovery, a ``.json`` without its ``.eml`` is a corruption and is quarantined.
+
+Group commit (as Postfix and databases do it): concurrent ``accept`` calls queue their
+files; one committer writes a whole batch, fsyncs each file and each directory once,
+then resolves every waiter. Nobody is answered before their files are durable, and many
+sessions share the cost of one fsync pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NewType, Self
+
+logger = logging.getLogger(__name__)
+
+QueueId = NewType("QueueId", str)
+"""Sortable unique id of a spooled message: nanosecond time in hex, then random hex."""
+
+DEFAULT_DEDUPE_WINDOW = 7 * 24 * 3600.0
+"""Seconds a Message-ID stays known after its message was accepted."""
+MAX_BATCH = 512
+"""Most messages committed in one fsync pass, so one batch cannot delay the next forever."""
+IO_THREADS = 16
+"""Files of one batch are written, then fsynced, in parallel: the filesystem folds the fsyncs
+into one journal commit (on ext4 twenty 5 KB files take ~2 ms so, ~15 ms one after another)."""
+MESSAGE_IDS_LOG = "message-ids.log"
+
+
+class RecipientStatus(StrEnum):
+    """Where delivery to one recipient stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass
+class RecipientState:
+    """Delivery state of one recipient: status, the last remote reply and attempts made."""
+
+    status: RecipientStatus = RecipientStatus.PENDING
+    last_reply: str | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Envelope:
+    """The SMTP envelope of a spooled message and the delivery state of each recipient.
+
+    ``mail_from`` is ``""`` for the null sender (bounces, DSNs). ``queue_id`` and
+    ``received_at`` are assigned by ``Spool.accept``.
+    """
+
+    mail_from: str
+    recipients: list[str]
+    message_id: str | None = None
+    queue_id: QueueId = QueueId("")
+    received_at: float = 0.0
+    next_attempt_at: float = 0.0
+    first_attempt_at: float | None = None
+    states: dict[str, RecipientState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for recipient in self.recipients:
+            self.states.setdefault(recipient, RecipientState())
+
+    def pending(self) -> list[str]:
+        """Recipients still to be delivered to."""
+        return [r for r in self.recipients if self.states[r].status is RecipientStatus.PENDING]
+
+    def to_json(self) -> bytes:
+        """Serialise for ``env/<queue id>.json``."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        """Parse what ``to_json`` wrote; raises ``ValueError`` on anything else."""
+        data: dict[str, Any] = json.loads(raw)
+        try:
+            states = {
+                address: RecipientState(
+                    status=RecipientStatus(state["status"]),
+                    last_reply=state["last_reply"],
+                    attempts=int(state["attempts"]),
+                )
+                for address, state in data["states"].items()
+            }
+            return cls(
+                mail_from=str(data["mail_from"]),
+                recipients=[str(r) for r in data["recipients"]],
+                message_id=data["message_id"],
+                queue_id=QueueId(str(data["queue_id"])),
+                received_at=float(data["received_at"]),
+                next_attempt_at=float(data["next_attempt_at"]),
+                first_attempt_at=data["first_attempt_at"],
+                states=states,
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed envelope: {exc}") from exc
+
+
+@dataclass
+class SpoolStats:
+    """Group-commit figures for the metrics endpoint (spool fsync latency)."""
+
+    commits: int = 0
+    accepted: int = 0
+    fsync_seconds_total: float = 0.0
+    last_fsync_seconds: float = 0.0
+    last_batch_size: int = 0
+
+    @property
+    def mean_fsync_seconds(self) -> float:
+        """Mean duration of one fsync pass."""
+        return self.fsync_seconds_total / self.commits if self.commits else 0.0
+
+
+@dataclass
+class _Pending:
+    envelope: Envelope
+    data: bytes
+    future: asyncio.Future[QueueId]
+
+
+def new_queue_id() -> QueueId:
+    """A queue id that sorts by creation time and does not collide."""
+    return QueueId(f"{time.time_ns():016x}{secrets.token_hex(4)}")
+
+
+def _normalise_message_id(message_id: str) -> str:
+    return message_id.strip().removeprefix("<").removesuffix(">")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> int:
+    """Create ``path`` with ``data`` and return its still open descriptor (for the fsync)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_atomically(path: Path, temp: Path, data: bytes) -> None:
+    fd = _write_file(temp, data)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    _fsync_directory(path.parent)
+
+
+class Spool:
+    """A durable message queue in one directory, owned by one MTA process.
+
+    Call ``recover()`` once at start: it cleans up after a crash, returns the queued
+    envelopes and loads the known Message-IDs. Call ``close()`` before exiting.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
+    ) -> None:
+        self.directory = directory
+        self.messages = directory / "msg"
+        self.envelopes = directory / "env"
+        self.temp = directory / "tmp"
+        self.corrupt = directory / "corrupt"
+        self.message_ids_log = directory / MESSAGE_IDS_LOG
+        self.clock = clock
+        self.dedupe_window = dedupe_window
+        self.stats = SpoolStats()
+        self._temp_dirs = [self.temp / str(shard) for shard in range(IO_THREADS)]
+        for folder in (self.messages, self.envelopes, self.corrupt, *self._temp_dirs):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._known: dict[str, tuple[QueueId, float]] = {}
+        self._inflight: dict[str, asyncio.Future[QueueId]] = {}
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- paths -----------------------------------------------------------------------
+
+    def message_path(self, queue_id: QueueId) -> Path:
+        """Where the message bytes of ``queue_id`` live."""
+        return self.messages / f"{queue_id}.eml"
+
+    def envelope_path(self, queue_id: QueueId) -> Path:
+        """Where the envelope of ``queue_id`` lives."""
+        return self.envelopes / f"{queue_id}.json"
+
+    # -- accepting -------------------------------------------------------------------
+
+    async def accept(self, envelope: Envelope, data: bytes) -> QueueId:
+        """Spool a message; return its queue id once message and envelope are durable.
+
+        A Message-ID accepted within the dedupe window returns the earlier queue id and
+        writes nothing: the sender resubmitted after a crash, the message is already here.
+        """
+        if self._closing:
+            raise RuntimeError("spool is closed")
+        key = _normalise_message_id(envelope.message_id) if envelope.message_id else None
+        if key is not None:
+            earlier = await self.seen(key)
+            if earlier is not None:
+                return earlier
+            inflight = self._inflight.get(key)
+            if inflight is not None:
+                return await asyncio.shield(inflight)
+        now = self.clock()
+        envelope.queue_id = new_queue_id()
+        envelope.received_at = now
+        envelope.next_attempt_at = envelope.next_attempt_at or now
+        future: asyncio.Future[QueueId] = asyncio.get_running_loop().create_future()
+        if key is not None:
+            self._inflight[key] = future
+            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+        self._pending.append(_Pending(envelope, data, future))
+        self._wakeup.set()
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_forever(), name="spool-committer")
+        return await asyncio.shield(future)
+
+    async def seen(self, message_id: str) -> QueueId | None:
+        """The queue id under which ``message_id`` was accepted within the window, if any."""
+        entry = self._known.get(_normalise_message_id(message_id))
+        if entry is None or entry[1] < self.clock() - self.dedupe_window:
+            return None
+        return entry[0]
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the committer."""
+        self._closing = True
+        self._wakeup.set()
+        if self._committer is not None:
+            await self._committer
+            self._committer = None
+        self._io_pool.shutdown()
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                try:
+                    await asyncio.to_thread(self._commit, batch)
+                except Exception as exc:
+                    logger.exception("spool commit of %d messages failed", len(batch))
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item in batch:
+                    envelope = item.envelope
+                    if envelope.message_id:
+                        key = _normalise_message_id(envelope.message_id)
+                        self._known[key] = (envelope.queue_id, envelope.received_at)
+                    if not item.future.done():
+                        item.future.set_result(envelope.queue_id)
+            if self._closing:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Write a batch durably: files, one fsync pass, renames, directory fsyncs, ids log."""
+        written = [
+            (
+                self._temp_dirs[(2 * i) % IO_THREADS] / f"{item.envelope.queue_id}.eml",
+                self.message_path(item.envelope.queue_id),
+                self._temp_dirs[(2 * i + 1) % IO_THREADS] / f"{item.envelope.queue_id}.json",
+                self.envelope_path(item.envelope.queue_id),
+            )
+            for i, item in enumerate(batch)
+        ]
+        files: list[tuple[Path, bytes]] = []
+        for item, (temp_message, _, temp_envelope, _) in zip(batch, written, strict=True):
+            files.append((temp_message, item.data))
+            files.append((temp_envelope, item.envelope.to_json()))
+        # Creating a file holds its directory's lock and costs ~0.3 ms here: spread over
+        # several temporary directories, the creations run in parallel.
+        writes = [self._io_pool.submit(_write_file, path, data) for path, data in files]
+        descriptors = [w.result() for w in writes if w.exception() is None]
+        try:
+            for w in writes:
+                w.result()  # re-raise the first failure, after collecting every descriptor
+            started = time.perf_counter()
+            for _ in self._io_pool.map(os.fsync, descriptors):
+                pass
+        finally:
+            for fd in descriptors:
+                os.close(fd)
+        # Messages before envelopes: an envelope on disk must always find its message.
+        for temp_message, message, _, _ in written:
+            os.replace(temp_message, message)
+        _fsync_directory(self.messages)
+        for _, _, temp_envelope, envelope in written:
+            os.replace(temp_envelope, envelope)
+        _fsync_directory(self.envelopes)
+        # The Message-ID log last: an id is never known unless its message is durable,
+        # otherwise a resubmission after a crash would be acknowledged and then lost.
+        entries = [item.envelope for item in batch if item.envelope.message_id]
+        if entries:
+            self._append_message_ids(entries)
+        elapsed = time.perf_counter() - started
+        self.stats.commits += 1
+        self.stats.accepted += len(batch)
+        self.stats.fsync_seconds_total += elapsed
+        self.stats.last_fsync_seconds = elapsed
+        self.stats.last_batch_size = len(batch)
+
+    def _append_message_ids(self, envelopes: Iterable[Envelope]) -> None:
+        lines = b"".join(
+            json.dumps(
+                {
+                    "t": e.received_at,
+                    "q": e.queue_id,
+                    "m": _normalise_message_id(e.message_id or ""),
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+            for e in envelopes
+        )
+        fd = os.open(self.message_ids_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, lines)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- after acceptance ------------------------------------------------------------
+
+    async def update(self, envelope: Envelope) -> None:
+        """Atomically rewrite the envelope (after a delivery attempt)."""
+        path = self.envelope_path(envelope.queue_id)
+        temp = self.temp / f"{envelope.queue_id}.{secrets.token_hex(4)}.json"
+        await asyncio.to_thread(_write_atomically, path, temp, envelope.to_json())
+
+    async def remove(self, queue_id: QueueId) -> None:
+        """Forget a message that was delivered or failed for good; its Message-ID stays known."""
+        await asyncio.to_thread(self._remove, queue_id)
+
+    def _remove(self, queue_id: QueueId) -> None:
+        # Envelope first: a crash in between leaves an unacknowledged-looking orphan message,
+        # which recovery drops, never an envelope without its message.
+        self.envelope_path(queue_id).unlink(missing_ok=True)
+        _fsync_directory(self.envelopes)
+        self.message_path(queue_id).unlink(missing_ok=True)
+        _fsync_directory(self.messages)
+
+    def load(self, queue_id: QueueId) -> bytes:
+        """The message bytes of ``queue_id``."""
+        return self.message_path(queue_id).read_bytes()
+
+    # -- start -----------------------------------------------------------------------
+
+    def recover(self) -> list[Envelope]:
+        """Clean up after a crash and return the queued envelopes, oldest first."""
+        for leftover in self.temp.rglob("*"):
+            if leftover.is_file():
+                leftover.unlink()
+        envelopes: list[Envelope] = []
+        for path in sorted(self.envelopes.glob("*.json")):
+            queue_id = QueueId(path.stem)
+            if not self.message_path(queue_id).exists():
+                logger.error("spool: envelope %s has no message; quarantined", queue_id)
+                self._quarantine(path)
+                continue
+            try:
+                envelope = Envelope.from_json(path.read_bytes())
+            except ValueError:
+                logger.error("spool: envelope %s is unreadable; quarantined", queue_id)
+                self._quarantine(path)
+                self._quarantine(self.message_path(queue_id))
+                continue
+            envelopes.append(envelope)
+        queued = {e.queue_id for e in envelopes}
+        for path in self.messages.glob("*.eml"):
+            if path.stem not in queued:
+                logger.info("spool: dropping unacknowledged message %s", path.stem)
+                path.unlink()
+        for folder in (self.messages, self.envelopes, self.temp, self.corrupt):
+            _fsync_directory(folder)
+        self._load_message_ids(envelopes)
+        return envelopes
+
+    def _quarantine(self, path: Path) -> None:
+        if path.exists():
+            os.replace(path, self.corrupt / path.name)
+
+    def _load_message_ids(self, envelopes: list[Envelope]) -> None:
+        """Rebuild the Message-ID index from the log and the spool, dropping expired ids."""
+        horizon = self.clock() - self.dedupe_window
+        known: dict[str, tuple[QueueId, float]] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.message_ids_log.read_bytes().splitlines():
+                try:
+                    entry = json.loads(line)
+                    known[str(entry["m"])] = (QueueId(str(entry["q"])), float(entry["t"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from a crash: its batch was never answered
+        for envelope in envelopes:
+            if envelope.message_id:
+                key = _normalise_message_id(envelope.message_id)
+                known.setdefault(key, (envelope.queue_id, envelope.received_at))
+        self._known = {k: v for k, v in known.items() if v[1] >= horizon}
+        lines = b"".join(
+            json.dumps({"t": t, "q": q, "m": m}, separators=(",", ":")).encode() + b"\n"
+            for m, (q, t) in self._known.items()
+        )
+        _write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)

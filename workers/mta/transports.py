@@ -1,0 +1,91 @@
+"""Delivery transports: where a spooled message goes for one set of recipients.
+
+`capture` writes a Maildir a person can read; `smtp` speaks SMTP to a route's next hops
+(MX hosts, a relay or a transport-map entry), reusing connections per destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+from pathlib import Path
+from typing import Protocol
+
+from workers.mta.routing import Route
+from workers.send_result import SendResult
+from workers.sender import SmtpSender, SubmissionHost
+
+CAPTURED = "250 2.0.0 captured in the local Maildir"
+
+
+class Transport(Protocol):
+    """Delivers one message to some recipients along a route; one result per recipient."""
+
+    async def deliver(
+        self, route: Route, mail_from: str, recipients: list[str], data: bytes
+    ) -> dict[str, SendResult]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CaptureTransport:
+    """Writes each message once per recipient into a Maildir (the development default)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.maildir = mailbox.Maildir(directory, create=True)
+
+    async def deliver(
+        self, route: Route, mail_from: str, recipients: list[str], data: bytes
+    ) -> dict[str, SendResult]:
+        """Store with Return-Path and Delivered-To, as a local delivery agent would."""
+
+        def write() -> None:
+            for recipient in recipients:
+                trace = f"Return-Path: <{mail_from}>\r\nDelivered-To: {recipient}\r\n".encode()
+                self.maildir.add(trace + data)
+
+        await asyncio.to_thread(write)
+        return {recipient: SendResult.from_reply(250, CAPTURED[4:]) for recipient in recipients}
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+class SmtpTransport:
+    """SMTP to the route's hops, with a small connection pool per destination."""
+
+    def __init__(self, *, hostname: str, connections: int = 5, per_connection: int = 100) -> None:
+        self.hostname = hostname
+        self.connections = connections
+        self.per_connection = per_connection
+        self._senders: dict[tuple[SubmissionHost, ...], SmtpSender] = {}
+
+    def _sender(self, route: Route) -> SmtpSender:
+        hosts = tuple(
+            SubmissionHost(address, hop.port)
+            for hop in route.hops
+            for address in (hop.addresses or [hop.host])
+        )
+        sender = self._senders.get(hosts)
+        if sender is None:
+            sender = SmtpSender(
+                list(hosts),
+                pool_size=self.connections,
+                messages_per_connection=self.per_connection,
+                local_hostname=self.hostname,
+            )
+            self._senders[hosts] = sender
+        return sender
+
+    async def deliver(
+        self, route: Route, mail_from: str, recipients: list[str], data: bytes
+    ) -> dict[str, SendResult]:
+        """One transaction for all recipients of this destination; replies per recipient."""
+        return await self._sender(route).send(mail_from, recipients, data)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        for sender in self._senders.values():
+            await sender.aclose()
+        self._senders.clear()
