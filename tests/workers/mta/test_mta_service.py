@@ -1,0 +1,219 @@
+"""The MTA as a whole: a campaign through it, replies from a remote MX, a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import smtplib
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Send, SendStatus
+from app.settings import Settings
+from tests.servers import free_port
+from tests.sinks import SinkHandler, smtp_sink
+from tests.workers.conftest import wait_for_status
+from tests.workers.processes import BIN, worker_env
+from workers.mta.dkim import generate_key
+from workers.mta.service import MtaService
+
+
+@pytest.fixture
+def remote() -> Iterator[tuple[str, SinkHandler]]:
+    """The 'remote MX' for example.com."""
+    with smtp_sink() as server:
+        yield server
+
+
+@pytest.fixture
+def mta_settings(settings: Settings, remote: tuple[str, SinkHandler], tmp_path: Path) -> Settings:
+    return settings.model_copy(
+        update={
+            "mta_submission": f"127.0.0.1:{free_port()}",
+            "mta_inbound": f"127.0.0.1:{free_port()}",
+            "mta_delivery": "mx",
+            "mta_transport_map": json.dumps({"example.com": remote[0]}),
+            "mta_spool_dir": tmp_path / "spool",
+            "dkim_dir": tmp_path / "dkim",
+            "mta_retry_min": 0.2,
+            "mta_retry_max": 1,
+            "retry_base": 0.2,
+        }
+    )
+
+
+@pytest.fixture
+async def mta(mta_settings: Settings) -> AsyncIterator[MtaService]:
+    service = await MtaService.start(mta_settings)
+    yield service
+    await service.stop(grace=5)
+
+
+# The engine fixtures in tests/workers/conftest.py read `engine_settings`.
+@pytest.fixture
+def engine_settings(mta_settings: Settings) -> Settings:
+    return mta_settings
+
+
+async def _post(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await api.post(path, json=body)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+async def _rows(session: AsyncSession, campaign_id: int) -> dict[str, Send]:
+    rows = await session.scalars(sa.select(Send).where(Send.campaign_id == campaign_id))
+    return {row.email: row for row in rows}
+
+
+async def _until(check: Any, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_campaign_through_the_mta_is_signed_delivered_and_recorded(
+    mta: MtaService,
+    mta_settings: Settings,
+    api: httpx.AsyncClient,
+    worker: None,
+    remote: tuple[str, SinkHandler],
+    sessionmaker: Any,
+) -> None:
+    generate_key(mta_settings.dkim_dir, "example.com", "sel1")
+    handler = remote[1]
+    handler.rcpt_replies["slow@example.com"] = ["451 4.3.0 try again"]
+    handler.rcpt_replies["gone@example.com"] = ["550 5.1.1 no such user"]
+    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    for address in ("ok@example.com", "slow@example.com", "gone@example.com"):
+        await _post(api, "/api/v1/subscribers", {"email": address, "lists": [news]})
+    campaign = await _post(
+        api,
+        "/api/v1/campaigns",
+        {
+            "name": "c",
+            "subject": "Hi",
+            "from_email": "news@example.com",
+            "list_ids": [news],
+            "text": "t",
+        },
+    )
+    await _post(api, f"/api/v1/campaigns/{campaign['id']}/schedule", {})
+    await wait_for_status(api, campaign["id"], "finished")
+
+    async def settled() -> bool:
+        async with sessionmaker() as session:
+            rows = await _rows(session, campaign["id"])
+        return all(r.status in (SendStatus.delivered, SendStatus.bounced) for r in rows.values())
+
+    await _until(settled)
+    async with sessionmaker() as session:
+        rows = await _rows(session, campaign["id"])
+    assert rows["ok@example.com"].status == SendStatus.delivered
+    assert rows["slow@example.com"].status == SendStatus.delivered
+    assert rows["gone@example.com"].status == SendStatus.bounced
+    assert rows["gone@example.com"].last_reply == "550 5.1.1 no such user"
+    received = {item.rcpt_tos[0]: item for item in handler.snapshot()}
+    assert set(received) == {"ok@example.com", "slow@example.com"}
+    assert "d=example.com" in str(received["ok@example.com"].message["DKIM-Signature"])
+    assert list((mta_settings.mta_spool_dir / "msg").iterdir()) == []
+
+
+def _submit(address: str, count: int) -> list[str]:
+    host, _, port = address.rpartition(":")
+    replies = []
+    with smtplib.SMTP(host, int(port), timeout=10) as client:
+        client.ehlo("client.example.com")
+        for index in range(count):
+            message = (
+                f"From: a@example.com\r\nTo: r{index}@example.com\r\nSubject: {index}\r\n"
+                f"Message-ID: <m{index}@test.example>\r\n\r\nbody {index}\r\n"
+            ).encode()
+            client.mail("a@example.com")
+            client.rcpt(f"r{index}@example.com")
+            code, reply = client.data(message)
+            assert code == 250, reply
+            replies.append(reply.decode())
+    return replies
+
+
+@pytest.mark.timeout(120)
+async def test_kill_9_after_acknowledging_then_restart_delivers_each_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    sink_port = free_port()
+    mta = settings.model_copy(
+        update={
+            "mta_submission": f"127.0.0.1:{free_port()}",
+            "mta_inbound": f"127.0.0.1:{free_port()}",
+            "mta_delivery": "mx",
+            # Nothing listens there yet: every delivery attempt is deferred.
+            "mta_transport_map": json.dumps({"example.com": f"127.0.0.1:{sink_port}"}),
+            "mta_spool_dir": tmp_path / "spool",
+        }
+    )
+    env = {
+        **worker_env(mta),
+        "WARTA_MTA_SUBMISSION": mta.mta_submission,
+        "WARTA_MTA_INBOUND": mta.mta_inbound,
+        "WARTA_MTA_DELIVERY": "mx",
+        "WARTA_MTA_TRANSPORT_MAP": mta.mta_transport_map,
+        "WARTA_MTA_SPOOL_DIR": str(mta.mta_spool_dir),
+        "WARTA_MTA_RETRY_MIN": "1",
+        "WARTA_MTA_RETRY_MAX": "1",
+    }
+    log = (tmp_path / "mta.log").open("ab")
+    first = subprocess.Popen([BIN / "warta", "mta"], env=env, stdout=log, stderr=log)
+    try:
+        await _until(lambda: _listening(mta.mta_submission), within=30)
+        replies = await asyncio.to_thread(_submit, mta.mta_submission, 40)
+        assert all("queued as" in reply for reply in replies)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    from aiosmtpd.controller import Controller
+
+    handler = SinkHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=sink_port)
+    controller.start()
+    second = subprocess.Popen([BIN / "warta", "mta"], env=env, stdout=log, stderr=log)
+    try:
+
+        async def all_delivered() -> bool:
+            return len(handler.snapshot()) >= 40
+
+        await _until(all_delivered, within=60)
+        await asyncio.sleep(1.5)  # one more retry interval: nothing may arrive twice
+        counts = Counter(item.rcpt_tos[0] for item in handler.snapshot())
+        assert set(counts) == {f"r{i}@example.com" for i in range(40)}
+        assert max(counts.values()) == 1
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+        controller.stop()
+        log.close()
+    assert list((mta.mta_spool_dir / "msg").iterdir()) == []
+
+
+async def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.open_connection(host, int(port))
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
