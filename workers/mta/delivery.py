@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from workers.mta.dkim import DkimSigner
+from workers.mta.dsn import Failure, build_dsn
 from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
@@ -64,6 +65,8 @@ class DeliveryAgent:
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 50,
         clock: Callable[[], float] = time.time,
+        hostname: str = "localhost",
+        wants_dsn: Callable[[str], bool] = bool,
     ) -> None:
         self.spool = spool
         self.router = router
@@ -74,6 +77,10 @@ class DeliveryAgent:
         self.retry = retry
         self.concurrency = concurrency
         self.clock = clock
+        self.hostname = hostname
+        # Mail with a ledger row reports there; other mail (relayed) gets a DSN. Never
+        # for the null sender: a bounce of a bounce would loop.
+        self.wants_dsn = wants_dsn
         self.stats = AgentStats()
         self._due: list[tuple[float, str, Envelope]] = []
         self._wakeup = asyncio.Event()
@@ -140,17 +147,20 @@ class DeliveryAgent:
         by_domain: dict[str, list[str]] = defaultdict(list)
         for recipient in envelope.pending():
             by_domain[recipient.rpartition("@")[2].lower()].append(recipient)
-        await asyncio.gather(
+        outcomes = await asyncio.gather(
             *(
                 self._deliver_domain(envelope, domain, rcpts, data)
                 for domain, rcpts in by_domain.items()
             )
         )
-        await self._settle(envelope)
+        failures = [failure for domain_failures in outcomes for failure in domain_failures]
+        failures += await self._settle(envelope)
+        if failures and self.wants_dsn(envelope.mail_from):
+            await self._notify(envelope, failures, data)
 
     async def _deliver_domain(
         self, envelope: Envelope, domain: str, recipients: list[str], data: bytes
-    ) -> None:
+    ) -> list[Failure]:
         route = await self.router.route(domain)
         if route.failure is not None:
             result = SendResult(
@@ -159,8 +169,12 @@ class DeliveryAgent:
             results = dict.fromkeys(recipients, result)
         else:
             results = await self._send(route, envelope.mail_from, recipients, data)
+        failures = []
         for recipient, result in results.items():
             await self._record(envelope, recipient, result)
+            if result.outcome is Outcome.PERMANENT:
+                failures.append(Failure(recipient, result.describe()))
+        return failures
 
     async def _send(
         self, route: Route, mail_from: str, recipients: list[str], data: bytes
@@ -201,11 +215,12 @@ class DeliveryAgent:
             self.stats.deferred += 1
             await self._report(envelope, recipient, "deferred", state.last_reply)
 
-    async def _settle(self, envelope: Envelope) -> None:
+    async def _settle(self, envelope: Envelope) -> list[Failure]:
         """Remove a finished message; retry later; fail what outlived the queue lifetime."""
         now = self.clock()
         pending = envelope.pending()
         first = envelope.first_attempt_at or now
+        failures = []
         if pending and expired(first, now, self.retry.lifetime):
             for recipient in pending:
                 state = envelope.states[recipient]
@@ -213,17 +228,32 @@ class DeliveryAgent:
                 reply = f"expired after {self.retry.lifetime:.0f} s; last reply: {state.last_reply}"
                 state.last_reply = reply
                 self.stats.failed += 1
+                failures.append(Failure(recipient, reply, expired=True))
                 await self._report(envelope, recipient, "failed", reply)
             pending = []
         if not pending:
             await self.spool.remove(QueueId(envelope.queue_id))
-            return
+            return failures
         attempt = max(envelope.states[r].attempts for r in pending)
         envelope.next_attempt_at = now + next_retry_delay(
             attempt, minimum=self.retry.minimum, maximum=self.retry.maximum
         )
         await self.spool.update(envelope)
         self.schedule(envelope)
+        return failures
+
+    async def _notify(self, envelope: Envelope, failures: list[Failure], original: bytes) -> None:
+        """Queue an RFC 3464 DSN to the envelope sender, with a null return path."""
+        message_id, dsn = build_dsn(
+            hostname=self.hostname,
+            original_sender=envelope.mail_from,
+            failures=failures,
+            original=original,
+            received_at=envelope.received_at,
+        )
+        notice = Envelope(mail_from="", recipients=[envelope.mail_from], message_id=message_id)
+        await self.spool.accept(notice, dsn)
+        self.schedule(notice)
 
     async def _report(self, envelope: Envelope, recipient: str, outcome: str, reply: str) -> None:
         if self.outcomes is not None:

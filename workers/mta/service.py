@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import create_engine, create_sessionmaker
 from app.settings import Settings
+from campaigns.identity import parse_verp
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
 from workers.mta.dkim import DkimSigner
 from workers.mta.inbound import InboundStore
@@ -43,7 +44,8 @@ class MtaService:
             "capture": CaptureTransport(var / "maildir"),
             "smtp": SmtpTransport(hostname=settings.mta_hostname),
         }
-        outcomes = LedgerOutcomes(create_sessionmaker(engine), settings.effective_secret_key())
+        secret = settings.effective_secret_key()
+        outcomes = LedgerOutcomes(create_sessionmaker(engine), secret)
         agent = DeliveryAgent(
             spool,
             Router.from_settings(settings),
@@ -54,6 +56,8 @@ class MtaService:
             retry=RetryPolicy(
                 settings.mta_retry_min, settings.mta_retry_max, settings.mta_queue_lifetime
             ),
+            hostname=settings.mta_hostname,
+            wants_dsn=lambda sender: bool(sender) and parse_verp(secret, sender) is None,
         )
         agent.start()
 

@@ -217,3 +217,60 @@ async def _listening(address: str) -> bool:
     writer.close()
     await writer.wait_closed()
     return True
+
+
+async def test_relayed_mail_that_fails_or_expires_gets_a_dsn_with_null_sender(
+    settings: Settings, remote: tuple[str, SinkHandler], tmp_path: Path
+) -> None:
+    handler = remote[1]
+    handler.rcpt_replies["gone@example.com"] = ["550 5.1.1 no such user"]
+    handler.rcpt_replies["later@example.com"] = ["451 4.3.0 try later"] * 100
+    with smtp_sink() as (origin_address, origin):
+        config = settings.model_copy(
+            update={
+                "mta_submission": f"127.0.0.1:{free_port()}",
+                "mta_inbound": f"127.0.0.1:{free_port()}",
+                "mta_delivery": "mx",
+                "mta_transport_map": json.dumps(
+                    {"example.com": remote[0], "example.org": origin_address}
+                ),
+                "mta_spool_dir": tmp_path / "spool",
+                "mta_retry_min": 0.2,
+                "mta_retry_max": 0.2,
+                "mta_queue_lifetime": 1,
+            }
+        )
+        service = await MtaService.start(config)
+        try:
+
+            def submit() -> None:
+                host, _, port = config.mta_submission.rpartition(":")
+                with smtplib.SMTP(host, int(port), timeout=10) as client:
+                    client.sendmail(
+                        "app@example.org",
+                        ["gone@example.com", "later@example.com"],
+                        b"From: app@example.org\r\nSubject: receipt\r\n"
+                        b"Message-ID: <r1@example.org>\r\n\r\nthanks\r\n",
+                    )
+
+            await asyncio.to_thread(submit)
+
+            async def two_dsns() -> bool:
+                return len(origin.snapshot()) >= 2
+
+            await _until(two_dsns, within=30)
+        finally:
+            await service.stop(grace=5)
+    dsns = origin.snapshot()
+    # aiosmtpd reports the null reverse-path as "<>".
+    assert [(item.mail_from, item.rcpt_tos) for item in dsns] == [("<>", ("app@example.org",))] * 2
+    statuses = sorted(
+        str(part.get("Status"))
+        for item in dsns
+        for report in item.message.iter_parts()
+        if report.get_content_type() == "message/delivery-status"
+        for part in report.get_payload()
+        if part.get("Final-Recipient")
+    )
+    assert statuses == ["4.4.7", "5.1.1"]
+    assert all(item.message.get_param("report-type") == "delivery-status" for item in dsns)
