@@ -178,9 +178,13 @@ def worker() -> None:
 @cli.command()
 def mta() -> None:
     """The embedded MTA: submission and inbound listeners, durable spool, delivery."""
-    settings = _settings()
+    settings, embedded = _with_redis(_settings())
     settings.effective_secret_key()
-    _run(_mta_until_signalled(settings))
+    try:
+        _run(_mta_until_signalled(settings))
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 async def _mta_until_signalled(settings: Settings) -> None:

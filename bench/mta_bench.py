@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,11 +111,16 @@ def _process(args: list[str], log: Path, **kwargs: object) -> Iterator[subproces
         _stop(proc)
 
 
-def _smtp_source(port: int, messages: int, sessions: int, log: Path) -> float:
-    """Send `messages` through `sessions` parallel sessions; return the wall time."""
+def _smtp_source(port: int, messages: int, sessions: int, log: Path, reuse: bool = False) -> float:
+    """Send `messages` through `sessions` parallel sessions; return the wall time.
+
+    By default smtp-source opens a new connection per message; `reuse` (-d) keeps each
+    session's connection for the next message, as the campaign sender does.
+    """
     tool = _tool("smtp-source")
     assert tool is not None
     args = [tool, "-s", str(sessions), "-m", str(messages), "-l", str(SIZE), "-c"]
+    args += ["-d"] if reuse else []
     args += ["-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
     started = time.perf_counter()
     with log.open("ab") as out:
@@ -126,7 +131,7 @@ def _smtp_source(port: int, messages: int, sessions: int, log: Path) -> float:
     return elapsed
 
 
-def _wait_empty(count: callable, what: str, timeout: float = 600) -> None:  # type: ignore[valid-type]
+def _wait_empty(count: Callable[[], int], what: str, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while count() > 0:
         if time.monotonic() > deadline:
@@ -189,12 +194,12 @@ def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
 
 
 @contextlib.contextmanager
-def _warta(setup: Warta) -> Iterator[None]:
+def _warta(setup: Warta) -> Iterator[subprocess.Popen[bytes]]:
     warta = str(Path(sys.executable).parent / "warta")
     log = setup.tmp / "mta.log"
     with _process([warta, "mta"], log, env=setup.env, cwd=setup.tmp) as proc:
         _wait_port(setup.port, proc, log, 60)
-        yield
+        yield proc
         if proc.poll() is not None:
             raise RuntimeError(f"warta mta died:\n{_tail(log)}")
 
@@ -272,6 +277,7 @@ def _postfix(tmp: Path, next_hop: int) -> Iterator[Postfix]:
                 "mail_owner = postfix",
                 "setgid_group = postdrop",
                 f"maillog_file = {tmp / 'maillog'}",
+                f"maillog_file_prefixes = /var, /dev/stdout, {tmp}",
                 "myhostname = postfix.bench.test",
                 "mydomain = bench.test",
                 "myorigin = $myhostname",
@@ -303,109 +309,166 @@ def _postfix(tmp: Path, next_hop: int) -> Iterator[Postfix]:
         _wait_port(instance.port, None, log, 30)
         yield instance
     finally:
+        pid_file = queue / "pid" / "master.pid"
+        master = 0
+        with contextlib.suppress(OSError, ValueError):
+            master = int(pid_file.read_text().split()[0])
         with log.open("ab") as out:
             subprocess.run([postfix, "-c", str(etc), "stop"], stdout=out, stderr=subprocess.STDOUT)
-        pid_file = queue / "pid" / "master.pid"
         deadline = time.monotonic() + 15
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)  # master removes nothing; wait for its lock holder to go
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pid_file.read_text().split()[0]), 0)
-                continue
-            break
+        while master and time.monotonic() < deadline:
+            try:
+                os.kill(master, 0)  # `postfix stop` returns before the master has exited
+            except OSError:
+                break
+            time.sleep(0.1)
 
 
 # --- the two figures ---------------------------------------------------------------------
 
 
-def _accept_warta(tmp: Path, messages: int, sessions: int) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figure:
+    """One measured rate; for Warta also the MTA process's CPU time over the run."""
+
+    rate: float
+    elapsed: float
+    cpu: float | None = None
+
+
+def _accept_warta(tmp: Path, messages: int, sessions: int, reuse: bool) -> Figure:
     setup = _warta_setup(tmp, next_hop=_free_port(), dkim=False)
-    with _warta(setup):
-        elapsed = _smtp_source(setup.port, messages, sessions, tmp / "source.log")
+    with _warta(setup) as proc:
+        cpu = _cpu_seconds(proc.pid)
+        elapsed = _smtp_source(setup.port, messages, sessions, tmp / "source.log", reuse)
+        cpu = _cpu_seconds(proc.pid) - cpu
         spooled = setup.spooled
     if spooled != messages:
         raise RuntimeError(f"Warta spooled {spooled} of {messages} messages")
-    return messages / elapsed
+    return Figure(messages / elapsed, elapsed, cpu)
 
 
-def _accept_postfix(tmp: Path, messages: int, sessions: int) -> float:
+def _accept_postfix(tmp: Path, messages: int, sessions: int, reuse: bool) -> Figure:
     with _postfix(tmp, next_hop=_free_port()) as pf:
-        elapsed = _smtp_source(pf.port, messages, sessions, tmp / "source.log")
+        elapsed = _smtp_source(pf.port, messages, sessions, tmp / "source.log", reuse)
         # smtpd answers 250 only after cleanup fsynced the queue file, so all are queued.
         queued = pf.queued
     if queued != messages:
         raise RuntimeError(f"Postfix queued {queued} of {messages} messages")
-    return messages / elapsed
+    return Figure(messages / elapsed, elapsed)
 
 
-def _relay_warta(tmp: Path, sink: int, messages: int, sessions: int) -> float:
+def _relay_warta(tmp: Path, sink: int, messages: int, sessions: int) -> Figure:
     setup = _warta_setup(tmp, next_hop=sink, dkim=True)
-    with _warta(setup):
+    with _warta(setup) as proc:
+        cpu = _cpu_seconds(proc.pid)
         started = time.perf_counter()
         _smtp_source(setup.port, messages, sessions, tmp / "source.log")
         _wait_empty(lambda: setup.spooled, "Warta")
-        return messages / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        cpu = _cpu_seconds(proc.pid) - cpu
+    return Figure(messages / elapsed, elapsed, cpu)
 
 
-def _relay_postfix(tmp: Path, sink: int, messages: int, sessions: int) -> float:
+def _relay_postfix(tmp: Path, sink: int, messages: int, sessions: int) -> Figure:
     with _postfix(tmp, next_hop=sink) as pf:
         started = time.perf_counter()
         _smtp_source(pf.port, messages, sessions, tmp / "source.log")
         _wait_empty(lambda: pf.queued, "Postfix")
-        return messages / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+    return Figure(messages / elapsed, elapsed)
+
+
+@dataclass
+class Sink:
+    """`smtp-sink -c`: its running counters (`... mesg=N\\r`) tell how many it accepted."""
+
+    port: int
+    log: Path
+
+    @property
+    def accepted(self) -> int:
+        counters = self.log.read_bytes().replace(b"\r", b"\n").split()
+        found = [int(c[5:]) for c in counters if c.startswith(b"mesg=") and c[5:].isdigit()]
+        return found[-1] if found else 0
 
 
 @contextlib.contextmanager
-def _sink(tmp: Path) -> Iterator[int]:
+def _sink(tmp: Path) -> Iterator[Sink]:
     tool = _tool("smtp-sink")
     if tool is None:
         raise RuntimeError("smtp-sink is not installed")
     port = _free_port()
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     log = tmp / "sink.log"
-    with _process([tool, *user, f"127.0.0.1:{port}", "1000"], log) as proc:
+    with _process([tool, *user, "-c", f"127.0.0.1:{port}", "1000"], log) as proc:
         _wait_port(port, proc, log, 10)
-        yield port
+        yield Sink(port, log)
 
 
-def _row(figure: str, warta: float | None, postfix: float | None) -> str:
-    w = f"{warta:,.0f}" if warta is not None else "failed"
+def _check_sink(sink: Sink, before: int, messages: int, who: str) -> None:
+    deadline = time.monotonic() + 5  # the counter is printed a moment after the 250
+    while sink.accepted - before < messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if (got := sink.accepted - before) != messages:
+        raise RuntimeError(f"{who}: the sink accepted {got} of {messages} messages")
+
+
+def _row(figure: str, warta: Figure, postfix: Figure | None) -> str:
+    w = f"{warta.rate:,.0f}"
     if postfix is None:
-        return f"  {figure:<34} {w:>10} {'skipped':>10} {'-':>7}  -"
-    ratio = warta / postfix if warta is not None else 0.0
+        return f"  {figure:<40} {w:>8} {'skipped':>8} {'-':>7}  -"
+    ratio = warta.rate / postfix.rate
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-    return f"  {figure:<34} {w:>10} {postfix:>10,.0f} {ratio:>6.2f}x  {verdict}"
+    return f"  {figure:<40} {w:>8} {postfix.rate:>8,.0f} {ratio:>6.2f}x  {verdict}"
 
 
 def _run(tmp: Path, messages: int, relay_messages: int, sessions: int) -> None:
-    skip = _postfix_available()
-    if _tool("smtp-source") is None:
+    if _tool("smtp-source") is None or _tool("smtp-sink") is None:
         raise RuntimeError(
-            "smtp-source (Postfix) is needed as the client; install postfix "
-            "(see issue 4, Benchmarks) and run again"
+            "smtp-source and smtp-sink (Postfix) are needed as client and sink: install "
+            "postfix (see issue 4, Benchmarks) and run again"
         )
+    skip = _postfix_available()
     if skip:
         print(f"  Postfix {skip}: measuring Warta alone, no comparison", flush=True)
-    results: dict[str, tuple[float | None, float | None]] = {}
+    results: dict[str, tuple[Figure, Figure | None]] = {}
 
-    label = f"acceptance, fsync ({sessions} sessions)"
-    print(f"  {label}: {messages:,} x {SIZE} B …", flush=True)
-    warta = _accept_warta(tmp / "accept-warta", messages, sessions)
-    postfix = None if skip else _accept_postfix(tmp / "accept-postfix", messages, sessions)
-    results[label] = (warta, postfix)
+    for reuse in (False, True):
+        label = f"acceptance+fsync, {sessions} sess, " + ("reused conn" if reuse else "conn/msg")
+        print(f"  {label}: {messages:,} x {SIZE} B …", flush=True)
+        warta = _accept_warta(tmp / f"accept-warta-{reuse}", messages, sessions, reuse)
+        postfix = None
+        if not skip:
+            postfix = _accept_postfix(tmp / f"accept-postfix-{reuse}", messages, sessions, reuse)
+        results[label] = (warta, postfix)
 
-    label = "relay to smtp-sink (Warta DKIM)"
+    label = f"relay to smtp-sink, {sessions} sess (DKIM)"
     print(f"  {label}: {relay_messages:,} x {SIZE} B …", flush=True)
     with _sink(tmp) as sink:
-        warta = _relay_warta(tmp / "relay-warta", sink, relay_messages, sessions)
-        postfix = (
-            None if skip else _relay_postfix(tmp / "relay-postfix", sink, relay_messages, sessions)
-        )
+        before = sink.accepted
+        warta = _relay_warta(tmp / "relay-warta", sink.port, relay_messages, sessions)
+        _check_sink(sink, before, relay_messages, "Warta")
+        postfix = None
+        if not skip:
+            before = sink.accepted
+            postfix = _relay_postfix(tmp / "relay-postfix", sink.port, relay_messages, sessions)
+            _check_sink(sink, before, relay_messages, "Postfix")
     results[label] = (warta, postfix)
 
-    print(f"\n  {'figure (msg/s)':<34} {'Warta':>10} {'Postfix':>10} {'ratio':>7}  target ≥ 1.0x")
+    print(f"\n  {'figure (msg/s)':<40} {'Warta':>8} {'Postfix':>8} {'ratio':>7}  target ≥ 1.0x")
     for figure, (w, p) in results.items():
         print(_row(figure, w, p))
+    print("\n  warta mta CPU (all threads) per run, of one core's time:")
+    for figure, (w, _) in results.items():
+        assert w.cpu is not None
+        print(f"    {figure:<40} {w.cpu:5.1f} s over {w.elapsed:5.1f} s = {w.cpu / w.elapsed:4.0%}")
 
 
 def main(argv: list[str] | None = None) -> None:

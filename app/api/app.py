@@ -17,6 +17,8 @@ from app.api.routes import (
     imports,
     lifecycle,
     lists,
+    metrics,
+    queue,
     subscribers,
     suppressions,
     templates,
@@ -71,10 +73,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for module in (lists, subscribers, imports, templates, campaigns, lifecycle, suppressions):
+    for module in (
+        lists,
+        subscribers,
+        imports,
+        templates,
+        campaigns,
+        lifecycle,
+        suppressions,
+        queue,
+    ):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(unsubscribe_pages.router)
     app.add_middleware(
         BodyLimit,

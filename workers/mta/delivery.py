@@ -86,9 +86,12 @@ class DeliveryAgent:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
+        self._drops: dict[str, tuple[bool, str]] = {}
 
     def schedule(self, envelope: Envelope) -> None:
         """Queue an envelope for delivery at its `next_attempt_at`."""
+        if envelope.queue_id in self._drops:  # asked for while it was in flight: do it now
+            envelope.next_attempt_at = self.clock()
         heapq.heappush(self._due, (envelope.next_attempt_at, envelope.queue_id, envelope))
         self._wakeup.set()
 
@@ -115,10 +118,65 @@ class DeliveryAgent:
         """Messages waiting in this agent's schedule."""
         return len(self._due)
 
+    def pending_envelopes(self) -> list[tuple[float, str, Envelope]]:
+        """A copy of the schedule, for status snapshots."""
+        return list(self._due)
+
+    def flush(self, domain: str | None = None) -> int:
+        """Make waiting messages (for `domain`, or all) due now, like `postqueue -f`."""
+        now = self.clock()
+        flushed = 0
+        entries = []
+        for _, queue_id, envelope in self._due:
+            concerned = domain is None or any(
+                r.rpartition("@")[2].lower() == domain.lower() for r in envelope.pending()
+            )
+            if concerned:
+                envelope.next_attempt_at = now
+                flushed += 1
+            entries.append((envelope.next_attempt_at, queue_id, envelope))
+        heapq.heapify(entries)
+        self._due = entries
+        self._wakeup.set()
+        return flushed
+
+    async def drop(self, queue_id: QueueId, *, bounce: bool, reason: str) -> bool:
+        """Remove a message; with `bounce`, its pending recipients fail (and get a DSN).
+
+        A message being delivered right now is dropped as soon as that attempt ends.
+        Returns whether this instance holds the message.
+        """
+        for index, (_, candidate, envelope) in enumerate(self._due):
+            if candidate == queue_id:
+                del self._due[index]
+                heapq.heapify(self._due)
+                await self._drop(envelope, bounce=bounce, reason=reason)
+                return True
+        if self.spool.envelope_path(queue_id).exists():
+            self._drops[queue_id] = (bounce, reason)
+            return True
+        return False
+
+    async def _drop(self, envelope: Envelope, *, bounce: bool, reason: str) -> None:
+        failures = []
+        for recipient in envelope.pending():
+            envelope.states[recipient].status = RecipientStatus.FAILED
+            envelope.states[recipient].last_reply = reason
+            await self._report(envelope, recipient, "failed" if bounce else "deleted", reason)
+            failures.append(Failure(recipient, f"550 5.0.0 {reason}"))
+        queue_id = QueueId(envelope.queue_id)
+        if bounce and failures and self.wants_dsn(envelope.mail_from):
+            await self._notify(envelope, failures, self.spool.load(queue_id))
+        await self.spool.remove(queue_id)
+
     async def _work(self) -> None:
         while not self._stopping:
             envelope = await self._next()
             if envelope is None:
+                continue
+            if envelope.queue_id in self._drops:
+                bounce, reason = self._drops.pop(envelope.queue_id)
+                await self._drop(envelope, bounce=bounce, reason=reason)
                 continue
             try:
                 await self._deliver(envelope)

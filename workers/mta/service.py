@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import create_engine, create_sessionmaker
@@ -19,6 +20,7 @@ from workers.mta.outcomes import LedgerOutcomes
 from workers.mta.routing import Router
 from workers.mta.shaping import Shaping
 from workers.mta.spool import Spool
+from workers.mta.status import StatusPublisher
 from workers.mta.transports import CaptureTransport, SmtpTransport, Transport
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class MtaService:
     servers: list[asyncio.Server]
     outcomes: LedgerOutcomes
     engine: AsyncEngine
+    publisher: StatusPublisher | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> MtaService:
@@ -84,10 +87,16 @@ class MtaService:
         )
         servers = [await listen(submission, a) for a in settings.mta_submission.split(",")]
         servers.append(await listen(inbound, settings.mta_inbound))
-        return cls(spool, agent, servers, outcomes, engine)
+        publisher = None
+        if settings.redis_url:
+            publisher = StatusPublisher(Redis.from_url(settings.redis_url), agent, spool)
+            publisher.start()
+        return cls(spool, agent, servers, outcomes, engine, publisher)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, finish deliveries in flight, keep the rest spooled."""
+        if self.publisher is not None:
+            await self.publisher.stop()
         for server in self.servers:
             server.close()
         for server in self.servers:

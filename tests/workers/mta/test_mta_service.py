@@ -274,3 +274,63 @@ async def test_relayed_mail_that_fails_or_expires_gets_a_dsn_with_null_sender(
     )
     assert statuses == ["4.4.7", "5.1.1"]
     assert all(item.message.get_param("report-type") == "delivery-status" for item in dsns)
+
+
+async def test_queue_api_and_metrics_see_every_mta_instance(
+    settings: Settings, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    config = settings.model_copy(
+        update={
+            "mta_submission": f"127.0.0.1:{free_port()}",
+            "mta_inbound": f"127.0.0.1:{free_port()}",
+            "mta_delivery": "mx",
+            # Nobody listens there: the messages wait, deferred.
+            "mta_transport_map": json.dumps({"example.com": f"127.0.0.1:{free_port()}"}),
+            "mta_spool_dir": tmp_path / "spool",
+            "mta_retry_min": 60,
+        }
+    )
+    service = await MtaService.start(config)
+    try:
+        await asyncio.to_thread(_submit, config.mta_submission, 3)
+
+        async def deferred_and_published() -> bool:
+            queue = (await api.get("/api/v1/queue")).json()
+            domains = {d["domain"]: d for d in queue["domains"]}
+            return domains.get("example.com", {}).get("deferred") == 3
+
+        try:
+            await _until(deferred_and_published, within=15)
+        except AssertionError:
+            raise AssertionError((await api.get("/api/v1/queue")).text) from None
+        queue = (await api.get("/api/v1/queue")).json()
+        assert len(queue["instances"]) == 1
+        assert queue["instances"][0]["accepted"] == 3
+
+        flushed = await api.post("/api/v1/queue/flush", json={"domain": "example.com"})
+        assert flushed.json() == {"instances": 1}
+        queue_id = next((config.mta_spool_dir / "env").iterdir()).stem
+        bounced = await api.post(f"/api/v1/queue/messages/{queue_id}/bounce")
+        assert bounced.json() == {"instances": 1}
+
+        async def bounced_with_a_dsn() -> bool:
+            envelopes = [
+                json.loads(path.read_bytes()) for path in (config.mta_spool_dir / "env").iterdir()
+            ]
+            gone = all(env["queue_id"] != queue_id for env in envelopes)
+            return gone and sorted(env["mail_from"] for env in envelopes) == [
+                "",
+                "a@example.com",
+                "a@example.com",
+            ]
+
+        await _until(bounced_with_a_dsn, within=10)
+        bad = await api.delete("/api/v1/queue/messages/not-a-queue-id")
+        assert bad.status_code == 422
+
+        metrics = await api.get("/metrics", headers={"Authorization": ""})
+        assert metrics.status_code == 200
+        assert 'warta_mta_accepted_total{instance="' in metrics.text
+        assert "warta_campaigns" in metrics.text
+    finally:
+        await service.stop(grace=5)

@@ -1,0 +1,55 @@
+"""/metrics: Prometheus text format, from the database and every live MTA instance."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from app.api.deps import SessionDep
+from app.models import Campaign, Subscriber
+from app.services import mta_status
+
+router = APIRouter(tags=["health"])
+MTA_COUNTERS = {
+    "accepted": ("warta_mta_accepted_total", "counter", "Messages accepted into the spool."),
+    "delivered": ("warta_mta_delivered_total", "counter", "Recipients delivered."),
+    "deferred": ("warta_mta_deferred_total", "counter", "Delivery attempts deferred."),
+    "failed": ("warta_mta_failed_total", "counter", "Recipients failed permanently."),
+    "queue_size": ("warta_mta_queue_size", "gauge", "Messages waiting in the spool."),
+    "fsync_seconds_total": ("warta_mta_spool_fsync_seconds_total", "counter", "Time in fsync."),
+    "fsync_commits": ("warta_mta_spool_commits_total", "counter", "Spool group commits."),
+    "fsync_last_seconds": ("warta_mta_spool_fsync_last_seconds", "gauge", "Last fsync pass."),
+}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request, session: SessionDep) -> PlainTextResponse:
+    """Campaigns by status, subscribers, and the MTA counters per instance."""
+    lines = [
+        "# HELP warta_campaigns Campaigns by status.",
+        "# TYPE warta_campaigns gauge",
+    ]
+    rows = await session.execute(
+        sa.select(Campaign.status, sa.func.count()).group_by(Campaign.status)
+    )
+    for status, count in rows:
+        lines.append(f'warta_campaigns{{status="{status.value}"}} {count}')
+    subscribers = await session.scalar(sa.select(sa.func.count()).select_from(Subscriber))
+    lines += [
+        "# HELP warta_subscribers Subscribers stored.",
+        "# TYPE warta_subscribers gauge",
+        f"warta_subscribers {subscribers or 0}",
+    ]
+    snapshots = await mta_status.snapshots(request.app.state.queue)
+    for field, (name, kind, text) in MTA_COUNTERS.items():
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        for snap in snapshots:
+            lines.append(
+                f'{name}{{instance="{_label(str(snap["instance"]))}"}} {snap.get(field, 0)}'
+            )
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
