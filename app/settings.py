@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     mta_hostname: str = Field(
         default_factory=socket.getfqdn, description="HELO name, Message-ID and DSN Reporting-MTA."
     )
+    mta_tls: Literal["none", "opportunistic", "required"] = Field(
+        "opportunistic",
+        description="Outbound STARTTLS: never, when offered, or always (defer without it).",
+    )
+    mta_tls_verify: bool = Field(
+        False,
+        description="Verify remote certificates; a failed handshake then defers, never plaintext.",
+    )
+    mta_relay_username: str = Field("", description="SMTP AUTH user for the relay host.")
+    mta_relay_password: str = Field("", description="SMTP AUTH password for the relay host.")
     mta_trusted_networks: str = Field(
         "127.0.0.0/8,::1/128",
         description="CIDRs that may submit without SMTP AUTH (comma-separated).",

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import re
+import ssl
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -121,7 +122,11 @@ class SmtpSender:
         data_timeout: float = DEFAULT_DATA_TIMEOUT,
         host_cooloff: float = DEFAULT_HOST_COOLOFF,
         local_hostname: str | None = None,
-        start_tls: bool = False,
+        start_tls: bool | None = False,
+        validate_certs: bool = True,
+        tls_context: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.hosts = parse_submission_hosts(hosts) if isinstance(hosts, str) else list(hosts)
         if not self.hosts:
@@ -136,7 +141,12 @@ class SmtpSender:
         self.host_cooloff = host_cooloff
         # The EHLO name; given, so aiosmtplib does not look up the FQDN per connection.
         self.local_hostname = local_hostname
+        # None: STARTTLS when the server offers it; True: required; False: never.
         self.start_tls = start_tls
+        self.validate_certs = validate_certs
+        self.tls_context = tls_context
+        self.username = username
+        self.password = password
         self._connections = [_Connection() for _ in range(pool_size)]
         self._idle: asyncio.Queue[_Connection] = asyncio.Queue()
         for connection in self._connections:
@@ -310,6 +320,10 @@ class SmtpSender:
                 timeout=self.command_timeout,
                 local_hostname=self.local_hostname,
                 start_tls=self.start_tls,
+                validate_certs=self.validate_certs,
+                tls_context=self.tls_context,
+                username=self.username,
+                password=self.password,
             )
             try:
                 await smtp.connect(timeout=self.connect_timeout)

@@ -45,7 +45,14 @@ class MtaService:
         spool = Spool(settings.mta_spool_dir, dedupe_window=settings.mta_dedupe_window)
         transports: dict[str, Transport] = {
             "capture": CaptureTransport(var / "maildir"),
-            "smtp": SmtpTransport(hostname=settings.mta_hostname),
+            "smtp": SmtpTransport(
+                hostname=settings.mta_hostname,
+                tls=settings.mta_tls,
+                verify=settings.mta_tls_verify,
+                relay_auth=(settings.mta_relay_username, settings.mta_relay_password)
+                if settings.mta_relay_username
+                else None,
+            ),
         }
         secret = settings.effective_secret_key()
         outcomes = LedgerOutcomes(create_sessionmaker(engine), secret)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import ssl
 from pathlib import Path
 from typing import Protocol
 
-from workers.mta.routing import Route
+from workers.mta.routing import Route, RouteSource
 from workers.send_result import SendResult
 from workers.sender import SmtpSender, SubmissionHost
 
@@ -55,10 +56,24 @@ class CaptureTransport:
 class SmtpTransport:
     """SMTP to the route's hops, with a small connection pool per destination."""
 
-    def __init__(self, *, hostname: str, connections: int = 5, per_connection: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        connections: int = 5,
+        per_connection: int = 100,
+        tls: str = "opportunistic",
+        verify: bool = False,
+        tls_context: ssl.SSLContext | None = None,
+        relay_auth: tuple[str, str] | None = None,
+    ) -> None:
         self.hostname = hostname
         self.connections = connections
         self.per_connection = per_connection
+        self.start_tls: bool | None = {"none": False, "required": True}.get(tls)
+        self.verify = verify
+        self.tls_context = tls_context
+        self.relay_auth = relay_auth
         self._senders: dict[tuple[SubmissionHost, ...], SmtpSender] = {}
 
     def _sender(self, route: Route) -> SmtpSender:
@@ -69,11 +84,17 @@ class SmtpTransport:
         )
         sender = self._senders.get(hosts)
         if sender is None:
+            auth = self.relay_auth if route.source is RouteSource.RELAY else None
             sender = SmtpSender(
                 list(hosts),
                 pool_size=self.connections,
                 messages_per_connection=self.per_connection,
                 local_hostname=self.hostname,
+                start_tls=self.start_tls,
+                validate_certs=self.verify,
+                tls_context=self.tls_context,
+                username=auth[0] if auth else None,
+                password=auth[1] if auth else None,
             )
             self._senders[hosts] = sender
         return sender
