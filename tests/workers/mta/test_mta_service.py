@@ -334,3 +334,33 @@ async def test_queue_api_and_metrics_see_every_mta_instance(
         assert "warta_campaigns" in metrics.text
     finally:
         await service.stop(grace=5)
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_drains_and_keeps_undelivered_mail_spooled(
+    settings: Settings, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    submission = f"127.0.0.1:{free_port()}"
+    env = {
+        **worker_env(settings),
+        "WARTA_MTA_SUBMISSION": submission,
+        "WARTA_MTA_INBOUND": f"127.0.0.1:{free_port()}",
+        "WARTA_MTA_DELIVERY": "mx",
+        "WARTA_MTA_TRANSPORT_MAP": json.dumps({"example.com": f"127.0.0.1:{free_port()}"}),
+        "WARTA_MTA_SPOOL_DIR": str(spool),
+        "WARTA_MTA_RETRY_MIN": "60",
+    }
+    with (tmp_path / "mta.log").open("ab") as log:
+        process = subprocess.Popen([BIN / "warta", "mta"], env=env, stdout=log, stderr=log)
+    try:
+        await _until(lambda: _listening(submission), within=30)
+        await asyncio.to_thread(_submit, submission, 5)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert len(list((spool / "msg").iterdir())) == 5
+    assert not await _listening(submission)
