@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     )
     mta_relay_username: str = Field("", description="SMTP AUTH user for the relay host.")
     mta_relay_password: str = Field("", description="SMTP AUTH password for the relay host.")
+    mta_tls_cert: str = Field(
+        "", description="PEM certificate (chain) the listeners offer with STARTTLS; empty = none."
+    )
+    mta_tls_key: str = Field("", description="PEM private key for WARTA_MTA_TLS_CERT.")
     mta_trusted_networks: str = Field(
         "127.0.0.0/8,::1/128",
         description="CIDRs that may submit without SMTP AUTH (comma-separated).",

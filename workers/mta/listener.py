@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -235,6 +236,8 @@ async def serve(
     max_message_size: int,
     idle_timeout: float,
     per_client: int,
+    tls_context: ssl.SSLContext | None = None,
+    authenticator: Any = None,
 ) -> asyncio.Server:
     """Listen on `host:port` with the handler; close the returned server to stop."""
     host, _, port = address.rpartition(":")
@@ -251,6 +254,10 @@ async def serve(
             timeout=idle_timeout,
             enable_SMTPUTF8=True,
             loop=loop,
+            tls_context=tls_context,
+            authenticator=authenticator,
+            auth_require_tls=True,
+            auth_required=False,
         )
 
     return await loop.create_server(factory, host.strip("[]") or "127.0.0.1", int(port))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.database import create_engine, create_sessionmaker
 from app.settings import Settings
 from campaigns.identity import parse_verp
+from workers.mta.auth import ApiKeyAuthenticator
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
 from workers.mta.dkim import DkimSigner
 from workers.mta.inbound import InboundStore
@@ -35,6 +37,7 @@ class MtaService:
     servers: list[asyncio.Server]
     outcomes: LedgerOutcomes
     engine: AsyncEngine
+    authenticator: ApiKeyAuthenticator
     publisher: StatusPublisher | None = None
 
     @classmethod
@@ -71,8 +74,15 @@ class MtaService:
         )
         agent.start()
 
+        tls = None
+        if settings.mta_tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(settings.mta_tls_cert, settings.mta_tls_key or None)
+        authenticator = ApiKeyAuthenticator(create_sessionmaker(engine))
+        await authenticator.start()
+
         async def listen(
-            handler: SubmissionHandler | InboundHandler, address: str
+            handler: SubmissionHandler | InboundHandler, address: str, auth: bool
         ) -> asyncio.Server:
             return await serve(
                 handler,
@@ -81,6 +91,8 @@ class MtaService:
                 max_message_size=settings.mta_max_message_size,
                 idle_timeout=settings.mta_idle_timeout,
                 per_client=settings.mta_max_connections_per_client,
+                tls_context=tls,
+                authenticator=authenticator if auth else None,
             )
 
         submission = SubmissionHandler(
@@ -92,13 +104,13 @@ class MtaService:
         inbound = InboundHandler(
             settings.bounce_domain, InboundStore(var / "inbound").store, settings.mta_max_recipients
         )
-        servers = [await listen(submission, a) for a in settings.mta_submission.split(",")]
-        servers.append(await listen(inbound, settings.mta_inbound))
+        servers = [await listen(submission, a, True) for a in settings.mta_submission.split(",")]
+        servers.append(await listen(inbound, settings.mta_inbound, False))
         publisher = None
         if settings.redis_url:
             publisher = StatusPublisher(Redis.from_url(settings.redis_url), agent, spool)
             publisher.start()
-        return cls(spool, agent, servers, outcomes, engine, publisher)
+        return cls(spool, agent, servers, outcomes, engine, authenticator, publisher)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, finish deliveries in flight, keep the rest spooled."""
@@ -111,4 +123,5 @@ class MtaService:
         await self.agent.drain(grace)
         await self.spool.close()
         await self.outcomes.close()
+        await self.authenticator.stop()
         await self.engine.dispose()

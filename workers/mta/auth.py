@@ -1,0 +1,69 @@
+"""SMTP AUTH for the submission listener: the password is a Warta API key.
+
+Applications that submit by SMTP use the same credential as the REST API (any user name,
+an API key with `messages:write` or `admin` as the password), as SendGrid and Postmark do.
+aiosmtpd calls authenticators synchronously, so the valid key hashes are kept in a cache
+refreshed from the database every few seconds; a revoked key stops working within that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.models import ApiKey
+from app.services.api_keys import allows, hash_token
+
+logger = logging.getLogger(__name__)
+REFRESH_EVERY = 10.0
+SCOPE = "messages:write"
+
+
+class ApiKeyAuthenticator:
+    """Accepts AUTH PLAIN/LOGIN whose password is a live API key allowed to send."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.sessionmaker = sessionmaker
+        self._valid: frozenset[str] = frozenset()
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        """Reload the hashes of keys that may submit."""
+        async with self.sessionmaker() as session:
+            rows = await session.execute(
+                sa.select(ApiKey.token_hash, ApiKey.scopes).where(ApiKey.revoked_at.is_(None))
+            )
+            self._valid = frozenset(token for token, scopes in rows if allows(scopes, SCOPE))
+
+    async def start(self) -> None:
+        """Load now, then keep refreshing in the background."""
+        await self.refresh()
+        self._task = asyncio.create_task(self._refresh_forever(), name="smtp-auth-refresh")
+
+    async def stop(self) -> None:
+        """Stop refreshing."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        """aiosmtpd's authenticator hook."""
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        password = auth_data.password.decode("utf-8", "replace")
+        return AuthResult(success=hash_token(password) in self._valid, handled=False)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_EVERY)
+            try:
+                await self.refresh()
+            except Exception:  # keep the last good set while the database is away
+                logger.warning("could not refresh SMTP credentials", exc_info=True)
