@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.problems import problem
+from app.errors import TooLarge
 
-class BodyTooLarge(Exception):
-    """The request body passed its limit."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds {limit} bytes")
-        self.limit = limit
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"the request body exceeds the limit of {limit} bytes")
 
 
 class BodyLimit:
@@ -31,20 +28,23 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         if _has_nul(scope):
-            await _respond(send, 400, "Bad request", "the URL contains a NUL character", scope)
+            response = problem(
+                400, "Bad request", "the URL contains a NUL character", instance=scope["path"]
+            )
+            await response(scope, receive, send)
             return
         upload = scope["path"] in self.upload_paths
         limit = self.uploads if upload else self.default
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _reject(send, limit, scope["path"])
+            await _reject(scope, receive, send, limit)
             return
         if declared is None and not upload:
             # No length given (chunked): read the small body here, so an oversized one is a
             # 413 and not whatever error the body parser would make of a cut-off stream.
             body = await _read_capped(receive, limit)
             if body is None:
-                await _reject(send, limit, scope["path"])
+                await _reject(scope, receive, send, limit)
                 return
             await self.app(scope, _replay(body, receive), send)
             return
@@ -56,7 +56,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(limit)
+                    raise _too_large(limit)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -107,30 +107,13 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _reject(send: Send, limit: int, path: str) -> None:
-    detail = f"the request body exceeds the limit of {limit} bytes"
-    await _respond(send, 413, "Content too large", detail, {"path": path})
-
-
-async def _respond(send: Send, status: int, title: str, detail: str, scope: Scope) -> None:
-    body = json.dumps(
-        {
-            "type": "https://warta.dev/problems/" + title.lower().replace(" ", "-"),
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "instance": scope["path"],
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+async def _reject(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    error = _too_large(limit)
+    response = problem(
+        error.status,
+        error.title,
+        error.detail,
+        instance=scope["path"],
+        headers={"connection": "close"},
     )
-    await send({"type": "http.response.body", "body": body})
+    await response(scope, receive, send)

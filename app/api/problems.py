@@ -10,7 +10,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.limits import BodyTooLarge
 from app.errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -91,16 +90,6 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _too_large(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BodyTooLarge)
-    return problem(
-        413,
-        "Content too large",
-        f"the request body exceeds the limit of {exc.limit} bytes",
-        instance=request.url.path,
-    )
-
-
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(500, "Internal error", "an unexpected error occurred", instance=request.url.path)
@@ -111,5 +100,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(BodyTooLarge, _too_large)
     app.add_exception_handler(Exception, _unexpected)
