@@ -22,7 +22,7 @@ from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.errors import DomainError
 from app.redis import EmbeddedRedis, resolve_redis_url
 from app.services import api_keys
-from app.settings import Settings, SettingsError, get_settings
+from app.settings import Settings, SettingsError, get_settings, persisted_token
 
 T = TypeVar("T")
 cli = typer.Typer(
@@ -97,11 +97,10 @@ def _dev_key(settings: Settings) -> str:
     """The bootstrap key, or one generated once into var/ for development."""
     if settings.bootstrap_api_key:
         return settings.bootstrap_api_key
-    path = settings.ensure_var_dir() / "dev-api-key"
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(api_keys.TOKEN_PREFIX + secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return persisted_token(
+        settings.ensure_var_dir() / "dev-api-key",
+        lambda: api_keys.TOKEN_PREFIX + secrets.token_urlsafe(32),
+    )
 
 
 @cli.command()

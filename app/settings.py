@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 import socket
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEAK_SECRETS = frozenset({"", "changethis", "secret", "changeme", "warta", "password"})
@@ -25,6 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="WARTA_", env_file=".env", extra="ignore", validate_default=True
     )
+    _generated_secret: str | None = PrivateAttr(None)
 
     env: Literal["development", "production"] = Field(
         "development", description="`production` refuses weak secrets and dev conveniences."
@@ -137,14 +139,25 @@ class Settings(BaseSettings):
         return self.var_dir
 
     def effective_secret_key(self) -> str:
-        """The configured secret, or in development one generated once into var/."""
+        """The configured secret, or in development one generated once into var/.
+
+        Read once per Settings object: it is asked for per request and per message.
+        """
         if self.secret_key:
             return self.secret_key
-        path = self.ensure_var_dir() / "secret_key"
-        if not path.exists():
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(48))
-        return path.read_text().strip()
+        if self._generated_secret is None:
+            self._generated_secret = persisted_token(
+                self.ensure_var_dir() / "secret_key", lambda: secrets.token_urlsafe(48)
+            )
+        return self._generated_secret
+
+
+def persisted_token(path: Path, generate: Callable[[], str]) -> str:
+    """The token in `path`, created once (mode 0600) with `generate` if the file is missing."""
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(generate())
+    return path.read_text().strip()
 
 
 @lru_cache
