@@ -37,18 +37,28 @@ def mailbox(value: str) -> Address:
     return Address(email=email, name=name)
 
 
-def links(site: SiteIdentity, subscriber_id: int, campaign_id: int) -> dict[str, str]:
-    """Signed per-recipient links: unsubscribe, preferences, view in browser."""
+# context name, URL path, token purpose
+LINKS = (
+    ("unsubscribe_url", "u", "unsubscribe"),
+    ("preferences_url", "p", "preferences"),
+    ("view_in_browser_url", "v", "view"),
+)
 
-    def url(kind: str, purpose: str) -> str:
-        token = identity.link_token(site.secret, purpose, subscriber_id, campaign_id)
-        return f"{site.public_url}/{kind}/{token}"
 
+def link_tokens(site: SiteIdentity, subscriber_id: int, campaign_id: int) -> dict[str, str]:
+    """Signed per-recipient tokens, by purpose."""
     return {
-        "unsubscribe_url": url("u", "unsubscribe"),
-        "preferences_url": url("p", "preferences"),
-        "view_in_browser_url": url("v", "view"),
+        purpose: identity.link_token(site.secret, purpose, subscriber_id, campaign_id)
+        for _, _, purpose in LINKS
     }
+
+
+def links(
+    site: SiteIdentity, subscriber_id: int, campaign_id: int, tokens: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Signed per-recipient links: unsubscribe, preferences, view in browser."""
+    tokens = tokens or link_tokens(site, subscriber_id, campaign_id)
+    return {name: f"{site.public_url}/{path}/{tokens[purpose]}" for name, path, purpose in LINKS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +80,14 @@ class PreparedCampaign:
 
     def build(self, send_id: int, addressee: Addressee) -> bytes:
         """Render and assemble the message for one ledger row."""
-        urls = links(self.site, addressee.subscriber_id, self.campaign_id)
+        tokens = link_tokens(self.site, addressee.subscriber_id, self.campaign_id)
+        urls = links(self.site, addressee.subscriber_id, self.campaign_id, tokens)
         recipient = Recipient(
             subscriber=SubscriberView.of(addressee.email, addressee.name, addressee.attributes),
             list_name=self.list_name,
             **urls,
         )
         rendered = render(self.compiled, recipient)
-        token = identity.link_token(
-            self.site.secret, "unsubscribe", addressee.subscriber_id, self.campaign_id
-        )
         return build_message(
             OutgoingMessage(
                 sender=self.sender,
@@ -90,7 +98,7 @@ class PreparedCampaign:
                 html=rendered.html,
                 reply_to=self.reply_to,
                 unsubscribe_url=urls["unsubscribe_url"],
-                unsubscribe_mailto=f"unsubscribe+{token}@{self.site.bounce_domain}",
+                unsubscribe_mailto=f"unsubscribe+{tokens['unsubscribe']}@{self.site.bounce_domain}",
                 one_click_unsubscribe=True,
                 list_id=self.list_id,
                 list_name=self.list_name or "",

@@ -16,7 +16,7 @@ from app.models import Campaign, CampaignStatus, SendStatus, Subscriber, utcnow
 from app.repositories import ledger
 from app.repositories.ledger import Outcome
 from app.services import lifecycle
-from campaigns.audience import eligible_membership, not_suppressed
+from campaigns.audience import audience_filter
 from campaigns.composer import Addressee, PreparedCampaign
 from workers.context import EngineContext
 from workers.send_result import Outcome as Reply
@@ -147,7 +147,10 @@ def _outcome(
 async def _eligible_recipients(
     ctx: EngineContext, campaign_id: int, rows: Sequence[tuple[int, int | None, str, int]]
 ) -> dict[int, Addressee]:
-    """Addressees still enabled, subscribed and unsuppressed right now (checked at send)."""
+    """Addressees still enabled, subscribed and unsuppressed right now (checked at send).
+
+    The segment is not applied again: it chose the audience when the campaign started.
+    """
     ids = [subscriber_id for _, subscriber_id, _, _ in rows if subscriber_id is not None]
     if not ids:
         return {}
@@ -155,12 +158,7 @@ async def _eligible_recipients(
         result = await session.execute(
             sa.select(
                 Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.attributes
-            ).where(
-                Subscriber.id.in_(ids),
-                Subscriber.status == "enabled",
-                eligible_membership(campaign_id),
-                not_suppressed(Subscriber.email),
-            )
+            ).where(Subscriber.id.in_(ids), *audience_filter(campaign_id, segment=None))
         )
         return {
             row[0]: Addressee(subscriber_id=row[0], email=row[1], name=row[2], attributes=row[3])
