@@ -19,11 +19,6 @@ from sqlalchemy.ext.asyncio import (
 from app.settings import Settings
 
 
-def is_sqlite(url: str) -> bool:
-    """True for any SQLite URL."""
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the one writer; busy_timeout makes writers queue, not fail.

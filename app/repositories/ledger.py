@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import OPEN_STATUSES, Campaign, Send, SendStatus, Subscriber, utcnow
+from app.models import Campaign, Send, SendStatus, Subscriber, utcnow
 from campaigns.audience import audience_filter
 from campaigns.segments import segment_filter
 
@@ -121,23 +121,27 @@ async def mark_sending(session: AsyncSession, send_ids: Sequence[int]) -> None:
     )
 
 
+def _by_id(**values: Any) -> sa.Update:
+    """UPDATE sends SET … WHERE id = :b_id, for executemany over many rows."""
+    table = cast(sa.Table, Send.__table__)
+    return (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(updated_at=utcnow(), **values)
+    )
+
+
 async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
-    """Write a batch of outcomes in one executemany."""
+    """Write a batch of the engine's outcomes in one executemany."""
     if not outcomes:
         return
     now = utcnow()
-    table = cast(sa.Table, Send.__table__)
-    statement = (
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("b_id"))
-        .values(
-            status=sa.bindparam("b_status"),
-            last_reply=sa.bindparam("b_reply"),
-            next_attempt_at=sa.bindparam("b_next", type_=Send.next_attempt_at.type),
-            sent_at=sa.bindparam("b_sent", type_=Send.sent_at.type),
-            attempts=table.c.attempts + sa.bindparam("b_inc"),
-            updated_at=now,
-        )
+    statement = _by_id(
+        status=sa.bindparam("b_status"),
+        last_reply=sa.bindparam("b_reply"),
+        next_attempt_at=sa.bindparam("b_next", type_=Send.next_attempt_at.type),
+        sent_at=sa.bindparam("b_sent", type_=Send.sent_at.type),
+        attempts=Send.__table__.c.attempts + sa.bindparam("b_inc"),
     )
     params = [
         {
@@ -153,6 +157,25 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
     await session.execute(statement, params)
 
 
+async def record_delivery(
+    session: AsyncSession, updates: Sequence[tuple[int, SendStatus | None, str]]
+) -> None:
+    """The MTA's word on rows: (id, final status or None for a mere deferral, reply)."""
+    final = [
+        {"b_id": row, "b_status": status.value, "b_reply": reply[:1000]}
+        for row, status, reply in updates
+        if status is not None
+    ]
+    replies = [
+        {"b_id": row, "b_reply": reply[:1000]} for row, status, reply in updates if status is None
+    ]
+    if final:
+        statement = _by_id(status=sa.bindparam("b_status"), last_reply=sa.bindparam("b_reply"))
+        await session.execute(statement, final)
+    if replies:
+        await session.execute(_by_id(last_reply=sa.bindparam("b_reply")), replies)
+
+
 async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
     """Ledger rows per status."""
     rows = await session.execute(
@@ -161,13 +184,3 @@ async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, in
         .group_by(Send.status)
     )
     return {str(status): int(count) for status, count in rows}
-
-
-async def has_open_rows(session: AsyncSession, campaign_id: int) -> bool:
-    """Whether any recipient still waits for a final outcome."""
-    found = await session.scalar(
-        sa.select(Send.id)
-        .where(Send.campaign_id == campaign_id, Send.status.in_(OPEN_STATUSES))
-        .limit(1)
-    )
-    return found is not None

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import cast
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import Send, SendStatus, utcnow
+from app.models import SendStatus
+from app.repositories import ledger
 from campaigns import identity
 from workers.mta.spool import Envelope
 
@@ -58,33 +57,8 @@ class LedgerOutcomes:
         batch, self._buffer = self._buffer, []
         if not batch:
             return
-        table = cast(sa.Table, Send.__table__)
-        now = utcnow()
-        final = [u for u in batch if u.status is not None]
-        replies = [u for u in batch if u.status is None]
         async with self.sessionmaker() as session:
-            if final:
-                await session.execute(
-                    sa.update(table)
-                    .where(table.c.id == sa.bindparam("b_id"))
-                    .values(
-                        status=sa.bindparam("b_status"),
-                        last_reply=sa.bindparam("b_reply"),
-                        updated_at=now,
-                    ),
-                    [
-                        {"b_id": u.ledger_id, "b_status": u.status.value, "b_reply": u.reply}
-                        for u in final
-                        if u.status
-                    ],
-                )
-            if replies:
-                await session.execute(
-                    sa.update(table)
-                    .where(table.c.id == sa.bindparam("b_id"))
-                    .values(last_reply=sa.bindparam("b_reply"), updated_at=now),
-                    [{"b_id": u.ledger_id, "b_reply": u.reply} for u in replies],
-                )
+            await ledger.record_delivery(session, [(u.ledger_id, u.status, u.reply) for u in batch])
             await session.commit()
 
     async def close(self) -> None:
