@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-SNAPSHOT_KEY = "warta:mta:status:"  # kept in step with workers/mta/status.py
+SNAPSHOT_KEY = "warta:mta:status:"  # + instance; written by workers/mta/status.py
 COMMANDS = "warta:mta:commands"
 
 

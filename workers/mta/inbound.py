@@ -4,35 +4,18 @@ until the bounce processor reads it; written and fsynced before the listener ans
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import time
 from pathlib import Path
+
+from workers.mta.maildir import DurableMaildir
 
 
 class InboundStore:
-    """A Maildir (`tmp/`, `new/`, `cur/`) written with fsync before rename."""
+    """The inbound Maildir; each message carries its envelope as trace headers."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        for sub in ("tmp", "new", "cur"):
-            (directory / sub).mkdir(parents=True, exist_ok=True)
+        self.maildir = DurableMaildir(directory)
 
     async def store(self, mail_from: str, recipients: list[str], data: bytes) -> None:
         """Keep one copy with its envelope as trace headers."""
         trace = f"Return-Path: <{mail_from}>\r\nX-Warta-Rcpt-To: {', '.join(recipients)}\r\n"
-        await asyncio.to_thread(self._write, trace.encode() + data)
-
-    def _write(self, data: bytes) -> None:
-        name = f"{time.time():.6f}.{secrets.token_hex(8)}.warta"
-        temp = self.directory / "tmp" / name
-        with temp.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.rename(temp, self.directory / "new" / name)
-        directory = os.open(self.directory / "new", os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        await asyncio.to_thread(self.maildir.add, trace.encode() + data)

@@ -21,12 +21,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from app.services.mta_status import COMMANDS, SNAPSHOT_KEY
 from workers.mta.delivery import DeliveryAgent
 from workers.mta.spool import QueueId, Spool
 
 logger = logging.getLogger(__name__)
-SNAPSHOT_KEY = "warta:mta:status:"
-COMMANDS = "warta:mta:commands"
 PUBLISH_EVERY = 1.0
 SNAPSHOT_TTL = 10
 

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import asyncio
-import mailbox
 import ssl
 from pathlib import Path
 from typing import Protocol
 
+from workers.mta.maildir import DurableMaildir
 from workers.mta.routing import Route, RouteSource
 from workers.send_result import SendResult
 from workers.sender import SmtpSender, SubmissionHost
@@ -34,12 +34,15 @@ class CaptureTransport:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.maildir = mailbox.Maildir(directory, create=True)
+        self.maildir = DurableMaildir(directory)
 
     async def deliver(
         self, route: Route, mail_from: str, recipients: list[str], data: bytes
     ) -> dict[str, SendResult]:
-        """Store with Return-Path and Delivered-To, as a local delivery agent would."""
+        """Store with Return-Path and Delivered-To, as a local delivery agent would.
+
+        Durable before it returns: the spool drops its copy once this reports delivered.
+        """
 
         def write() -> None:
             for recipient in recipients:
