@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict
-from app.models import OPEN_STATUSES, Campaign, CampaignStatus, Send, SendStatus, utcnow
+from app.models import OPEN_STATUSES, Campaign, CampaignStatus, Send, utcnow
 from app.repositories import ledger
 from app.services import campaigns as campaigns_service
 from campaigns.lifecycle import ACTIONS, TransitionError, target
@@ -106,6 +106,7 @@ async def current_status(session: AsyncSession, campaign_id: int) -> CampaignSta
 class Stats:
     """Progress of a campaign."""
 
+    campaign: Campaign
     recipients: int
     counts: dict[str, int]
     rate: float
@@ -117,12 +118,17 @@ async def stats(session: AsyncSession, campaign_id: int) -> Stats:
     campaign = await campaigns_service.get(session, campaign_id)
     counts = await ledger.status_counts(session, campaign_id)
     since = utcnow() - RATE_WINDOW
+    # sent_at stays set when the MTA later reports delivered or bounced.
     recent = await session.scalar(
-        sa.select(sa.func.count()).where(
-            Send.campaign_id == campaign_id, Send.sent_at >= since, Send.status == SendStatus.sent
-        )
+        sa.select(sa.func.count()).where(Send.campaign_id == campaign_id, Send.sent_at >= since)
     )
     rate = (recent or 0) / RATE_WINDOW.total_seconds()
     remaining = sum(counts.get(status.value, 0) for status in OPEN_STATUSES)
     eta = remaining / rate if rate > 0 else (0.0 if remaining == 0 else None)
-    return Stats(recipients=campaign.audience_size, counts=counts, rate=rate, eta_seconds=eta)
+    return Stats(
+        campaign=campaign,
+        recipients=campaign.audience_size,
+        counts=counts,
+        rate=rate,
+        eta_seconds=eta,
+    )

@@ -36,14 +36,16 @@ def _invalid() -> HTMLResponse:
     return _page("This link is not valid", "<p>The link may be incomplete or altered.</p>", 400)
 
 
+async def _target(session: SessionDep, settings: SettingsDep, token: str) -> service.Target | None:
+    if len(token) > MAX_TOKEN:
+        return None
+    return await service.resolve(session, settings.effective_secret_key(), token)
+
+
 @router.get("/u/{token}")
 async def confirm_page(token: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """Name the lists and ask for one click; nothing changes on GET."""
-    target = (
-        None
-        if len(token) > MAX_TOKEN
-        else await service.resolve(session, settings.effective_secret_key(), token)
-    )
+    target = await _target(session, settings, token)
     if target is None:
         return _invalid()
     names = ", ".join(escape(item.name) for item in target.lists) or "this mailing"
@@ -61,11 +63,7 @@ async def one_click(
     token: str, request: Request, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
     """RFC 8058: unsubscribe at once, answer 200, no redirect, no cookie needed."""
-    target = (
-        None
-        if len(token) > MAX_TOKEN
-        else await service.resolve(session, settings.effective_secret_key(), token)
-    )
+    target = await _target(session, settings, token)
     if target is None:
         return _invalid()
     form = await request.form()

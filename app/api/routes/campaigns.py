@@ -15,7 +15,8 @@ READ = [Depends(require("campaigns:read"))]
 WRITE = [Depends(require("campaigns:write"))]
 
 
-async def _read(session: SessionDep, found: list[Campaign]) -> list[CampaignRead]:
+async def campaign_reads(session: SessionDep, found: list[Campaign]) -> list[CampaignRead]:
+    """Campaigns as the API shows them, with their list ids (one query for all)."""
     targets = await service.list_ids(session, [item.id for item in found])
     return [
         CampaignRead.model_validate(item).model_copy(update={"list_ids": targets[item.id]})
@@ -28,7 +29,7 @@ async def create_campaign(body: CampaignCreate, session: SessionDep) -> Campaign
     """Create a draft campaign."""
     created = await service.create(session, body.model_dump())
     await session.commit()
-    return (await _read(session, [created]))[0]
+    return (await campaign_reads(session, [created]))[0]
 
 
 @router.get("", dependencies=READ)
@@ -37,13 +38,13 @@ async def list_campaigns(
 ) -> Page[CampaignRead]:
     """Campaigns, optionally by status."""
     found = await service.page(session, page.after_id, page.limit, status)
-    return make_page(await _read(session, found), [item.id for item in found], page.limit)
+    return make_page(await campaign_reads(session, found), [item.id for item in found], page.limit)
 
 
 @router.get("/{campaign_id}", dependencies=READ)
 async def get_campaign(campaign_id: PathId, session: SessionDep) -> CampaignRead:
     """One campaign."""
-    return (await _read(session, [await service.get(session, campaign_id)]))[0]
+    return (await campaign_reads(session, [await service.get(session, campaign_id)]))[0]
 
 
 @router.patch("/{campaign_id}", dependencies=WRITE)
@@ -53,7 +54,7 @@ async def update_campaign(
     """Edit a draft."""
     changed = await service.update(session, campaign_id, body.model_dump(exclude_unset=True))
     await session.commit()
-    return (await _read(session, [changed]))[0]
+    return (await campaign_reads(session, [changed]))[0]
 
 
 @router.delete("/{campaign_id}", status_code=204, dependencies=WRITE)

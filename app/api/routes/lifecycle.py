@@ -8,7 +8,7 @@ from arq.jobs import Job
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from app.api.deps import PathId, SessionDep, SettingsDep, require
-from app.api.routes.campaigns import _read
+from app.api.routes.campaigns import campaign_reads
 from app.api.schemas.campaigns import CampaignRead
 from app.api.schemas.lifecycle import CampaignPreview, CampaignStats, TestSend, TestSendResult
 from app.models import utcnow
@@ -34,7 +34,7 @@ async def _apply(
     elif action == "resume":
         ranges = await ledger.ranges_with_work(session, campaign_id, campaign.ledger_base, utcnow())
         await enqueue_batches(pool, campaign_id, ranges)
-    return (await _read(session, [campaign]))[0]
+    return (await campaign_reads(session, [campaign]))[0]
 
 
 @router.post("/{campaign_id}/schedule", dependencies=WRITE)
@@ -74,8 +74,8 @@ async def cancel(campaign_id: PathId, request: Request, session: SessionDep) -> 
 @router.get("/{campaign_id}/stats", dependencies=READ)
 async def stats(campaign_id: PathId, session: SessionDep) -> CampaignStats:
     """Ledger counts per status, the current rate and an ETA."""
-    campaign = await campaigns_service.get(session, campaign_id)
     figures = await lifecycle.stats(session, campaign_id)
+    campaign = figures.campaign
     counts = {status: figures.counts.get(status, 0) for status in CampaignStats.model_fields}
     return CampaignStats(
         **{

@@ -128,6 +128,10 @@ async def test_campaign_through_the_mta_is_signed_delivered_and_recorded(
     assert set(received) == {"ok@example.com", "slow@example.com"}
     assert "d=example.com" in str(received["ok@example.com"].message["DKIM-Signature"])
     assert list((mta_settings.mta_spool_dir / "msg").iterdir()) == []
+    # Rows the MTA has since marked delivered still count toward the recent send rate.
+    stats = (await api.get(f"/api/v1/campaigns/{campaign['id']}/stats")).json()
+    assert stats["delivered"] == 2
+    assert stats["rate_per_second"] > 0
 
 
 def _submit(address: str, count: int) -> list[str]:
