@@ -160,9 +160,7 @@ class DeliveryAgent:
     async def _drop(self, envelope: Envelope, *, bounce: bool, reason: str) -> None:
         failures = []
         for recipient in envelope.pending():
-            envelope.states[recipient].status = RecipientStatus.FAILED
-            envelope.states[recipient].last_reply = reason
-            await self._report(envelope, recipient, "failed" if bounce else "deleted", reason)
+            await self._fail(envelope, recipient, reason, "failed" if bounce else "deleted")
             failures.append(Failure(recipient, f"550 5.0.0 {reason}"))
         queue_id = QueueId(envelope.queue_id)
         if bounce and failures and self.wants_dsn(envelope.mail_from):
@@ -266,12 +264,21 @@ class DeliveryAgent:
             self.stats.delivered += 1
             await self._report(envelope, recipient, "delivered", state.last_reply)
         elif result.outcome is Outcome.PERMANENT:
-            state.status = RecipientStatus.FAILED
-            self.stats.failed += 1
-            await self._report(envelope, recipient, "failed", state.last_reply)
+            await self._fail(envelope, recipient, state.last_reply)
         else:
             self.stats.deferred += 1
             await self._report(envelope, recipient, "deferred", state.last_reply)
+
+    async def _fail(
+        self, envelope: Envelope, recipient: str, reply: str, outcome: str = "failed"
+    ) -> None:
+        """Give up on one recipient: a permanent reply, expiry, or an operator's decision."""
+        state = envelope.states[recipient]
+        state.status = RecipientStatus.FAILED
+        state.last_reply = reply
+        if outcome == "failed":
+            self.stats.failed += 1
+        await self._report(envelope, recipient, outcome, reply)
 
     async def _settle(self, envelope: Envelope) -> list[Failure]:
         """Remove a finished message; retry later; fail what outlived the queue lifetime."""
@@ -281,13 +288,10 @@ class DeliveryAgent:
         failures = []
         if pending and expired(first, now, self.retry.lifetime):
             for recipient in pending:
-                state = envelope.states[recipient]
-                state.status = RecipientStatus.FAILED
-                reply = f"expired after {self.retry.lifetime:.0f} s; last reply: {state.last_reply}"
-                state.last_reply = reply
-                self.stats.failed += 1
+                last = envelope.states[recipient].last_reply
+                reply = f"expired after {self.retry.lifetime:.0f} s; last reply: {last}"
+                await self._fail(envelope, recipient, reply)
                 failures.append(Failure(recipient, reply, expired=True))
-                await self._report(envelope, recipient, "failed", reply)
             pending = []
         if not pending:
             await self.spool.remove(QueueId(envelope.queue_id))

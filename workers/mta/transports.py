@@ -77,7 +77,7 @@ class SmtpTransport:
         self.verify = verify
         self.tls_context = tls_context
         self.relay_auth = relay_auth
-        self._senders: dict[tuple[SubmissionHost, ...], SmtpSender] = {}
+        self._senders: dict[tuple[tuple[SubmissionHost, ...], bool], SmtpSender] = {}
 
     def _sender(self, route: Route) -> SmtpSender:
         hosts = tuple(
@@ -85,9 +85,10 @@ class SmtpTransport:
             for hop in route.hops
             for address in (hop.addresses or [hop.host])
         )
-        sender = self._senders.get(hosts)
+        auth = self.relay_auth if route.source is RouteSource.RELAY else None
+        key = (hosts, auth is not None)  # the relay's login must not leak to other routes
+        sender = self._senders.get(key)
         if sender is None:
-            auth = self.relay_auth if route.source is RouteSource.RELAY else None
             sender = SmtpSender(
                 list(hosts),
                 pool_size=self.connections,
@@ -99,7 +100,7 @@ class SmtpTransport:
                 username=auth[0] if auth else None,
                 password=auth[1] if auth else None,
             )
-            self._senders[hosts] = sender
+            self._senders[key] = sender
         return sender
 
     async def deliver(
