@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import create_pool
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import create_engine, create_sessionmaker
 from app.models import (
@@ -44,6 +47,42 @@ def port_open(address: str) -> bool:
     return False
 
 
+async def add_subscribers(
+    session: AsyncSession,
+    list_id: int,
+    people: Iterable[tuple[str, str, dict[str, Any]]],
+    chunk: int = 5000,
+) -> list[int]:
+    """Insert (email, name, attributes) as confirmed members of a list, in bulk; their ids."""
+    now = utcnow()
+    ids: list[int] = []
+    people = iter(people)
+    while batch := list(itertools.islice(people, chunk)):
+        rows = [
+            {"email": e, "name": n, "attributes": a, "created_at": now, "updated_at": now}
+            for e, n, a in batch
+        ]
+        inserted = await session.scalars(
+            sa.insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True), rows
+        )
+        new = list(inserted)
+        await session.execute(
+            sa.insert(Subscription),
+            [
+                {
+                    "subscriber_id": subscriber_id,
+                    "list_id": list_id,
+                    "status": SubscriptionStatus.confirmed,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for subscriber_id in new
+            ],
+        )
+        ids += new
+    return ids
+
+
 async def seed(settings: Settings, recipients: int) -> int:
     """A list of generated subscribers and a draft campaign to it; returns the campaign id."""
     engine = create_engine(settings)
@@ -54,36 +93,18 @@ async def seed(settings: Settings, recipients: int) -> int:
             mailing_list = MailingList(name=f"Demo {stamp}", description="warta demo")
             session.add(mailing_list)
             await session.flush()
-            now = utcnow()
-            rows = [
-                {
-                    "email": f"demo{stamp}.{index}@example.com",
-                    "name": f"Reader {index}",
-                    "attributes": {"city": CITIES[index % len(CITIES)]},
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for index in range(recipients)
-            ]
-            for start in range(0, len(rows), 5000):
-                await session.execute(sa.insert(Subscriber), rows[start : start + 5000])
-            ids = (
-                await session.scalars(
-                    sa.select(Subscriber.id).where(Subscriber.email.like(f"demo{stamp}.%"))
-                )
-            ).all()
-            memberships = [
-                {
-                    "subscriber_id": subscriber_id,
-                    "list_id": mailing_list.id,
-                    "status": SubscriptionStatus.confirmed,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for subscriber_id in ids
-            ]
-            for start in range(0, len(memberships), 5000):
-                await session.execute(sa.insert(Subscription), memberships[start : start + 5000])
+            await add_subscribers(
+                session,
+                mailing_list.id,
+                (
+                    (
+                        f"demo{stamp}.{index}@example.com",
+                        f"Reader {index}",
+                        {"city": CITIES[index % len(CITIES)]},
+                    )
+                    for index in range(recipients)
+                ),
+            )
             campaign = Campaign(
                 name=f"Demo {stamp}",
                 subject="Hello {{ subscriber.name }}, this is Warta",

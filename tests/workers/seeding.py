@@ -1,19 +1,15 @@
-"""Bulk seeding of subscribers for engine tests (thousands of rows in one statement)."""
+"""Seeding a campaign of many subscribers for engine tests, with the demo's bulk insert."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.demo import add_subscribers
 from app.models import (
     Campaign,
     CampaignList,
     CampaignStatus,
     MailingList,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    utcnow,
 )
 
 
@@ -30,34 +26,11 @@ async def seed_campaign(
         mailing_list = MailingList(name="seeded")
         session.add(mailing_list)
         await session.flush()
-        now = utcnow()
         emails = [f"user{index:07d}@example.com" for index in range(recipients)]
-        await session.execute(
-            sa.insert(Subscriber),
-            [
-                {
-                    "email": address,
-                    "name": f"User {index}",
-                    "attributes": {"n": index},
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for index, address in enumerate(emails)
-            ],
-        )
-        ids = (await session.scalars(sa.select(Subscriber.id).order_by(Subscriber.id))).all()
-        await session.execute(
-            sa.insert(Subscription),
-            [
-                {
-                    "subscriber_id": subscriber_id,
-                    "list_id": mailing_list.id,
-                    "status": SubscriptionStatus.confirmed,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for subscriber_id in ids
-            ],
+        await add_subscribers(
+            session,
+            mailing_list.id,
+            ((address, f"User {index}", {"n": index}) for index, address in enumerate(emails)),
         )
         campaign = Campaign(
             name="seeded",
