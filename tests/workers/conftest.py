@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from app.api.app import create_app
 from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN
+from tests.helpers import eventually
 from tests.sinks import SinkHandler, smtp_sink
 from workers.worker import run_worker
 
@@ -55,10 +55,11 @@ async def wait_for_status(
     api: httpx.AsyncClient, campaign_id: int, status: str, within: float = 60
 ) -> dict[str, Any]:
     """Poll the stats endpoint until the campaign reaches `status` (bounded by `within`)."""
-    deadline = time.monotonic() + within
-    while True:
-        stats = (await api.get(f"/api/v1/campaigns/{campaign_id}/stats")).json()
-        if stats["status"] == status:
-            return dict(stats)
-        assert time.monotonic() < deadline, f"campaign never became {status}: {stats}"
-        await asyncio.sleep(0.05)
+    stats: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        stats.update((await api.get(f"/api/v1/campaigns/{campaign_id}/stats")).json())
+        return bool(stats["status"] == status)
+
+    await eventually(reached, within, f"campaign status {status}")
+    return stats

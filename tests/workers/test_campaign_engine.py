@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from app.settings import Settings
 from campaigns import identity
+from tests.helpers import create_campaign, post_json
 from tests.sinks import SinkHandler
 from tests.workers.conftest import wait_for_status
-
-
-async def _post(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = await api.post(path, json=body)
-    assert response.status_code in (200, 201), response.text
-    return dict(response.json())
 
 
 async def test_every_eligible_recipient_gets_exactly_one_message(
@@ -24,49 +17,55 @@ async def test_every_eligible_recipient_gets_exactly_one_message(
     sink: tuple[str, SinkHandler],
     engine_settings: Settings,
 ) -> None:
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
-    double = (await _post(api, "/api/v1/lists", {"name": "dbl", "optin": "double"}))["id"]
-    other = (await _post(api, "/api/v1/lists", {"name": "other"}))["id"]
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
+    double = (await post_json(api, "/api/v1/lists", {"name": "dbl", "optin": "double"}))["id"]
+    other = (await post_json(api, "/api/v1/lists", {"name": "other"}))["id"]
     eligible = set()
     for index in range(30):
         address = f"reader{index}@example.com"
-        await _post(
+        await post_json(
             api,
             "/api/v1/subscribers",
             {"email": address, "name": f"Reader {index}", "lists": [news, double]},
         )
         eligible.add(address)
-    confirmed = await _post(
+    confirmed = await post_json(
         api,
         "/api/v1/subscribers",
         {"email": "confirmed@example.com", "lists": [double], "preconfirm": True},
     )
     eligible.add(confirmed["email"])
-    await _post(api, "/api/v1/subscribers", {"email": "unconfirmed@example.com", "lists": [double]})
-    await _post(api, "/api/v1/subscribers", {"email": "elsewhere@example.com", "lists": [other]})
-    await _post(
+    await post_json(
+        api, "/api/v1/subscribers", {"email": "unconfirmed@example.com", "lists": [double]}
+    )
+    await post_json(
+        api, "/api/v1/subscribers", {"email": "elsewhere@example.com", "lists": [other]}
+    )
+    await post_json(
         api,
         "/api/v1/subscribers",
         {"email": "blocked@example.com", "lists": [news], "status": "blocklisted"},
     )
-    gone = await _post(api, "/api/v1/subscribers", {"email": "gone@example.com", "lists": [news]})
-    await api.put(f"/api/v1/subscribers/{gone['id']}/lists/{news}", json={"status": "unsubscribed"})
-    await _post(api, "/api/v1/subscribers", {"email": "suppressed@example.com", "lists": [news]})
-    await _post(api, "/api/v1/suppressions", {"address": "suppressed@example.com"})
-
-    campaign = await _post(
-        api,
-        "/api/v1/campaigns",
-        {
-            "name": "November",
-            "subject": "Hello {{ subscriber.name | default('friend') }}",
-            "from_email": "Warta News <news@example.com>",
-            "list_ids": [news, double],
-            "html": "<p>Hi {{ subscriber.name }}</p><a href='{{ unsubscribe_url }}'>unsubscribe</a>",
-        },
+    gone = await post_json(
+        api, "/api/v1/subscribers", {"email": "gone@example.com", "lists": [news]}
     )
-    await _post(api, f"/api/v1/campaigns/{campaign['id']}/schedule", {})
-    stats = await wait_for_status(api, campaign["id"], "finished")
+    await api.put(f"/api/v1/subscribers/{gone['id']}/lists/{news}", json={"status": "unsubscribed"})
+    await post_json(
+        api, "/api/v1/subscribers", {"email": "suppressed@example.com", "lists": [news]}
+    )
+    await post_json(api, "/api/v1/suppressions", {"address": "suppressed@example.com"})
+
+    campaign_id = await create_campaign(
+        api,
+        news,
+        double,
+        name="November",
+        subject="Hello {{ subscriber.name | default('friend') }}",
+        from_email="Warta News <news@example.com>",
+        html="<p>Hi {{ subscriber.name }}</p><a href='{{ unsubscribe_url }}'>unsubscribe</a>",
+    )
+    await post_json(api, f"/api/v1/campaigns/{campaign_id}/schedule", {})
+    stats = await wait_for_status(api, campaign_id, "finished")
 
     received = sink[1].snapshot()
     recipients = [rcpt for item in received for rcpt in item.rcpt_tos]
@@ -84,49 +83,38 @@ async def test_every_eligible_recipient_gets_exactly_one_message(
 
 
 async def test_impossible_transitions_are_409(api: httpx.AsyncClient) -> None:
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
-    campaign = await _post(
-        api,
-        "/api/v1/campaigns",
-        {
-            "name": "c",
-            "subject": "s",
-            "from_email": "a@example.com",
-            "list_ids": [news],
-            "text": "t",
-        },
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
+    campaign_id = await create_campaign(
+        api, news, name="c", subject="s", from_email="a@example.com", text="t"
     )
-    response = await api.post(f"/api/v1/campaigns/{campaign['id']}/pause")
+    response = await api.post(f"/api/v1/campaigns/{campaign_id}/pause")
     assert response.status_code == 409
     assert "cannot pause a campaign that is draft" in response.json()["detail"]
-    assert (await api.post(f"/api/v1/campaigns/{campaign['id']}/resume")).status_code == 409
+    assert (await api.post(f"/api/v1/campaigns/{campaign_id}/resume")).status_code == 409
 
 
 async def test_schedule_refuses_a_campaign_that_does_not_render(api: httpx.AsyncClient) -> None:
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
-    await _post(
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
+    await post_json(
         api, "/api/v1/subscribers", {"email": "a@example.com", "lists": [news], "attributes": {}}
     )
-    campaign = await _post(
+    campaign_id = await create_campaign(
         api,
-        "/api/v1/campaigns",
-        {
-            "name": "c",
-            "subject": "s",
-            "from_email": "a@example.com",
-            "list_ids": [news],
-            "html": "<p>{{ subscriber.attributes.city }}</p>",
-        },
+        news,
+        name="c",
+        subject="s",
+        from_email="a@example.com",
+        html="<p>{{ subscriber.attributes.city }}</p>",
     )
-    response = await api.post(f"/api/v1/campaigns/{campaign['id']}/schedule")
+    response = await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
     assert response.status_code == 422
     assert "does not render" in response.json()["detail"]
-    assert (await api.get(f"/api/v1/campaigns/{campaign['id']}")).json()["status"] == "draft"
+    assert (await api.get(f"/api/v1/campaigns/{campaign_id}")).json()["status"] == "draft"
 
 
 async def test_preview_shows_the_real_message(api: httpx.AsyncClient) -> None:
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
-    ada = await _post(
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
+    ada = await post_json(
         api,
         "/api/v1/subscribers",
         {
@@ -136,19 +124,16 @@ async def test_preview_shows_the_real_message(api: httpx.AsyncClient) -> None:
             "attributes": {"city": "Oslo"},
         },
     )
-    campaign = await _post(
+    campaign_id = await create_campaign(
         api,
-        "/api/v1/campaigns",
-        {
-            "name": "c",
-            "subject": "Hi {{ subscriber.name }} in {{ subscriber.attributes.city | default('?') }}",
-            "from_email": "News <news@example.com>",
-            "list_ids": [news],
-            "html": "<p>Dear {{ subscriber.name }} &amp; co</p>",
-        },
+        news,
+        name="c",
+        subject="Hi {{ subscriber.name }} in {{ subscriber.attributes.city | default('?') }}",
+        from_email="News <news@example.com>",
+        html="<p>Dear {{ subscriber.name }} &amp; co</p>",
     )
     response = await api.get(
-        f"/api/v1/campaigns/{campaign['id']}/preview", params={"subscriber_id": ada["id"]}
+        f"/api/v1/campaigns/{campaign_id}/preview", params={"subscriber_id": ada["id"]}
     )
     assert response.status_code == 200, response.text
     preview = response.json()
@@ -158,54 +143,45 @@ async def test_preview_shows_the_real_message(api: httpx.AsyncClient) -> None:
     names = [name for name, _ in preview["headers"]]
     for header in ("Date", "Message-ID", "From", "To", "Subject", "List-Unsubscribe", "List-Id"):
         assert header in names
-    sample = await api.get(f"/api/v1/campaigns/{campaign['id']}/preview")
+    sample = await api.get(f"/api/v1/campaigns/{campaign_id}/preview")
     assert sample.json()["subject"] == "Hi Jane Doe in ?"
 
 
 async def test_test_send_goes_through_the_priority_queue(
     api: httpx.AsyncClient, worker: None, sink: tuple[str, SinkHandler]
 ) -> None:
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
-    campaign = await _post(
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
+    campaign_id = await create_campaign(
         api,
-        "/api/v1/campaigns",
-        {
-            "name": "c",
-            "subject": "Test {{ subscriber.name }}",
-            "from_email": "a@example.com",
-            "list_ids": [news],
-            "text": "Body",
-        },
+        news,
+        name="c",
+        subject="Test {{ subscriber.name }}",
+        from_email="a@example.com",
+        text="Body",
     )
     response = await api.post(
-        f"/api/v1/campaigns/{campaign['id']}/test", json={"addresses": ["qa@example.com"]}
+        f"/api/v1/campaigns/{campaign_id}/test", json={"addresses": ["qa@example.com"]}
     )
     assert response.status_code == 200, response.text
     assert response.json()["replies"][0].startswith("qa@example.com: delivered")
     received = sink[1].snapshot()
     assert [item.rcpt_tos for item in received] == [("qa@example.com",)]
     assert received[0].message["Subject"] == "Test Test Recipient"
-    assert (await api.get(f"/api/v1/campaigns/{campaign['id']}")).json()["status"] == "draft"
+    assert (await api.get(f"/api/v1/campaigns/{campaign_id}")).json()["status"] == "draft"
 
 
 async def test_one_click_unsubscribe_from_a_received_message(
     api: httpx.AsyncClient, worker: None, sink: tuple[str, SinkHandler]
 ) -> None:
-    news = (await _post(api, "/api/v1/lists", {"name": "Weekly news"}))["id"]
-    reader = await _post(api, "/api/v1/subscribers", {"email": "r@example.com", "lists": [news]})
-    campaign = await _post(
-        api,
-        "/api/v1/campaigns",
-        {
-            "name": "c",
-            "subject": "s",
-            "from_email": "a@example.com",
-            "list_ids": [news],
-            "text": "t",
-        },
+    news = (await post_json(api, "/api/v1/lists", {"name": "Weekly news"}))["id"]
+    reader = await post_json(
+        api, "/api/v1/subscribers", {"email": "r@example.com", "lists": [news]}
     )
-    await _post(api, f"/api/v1/campaigns/{campaign['id']}/schedule", {})
-    await wait_for_status(api, campaign["id"], "finished")
+    campaign_id = await create_campaign(
+        api, news, name="c", subject="s", from_email="a@example.com", text="t"
+    )
+    await post_json(api, f"/api/v1/campaigns/{campaign_id}/schedule", {})
+    await wait_for_status(api, campaign_id, "finished")
     header = str(sink[1].snapshot()[0].message["List-Unsubscribe"])
     path = header.split("<http://127.0.0.1:8000", 1)[1].split(">", 1)[0]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -15,27 +14,10 @@ from app.database import create_engine, create_sessionmaker
 from app.models import Campaign, CampaignStatus, Send, SendStatus
 from app.services import lifecycle
 from app.settings import Settings
+from tests.helpers import create_campaign, post_json
 from tests.sinks import SinkHandler
 from tests.workers.conftest import wait_for_status
 from tests.workers.seeding import seed_campaign
-
-
-async def _post(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = await api.post(path, json=body)
-    assert response.status_code in (200, 201), response.text
-    return dict(response.json())
-
-
-async def _campaign(api: httpx.AsyncClient, list_id: int, **extra: Any) -> int:
-    body = {
-        "name": "c",
-        "subject": "Hello",
-        "from_email": "news@example.com",
-        "list_ids": [list_id],
-        "text": "Hi {{ subscriber.name }}",
-        **extra,
-    }
-    return int((await _post(api, "/api/v1/campaigns", body))["id"])
 
 
 @pytest.fixture
@@ -52,11 +34,11 @@ async def test_4xx_defers_and_retries_5xx_fails_with_the_reply(
     handler = sink[1]
     handler.rcpt_replies["later@example.com"] = ["451 4.7.1 Try again later", "421 4.7.0 busy"]
     handler.rcpt_replies["nobody@example.com"] = ["550 5.1.1 No such user here"]
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
     for address in ("ok@example.com", "later@example.com", "nobody@example.com"):
-        await _post(api, "/api/v1/subscribers", {"email": address, "lists": [news]})
-    campaign_id = await _campaign(api, news)
-    await _post(api, f"/api/v1/campaigns/{campaign_id}/schedule", {})
+        await post_json(api, "/api/v1/subscribers", {"email": address, "lists": [news]})
+    campaign_id = await create_campaign(api, news)
+    await post_json(api, f"/api/v1/campaigns/{campaign_id}/schedule", {})
     stats = await wait_for_status(api, campaign_id, "finished", within=60)
     assert (stats["sent"], stats["failed"], stats["deferred"]) == (2, 1, 0)
     rows = {
@@ -74,16 +56,16 @@ async def test_4xx_defers_and_retries_5xx_fails_with_the_reply(
 async def test_segment_narrows_the_audience(
     api: httpx.AsyncClient, worker: None, sink: tuple[str, SinkHandler]
 ) -> None:
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
     for age, address in ((20, "young@example.com"), (70, "old@example.com")):
-        await _post(
+        await post_json(
             api,
             "/api/v1/subscribers",
             {"email": address, "lists": [news], "attributes": {"age": age}},
         )
     segment = {"attribute": "age", "op": "gte", "value": 30}
-    campaign_id = await _campaign(api, news, segment=segment)
-    await _post(api, f"/api/v1/campaigns/{campaign_id}/schedule", {})
+    campaign_id = await create_campaign(api, news, segment=segment)
+    await post_json(api, f"/api/v1/campaigns/{campaign_id}/schedule", {})
     await wait_for_status(api, campaign_id, "finished")
     assert [item.rcpt_tos for item in sink[1].snapshot()] == [("old@example.com",)]
 
@@ -104,7 +86,7 @@ async def test_an_address_suppressed_while_running_is_skipped(
         await session.commit()
     assert started is not None and started.audience_size == 50
     # After the freeze, before any worker runs: one unsubscribes everywhere, one is suppressed.
-    await _post(api, "/api/v1/suppressions", {"address": emails[10]})
+    await post_json(api, "/api/v1/suppressions", {"address": emails[10]})
     subscriber = (await api.get("/api/v1/subscribers", params={"email": emails[20]})).json()
     await api.patch(f"/api/v1/subscribers/{subscriber['items'][0]['id']}", json={"lists": []})
     stop = asyncio.Event()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.settings import Settings
+from tests.helpers import eventually
 from tests.sinks import SinkHandler, smtp_sink
 from tests.workers.conftest import wait_for_status
 from tests.workers.processes import worker_process
@@ -20,10 +20,10 @@ from tests.workers.seeding import seed_campaign
 
 
 async def _wait_for_received(sink: SinkHandler, count: int, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while len(sink.snapshot()) < count:
-        assert time.monotonic() < deadline, f"only {len(sink.snapshot())} of {count} arrived"
-        await asyncio.sleep(0.02)
+    async def arrived() -> bool:
+        return len(sink.snapshot()) >= count
+
+    await eventually(arrived, within, f"{count} messages at the sink")
 
 
 def _recipients(sink: SinkHandler) -> Counter[str]:

@@ -7,7 +7,6 @@ import json
 import signal
 import smtplib
 import subprocess
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Send, SendStatus
 from app.settings import Settings
+from tests.helpers import eventually, post_json
 from tests.servers import free_port
 from tests.sinks import SinkHandler, smtp_sink
 from tests.workers.conftest import wait_for_status
@@ -65,22 +65,9 @@ def engine_settings(mta_settings: Settings) -> Settings:
     return mta_settings
 
 
-async def _post(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = await api.post(path, json=body)
-    assert response.status_code in (200, 201), response.text
-    return dict(response.json())
-
-
 async def _rows(session: AsyncSession, campaign_id: int) -> dict[str, Send]:
     rows = await session.scalars(sa.select(Send).where(Send.campaign_id == campaign_id))
     return {row.email: row for row in rows}
-
-
-async def _until(check: Any, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_campaign_through_the_mta_is_signed_delivered_and_recorded(
@@ -95,10 +82,10 @@ async def test_campaign_through_the_mta_is_signed_delivered_and_recorded(
     handler = remote[1]
     handler.rcpt_replies["slow@example.com"] = ["451 4.3.0 try again"]
     handler.rcpt_replies["gone@example.com"] = ["550 5.1.1 no such user"]
-    news = (await _post(api, "/api/v1/lists", {"name": "news"}))["id"]
+    news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
     for address in ("ok@example.com", "slow@example.com", "gone@example.com"):
-        await _post(api, "/api/v1/subscribers", {"email": address, "lists": [news]})
-    campaign = await _post(
+        await post_json(api, "/api/v1/subscribers", {"email": address, "lists": [news]})
+    campaign = await post_json(
         api,
         "/api/v1/campaigns",
         {
@@ -109,7 +96,7 @@ async def test_campaign_through_the_mta_is_signed_delivered_and_recorded(
             "text": "t",
         },
     )
-    await _post(api, f"/api/v1/campaigns/{campaign['id']}/schedule", {})
+    await post_json(api, f"/api/v1/campaigns/{campaign['id']}/schedule", {})
     await wait_for_status(api, campaign["id"], "finished")
 
     async def settled() -> bool:
@@ -117,7 +104,7 @@ async def test_campaign_through_the_mta_is_signed_delivered_and_recorded(
             rows = await _rows(session, campaign["id"])
         return all(r.status in (SendStatus.delivered, SendStatus.bounced) for r in rows.values())
 
-    await _until(settled)
+    await eventually(settled)
     async with sessionmaker() as session:
         rows = await _rows(session, campaign["id"])
     assert rows["ok@example.com"].status == SendStatus.delivered
@@ -180,7 +167,7 @@ async def test_kill_9_after_acknowledging_then_restart_delivers_each_once(
     log = (tmp_path / "mta.log").open("ab")
     first = subprocess.Popen([BIN / "warta", "mta"], env=env, stdout=log, stderr=log)
     try:
-        await _until(lambda: _listening(mta.mta_submission), within=30)
+        await eventually(lambda: _listening(mta.mta_submission), within=30)
         replies = await asyncio.to_thread(_submit, mta.mta_submission, 40)
         assert all("queued as" in reply for reply in replies)
         first.send_signal(signal.SIGKILL)
@@ -199,7 +186,7 @@ async def test_kill_9_after_acknowledging_then_restart_delivers_each_once(
         async def all_delivered() -> bool:
             return len(handler.snapshot()) >= 40
 
-        await _until(all_delivered, within=60)
+        await eventually(all_delivered, within=60)
         await asyncio.sleep(1.5)  # one more retry interval: nothing may arrive twice
         counts = Counter(item.rcpt_tos[0] for item in handler.snapshot())
         assert set(counts) == {f"r{i}@example.com" for i in range(40)}
@@ -262,7 +249,7 @@ async def test_relayed_mail_that_fails_or_expires_gets_a_dsn_with_null_sender(
             async def two_dsns() -> bool:
                 return len(origin.snapshot()) >= 2
 
-            await _until(two_dsns, within=30)
+            await eventually(two_dsns, within=30)
         finally:
             await service.stop(grace=5)
     dsns = origin.snapshot()
@@ -304,7 +291,7 @@ async def test_queue_api_and_metrics_see_every_mta_instance(
             return domains.get("example.com", {}).get("deferred") == 3
 
         try:
-            await _until(deferred_and_published, within=15)
+            await eventually(deferred_and_published, within=15)
         except AssertionError:
             raise AssertionError((await api.get("/api/v1/queue")).text) from None
         queue = (await api.get("/api/v1/queue")).json()
@@ -328,7 +315,7 @@ async def test_queue_api_and_metrics_see_every_mta_instance(
                 "a@example.com",
             ]
 
-        await _until(bounced_with_a_dsn, within=10)
+        await eventually(bounced_with_a_dsn, within=10)
         bad = await api.delete("/api/v1/queue/messages/not-a-queue-id")
         assert bad.status_code == 422
 
@@ -358,7 +345,7 @@ async def test_sigterm_drains_and_keeps_undelivered_mail_spooled(
     with (tmp_path / "mta.log").open("ab") as log:
         process = subprocess.Popen([BIN / "warta", "mta"], env=env, stdout=log, stderr=log)
     try:
-        await _until(lambda: _listening(submission), within=30)
+        await eventually(lambda: _listening(submission), within=30)
         await asyncio.to_thread(_submit, submission, 5)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
