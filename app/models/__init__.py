@@ -3,6 +3,7 @@
 from app.models.api_key import ApiKey
 from app.models.base import Base, utcnow
 from app.models.campaign import Campaign, CampaignList, CampaignStatus
+from app.models.event import Event, EventKind
 from app.models.import_job import ImportJob, ImportMode, ImportStatus
 from app.models.mailing_list import MailingList, OptIn, Visibility
 from app.models.send import OPEN_STATUSES, Send, SendStatus
@@ -17,6 +18,8 @@ __all__ = [
     "Campaign",
     "CampaignList",
     "CampaignStatus",
+    "Event",
+    "EventKind",
     "ImportJob",
     "ImportMode",
     "ImportStatus",
