@@ -127,10 +127,16 @@ class SmtpSender:
         tls_context: ssl.SSLContext | None = None,
         username: str | None = None,
         password: str | None = None,
+        preferences: Sequence[int] | None = None,
     ) -> None:
         self.hosts = parse_submission_hosts(hosts) if isinstance(hosts, str) else list(hosts)
         if not self.hosts:
             raise ValueError("no submission host given")
+        if preferences is not None and len(preferences) != len(self.hosts):
+            raise ValueError("one preference per host")
+        # MX preference (RFC 5321 §5.1): a live host of a better tier is always tried first;
+        # load and rotation only spread sessions among hosts of the same tier.
+        self.preferences = dict(zip(self.hosts, preferences or [0] * len(self.hosts), strict=True))
         if pool_size < 1 or messages_per_connection < 1:
             raise ValueError("pool_size and messages_per_connection must be at least 1")
         self.pool_size = pool_size
@@ -350,7 +356,7 @@ class SmtpSender:
         position = {host: (index - turn) % len(self.hosts) for index, host in enumerate(self.hosts)}
         live = [host for host in self.hosts if self._down_until.get(host, 0.0) <= now]
         down = [host for host in self.hosts if host not in live]
-        live.sort(key=lambda host: (load[host], position[host]))
+        live.sort(key=lambda host: (self.preferences[host], load[host], position[host]))
         down.sort(key=lambda host: self._down_until[host])
         return live + down
 

@@ -383,3 +383,31 @@ async def test_memory_sender_records_and_replies_as_told() -> None:
     assert (await sender.send_one(FROM, TO, MESSAGE)).delivered
     assert await sender.send_one(FROM, "gone@example.com", MESSAGE) is bounce
     assert [(s.recipient, s.message) for s in sender.submissions] == [(TO, MESSAGE)]
+
+
+async def test_a_better_preference_takes_all_sessions_while_it_is_live(
+    smtp_server: StartServer,
+) -> None:
+    best, backup = Recorder(), Recorder()
+    hosts = parse_submission_hosts(f"{smtp_server(backup)},{smtp_server(best)}")
+    async with SmtpSender(hosts, pool_size=4, preferences=[20, 10]) as sender:
+        await asyncio.gather(
+            *(sender.send_one(FROM, f"r{i}@example.com", MESSAGE) for i in range(20))
+        )
+    assert (best.sessions, len(best.envelopes)) == (4, 20)
+    assert (backup.sessions, backup.envelopes) == (0, [])
+
+
+async def test_a_dead_preferred_host_falls_back_to_the_next_tier(smtp_server: StartServer) -> None:
+    backup = Recorder()
+    dead = SubmissionHost("127.0.0.1", free_port())
+    hosts = [dead, *parse_submission_hosts(smtp_server(backup))]
+    async with SmtpSender(hosts, pool_size=2, preferences=[10, 20], host_cooloff=60) as sender:
+        result = await sender.send_one(FROM, TO, MESSAGE)
+    assert result.delivered and result.host == str(hosts[1])
+    assert len(backup.envelopes) == 1
+
+
+def test_preferences_must_match_the_hosts() -> None:
+    with pytest.raises(ValueError, match="one preference per host"):
+        SmtpSender("127.0.0.1:2525,127.0.0.1:2526", preferences=[10])

@@ -249,10 +249,12 @@ class DeliveryAgent:
                 break
             await asyncio.sleep(min(max(shaper.next_send_at(now) - now, 0.01), 1.0))
         transport = self.transports["capture" if not route.hops else "smtp"]
-        results = await transport.deliver(route, mail_from, recipients, data)
+        if shaper is None:
+            return await transport.deliver(route, mail_from, recipients, data)
+        with shaper.transaction() as limits:
+            results = await transport.deliver(route, mail_from, recipients, data, limits)
         for result in results.values():
-            if shaper is not None:
-                shaper.on_reply(result.code or 0, result.enhanced_status, result.text)
+            shaper.on_reply(result.code or 0, result.enhanced_status, result.text)
         return results
 
     async def _record(self, envelope: Envelope, recipient: str, result: SendResult) -> None:

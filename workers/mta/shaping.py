@@ -1,4 +1,4 @@
-"""Traffic shaping per destination: pace, connection slots, backoff on throttling, retries.
+"""Traffic shaping per destination: pace, connection limits, backoff on throttling, retries.
 
 A destination is the set of MX hosts that serve a group of domains, keyed by the router
 as the comma-joined host names. Each destination gets a `DestinationShaper` built from the
@@ -19,13 +19,14 @@ API).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import random
 import re
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,27 +252,12 @@ def load_throttle_rules(
 # --- one destination ----------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class ConnectionSlot:
-    """One SMTP session's share of a destination: counts the messages sent over it."""
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many SMTP sessions a destination may have open, and how long each may live."""
 
-    shaper: DestinationShaper
-    messages_sent: int = 0
-    released: bool = False
-
-    @property
-    def remaining(self) -> int:
-        """Messages this session may still carry."""
-        return max(0, self.shaper.rule.messages_per_connection - self.messages_sent)
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether the session has carried its quota and should be closed."""
-        return self.remaining == 0
-
-    def release(self) -> None:
-        """Give the slot back (idempotent)."""
-        self.shaper.release_connection(self)
+    max_connections: int
+    messages_per_connection: int
 
 
 @dataclass(frozen=True)
@@ -292,7 +278,7 @@ class DestinationState:
 
 
 class DestinationShaper:
-    """Pace, connection slots and automatic backoff for one destination."""
+    """Pace, connection accounting and automatic backoff for one destination."""
 
     def __init__(
         self,
@@ -311,7 +297,7 @@ class DestinationShaper:
         self.manually_suspended = False
         self.throttles = 0
         self.last_throttle: str | None = None
-        self._slots: set[ConnectionSlot] = set()
+        self._in_flight = 0
         self._tat = -math.inf
         self._last_ramp = -math.inf
 
@@ -320,8 +306,21 @@ class DestinationShaper:
 
     @property
     def connections_in_use(self) -> int:
-        """SMTP sessions currently holding a slot."""
-        return len(self._slots)
+        """SMTP sessions busy with this destination's mail.
+
+        The transport's pool for the destination has `max_connections` sessions, so
+        transactions beyond that wait for a session rather than open another.
+        """
+        return min(self._in_flight, self.rule.max_connections)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[ConnectionLimits]:
+        """Count one transaction in flight; yields the limits its transport must keep."""
+        self._in_flight += 1
+        try:
+            yield ConnectionLimits(self.rule.max_connections, self.rule.messages_per_connection)
+        finally:
+            self._in_flight -= 1
 
     def is_suspended(self, now: float | None = None) -> bool:
         """Whether no new connection or message may start now."""
@@ -337,34 +336,16 @@ class DestinationShaper:
             earliest = max(earliest, self.suspended_until)
         return earliest
 
-    def try_send(self, slot: ConnectionSlot | None = None, now: float | None = None) -> bool:
-        """Take one message's place in the pace (and the session's quota) if it may go now."""
+    def try_send(self, now: float | None = None) -> bool:
+        """Take one message's place in the pace if it may go now."""
         now = self._now(now)
-        if self.next_send_at(now) > now or (slot is not None and (slot.released or slot.exhausted)):
+        if self.next_send_at(now) > now:
             return False
         self._tat = max(self._tat, now) + 1 / self.current_rate
-        if slot is not None:
-            slot.messages_sent += 1
         return True
 
     def _tolerance(self) -> float:
         return (self.rule.burst - 1) / self.current_rate
-
-    # connections
-
-    def acquire_connection(self, now: float | None = None) -> ConnectionSlot | None:
-        """A slot for a new SMTP session, or None when suspended or all slots are taken."""
-        if self.is_suspended(now) or len(self._slots) >= self.rule.max_connections:
-            return None
-        slot = ConnectionSlot(self)
-        self._slots.add(slot)
-        return slot
-
-    def release_connection(self, slot: ConnectionSlot) -> None:
-        """Give a session's slot back (idempotent)."""
-        if not slot.released:
-            slot.released = True
-            self._slots.discard(slot)
 
     # replies and backoff
 

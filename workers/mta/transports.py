@@ -1,7 +1,9 @@
 """Delivery transports: where a spooled message goes for one set of recipients.
 
 `capture` writes a Maildir a person can read; `smtp` speaks SMTP to a route's next hops
-(MX hosts, a relay or a transport-map entry), reusing connections per destination.
+(MX hosts, a relay or a transport-map entry), reusing connections per destination. A
+shaped destination's pool has exactly its rule's `max_connections` sessions, each closed
+after `messages_per_connection` messages; other next hops get the transport's defaults.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Protocol
 
 from workers.mta.maildir import DurableMaildir
 from workers.mta.routing import Route, RouteSource
+from workers.mta.shaping import ConnectionLimits
 from workers.send_result import SendResult
 from workers.sender import SmtpSender, SubmissionHost
 
@@ -23,7 +26,12 @@ class Transport(Protocol):
     """Delivers one message to some recipients along a route; one result per recipient."""
 
     async def deliver(
-        self, route: Route, mail_from: str, recipients: list[str], data: bytes
+        self,
+        route: Route,
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        limits: ConnectionLimits | None = None,
     ) -> dict[str, SendResult]: ...
 
     async def aclose(self) -> None: ...
@@ -37,7 +45,12 @@ class CaptureTransport:
         self.maildir = DurableMaildir(directory)
 
     async def deliver(
-        self, route: Route, mail_from: str, recipients: list[str], data: bytes
+        self,
+        route: Route,
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        limits: ConnectionLimits | None = None,
     ) -> dict[str, SendResult]:
         """Store with Return-Path and Delivered-To, as a local delivery agent would.
 
@@ -77,22 +90,28 @@ class SmtpTransport:
         self.verify = verify
         self.tls_context = tls_context
         self.relay_auth = relay_auth
-        self._senders: dict[tuple[tuple[SubmissionHost, ...], bool], SmtpSender] = {}
+        self._senders: dict[tuple[frozenset[tuple[SubmissionHost, int]], bool], SmtpSender] = {}
 
-    def _sender(self, route: Route) -> SmtpSender:
-        hosts = tuple(
-            SubmissionHost(address, hop.port)
+    def _sender(self, route: Route, limits: ConnectionLimits | None) -> SmtpSender:
+        hosts = [
+            (SubmissionHost(address, hop.port), hop.preference)
             for hop in route.hops
             for address in (hop.addresses or [hop.host])
-        )
+        ]
         auth = self.relay_auth if route.source is RouteSource.RELAY else None
-        key = (hosts, auth is not None)  # the relay's login must not leak to other routes
+        # Keyed by the host set, not its order: equal-preference MX hosts come shuffled on
+        # every lookup, and one destination must keep one pool (its connection limit).
+        # The relay's login must not leak to other routes.
+        key = (frozenset(hosts), auth is not None)
         sender = self._senders.get(key)
         if sender is None:
             sender = SmtpSender(
-                list(hosts),
-                pool_size=self.connections,
-                messages_per_connection=self.per_connection,
+                [host for host, _ in hosts],
+                preferences=[preference for _, preference in hosts],
+                pool_size=limits.max_connections if limits else self.connections,
+                messages_per_connection=(
+                    limits.messages_per_connection if limits else self.per_connection
+                ),
                 local_hostname=self.hostname,
                 start_tls=self.start_tls,
                 validate_certs=self.verify,
@@ -104,10 +123,15 @@ class SmtpTransport:
         return sender
 
     async def deliver(
-        self, route: Route, mail_from: str, recipients: list[str], data: bytes
+        self,
+        route: Route,
+        mail_from: str,
+        recipients: list[str],
+        data: bytes,
+        limits: ConnectionLimits | None = None,
     ) -> dict[str, SendResult]:
         """One transaction for all recipients of this destination; replies per recipient."""
-        return await self._sender(route).send(mail_from, recipients, data)
+        return await self._sender(route, limits).send(mail_from, recipients, data)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

@@ -1,4 +1,4 @@
-"""Per-destination shaping: rules, pace, connection slots, throttling backoff, retry schedule."""
+"""Per-destination shaping: rules, pace, connection limits, throttling backoff, retry schedule."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from workers.mta.shaping import (
     BUILTIN_RULES,
     BUILTIN_THROTTLE_RULES,
+    ConnectionLimits,
     DestinationShaper,
     RulesError,
     Shaping,
@@ -201,32 +202,17 @@ def test_burst_after_idle_then_pace(clock: FakeClock, throttle_rules: ThrottleRu
     assert [shaper.try_send() for _ in range(4)] == [True, True, True, False]
 
 
-def test_connection_slots_are_limited(clock: FakeClock, throttle_rules: ThrottleRules) -> None:
-    shaper = shaper_for(clock, throttle_rules, max_connections=2)
-    first, second = shaper.acquire_connection(), shaper.acquire_connection()
-    assert first is not None and second is not None
-    assert shaper.acquire_connection() is None
-    assert shaper.connections_in_use == 2
-    first.release()
-    first.release()  # idempotent
-    assert shaper.connections_in_use == 1
-    assert shaper.acquire_connection() is not None
-    assert shaper.state().connections_in_use == 2
-
-
-def test_messages_per_connection(clock: FakeClock, throttle_rules: ThrottleRules) -> None:
-    shaper = shaper_for(clock, throttle_rules, messages_per_connection=3, burst=10)
-    slot = shaper.acquire_connection()
-    assert slot is not None
-    for remaining in (2, 1, 0):
-        assert shaper.try_send(slot)
-        assert slot.remaining == remaining
-    assert slot.exhausted and slot.messages_sent == 3
-    assert not shaper.try_send(slot)  # over quota: close the session, open another
-    shaper.release_connection(slot)
-    assert not shaper.try_send(slot)
-    fresh = shaper.acquire_connection()
-    assert fresh is not None and shaper.try_send(fresh)
+def test_transactions_in_flight_count_as_connections_up_to_the_limit(
+    clock: FakeClock, throttle_rules: ThrottleRules
+) -> None:
+    shaper = shaper_for(clock, throttle_rules, max_connections=2, messages_per_connection=7)
+    with shaper.transaction() as limits:
+        assert limits == ConnectionLimits(max_connections=2, messages_per_connection=7)
+        assert shaper.connections_in_use == 1
+        with shaper.transaction(), shaper.transaction():
+            # The third waits for one of the pool's two sessions: two are in use.
+            assert shaper.state().connections_in_use == 2
+    assert shaper.connections_in_use == 0
 
 
 def test_manual_suspend_and_resume(clock: FakeClock, throttle_rules: ThrottleRules) -> None:
@@ -234,7 +220,6 @@ def test_manual_suspend_and_resume(clock: FakeClock, throttle_rules: ThrottleRul
     until = clock.now + 600
     shaper.suspend(until)
     assert shaper.is_suspended()
-    assert shaper.acquire_connection() is None
     assert not shaper.try_send()
     assert shaper.next_send_at() == until
     state = shaper.state()
@@ -242,7 +227,6 @@ def test_manual_suspend_and_resume(clock: FakeClock, throttle_rules: ThrottleRul
     clock.advance(5)
     shaper.resume()
     assert not shaper.is_suspended() and shaper.try_send()
-    assert shaper.acquire_connection() is not None
     assert shaper.state().suspended_until is None
 
 
@@ -387,7 +371,7 @@ def test_throttle_halves_rate_and_suspends(clock: FakeClock, throttle_rules: Thr
     assert shaper.on_reply(421, "4.7.28", "unusual rate") == "service-not-available"
     assert shaper.current_rate == 5.0
     assert shaper.suspended_until == clock.now + 60
-    assert shaper.acquire_connection() is None and not shaper.try_send()
+    assert not shaper.try_send()
     assert shaper.next_send_at() == clock.now + 60
     state = shaper.state()
     assert state.current_rate == 5.0 and state.configured_rate == 10.0
