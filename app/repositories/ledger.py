@@ -15,6 +15,7 @@ from campaigns.audience import audience_filter
 from campaigns.segments import segment_filter
 
 BATCH_SPAN = 500  # ledger ids per batch job
+SETTLED_BY_MTA = (SendStatus.delivered, SendStatus.bounced, SendStatus.complained)
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,17 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
     if not outcomes:
         return
     now = utcnow()
+    table = cast(sa.Table, Send.__table__)
+    # The MTA may have reported the message delivered (or bounced) before this batch's
+    # write arrives: its word is final, the engine's `sent` must not undo it.
+    # (OR of equalities: an IN list would be an expanding parameter, which executemany refuses.)
+    settled = sa.or_(*(table.c.status == sa.literal(s.value, sa.String) for s in SETTLED_BY_MTA))
     statement = _by_id(
-        status=sa.bindparam("b_status"),
-        last_reply=sa.bindparam("b_reply"),
+        status=sa.case((settled, table.c.status), else_=sa.bindparam("b_status")),
+        last_reply=sa.case((settled, table.c.last_reply), else_=sa.bindparam("b_reply")),
         next_attempt_at=sa.bindparam("b_next", type_=Send.next_attempt_at.type),
         sent_at=sa.bindparam("b_sent", type_=Send.sent_at.type),
-        attempts=Send.__table__.c.attempts + sa.bindparam("b_inc"),
+        attempts=table.c.attempts + sa.bindparam("b_inc"),
     )
     params = [
         {
