@@ -17,6 +17,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from workers.mta.dedupe import SharedMessageIds
 from workers.mta.spool import Envelope as SpooledEnvelope
 from workers.mta.spool import Spool
 
@@ -89,11 +90,14 @@ class SubmissionHandler:
         trusted: Networks,
         max_recipients: int,
         on_queued: Callable[[SpooledEnvelope], None] | None = None,
+        shared: SharedMessageIds | None = None,
     ) -> None:
         self.spool = spool
         self.trusted = trusted
         self.max_recipients = max_recipients
         self.on_queued = on_queued
+        # Other instances' acceptances: a resubmission may reach any of them.
+        self.shared = shared
 
     def _allowed(self, session: Session) -> bool:
         peer = session.peer[0] if isinstance(session.peer, tuple) else session.peer
@@ -133,7 +137,7 @@ class SubmissionHandler:
         if problem:
             return problem
         message_id = message_id_of(data)
-        if message_id is not None and (earlier := await self.spool.seen(message_id)):
+        if message_id is not None and (earlier := await self._seen(message_id)):
             return ALREADY_QUEUED.format(queue_id=earlier)
         spooled = SpooledEnvelope(
             mail_from=envelope.mail_from or "",
@@ -145,9 +149,18 @@ class SubmissionHandler:
         except Exception:
             logger.exception("spooling failed")
             return SPOOL_FAILED
-        if self.on_queued is not None and spooled.queue_id == queue_id:
-            self.on_queued(spooled)
+        if spooled.queue_id == queue_id:
+            if self.shared is not None and message_id is not None:
+                await self.shared.remember(message_id, queue_id)
+            if self.on_queued is not None:
+                self.on_queued(spooled)
         return QUEUED.format(queue_id=queue_id)
+
+    async def _seen(self, message_id: str) -> str | None:
+        earlier = await self.spool.seen(message_id)
+        if earlier is None and self.shared is not None:
+            return await self.shared.seen(message_id)
+        return earlier
 
 
 def check_content(data: bytes, envelope: Envelope) -> str | None:

@@ -14,6 +14,7 @@ from app.database import create_engine, create_sessionmaker
 from app.settings import Settings
 from campaigns.identity import parse_verp
 from workers.mta.auth import ApiKeyAuthenticator
+from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
 from workers.mta.dkim import DkimSigner
 from workers.mta.inbound import InboundStore
@@ -22,7 +23,7 @@ from workers.mta.outcomes import LedgerOutcomes
 from workers.mta.routing import Router
 from workers.mta.shaping import Shaping
 from workers.mta.spool import Spool
-from workers.mta.status import StatusPublisher
+from workers.mta.status import StatusPublisher, instance_name
 from workers.mta.transports import CaptureTransport, SmtpTransport, Transport
 
 logger = logging.getLogger(__name__)
@@ -95,11 +96,15 @@ class MtaService:
                 authenticator=authenticator if auth else None,
             )
 
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         submission = SubmissionHandler(
             spool,
             Networks.parse(settings.mta_trusted_networks),
             settings.mta_max_recipients,
             on_queued=agent.schedule,
+            shared=SharedMessageIds(redis, settings.mta_dedupe_window, instance_name())
+            if redis is not None
+            else None,
         )
         inbound = InboundHandler(
             settings.bounce_domain, InboundStore(var / "inbound").store, settings.mta_max_recipients
@@ -107,19 +112,19 @@ class MtaService:
         servers = [await listen(submission, a, True) for a in settings.mta_submission.split(",")]
         servers.append(await listen(inbound, settings.mta_inbound, False))
         publisher = None
-        if settings.redis_url:
-            publisher = StatusPublisher(Redis.from_url(settings.redis_url), agent, spool)
+        if redis is not None:
+            publisher = StatusPublisher(redis, agent, spool)
             publisher.start()
         return cls(spool, agent, servers, outcomes, engine, authenticator, publisher)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, finish deliveries in flight, keep the rest spooled."""
-        if self.publisher is not None:
-            await self.publisher.stop()
         for server in self.servers:
             server.close()
         for server in self.servers:
             await server.wait_closed()
+        if self.publisher is not None:  # after the listeners: it owns the Redis connection
+            await self.publisher.stop()
         await self.agent.drain(grace)
         await self.spool.close()
         await self.outcomes.close()

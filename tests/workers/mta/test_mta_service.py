@@ -26,6 +26,7 @@ from tests.workers.conftest import wait_for_status
 from tests.workers.processes import BIN, worker_env
 from workers.mta.dkim import generate_key
 from workers.mta.service import MtaService
+from workers.mta.status import instance_name
 
 
 @pytest.fixture
@@ -355,3 +356,39 @@ async def test_sigterm_drains_and_keeps_undelivered_mail_spooled(
             process.wait()
     assert len(list((spool / "msg").iterdir())) == 5
     assert not await _listening(submission)
+
+
+async def test_a_resubmission_to_another_instance_is_not_a_second_copy(
+    mta_settings: Settings, remote: tuple[str, SinkHandler], tmp_path: Path
+) -> None:
+    # The sender's first MTA acknowledged, the sender crashed before marking the row, and
+    # its retry reached the second MTA: the shared registry must recognise the Message-ID.
+    second_settings = mta_settings.model_copy(
+        update={
+            "mta_submission": f"127.0.0.1:{free_port()}",
+            "mta_inbound": f"127.0.0.1:{free_port()}",
+            "mta_spool_dir": tmp_path / "spool-2",
+        }
+    )
+    first = await MtaService.start(mta_settings)
+    try:
+        second = await MtaService.start(second_settings)
+        try:
+            (accepted,) = await asyncio.to_thread(_submit, mta_settings.mta_submission, 1)
+            again, fresh = await asyncio.to_thread(_submit, second_settings.mta_submission, 2)
+
+            async def both_delivered() -> bool:
+                return len(remote[1].received) >= 2
+
+            await eventually(both_delivered, within=10, what="delivery of the two messages")
+        finally:
+            await second.stop(grace=5)
+    finally:
+        await first.stop(grace=5)
+    queue_id = accepted.rpartition(" ")[2]
+    assert again == f"2.0.0 OK: already queued as {instance_name()}/{queue_id}"
+    assert fresh.startswith("2.0.0 OK: queued as ")
+    assert sorted(r.message_id for r in remote[1].received) == [
+        "<m0@test.example>",
+        "<m1@test.example>",
+    ]
