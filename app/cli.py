@@ -177,13 +177,61 @@ def worker() -> None:
 @cli.command()
 def mta() -> None:
     """The embedded MTA: submission and inbound listeners, durable spool, delivery."""
+    from workers.mta.instances import consolidate
+
     settings, embedded = _with_redis(_settings())
     settings.effective_secret_key()
     try:
-        _run(_mta_until_signalled(settings))
+        spools = consolidate(settings.mta_spool_dir, settings.mta_processes)
+        if len(spools) == 1:
+            _run(_mta_until_signalled(settings))
+        elif failure := _supervise_mtas(settings, spools):
+            raise CommandFailed(failure)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _supervise_mtas(settings: Settings, spools: list[Path]) -> str | None:
+    """Run one `warta mta` per spool on shared ports; stop all when one dies or on a signal."""
+    import os
+    import subprocess
+    import time
+
+    env = {
+        **os.environ,
+        "WARTA_REDIS_URL": settings.redis_url,
+        "WARTA_SECRET_KEY": settings.effective_secret_key(),
+        "WARTA_MTA_PROCESSES": "1",
+        "WARTA_MTA_REUSE_PORT": "true",
+    }
+    children = [
+        subprocess.Popen(  # noqa: S603 - our own console script, our own settings
+            [sys.argv[0], "mta"], env={**env, "WARTA_MTA_SPOOL_DIR": str(spool)}
+        )
+        for spool in spools
+    ]
+    console.print(f"MTA: {len(children)} processes, spools {', '.join(map(str, spools))}")
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    failed = None
+    while any(child.poll() is None for child in children):
+        for child in children:
+            code = child.poll()
+            if code not in (None, 0) and not stopping:
+                failed = f"an MTA process exited with {code}; stopping the others"
+                forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return failed
 
 
 async def _mta_until_signalled(settings: Settings) -> None:

@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     mta_transport_map: str = Field("", description='JSON {"domain": "host:port"} next-hop map.')
     mta_dns_servers: str = Field("", description="ip[:port],… for MX/A lookups; empty = system.")
     mta_spool_dir: Path = Field(Path("var/spool"), description="The MTA's durable queue.")
+    mta_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="MTA processes `warta mta` starts, each with its own spool under "
+        "`<spool>/instance-<i>`, sharing the listening ports (SO_REUSEPORT); one per core.",
+    )
+    mta_reuse_port: bool = Field(
+        False,
+        description="Listen with SO_REUSEPORT (set by `warta mta` for its child processes).",
+    )
     mta_hostname: str = Field(
         default_factory=socket.getfqdn, description="HELO name, Message-ID and DSN Reporting-MTA."
     )

@@ -163,7 +163,8 @@ class Warta:
 
     @property
     def spooled(self) -> int:
-        return _files(self.tmp / "spool" / "msg")
+        spool = self.tmp / "spool"
+        return _files(spool / "msg") + sum(_files(d / "msg") for d in spool.glob("instance-*"))
 
 
 def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
@@ -181,6 +182,7 @@ def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
         WARTA_MTA_DELIVERY="mx",
         WARTA_MTA_TRANSPORT_MAP=json.dumps({DOMAIN: f"127.0.0.1:{next_hop}"}),
         WARTA_MTA_HOSTNAME="warta.bench.test",
+        WARTA_MTA_PROCESSES=os.environ.get("BENCH_MTA_PROCESSES", "1"),
     )
     (tmp / "dkim").mkdir()
     if dkim:

@@ -251,8 +251,12 @@ async def serve(
     per_client: int,
     tls_context: ssl.SSLContext | None = None,
     authenticator: Any = None,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
-    """Listen on `host:port` with the handler; close the returned server to stop."""
+    """Listen on `host:port` with the handler; close the returned server to stop.
+
+    `reuse_port` lets sibling MTA processes share the port (the kernel balances them).
+    """
     host, _, port = address.rpartition(":")
     counts: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
@@ -273,4 +277,6 @@ async def serve(
             auth_required=False,
         )
 
-    return await loop.create_server(factory, host.strip("[]") or "127.0.0.1", int(port))
+    return await loop.create_server(
+        factory, host.strip("[]") or "127.0.0.1", int(port), reuse_port=reuse_port or None
+    )

@@ -94,6 +94,7 @@ class MtaService:
                 per_client=settings.mta_max_connections_per_client,
                 tls_context=tls,
                 authenticator=authenticator if auth else None,
+                reuse_port=settings.mta_reuse_port,
             )
 
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None

@@ -122,12 +122,12 @@ async def test_campaign_through_the_mta_is_signed_delivered_and_recorded(
     assert stats["rate_per_second"] > 0
 
 
-def _submit(address: str, count: int) -> list[str]:
+def _submit(address: str, count: int, batch: int = 0) -> list[str]:
     host, _, port = address.rpartition(":")
     replies = []
     with smtplib.SMTP(host, int(port), timeout=10) as client:
         client.ehlo("client.example.com")
-        for index in range(count):
+        for index in range(batch * count, batch * count + count):
             message = (
                 f"From: a@example.com\r\nTo: r{index}@example.com\r\nSubject: {index}\r\n"
                 f"Message-ID: <m{index}@test.example>\r\n\r\nbody {index}\r\n"
@@ -392,3 +392,40 @@ async def test_a_resubmission_to_another_instance_is_not_a_second_copy(
         "<m0@test.example>",
         "<m1@test.example>",
     ]
+
+
+@pytest.mark.timeout(90)
+async def test_several_processes_share_the_port_and_deliver_everything(
+    mta_settings: Settings, remote: tuple[str, SinkHandler], tmp_path: Path
+) -> None:
+    env = {
+        **worker_env(mta_settings),
+        "WARTA_MTA_SUBMISSION": mta_settings.mta_submission,
+        "WARTA_MTA_INBOUND": mta_settings.mta_inbound,
+        "WARTA_MTA_DELIVERY": "mx",
+        "WARTA_MTA_TRANSPORT_MAP": mta_settings.mta_transport_map,
+        "WARTA_MTA_SPOOL_DIR": str(mta_settings.mta_spool_dir),
+        "WARTA_MTA_PROCESSES": "2",
+    }
+    log = (tmp_path / "mta.log").open("ab")
+    supervisor = subprocess.Popen([BIN / "warta", "mta"], env=env, stdout=log, stderr=log)
+    try:
+        await eventually(lambda: _listening(mta_settings.mta_submission), within=30)
+        # Separate connections, so the kernel can hand them to either process.
+        for batch in range(4):
+            replies = await asyncio.to_thread(_submit, mta_settings.mta_submission, 10, batch)
+            assert all("queued as" in reply for reply in replies)
+
+        async def all_delivered() -> bool:
+            return len(remote[1].snapshot()) >= 40
+
+        await eventually(all_delivered, within=30)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        code = supervisor.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "mta.log").read_text()
+    counts = Counter(item.message_id for item in remote[1].snapshot())
+    assert len(counts) == 40 and max(counts.values()) == 1
+    spools = sorted(path.name for path in mta_settings.mta_spool_dir.iterdir())
+    assert spools[-2:] == ["instance-0", "instance-1"]

@@ -1,0 +1,97 @@
+"""Several MTA processes on one machine: one spool each, one listening port for all.
+
+`WARTA_MTA_PROCESSES=N` makes `warta mta` a small supervisor: it starts N children, each a
+complete MTA with its own spool `<spool>/instance-<i>`, listening on the same ports with
+SO_REUSEPORT so the kernel spreads connections across them. Message-IDs are shared through
+Redis (see `dedupe`), so a resubmission reaching a sibling is still recognised.
+
+Changing N must never strand mail: before any instance starts, every spool that no
+instance of the new layout owns is adopted by one that does. Adoption hard-links a
+message and then its envelope into the new spool, fsyncs, and only then unlinks the
+originals, so a crash at any point leaves each message in at least one place and the next
+start finishes the job (already-linked files are skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+_INSTANCE = re.compile(r"instance-(\d+)")
+
+
+def instance_dir(root: Path, index: int) -> Path:
+    """The spool of instance `index` under the configured spool directory."""
+    return root / f"instance-{index}"
+
+
+def _instance_dirs(root: Path) -> dict[int, Path]:
+    if not root.is_dir():
+        return {}
+    found = {}
+    for path in root.iterdir():
+        match = _INSTANCE.fullmatch(path.name)
+        if match and path.is_dir():
+            found[int(match.group(1))] = path
+    return found
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def adopt(source: Path, target: Path) -> int:
+    """Move every queued message of the spool at `source` into the spool at `target`."""
+    source_env, source_msg = source / "env", source / "msg"
+    if not source_env.is_dir():
+        return 0
+    target_msg, target_env = target / "msg", target / "env"
+    target_msg.mkdir(parents=True, exist_ok=True)
+    target_env.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for envelope in sorted(source_env.glob("*.json")):
+        message = source_msg / f"{envelope.stem}.eml"
+        if not message.exists():
+            continue  # the source's own recovery would quarantine it; leave it there
+        for path, folder in ((message, target_msg), (envelope, target_env)):
+            destination = folder / path.name
+            if not destination.exists():
+                os.link(path, destination)
+        moved.append((envelope, message))
+    if not moved:
+        return 0
+    _fsync_dir(target_msg)
+    _fsync_dir(target_env)
+    for envelope, message in moved:
+        envelope.unlink()
+        message.unlink()
+    _fsync_dir(source_env)
+    _fsync_dir(source_msg)
+    logger.warning("spool: %d queued messages moved from %s to %s", len(moved), source, target)
+    return len(moved)
+
+
+def consolidate(root: Path, processes: int) -> list[Path]:
+    """Give every stranded spool to an owner of the `processes` layout; the owners' dirs.
+
+    One process owns `root` itself; N processes own `root/instance-0 … N-1`. A root spool
+    goes to instance 0, instance k ≥ N to instance k mod N, instances to the root.
+    """
+    existing = _instance_dirs(root)
+    if processes == 1:
+        for path in existing.values():
+            adopt(path, root)
+        return [root]
+    owners = [instance_dir(root, index) for index in range(processes)]
+    adopt(root, owners[0])
+    for index, path in existing.items():
+        if index >= processes:
+            adopt(path, owners[index % processes])
+    return owners
