@@ -16,6 +16,7 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
+from campaigns.erasure import hashed_address_sql
 
 BROADCAST_SCOPES = (SuppressionScope.all, SuppressionScope.broadcast)
 
@@ -48,10 +49,17 @@ def eligible_membership(campaign_id: int) -> sa.Exists:
 def not_suppressed(
     address: sa.ColumnElement[str] | InstrumentedAttribute[str],
 ) -> sa.ColumnElement[bool]:
-    """No broadcast-blocking suppression exists for `address`."""
+    """No broadcast-blocking suppression exists for `address`, plain or hashed (erased).
+
+    Two probes of the unique address index per recipient; the hash is computed by the
+    database (see campaigns.erasure).
+    """
     return ~(
         sa.select(Suppression.id)
-        .where(Suppression.address == address, Suppression.scope.in_(BROADCAST_SCOPES))
+        .where(
+            Suppression.address.in_([address, hashed_address_sql(address)]),
+            Suppression.scope.in_(BROADCAST_SCOPES),
+        )
         .exists()
     )
 

@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from app.models import Campaign, utcnow
 from app.queue import enqueue_batches
 from app.repositories import ledger
-from app.services import lifecycle
+from app.services import content, lifecycle
 from workers.batch import send_batch as run_batch
 from workers.context import EngineContext
 from workers.test_send import send_test_messages
@@ -30,6 +30,8 @@ async def start_campaign(ctx: Ctx, campaign_id: int) -> bool:
     engine = _engine(ctx)
     async with engine.sessionmaker() as session:
         campaign = await lifecycle.start(session, campaign_id)
+        if campaign is not None:
+            await content.store_tracked_links(session, campaign, engine.settings)
         await session.commit()
     if campaign is None:
         return False
