@@ -14,6 +14,7 @@ from app.repositories import ledger
 from app.services import content, lifecycle
 from workers.batch import send_batch as run_batch
 from workers.context import EngineContext
+from workers.optin import send_confirmation
 from workers.test_send import send_test_messages
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ async def send_batch(ctx: Ctx, campaign_id: int, low: int, high: int) -> dict[st
 async def send_test(ctx: Ctx, campaign_id: int, addresses: list[str]) -> list[str]:
     """Send a campaign to test addresses (no ledger rows; the replies are returned)."""
     return await send_test_messages(_engine(ctx), campaign_id, addresses)
+
+
+async def send_optin_confirmation(ctx: Ctx, subscriber_id: int, list_ids: list[int]) -> str:
+    """Mail a double opt-in confirmation link (priority queue)."""
+    return await send_confirmation(_engine(ctx), subscriber_id, list_ids)
 
 
 async def _fan_out(pool: ArqRedis, engine: EngineContext, campaign: Campaign) -> int:

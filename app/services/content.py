@@ -18,9 +18,11 @@ from campaigns.audience import audience_filter
 from campaigns.composer import Addressee, PreparedCampaign, SiteIdentity, links, mailbox
 from campaigns.rendering import (
     Recipient,
+    RenderedMessage,
     RenderError,
     SubscriberView,
     compile_campaign,
+    render,
     sample_recipient,
     validate,
 )
@@ -168,3 +170,26 @@ async def store_tracked_links(
         return
     prepared = await prepare_campaign(session, campaign, site_identity(settings))
     await links_repository.store(session, campaign.id, prepared.compiled.links or ())
+
+
+async def web_view(
+    session: AsyncSession, settings: Settings, campaign: Campaign, subscriber: Subscriber
+) -> RenderedMessage:
+    """The campaign rendered for `subscriber`, untracked: the "view in browser" page.
+
+    Tracked campaigns keep their original links here, and no open pixel.
+    """
+    site = site_identity(settings)
+    prepared = await prepare_campaign(session, campaign, site)
+    urls = links(site, subscriber.id, campaign.id)
+    recipient = Recipient(
+        subscriber=SubscriberView.from_model(subscriber),
+        list_name=prepared.list_name,
+        unsubscribe_url=urls["unsubscribe_url"],
+        preferences_url=urls["preferences_url"],
+        view_in_browser_url=urls["view_in_browser_url"],
+    )
+    try:
+        return render(prepared.compiled, recipient)
+    except RenderError as exc:
+        raise Invalid(f"the campaign does not render: {exc}") from None
