@@ -70,15 +70,15 @@ def click_urls(
 ) -> tuple[str, ...]:
     """Per-recipient click redirects `/c/<token>`; each token signs the link's position."""
     base = f"{site.public_url}/c/"
-    return tuple(
-        base + identity.link_token(site.secret, CLICK_PURPOSE, subscriber_id, campaign_id, n)
-        for n in range(count)
+    tokens = identity.tracking_tokens(
+        site.secret, CLICK_PURPOSE, (subscriber_id, campaign_id), count
     )
+    return tuple(base + token for token in tokens)
 
 
 def open_url(site: SiteIdentity, subscriber_id: int, campaign_id: int) -> str:
     """The per-recipient open pixel `/o/<token>`."""
-    token = identity.link_token(site.secret, OPEN_PURPOSE, subscriber_id, campaign_id)
+    token = identity.tracking_token(site.secret, OPEN_PURPOSE, subscriber_id, campaign_id)
     return f"{site.public_url}/o/{token}"
 
 

@@ -27,7 +27,7 @@ class Click:
 
 def read_open(secret: str, token: str) -> tuple[int, int] | None:
     """(subscriber, campaign) of a genuine open token."""
-    parts = None if len(token) > 200 else identity.read_link_token(secret, OPEN_PURPOSE, token)
+    parts = None if len(token) > 200 else identity.read_tracking_token(secret, OPEN_PURPOSE, token)
     if parts is None or len(parts) != 2 or not all(0 <= part < 2**31 for part in parts):
         return None
     return parts[0], parts[1]
@@ -35,7 +35,7 @@ def read_open(secret: str, token: str) -> tuple[int, int] | None:
 
 def read_click(secret: str, token: str) -> Click | None:
     """The click a genuine token names (the position is signed with it)."""
-    parts = None if len(token) > 200 else identity.read_link_token(secret, CLICK_PURPOSE, token)
+    parts = None if len(token) > 200 else identity.read_tracking_token(secret, CLICK_PURPOSE, token)
     if parts is None or len(parts) != 3 or not all(0 <= part < 2**31 for part in parts):
         return None
     return Click(*parts)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Send, utcnow
 from app.settings import Settings
-from campaigns import tracking
+from campaigns import identity, tracking
 from campaigns.rendering import compile_campaign, render, sample_recipient
 from tests.helpers import post_json
 from tests.sinks import SinkHandler
@@ -118,10 +118,17 @@ async def test_clicks_and_opens_of_a_tracked_campaign(
     assert scanner.status_code == 302
 
     # Tokens are signed with the link position: no edited position, no foreign URL.
-    forged = token(settings, "click", 1, campaign, 9)
-    assert (await api.get(f"/c/{forged[:-1]}x")).status_code == 400
-    assert (await api.get(f"/c/{token(settings, 'click', 1, campaign, 99)}")).status_code == 400
-    assert (await api.get(f"/c/{token(settings, 'open', 1, campaign)}")).status_code == 400
+    secret = settings.effective_secret_key()
+    genuine = path(clicks[1]).rsplit("/", 1)[1]
+    assert (await api.get(f"/c/{genuine[:-1]}x")).status_code == 400  # tampered MAC
+    assert (await api.get(f"/c/{genuine[:-3]}")).status_code == 400  # truncated
+    moved = identity.tracking_token(secret, "click", 1, campaign, 0).split(".")[0]
+    assert (await api.get(f"/c/{moved}.{genuine.split('.')[1]}")).status_code == 400  # position
+    beyond = identity.tracking_token(secret, "click", 1, campaign, 99)
+    assert (await api.get(f"/c/{beyond}")).status_code == 400  # not a link of the campaign
+    other = identity.tracking_token(secret, "open", 1, campaign)
+    assert (await api.get(f"/c/{other}")).status_code == 400  # another purpose's token
+    assert (await api.get(f"/c/{token(settings, 'click', 1, campaign, 0)}")).status_code == 400
 
     assert (await api.get(path(pixel.group(1)), headers=person)).headers["content-type"] == (
         "image/gif"
