@@ -16,6 +16,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 HASH_PREFIX = "sha256:"
+ERASURE_SOURCE = "erasure"
+"""The `source` of the suppression an erasure leaves."""
 SQLITE_FUNCTION = "warta_sha256"
 
 

@@ -19,10 +19,9 @@ from app.models import (
     Visibility,
 )
 from app.services import memberships
-from campaigns.erasure import hashed_address
+from campaigns.erasure import ERASURE_SOURCE, hashed_address
 
 PURPOSE = "preferences"
-ERASURE_SOURCE = "erasure"
 
 
 @dataclass(frozen=True)
