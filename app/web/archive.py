@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import SessionDep, SettingsDep
+from app.errors import Invalid
 from app.models import Campaign
 from app.services import content
 from app.services.unsubscribe import subscriber_for
@@ -36,7 +37,10 @@ async def view(token: str, session: SessionDep, settings: SettingsDep) -> HTMLRe
     campaign = await session.get(Campaign, campaign_id)
     if campaign is None:
         return pages.invalid_link()
-    rendered = await content.web_view(session, settings, campaign, subscriber)
+    try:
+        rendered = await content.web_view(session, settings, campaign, subscriber)
+    except Invalid:
+        return pages.message("This message cannot be shown", "Please try again later.", 503)
     if rendered.html is None:
         return pages.page("archive.html", title=rendered.subject, text=rendered.text)
     return HTMLResponse(rendered.html, headers=ARCHIVE_HEADERS)

@@ -11,8 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import SessionDep, SettingsDep
+from app.services import preferences as preferences_service
 from app.services import unsubscribe as service
 from app.web import forms, pages
+from campaigns import identity
 
 router = APIRouter(include_in_schema=False)
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -24,6 +26,17 @@ async def _target(session: SessionDep, settings: SettingsDep, token: str) -> ser
     if len(token) > pages.MAX_TOKEN:
         return None
     return await service.resolve(session, settings.effective_secret_key(), token)
+
+
+def _preferences(settings: SettingsDep, target: service.Target) -> str:
+    """The subscriber's preference centre, for finer choices than this page offers."""
+    token = identity.link_token(
+        settings.effective_secret_key(),
+        preferences_service.PURPOSE,
+        target.subscriber.id,
+        target.campaign_id,
+    )
+    return f"/p/{token}"
 
 
 def _names(target: service.Target) -> str:
@@ -43,6 +56,7 @@ async def confirm_page(token: str, session: SessionDep, settings: SettingsDep) -
         email=target.subscriber.email,
         lists=_names(target),
         csrf=forms.issue(settings.effective_secret_key(), CONFIRM_FORM, token),
+        preferences=_preferences(settings, target),
     )
 
 
@@ -94,6 +108,7 @@ async def confirm(
         everything=everything,
         lists=state,
         csrf=forms.issue(secret, UNDO_FORM, token, state),
+        preferences=_preferences(settings, target),
     )
 
 

@@ -112,6 +112,8 @@ async def test_erasure_leaves_only_a_hashed_suppression_that_the_audience_honour
     assert list(addresses) == [hashed_address("dee@example.com")]
     emails = (await session.scalars(sa.select(Event.email))).all()
     assert emails and set(emails) == {""}
+    found = await client.get("/api/v1/suppressions/dee@example.com")
+    assert found.status_code == 200 and found.json()["address"].startswith("sha256:")
     # Every later link of the erased subscriber is simply not valid.
     assert (await client.get(link)).status_code == 400
 

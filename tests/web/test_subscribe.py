@@ -206,3 +206,25 @@ async def test_cors_only_for_configured_origins_and_only_the_public_api(
                 headers={"Origin": "https://example.org", "Authorization": f"Bearer {ADMIN_TOKEN}"},
             )
             assert "access-control-allow-origin" not in private.headers
+
+
+async def test_bad_input_to_the_hosted_form(client: httpx.AsyncClient) -> None:
+    await make_list(client, "News")
+    list_token = await _public_token(client, "News")
+    web = _from(client, "10.0.0.4")
+    form = csrf((await web.get(f"/s/{list_token}")).text)
+    cases = [
+        ({"csrf": form, "email": ""}, 422),
+        ({"csrf": form, "email": "no-at-sign"}, 422),
+        ({"csrf": form, "email": "<script>alert(1)</script>@x.y"}, 422),
+        ({"csrf": form, "email": "a@example.com", "name": "n" * 201}, 422),
+        ({"csrf": form, "email": "a" * 5000 + "@example.com"}, 403),  # oversized field
+        ({"email": "a@example.com"}, 403),  # no form token
+        ({"csrf": "123.forged", "email": "a@example.com"}, 403),
+    ]
+    for data, status in cases:
+        response = await web.post(f"/s/{list_token}", data=data)
+        assert response.status_code == status, (data, response.text)
+        assert "<script>alert" not in response.text
+    assert (await web.get("/s/not-a-list-token")).status_code == 400
+    assert (await client.get("/api/v1/subscribers")).json()["items"] == []
