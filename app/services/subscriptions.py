@@ -150,6 +150,20 @@ async def subscribe(
         return None
     single = [item.id for item in lists if item.optin == OptIn.single]
     double = [item.id for item in lists if item.optin == OptIn.double]
+    # Anyone can type anyone's address: a member who left a single opt-in list is not put
+    # back by a form (they rejoin from the preference centre their mail links to).
+    left = set(
+        (
+            await session.scalars(
+                sa.select(Subscription.list_id).where(
+                    Subscription.subscriber_id == subscriber.id,
+                    Subscription.list_id.in_(single),
+                    Subscription.status == SubscriptionStatus.unsubscribed,
+                )
+            )
+        ).all()
+    )
+    single = [list_id for list_id in single if list_id not in left]
     await memberships.join(session, subscriber, single, source="form")
     await memberships.join(
         session, subscriber, double, source="form", status=SubscriptionStatus.unconfirmed

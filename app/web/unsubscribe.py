@@ -43,6 +43,16 @@ def _names(target: service.Target) -> str:
     return ", ".join(item.name for item in target.lists)
 
 
+async def _is_one_click(request: Request) -> bool:
+    """Whether the body is RFC 8058's, form-encoded (urlencoded or multipart) or bare."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form(max_files=0, max_fields=20)
+        return forms.text(form, "List-Unsubscribe") == "One-Click"
+    body = await request.body()
+    return body.strip() == ONE_CLICK.encode()
+
+
 @router.get("/u/{token}")
 async def confirm_page(token: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """Name the lists and ask for one click; nothing changes on GET."""
@@ -68,8 +78,7 @@ async def one_click(
     target = await _target(session, settings, token)
     if target is None:
         return pages.invalid_link()
-    form = await request.form(max_files=0, max_fields=20)
-    if forms.text(form, "List-Unsubscribe") != "One-Click":
+    if not await _is_one_click(request):
         return pages.message("Unsubscribe", f"Expected the body {ONE_CLICK}.", 400)
     await service.unsubscribe(session, target, source="one-click")
     await session.commit()

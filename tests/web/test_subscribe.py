@@ -228,3 +228,19 @@ async def test_bad_input_to_the_hosted_form(client: httpx.AsyncClient) -> None:
         assert "<script>alert" not in response.text
     assert (await web.get("/s/not-a-list-token")).status_code == 400
     assert (await client.get("/api/v1/subscribers")).json()["items"] == []
+
+
+async def test_a_form_does_not_put_back_someone_who_left_a_single_opt_in_list(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    news = await make_list(client, "News")
+    subscriber = await make_subscriber(client, "left@example.com", news)
+    await client.put(
+        f"/api/v1/subscribers/{subscriber}/lists/{news}", json={"status": "unsubscribed"}
+    )
+    list_token = await _public_token(client, "News")
+    response = await _from(client, "10.0.0.5").post(
+        "/api/v1/public/subscriptions", json={"email": "left@example.com", "lists": [list_token]}
+    )
+    assert response.status_code == 202
+    assert await memberships(client, subscriber) == {news: "unsubscribed"}

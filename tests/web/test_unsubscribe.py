@@ -152,4 +152,15 @@ async def test_one_click_with_a_wrong_body_changes_nothing(
     link = f"/u/{token(settings, 'unsubscribe', subscriber, await campaign_for(client, news))}"
     for data in ({}, {"List-Unsubscribe": "yes"}, {"List-Unsubscribe": "One-Click" * 1000}):
         assert (await client.post(link, data=data)).status_code == 400
+    assert (await client.post(link, content=b"\x00" * 10_000)).status_code == 400
     assert await memberships(client, subscriber) == {news: "confirmed"}
+    # Multipart, as some providers send it, and a bare body both count.
+    multipart = await client.post(link, files={"List-Unsubscribe": (None, "One-Click")})
+    assert multipart.status_code == 200
+    assert await memberships(client, subscriber) == {news: "unsubscribed"}
+    bare = await client.post(
+        link,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"content-type": "text/plain"},
+    )
+    assert bare.status_code == 200
