@@ -94,38 +94,51 @@ async def subscribe(
         return pages.expired_form()
     email, name = forms.text(posted, "email").strip(), forms.text(posted, "name").strip()
     limiter = RateLimiter(request.app.state.queue)
+    client = client_address(request)
+    error, address = "", ""
     try:
         address = normalize_address(email)
-    except InvalidAddress as exc:
-        if await service.admit(limiter, settings, client_address(request), "") is not (
-            service.Admission.allowed
-        ):
-            return _limited()
-        return _form(
-            settings, token, mailing_list, email=email[:320], name=name[:MAX_NAME],
-            error=f"Please check the address: {exc}.", status=422,
-        )  # fmt: skip
-    try:
         name = single_line(name)
+    except InvalidAddress as exc:
+        error = f"Please check the address: {exc}."
     except ValueError:
-        name = ""
-    if len(name) > MAX_NAME:
-        return _form(
-            settings, token, mailing_list, email=email, name=name[:MAX_NAME],
-            error=f"The name may have at most {MAX_NAME} characters.", status=422,
-        )  # fmt: skip
-    admission = await service.admit(limiter, settings, client_address(request), address)
-    if admission is not service.Admission.allowed:
+        error = "The name must be a single line."
+    if not error and len(name) > MAX_NAME:
+        error = f"The name may have at most {MAX_NAME} characters."
+    if await service.admit(limiter, settings, client, address) is not service.Admission.allowed:
         return _limited()
-    if not forms.text(posted, HONEYPOT):
-        confirmation = await service.subscribe(session, address, name, [mailing_list])
-        await session.commit()
-        if confirmation is not None:
-            await enqueue_optin(
-                request.app.state.queue, confirmation.subscriber_id, confirmation.list_ids
-            )
-    return pages.message("Almost done" if mailing_list.optin == OptIn.double else "Thank you",
-                         accepted_text([mailing_list]), 200)  # fmt: skip
+    if error:
+        return _form(
+            settings,
+            token,
+            mailing_list,
+            email=email[:320],
+            name=name[:MAX_NAME],
+            error=error,
+            status=422,
+        )
+    await accept(request, session, address, name, [mailing_list], forms.text(posted, HONEYPOT))
+    title = "Almost done" if mailing_list.optin == OptIn.double else "Thank you"
+    return pages.message(title, accepted_text([mailing_list]))
+
+
+async def accept(
+    request: Request,
+    session: SessionDep,
+    address: str,
+    name: str,
+    lists: list[MailingList],
+    honeypot: str,
+) -> None:
+    """Subscribe (a filled honeypot: pretend to), commit, then queue the confirmation mail."""
+    if honeypot:
+        return
+    confirmation = await service.subscribe(session, address, name, lists)
+    await session.commit()
+    if confirmation is not None:
+        await enqueue_optin(
+            request.app.state.queue, confirmation.subscriber_id, confirmation.list_ids
+        )
 
 
 def _limited() -> HTMLResponse:

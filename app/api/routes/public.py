@@ -8,9 +8,8 @@ from app.addresses import InvalidAddress, normalize_address
 from app.api.deps import SessionDep, SettingsDep
 from app.api.schemas.public import PublicList, PublicSubscriptionAccepted, PublicSubscriptionCreate
 from app.errors import Invalid
-from app.queue import enqueue_optin
 from app.services import subscriptions as service
-from app.web.subscribe import accepted_text, client_address
+from app.web.subscribe import accept, accepted_text, client_address
 from workers.ratelimit import RateLimiter
 
 router = APIRouter(prefix="/public", tags=["public"])
@@ -56,11 +55,5 @@ async def subscribe(
         raise Invalid("lists: every entry must be the token of a public list")
     if await service.admit(limiter, settings, client, address) is not service.Admission.allowed:
         raise HTTPException(429, "too many subscription attempts", headers={"Retry-After": "3600"})
-    if not body.website:
-        confirmation = await service.subscribe(session, address, body.name, lists)
-        await session.commit()
-        if confirmation is not None:
-            await enqueue_optin(
-                request.app.state.queue, confirmation.subscriber_id, confirmation.list_ids
-            )
+    await accept(request, session, address, body.name, lists, body.website)
     return PublicSubscriptionAccepted(detail=accepted_text(lists))
