@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from app.settings import Settings
+from campaigns.erasure import SQLITE_FUNCTION, sqlite_sha256
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -27,6 +28,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # The hash of erased addresses, which PostgreSQL computes natively (campaigns.erasure).
+    dbapi_connection.create_function(SQLITE_FUNCTION, 1, sqlite_sha256, deterministic=True)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

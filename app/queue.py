@@ -41,3 +41,16 @@ async def enqueue_batches(pool: ArqRedis, campaign_id: int, ranges: list[tuple[i
         )
         new += job is not None
     return new
+
+
+async def enqueue_optin(pool: ArqRedis, subscriber_id: int, list_ids: list[int]) -> bool:
+    """Ask a worker to send a double opt-in confirmation mail (priority queue); False if queued."""
+    lists = ",".join(str(list_id) for list_id in list_ids)
+    job = await pool.enqueue_job(
+        "send_optin_confirmation",
+        subscriber_id,
+        list_ids,
+        _job_id=f"warta:optin:{subscriber_id}:{lists}",
+        _queue_name=PRIORITY_QUEUE,
+    )
+    return job is not None

@@ -124,6 +124,25 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(50_000_000, ge=1024, description="Largest CSV upload.")
     import_batch_size: int = Field(5000, ge=1, le=50_000, description="Rows per import flush.")
+    public_cors_origins: str = Field(
+        "",
+        description="Origins (comma-separated, or *) whose pages may call /api/v1/public/ "
+        "from a browser, e.g. https://example.com; empty = none.",
+    )
+    subscribe_limit_per_ip: int = Field(
+        20,
+        ge=0,
+        description="Subscription attempts one client address may make per hour; 0 = no limit.",
+    )
+    subscribe_limit_per_address: int = Field(
+        3,
+        ge=0,
+        description="Subscription attempts (confirmation mails) per email address per hour; 0 = no limit.",
+    )
+    optin_from_email: str = Field(
+        "",
+        description="From of opt-in confirmation mail, 'Name <addr>'; empty = noreply@WARTA_MTA_HOSTNAME.",
+    )
 
     @field_validator("public_url")
     @classmethod

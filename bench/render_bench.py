@@ -9,11 +9,13 @@ the HTML for campaigns that have none. Target: render+build ≥ 3,000 messages/s
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from campaigns.composer import SiteIdentity, click_urls, open_url
 from campaigns.message import Address, OutgoingMessage, build_message, message_id
 from campaigns.rendering import (
     CompiledCampaign,
@@ -199,6 +201,19 @@ def measure(count: int) -> dict[str, float]:
     derive_count = max(count // 10, 100)
     html_samples = [m.html or "" for m in rendered[:derive_count]]
     derive_rate = _rate(derive_count, lambda: [html_to_text(h) for h in html_samples])
+    # Links made static (no per-recipient query parts), so that every story link is tracked.
+    static = re.sub(r"\{\{ (campaign\.id|subscriber\.attributes\.sid) \}\}", "1", HTML)
+    tracked = compile_campaign(Campaign(42, "Weekly digest", SUBJECT, static, TEXT), track=True)
+    site = SiteIdentity("bench-secret-" + "x" * 40, "https://news.example.com", "mta", "b.example")
+    link_count = len(tracked.links or ())
+
+    def render_tracked() -> None:
+        # What PreparedCampaign.build adds per recipient: signed click URLs and the pixel.
+        for i, r in enumerate(people):
+            urls = click_urls(site, i + 1, 42, link_count)
+            render(tracked, replace(r, click_urls=urls, open_url=open_url(site, i + 1, 42)))
+
+    tracked_rate = _rate(count, render_tracked)
     message_bytes = len(build_message(messages[0]))
     return {
         "html_bytes": html_bytes,
@@ -209,6 +224,8 @@ def measure(count: int) -> dict[str, float]:
         "render_build": both_rate,
         "html_to_text": derive_rate,
         "render_build_derived": derived_rate,
+        "render_tracked": tracked_rate,
+        "tracked_links": link_count,
     }
 
 
@@ -225,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
         f"message {figures['message_bytes']:.0f} B; {args.messages} recipients, one core"
     )
     print(f"render only          {figures['render']:>9,.0f} msg/s")
+    print(
+        f"render only, tracked {figures['render_tracked']:>9,.0f} msg/s  "
+        f"({figures['tracked_links']:.0f} static links signed per recipient, open pixel)"
+    )
     print(f"build only           {figures['build']:>9,.0f} msg/s")
     verdict = "ok" if figures["render_build"] >= TARGET else f"BELOW target {TARGET:,}"
     print(f"render+build         {figures['render_build']:>9,.0f} msg/s  ({verdict})")

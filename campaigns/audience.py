@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -16,8 +18,10 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
+from campaigns.erasure import ERASURE_SOURCE, hashed_address_sql
 
 BROADCAST_SCOPES = (SuppressionScope.all, SuppressionScope.broadcast)
+FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def eligible_membership(campaign_id: int) -> sa.Exists:
@@ -47,13 +51,36 @@ def eligible_membership(campaign_id: int) -> sa.Exists:
 
 def not_suppressed(
     address: sa.ColumnElement[str] | InstrumentedAttribute[str],
+    created_at: sa.ColumnElement[datetime] | InstrumentedAttribute[datetime] | None = None,
 ) -> sa.ColumnElement[bool]:
-    """No broadcast-blocking suppression exists for `address`."""
-    return ~(
+    """No broadcast-blocking suppression exists for `address`, plain or hashed (erased).
+
+    The hash is computed by the database (campaigns.erasure). Given the row's `created_at`,
+    only rows created since the first erasure are hashed at all: an erased subscriber's
+    row is deleted, so only an address added again afterwards can match a hashed entry.
+    """
+    plain = (
         sa.select(Suppression.id)
         .where(Suppression.address == address, Suppression.scope.in_(BROADCAST_SCOPES))
         .exists()
     )
+    hashed = (
+        sa.select(Suppression.id)
+        .where(
+            Suppression.address == hashed_address_sql(address),
+            Suppression.scope.in_(BROADCAST_SCOPES),
+        )
+        .exists()
+    )
+    if created_at is None:
+        return sa.and_(~plain, ~hashed)
+    first_erasure = (
+        sa.select(sa.func.min(Suppression.created_at))
+        .where(Suppression.source == ERASURE_SOURCE)
+        .scalar_subquery()
+    )
+    recent = created_at >= sa.func.coalesce(first_erasure, FAR_FUTURE)
+    return sa.and_(~plain, sa.not_(sa.and_(recent, hashed)))
 
 
 def audience_filter(
@@ -63,7 +90,7 @@ def audience_filter(
     clauses: list[sa.ColumnElement[bool]] = [
         Subscriber.status == SubscriberStatus.enabled,
         eligible_membership(campaign_id),
-        not_suppressed(Subscriber.email),
+        not_suppressed(Subscriber.email, Subscriber.created_at),
     ]
     if segment is not None:
         clauses.append(segment)

@@ -61,6 +61,27 @@ def links(
     return {name: f"{site.public_url}/{path}/{tokens[purpose]}" for name, path, purpose in LINKS}
 
 
+CLICK_PURPOSE = "click"
+OPEN_PURPOSE = "open"
+
+
+def click_urls(
+    site: SiteIdentity, subscriber_id: int, campaign_id: int, count: int
+) -> tuple[str, ...]:
+    """Per-recipient click redirects `/c/<token>`; each token signs the link's position."""
+    base = f"{site.public_url}/c/"
+    tokens = identity.tracking_tokens(
+        site.secret, CLICK_PURPOSE, (subscriber_id, campaign_id), count
+    )
+    return tuple(base + token for token in tokens)
+
+
+def open_url(site: SiteIdentity, subscriber_id: int, campaign_id: int) -> str:
+    """The per-recipient open pixel `/o/<token>`."""
+    token = identity.tracking_token(site.secret, OPEN_PURPOSE, subscriber_id, campaign_id)
+    return f"{site.public_url}/o/{token}"
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedCampaign:
     """A campaign compiled once, ready to build every recipient's message."""
@@ -82,10 +103,19 @@ class PreparedCampaign:
         """Render and assemble the message for one ledger row."""
         tokens = link_tokens(self.site, addressee.subscriber_id, self.campaign_id)
         urls = links(self.site, addressee.subscriber_id, self.campaign_id, tokens)
+        tracked = self.compiled.links
         recipient = Recipient(
             subscriber=SubscriberView.of(addressee.email, addressee.name, addressee.attributes),
             list_name=self.list_name,
-            **urls,
+            unsubscribe_url=urls["unsubscribe_url"],
+            preferences_url=urls["preferences_url"],
+            view_in_browser_url=urls["view_in_browser_url"],
+            click_urls=None
+            if tracked is None
+            else click_urls(self.site, addressee.subscriber_id, self.campaign_id, len(tracked)),
+            open_url=""
+            if tracked is None
+            else open_url(self.site, addressee.subscriber_id, self.campaign_id),
         )
         rendered = render(self.compiled, recipient)
         return build_message(

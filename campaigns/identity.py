@@ -7,8 +7,10 @@ after a crash can be recognised) and HMAC-signed (nobody can forge one for anoth
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+from typing import Any
 
 _MAC_BYTES = 6
 
@@ -58,5 +60,57 @@ def read_link_token(secret: str, purpose: str, token: str) -> tuple[int, ...] | 
     except (ValueError, UnicodeError):
         return None
     if not hmac.compare_digest(mac, _mac(secret, purpose, payload, size=10)):
+        return None
+    return parts
+
+
+@functools.lru_cache(maxsize=16)
+def _tracking_hasher(secret: str, purpose: str) -> Any:
+    """A keyed BLAKE2b state for `purpose`, keyed once; callers copy it."""
+    key = hashlib.sha256(f"warta-tracking-key:{purpose}:{secret}".encode()).digest()
+    return hashlib.blake2b(key=key, digest_size=10)
+
+
+def _tracking_mac(secret: str, purpose: str, payload: bytes) -> str:
+    hasher = _tracking_hasher(secret, purpose).copy()
+    hasher.update(payload)
+    return str(hasher.hexdigest())
+
+
+def tracking_token(secret: str, purpose: str, *parts: int) -> str:
+    """A signed token like `link_token`, made cheaply enough to sign every link of a message.
+
+    Keyed BLAKE2b (one pass; the keyed state is made once per secret and copied) instead of
+    HMAC-SHA256: a tracked newsletter signs one token per link per recipient while it renders.
+    """
+    payload = ".".join(map(str, parts)).encode()
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    return f"{body}.{_tracking_mac(secret, purpose, payload)}"
+
+
+def tracking_tokens(secret: str, purpose: str, prefix: tuple[int, ...], count: int) -> list[str]:
+    """`tracking_token(secret, purpose, *prefix, n)` for n in range(count), sharing the work."""
+    head = ".".join(map(str, prefix)) + "."
+    state = _tracking_hasher(secret, purpose).copy()
+    state.update(head.encode())
+    tokens = []
+    for n in range(count):
+        payload = f"{head}{n}".encode()
+        hasher = state.copy()
+        hasher.update(str(n).encode())
+        body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+        tokens.append(f"{body}.{hasher.hexdigest()}")
+    return tokens
+
+
+def read_tracking_token(secret: str, purpose: str, token: str) -> tuple[int, ...] | None:
+    """The parts a genuine tracking token names, None for a tampered or foreign one."""
+    body, _, mac = token.rpartition(".")
+    try:
+        payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        parts = tuple(int(part) for part in payload.decode().split("."))
+    except (ValueError, UnicodeError):
+        return None
+    if not hmac.compare_digest(mac, _tracking_mac(secret, purpose, payload)):
         return None
     return parts

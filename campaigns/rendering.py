@@ -11,8 +11,10 @@ from typing import Any, Protocol
 
 from jinja2 import ChainableUndefined, Template, TemplateSyntaxError
 from jinja2.exceptions import SecurityError, UndefinedError
+from markupsafe import Markup
 
 from app.models import Subscriber
+from campaigns import tracking
 from campaigns.templating import TemplateError, environment, template_view
 
 PARTS = ("subject", "html", "text")
@@ -88,6 +90,10 @@ class Recipient:
     preferences_url: str
     view_in_browser_url: str
     list_name: str | None = None
+    click_urls: tuple[str, ...] | None = None
+    """Signed click URLs by link position, when this render is tracked."""
+    open_url: str = ""
+    """The open pixel's URL, when this render is tracked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,10 @@ class CompiledCampaign:
     subject: Template
     html: Template | None
     text: Template | None
+    links: tuple[str, ...] | None = None
+    """The tracked links by position (unescaped), if the campaign tracks; else None."""
+    raw_links: tuple[Markup, ...] = ()
+    """The same links as written in the source, for renders that are not tracked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +119,17 @@ class RenderedMessage:
     text: str
 
 
-def compile_campaign(source: CampaignSource) -> CompiledCampaign:
-    """Compile subject, HTML and text; an empty text part is derived from the HTML per recipient."""
-    html = _compile(source.html, "html", html=True) if source.html.strip() else None
+def compile_campaign(source: CampaignSource, *, track: bool = False) -> CompiledCampaign:
+    """Compile subject, HTML and text; an empty text part is derived from the HTML per recipient.
+
+    With `track`, the HTML's static links are rewritten for click tracking and an open
+    pixel is added (see campaigns.tracking); the text part is left as written.
+    """
+    html_source = source.html if source.html.strip() else ""
+    tracked = tracking.rewrite(html_source) if track and html_source else None
+    if tracked is not None:
+        html_source = tracked.html
+    html = _compile(html_source, "html", html=True) if html_source else None
     text = _compile(source.text, "text", html=False) if source.text.strip() else None
     if html is None and text is None:
         raise TemplateError("html: the campaign has neither an HTML nor a text body")
@@ -120,6 +138,8 @@ def compile_campaign(source: CampaignSource) -> CompiledCampaign:
         subject=_compile(source.subject, "subject", html=False),
         html=html,
         text=text,
+        links=tracked.urls if tracked else None,
+        raw_links=tuple(Markup(raw) for raw in tracked.raw) if tracked else (),  # noqa: S704
     )
 
 
@@ -129,6 +149,8 @@ def render(compiled: CompiledCampaign, recipient: Recipient) -> RenderedMessage:
     The subject renders first; the HTML and text then see it as `campaign.subject`.
     """
     context = _context(compiled.campaign, recipient)
+    if compiled.links is not None:
+        _add_tracking(context, compiled, recipient)
     subject = single_line(_render(compiled.subject, "subject", context))
     base = compiled.campaign
     context["campaign"] = CampaignView(base.id, base.name, subject)
@@ -150,7 +172,7 @@ def validate(compiled: CompiledCampaign, sample: Recipient | None = None) -> Ren
     for part in PARTS:
         template: Template | None = getattr(compiled, part)
         if template is not None:
-            _check_output_size(template, part, sample, compiled.campaign)
+            _check_output_size(template, part, sample, compiled)
     return render(compiled, sample)
 
 
@@ -224,12 +246,27 @@ def _context(campaign: CampaignView, recipient: Recipient) -> dict[str, Any]:
     }
 
 
-def _check_output_size(
-    template: Template, part: str, sample: Recipient, campaign: CampaignView
+def _add_tracking(
+    context: dict[str, Any], compiled: CompiledCampaign, recipient: Recipient
 ) -> None:
+    if recipient.click_urls is not None:
+        context[tracking.LINKS_VAR] = recipient.click_urls
+    else:
+        context[tracking.LINKS_VAR] = compiled.raw_links
+    pixel = tracking.pixel_tag(recipient.open_url) if recipient.open_url else ""
+    context[tracking.PIXEL_VAR] = Markup(pixel)  # noqa: S704
+
+
+def _check_output_size(
+    template: Template, part: str, sample: Recipient, compiled: CompiledCampaign
+) -> None:
+    campaign = compiled.campaign
     size = 0
     try:
-        for chunk in template.generate(_context(campaign, sample)):
+        context = _context(campaign, sample)
+        if compiled.links is not None:
+            _add_tracking(context, compiled, sample)
+        for chunk in template.generate(context):
             size += len(chunk)
             if size > MAX_VALIDATE_OUTPUT:
                 raise RenderError(

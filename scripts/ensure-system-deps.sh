@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the servers the test suite starts for itself are installed:
 # PostgreSQL (initdb, pg_ctl, postgres) and redis-server, plus Mail::DKIM (with
-# CryptX for Ed25519), the independent verifier of Warta's DKIM signatures.
+# CryptX for Ed25519), the independent verifier of Warta's DKIM signatures, and
+# Debian's chromium, the real browser the public-page tests drive with Playwright.
 # Idempotent, and a no-op costing milliseconds when all are present. Starts no daemons.
 set -euo pipefail
 
@@ -24,10 +25,15 @@ have_mail_dkim() {
     perl -MMail::DKIM::Verifier -MCrypt::PK::Ed25519 -e 1 >/dev/null 2>&1
 }
 
+have_chromium() {
+    [[ -x /usr/lib/chromium/chromium ]]
+}
+
 missing=()
 have_pg_server || missing+=(postgresql)
 have_redis_server || missing+=(redis-server)
 have_mail_dkim || missing+=(libmail-dkim-perl libcryptx-perl)
+have_chromium || missing+=(chromium)
 ((${#missing[@]} == 0)) && exit 0
 
 echo "ensure-system-deps: installing ${missing[*]}" >&2
@@ -67,3 +73,4 @@ fi
 have_pg_server || { echo "ensure-system-deps: PostgreSQL still missing" >&2; exit 1; }
 have_redis_server || { echo "ensure-system-deps: redis-server still missing" >&2; exit 1; }
 have_mail_dkim || { echo "ensure-system-deps: Mail::DKIM (libmail-dkim-perl) still missing" >&2; exit 1; }
+have_chromium || { echo "ensure-system-deps: chromium still missing" >&2; exit 1; }

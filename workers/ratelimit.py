@@ -34,6 +34,9 @@ if tat < now then tat = now end
 local new_tat = tat + count * interval
 local wait = new_tat - burst * interval - now
 if wait < 0 then wait = 0 end
+-- Optional ARGV[4]: the longest acceptable wait; beyond it nothing is reserved (-1).
+local max_wait = tonumber(ARGV[4])
+if max_wait ~= nil and wait > max_wait then return -1 end
 local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
 return math.ceil(wait)
@@ -71,6 +74,20 @@ class RateLimiter:
         interval = MICROSECONDS / rate
         wait = await self._script(keys=[self._prefix + key], args=[repr(interval), count, burst])
         return int(wait) / MICROSECONDS
+
+    async def try_acquire(self, key: str, rate: float, burst: int) -> bool:
+        """Take one slot in scope `key` if one is free now; a refusal reserves nothing.
+
+        For request limits (at most `burst` at once, refilled at `rate` per second): a
+        client hammering a limit does not push its own or anyone's next slot further away.
+        """
+        if rate <= 0:
+            return True
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        interval = MICROSECONDS / rate
+        wait = await self._script(keys=[self._prefix + key], args=[repr(interval), 1, burst, 0])
+        return int(wait) == 0
 
     async def wait(self, key: str, rate: float, count: int = 1, burst: int | None = None) -> float:
         """Reserve `count` messages and sleep until they may go; return the time slept."""

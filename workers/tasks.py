@@ -11,9 +11,10 @@ from arq.connections import ArqRedis
 from app.models import Campaign, utcnow
 from app.queue import enqueue_batches
 from app.repositories import ledger
-from app.services import lifecycle
+from app.services import content, lifecycle
 from workers.batch import send_batch as run_batch
 from workers.context import EngineContext
+from workers.optin import send_confirmation
 from workers.test_send import send_test_messages
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ async def start_campaign(ctx: Ctx, campaign_id: int) -> bool:
     engine = _engine(ctx)
     async with engine.sessionmaker() as session:
         campaign = await lifecycle.start(session, campaign_id)
+        if campaign is not None:
+            await content.store_tracked_links(session, campaign, engine.settings)
         await session.commit()
     if campaign is None:
         return False
@@ -75,6 +78,11 @@ async def send_batch(ctx: Ctx, campaign_id: int, low: int, high: int) -> dict[st
 async def send_test(ctx: Ctx, campaign_id: int, addresses: list[str]) -> list[str]:
     """Send a campaign to test addresses (no ledger rows; the replies are returned)."""
     return await send_test_messages(_engine(ctx), campaign_id, addresses)
+
+
+async def send_optin_confirmation(ctx: Ctx, subscriber_id: int, list_ids: list[int]) -> str:
+    """Mail a double opt-in confirmation link (priority queue)."""
+    return await send_confirmation(_engine(ctx), subscriber_id, list_ids)
 
 
 async def _fan_out(pool: ArqRedis, engine: EngineContext, campaign: Campaign) -> int:

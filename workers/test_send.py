@@ -7,6 +7,7 @@ import secrets
 import sqlalchemy as sa
 
 from app.models import Campaign, Subscriber
+from app.services.content import store_tracked_links
 from campaigns import identity
 from campaigns.composer import Addressee
 from workers.context import EngineContext
@@ -21,6 +22,9 @@ async def send_test_messages(
         if campaign is None:
             return [f"campaign {campaign_id} does not exist"]
         prepared = await engine.prepare(session, campaign)
+        # A test message's click links must resolve before the campaign starts.
+        await store_tracked_links(session, campaign, engine.settings)
+        await session.commit()
         known = {
             row.email: row
             for row in (

@@ -57,6 +57,7 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
     priority_functions: list[Function] = [
         func(tasks.start_campaign, keep_result=0),
         func(tasks.send_test, timeout=120, keep_result=300),
+        func(tasks.send_optin_confirmation, timeout=60, keep_result=0),
     ]
     return [
         Worker(

@@ -10,6 +10,7 @@ from arq.connections import create_pool
 from fastapi import APIRouter, FastAPI
 
 from app.api import problems
+from app.api.cors import PublicCors
 from app.api.limits import BodyLimit
 from app.api.routes import (
     campaigns,
@@ -18,20 +19,24 @@ from app.api.routes import (
     lifecycle,
     lists,
     metrics,
+    public,
     queue,
     subscribers,
     suppressions,
     templates,
+    tracking,
 )
 from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.redis import arq_redis_settings, resolve_redis_url
 from app.services import api_keys
 from app.services import imports as import_jobs
 from app.settings import Settings, get_settings
-from app.web import unsubscribe as unsubscribe_pages
+from app.web import archive, preferences, subscribe, unsubscribe
+from app.web import tracking as tracking_pages
 
 API_PREFIX = "/api/v1"
 UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import",)
+PUBLIC_PREFIX = f"{API_PREFIX}/public/"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,16 +87,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle,
         suppressions,
         queue,
+        tracking,
+        public,
     ):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(unsubscribe_pages.router)
+    for pages in (unsubscribe, preferences, subscribe, archive, tracking_pages):
+        app.include_router(pages.router)
     app.add_middleware(
         BodyLimit,
         default=settings.max_json_bytes,
         uploads=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
     )
+    app.add_middleware(PublicCors, prefix=PUBLIC_PREFIX, origins=settings.public_cors_origins)
     return app

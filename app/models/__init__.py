@@ -2,7 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.base import Base, utcnow
-from app.models.campaign import Campaign, CampaignList, CampaignStatus
+from app.models.campaign import Campaign, CampaignLink, CampaignList, CampaignStatus
 from app.models.event import Event, EventKind
 from app.models.import_job import ImportJob, ImportMode, ImportStatus
 from app.models.mailing_list import MailingList, OptIn, Visibility
@@ -16,6 +16,7 @@ __all__ = [
     "ApiKey",
     "Base",
     "Campaign",
+    "CampaignLink",
     "CampaignList",
     "CampaignStatus",
     "Event",

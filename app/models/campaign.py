@@ -44,6 +44,8 @@ class Campaign(Timestamps, Base):
     )
     send_at: Mapped[datetime | None]
     rate: Mapped[float | None] = mapped_column(sa.Float)
+    tracking: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    """Rewrite links for click tracking and add an open pixel (off by default)."""
     status_reason: Mapped[str] = mapped_column(sa.String(500), default="")
     audience_size: Mapped[int] = mapped_column(default=0)
     ledger_base: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -62,3 +64,19 @@ class CampaignList(Base):
     list_id: Mapped[int] = mapped_column(
         sa.ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class CampaignLink(Base):
+    """A URL of a tracked campaign's HTML; click links name it by `position`, never by URL.
+
+    Stored when the campaign starts, so a click redirect can only lead where the campaign
+    itself linked (no open redirect).
+    """
+
+    __tablename__ = "campaign_links"
+
+    campaign_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    url: Mapped[str] = mapped_column(sa.Text)

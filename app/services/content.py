@@ -12,14 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Invalid
 from app.models import Campaign, CampaignList, MailingList, Subscriber, Template
+from app.repositories import links as links_repository
 from app.settings import Settings
 from campaigns.audience import audience_filter
 from campaigns.composer import Addressee, PreparedCampaign, SiteIdentity, links, mailbox
 from campaigns.rendering import (
     Recipient,
+    RenderedMessage,
     RenderError,
     SubscriberView,
     compile_campaign,
+    render,
     sample_recipient,
     validate,
 )
@@ -70,7 +73,9 @@ async def prepare_campaign(
     list_id, list_name = (first_list[0], first_list[1]) if first_list else (0, None)
     return PreparedCampaign(
         campaign_id=campaign.id,
-        compiled=compile_campaign(_Source(campaign.id, campaign.name, subject, html, text)),
+        compiled=compile_campaign(
+            _Source(campaign.id, campaign.name, subject, html, text), track=campaign.tracking
+        ),
         sender=mailbox(campaign.from_email),
         reply_to=mailbox(campaign.reply_to) if campaign.reply_to else None,
         list_name=list_name,
@@ -101,10 +106,13 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
     )
     for member in members:
         addressee = Addressee(member.id, member.email, member.name, dict(member.attributes))
+        urls = links(site, member.id, campaign.id)
         recipient = Recipient(
             subscriber=SubscriberView.of(member.email, member.name, member.attributes),
             list_name=prepared.list_name,
-            **links(site, member.id, campaign.id),
+            unsubscribe_url=urls["unsubscribe_url"],
+            preferences_url=urls["preferences_url"],
+            view_in_browser_url=urls["view_in_browser_url"],
         )
         try:
             validate(prepared.compiled, recipient)
@@ -152,3 +160,36 @@ async def preview(
         html=html_part.get_content() if isinstance(html_part, EmailMessage) else None,
         text=text_part.get_content() if isinstance(text_part, EmailMessage) else "",
     )
+
+
+async def store_tracked_links(
+    session: AsyncSession, campaign: Campaign, settings: Settings
+) -> None:
+    """Record the links of a tracked campaign, so its click redirects can resolve them."""
+    if not campaign.tracking:
+        return
+    prepared = await prepare_campaign(session, campaign, site_identity(settings))
+    await links_repository.store(session, campaign.id, prepared.compiled.links or ())
+
+
+async def web_view(
+    session: AsyncSession, settings: Settings, campaign: Campaign, subscriber: Subscriber
+) -> RenderedMessage:
+    """The campaign rendered for `subscriber`, untracked: the "view in browser" page.
+
+    Tracked campaigns keep their original links here, and no open pixel.
+    """
+    site = site_identity(settings)
+    prepared = await prepare_campaign(session, campaign, site)
+    urls = links(site, subscriber.id, campaign.id)
+    recipient = Recipient(
+        subscriber=SubscriberView.from_model(subscriber),
+        list_name=prepared.list_name,
+        unsubscribe_url=urls["unsubscribe_url"],
+        preferences_url=urls["preferences_url"],
+        view_in_browser_url=urls["view_in_browser_url"],
+    )
+    try:
+        return render(prepared.compiled, recipient)
+    except RenderError as exc:
+        raise Invalid(f"the campaign does not render: {exc}") from None

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound
 from app.models import Suppression, SuppressionScope
+from campaigns.erasure import hashed_address
 
 
 async def add(
@@ -25,8 +26,13 @@ async def add(
 
 
 async def get(session: AsyncSession, address: str) -> Suppression:
-    """The suppression for an address, or NotFound."""
-    found = await session.scalar(sa.select(Suppression).where(Suppression.address == address))
+    """The suppression for an address (or for its hashed form, left by an erasure), or NotFound."""
+    found = await session.scalar(
+        sa.select(Suppression)
+        .where(Suppression.address.in_([address, hashed_address(address)]))
+        .order_by(Suppression.id)
+        .limit(1)
+    )
     if found is None:
         raise NotFound(f"{address} is not suppressed")
     return found

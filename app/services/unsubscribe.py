@@ -1,4 +1,4 @@
-"""Unsubscribing a recipient named by a signed link token."""
+"""Unsubscribing a recipient named by a signed link token, and undoing it."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import (
-    CampaignList,
-    MailingList,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    utcnow,
-)
+from app.models import CampaignList, MailingList, Subscriber
+from app.services import memberships
 from campaigns import identity
 
 PURPOSE = "unsubscribe"
@@ -29,38 +23,64 @@ class Target:
     lists: list[MailingList]
 
 
-async def resolve(session: AsyncSession, secret: str, token: str) -> Target | None:
-    """The subscriber and campaign lists a genuine token names; None for anything else."""
-    parts = identity.read_link_token(secret, PURPOSE, token)
-    if parts is None or len(parts) != 2:
+async def subscriber_for(
+    session: AsyncSession, secret: str, purpose: str, token: str
+) -> tuple[Subscriber, int] | None:
+    """The subscriber and campaign id a genuine (subscriber, campaign) token names."""
+    parts = identity.read_link_token(secret, purpose, token)
+    if parts is None or len(parts) != 2 or not 0 < parts[0] < 2**31 or not 0 <= parts[1] < 2**31:
         return None
     subscriber = await session.get(Subscriber, parts[0])
     if subscriber is None:
         return None
+    return subscriber, parts[1]
+
+
+async def resolve(session: AsyncSession, secret: str, token: str) -> Target | None:
+    """The subscriber and campaign lists a genuine token names; None for anything else."""
+    found = await subscriber_for(session, secret, PURPOSE, token)
+    if found is None:
+        return None
+    subscriber, campaign_id = found
     lists = (
         await session.scalars(
             sa.select(MailingList)
             .join(CampaignList, CampaignList.list_id == MailingList.id)
-            .where(CampaignList.campaign_id == parts[1])
+            .where(CampaignList.campaign_id == campaign_id)
             .order_by(MailingList.id)
         )
     ).all()
-    return Target(subscriber, parts[1], list(lists))
+    return Target(subscriber, campaign_id, list(lists))
 
 
-async def unsubscribe(session: AsyncSession, target: Target) -> int:
-    """Mark the memberships of the campaign's lists unsubscribed; returns how many changed."""
-    list_ids = [item.id for item in target.lists]
-    if not list_ids:
-        return 0
-    result = await session.execute(
-        sa.update(Subscription)
-        .where(
-            Subscription.subscriber_id == target.subscriber.id,
-            Subscription.list_id.in_(list_ids),
-            Subscription.status != SubscriptionStatus.unsubscribed,
-        )
-        .values(status=SubscriptionStatus.unsubscribed, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+async def unsubscribe(
+    session: AsyncSession, target: Target, *, everything: bool = False, source: str = "one-click"
+) -> list[int]:
+    """Leave the campaign's lists (or every list); returns the lists that changed."""
+    if everything:
+        list_ids = await memberships.active_list_ids(session, target.subscriber.id)
+    else:
+        list_ids = [item.id for item in target.lists]
+    return await memberships.leave(
+        session, target.subscriber, list_ids, source=source, campaign_id=target.campaign_id
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def undo(session: AsyncSession, target: Target, list_ids: list[int]) -> list[int]:
+    """Rejoin the lists an unsubscribe just left (they were named in the signed undo form)."""
+    existing = set(
+        (await session.scalars(sa.select(MailingList.id).where(MailingList.id.in_(list_ids)))).all()
+    )
+    return await memberships.join(
+        session, target.subscriber, [i for i in list_ids if i in existing], source="undo"
+    )
+
+
+async def list_names(session: AsyncSession, list_ids: list[int]) -> list[str]:
+    """Names of lists, in id order."""
+    if not list_ids:
+        return []
+    rows = await session.scalars(
+        sa.select(MailingList.name).where(MailingList.id.in_(list_ids)).order_by(MailingList.id)
+    )
+    return list(rows.all())

@@ -1,45 +1,56 @@
-"""`/u/{token}`: RFC 8058 one-click unsubscribe (POST) and a confirmation page (GET).
+"""`/u/{token}`: RFC 8058 one-click unsubscribe (POST), a confirmation page (GET), undo.
 
-A GET never changes anything, so link scanners cannot unsubscribe anyone; the page's
-button posts the same one-click body a mailbox provider sends.
+A GET never changes anything, so link scanners cannot unsubscribe anyone. The page's form
+posts to `/u/{token}/confirm` with a choice (this list or all mail) and a form token;
+the result page offers an undo that restores exactly the lists that were left.
 """
 
 from __future__ import annotations
-
-from html import escape
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import SessionDep, SettingsDep
+from app.services import preferences as preferences_service
 from app.services import unsubscribe as service
+from app.web import forms, pages
+from campaigns import identity
 
 router = APIRouter(include_in_schema=False)
 ONE_CLICK = "List-Unsubscribe=One-Click"
-MAX_TOKEN = 200
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>body{{font:1.1rem/1.5 system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;color:#111}}
-button{{font:inherit;padding:.6rem 1.2rem;border:2px solid #111;background:#fff;cursor:pointer}}
-button:focus{{outline:3px solid #1a56db;outline-offset:2px}}</style></head>
-<body><main><h1>{title}</h1>{body}</main></body></html>"""
-
-
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=escape(title), body=body), status_code=status)
-
-
-def _invalid() -> HTMLResponse:
-    return _page("This link is not valid", "<p>The link may be incomplete or altered.</p>", 400)
+CONFIRM_FORM = "unsubscribe"
+UNDO_FORM = "undo"
 
 
 async def _target(session: SessionDep, settings: SettingsDep, token: str) -> service.Target | None:
-    if len(token) > MAX_TOKEN:
+    if len(token) > pages.MAX_TOKEN:
         return None
     return await service.resolve(session, settings.effective_secret_key(), token)
+
+
+def _preferences(settings: SettingsDep, target: service.Target) -> str:
+    """The subscriber's preference centre, for finer choices than this page offers."""
+    token = identity.link_token(
+        settings.effective_secret_key(),
+        preferences_service.PURPOSE,
+        target.subscriber.id,
+        target.campaign_id,
+    )
+    return f"/p/{token}"
+
+
+def _names(target: service.Target) -> str:
+    return ", ".join(item.name for item in target.lists)
+
+
+async def _is_one_click(request: Request) -> bool:
+    """Whether the body is RFC 8058's, form-encoded (urlencoded or multipart) or bare."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form(max_files=0, max_fields=20)
+        return forms.text(form, "List-Unsubscribe") == "One-Click"
+    body = await request.body()
+    return body.strip() == ONE_CLICK.encode()
 
 
 @router.get("/u/{token}")
@@ -47,29 +58,85 @@ async def confirm_page(token: str, session: SessionDep, settings: SettingsDep) -
     """Name the lists and ask for one click; nothing changes on GET."""
     target = await _target(session, settings, token)
     if target is None:
-        return _invalid()
-    names = ", ".join(escape(item.name) for item in target.lists) or "this mailing"
-    body = (
-        f"<p>Stop sending {escape(target.subscriber.email)} mail from <strong>{names}</strong>?</p>"
-        f'<form method="post" action="/u/{escape(token)}">'
-        f'<input type="hidden" name="List-Unsubscribe" value="One-Click">'
-        f'<button type="submit">Unsubscribe</button></form>'
+        return pages.invalid_link()
+    return pages.page(
+        "unsubscribe.html",
+        title="Unsubscribe",
+        token=token,
+        email=target.subscriber.email,
+        lists=_names(target),
+        csrf=forms.issue(settings.effective_secret_key(), CONFIRM_FORM, token),
+        preferences=_preferences(settings, target),
     )
-    return _page("Unsubscribe", body)
 
 
 @router.post("/u/{token}")
 async def one_click(
     token: str, request: Request, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
-    """RFC 8058: unsubscribe at once, answer 200, no redirect, no cookie needed."""
+    """RFC 8058: unsubscribe at once, answer 200, no redirect, no cookie or form token needed."""
     target = await _target(session, settings, token)
     if target is None:
-        return _invalid()
-    form = await request.form()
-    if form.get("List-Unsubscribe") != "One-Click":
-        return _page("Unsubscribe", f"<p>Expected the body {ONE_CLICK}.</p>", 400)
-    await service.unsubscribe(session, target)
+        return pages.invalid_link()
+    if not await _is_one_click(request):
+        return pages.message("Unsubscribe", f"Expected the body {ONE_CLICK}.", 400)
+    await service.unsubscribe(session, target, source="one-click")
     await session.commit()
-    names = ", ".join(escape(item.name) for item in target.lists) or "this mailing"
-    return _page("You are unsubscribed", f"<p>You will get no more mail from {names}.</p>")
+    lists = _names(target) or "this sender"
+    return pages.message("You are unsubscribed", f"You will get no more mail from {lists}.")
+
+
+@router.post("/u/{token}/confirm")
+async def confirm(
+    token: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The page's form: leave this campaign's lists or all mail, then offer an undo."""
+    target = await _target(session, settings, token)
+    if target is None:
+        return pages.invalid_link()
+    secret = settings.effective_secret_key()
+    form = await request.form(max_files=0, max_fields=20)
+    if forms.oversized(form) or not forms.valid(
+        secret, CONFIRM_FORM, token, forms.text(form, forms.FIELD)
+    ):
+        return pages.expired_form()
+    scope = forms.text(form, "scope") or "list"
+    if scope not in ("list", "all"):
+        return pages.message("Unsubscribe", "Choose this list or all mail.", 400)
+    everything = scope == "all" or not target.lists
+    left = await service.unsubscribe(session, target, everything=everything, source="page")
+    await session.commit()
+    names = await service.list_names(session, left) if left else []
+    state = ",".join(str(list_id) for list_id in left)
+    return pages.page(
+        "unsubscribed.html",
+        title="You are unsubscribed",
+        token=token,
+        email=target.subscriber.email,
+        names=names,
+        everything=everything,
+        lists=state,
+        csrf=forms.issue(secret, UNDO_FORM, token, state),
+        preferences=_preferences(settings, target),
+    )
+
+
+@router.post("/u/{token}/undo")
+async def undo(
+    token: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    """Rejoin the lists the unsubscribe left (named in the signed form state)."""
+    target = await _target(session, settings, token)
+    if target is None:
+        return pages.invalid_link()
+    form = await request.form(max_files=0, max_fields=20)
+    state = forms.text(form, "lists")
+    if forms.oversized(form) or not forms.valid(
+        settings.effective_secret_key(), UNDO_FORM, token, forms.text(form, forms.FIELD), state
+    ):
+        return pages.expired_form()
+    list_ids = [int(part) for part in state.split(",") if part.isdigit()][:100]
+    await service.undo(session, target, list_ids)
+    await session.commit()
+    names = ", ".join(await service.list_names(session, list_ids)) or "your lists"
+    return pages.message("You are subscribed again", f"Welcome back to {names}.")

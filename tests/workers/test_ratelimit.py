@@ -101,3 +101,19 @@ async def test_invalid_counts_are_refused(clients: tuple[Redis, Redis]) -> None:
         await limiter.acquire(GLOBAL_SCOPE, 10, count=0)
     with pytest.raises(ValueError, match="burst"):
         await limiter.acquire(GLOBAL_SCOPE, 10, burst=0)
+
+
+async def test_try_acquire_refuses_beyond_the_burst_without_reserving(
+    clients: tuple[Redis, Redis],
+) -> None:
+    first, second = (RateLimiter(client) for client in clients)
+    rate = 0.5  # one slot every 2 s
+    assert [await first.try_acquire("form:ip", rate, burst=3) for _ in range(3)] == [True] * 3
+    refusals = [await second.try_acquire("form:ip", rate, burst=3) for _ in range(50)]
+    assert not any(refusals)
+    # Had the 50 refusals reserved slots, the next one would be 100 s away; it is 2 s.
+    started = time.monotonic()
+    while not await first.try_acquire("form:ip", rate, burst=3):
+        assert time.monotonic() - started < 10, "a refusal pushed the next slot away"
+        await asyncio.sleep(0.05)
+    assert await second.try_acquire("form:other", rate, burst=1)

@@ -29,6 +29,9 @@ class CampaignCreate(Strict):
     rate: float | None = Field(
         None, gt=0, le=100_000, description="Messages per second for this campaign (optional)."
     )
+    tracking: bool = Field(
+        False, description="Track opens (pixel) and clicks (signed redirects) of the HTML part."
+    )
 
 
 class CampaignUpdate(Strict):
@@ -45,6 +48,7 @@ class CampaignUpdate(Strict):
     text: Body | None = None
     send_at: datetime | None = None
     rate: float | None = Field(None, gt=0, le=100_000)
+    tracking: bool = False
 
 
 class CampaignRead(ReadModel):
@@ -63,6 +67,7 @@ class CampaignRead(ReadModel):
     status: CampaignStatus
     status_reason: str
     rate: float | None
+    tracking: bool
     audience_size: int
     send_at: datetime | None
     started_at: datetime | None
