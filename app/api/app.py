@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from app.api import problems
 from app.api.limits import BodyLimit
 from app.api.routes import (
+    bounces,
     campaigns,
     health,
     imports,
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle,
         suppressions,
         queue,
+        bounces,
     ):
         api.include_router(module.router)
     app.include_router(api)
