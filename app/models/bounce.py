@@ -34,7 +34,7 @@ class Bounce(Base):
     severity: Mapped[str] = mapped_column(sa.String(16), default="")
     status: Mapped[str] = mapped_column(sa.String(16), default="")
     diagnostic: Mapped[str] = mapped_column(sa.String(1000), default="")
-    action: Mapped[str] = mapped_column(sa.String(32), default="")
+    action: Mapped[str] = mapped_column(sa.String(64), default="")
     campaign_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("campaigns.id", ondelete="SET NULL")
     )

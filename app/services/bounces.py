@@ -100,6 +100,8 @@ class Fact:
 
 
 def _cut(text: str, limit: int) -> str:
+    """At most `limit` bytes of UTF-8, without NUL (PostgreSQL text cannot hold it)."""
+    text = text.replace("\x00", "\ufffd")
     encoded = text.encode("utf-8", "replace")
     return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")
 
@@ -118,7 +120,7 @@ async def apply(
     now = now or utcnow()
     records: list[Bounce] = []
     for fact in facts:
-        email = fact.email.lower()
+        email = fact.email.lower().replace("\x00", "")[:320]
         subscriber_id = fact.row.subscriber_id if fact.row else None
         if subscriber_id is None:
             subscriber_id = await repo.subscriber_id_for(session, email)
@@ -132,8 +134,8 @@ async def apply(
             bounce_class=cls.bounce_class.value if cls else "",
             severity=cls.severity.value if cls else "",
             status=cls.status[:16] if cls else "",
-            diagnostic=fact.diagnostic[:1000],
-            action=action,
+            diagnostic=_cut(fact.diagnostic, 1000)[:1000],
+            action=action[:64],
             campaign_id=fact.row.campaign_id if fact.row and fact.row.kind == "c" else None,
             subscriber_id=subscriber_id,
             send_id=fact.row.row_id if fact.row and fact.row.kind == "c" else None,
@@ -175,7 +177,7 @@ async def _act(
         changed = await repo.unsubscribe_all(session, subscriber_id) if subscriber_id else 0
         reason = f"complaint ({fact.feedback_type or 'abuse'}) via {fact.source}"
         await repo.suppress(session, email, policy.complaint_scope, COMPLAINT_SOURCE, reason)
-        return f"unsubscribed {changed}, suppressed {policy.complaint_scope.value}"
+        return f"unsubscribed from {changed} lists, suppressed {policy.complaint_scope.value}"
     severity = fact.classification.severity
     reason = f"{fact.classification.bounce_class.value}: {fact.diagnostic[:300]}"
     if severity is Severity.hard:

@@ -32,7 +32,7 @@ def upgrade() -> None:
         sa.Column("severity", sa.String(length=16), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("diagnostic", sa.String(length=1000), nullable=False),
-        sa.Column("action", sa.String(length=32), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("campaign_id", sa.Integer(), nullable=True),
         sa.Column("subscriber_id", sa.Integer(), nullable=True),
         sa.Column("send_id", LedgerId, nullable=True),
