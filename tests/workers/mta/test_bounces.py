@@ -29,6 +29,7 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
+from app.repositories.events import counts_by_kind
 from app.settings import Settings
 from campaigns import identity
 from tests.helpers import create_campaign, eventually, post_json
@@ -225,6 +226,9 @@ async def test_rcpt_rejections_are_classified_suppressed_and_counted(
         "reputation_block": 1,
         "mailbox_full": 1,
     }
+    async with sessionmaker() as session:
+        events = await counts_by_kind(session, campaign)
+    assert (events["delivered"], events["bounced"]) == (1, 3)
     # Only the unknown user is suppressed; the blocklisted sender IP is not the address's fault.
     suppressed = await _suppressions(sessionmaker)
     assert set(suppressed) == {"gone@example.com"}
