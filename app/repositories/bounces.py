@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -72,37 +72,47 @@ async def subscriber_id_for(session: AsyncSession, email: str) -> int | None:
 
 
 async def suppress(
-    session: AsyncSession, address: str, scope: SuppressionScope, source: str, reason: str
-) -> bool:
-    """Suppress an address unless it already is; a broadcast suppression widens to all.
-
-    Returns whether anything changed. Safe against concurrent writers (insert or ignore).
-    """
-    address = address.lower()
-    statement = (
-        _insert(session)(Suppression)
+    session: AsyncSession, reasons: dict[str, str], scope: SuppressionScope, source: str
+) -> None:
+    """Suppress addresses (address → reason) unless they already are; with scope all, a
+    narrower suppression widens. Insert-or-ignore: safe against concurrent writers."""
+    if not reasons:
+        return
+    table = cast(sa.Table, Suppression.__table__)
+    now = utcnow()
+    params = [
+        {"address": address.lower(), "reason": reason[:500], "scope": scope, "source": source}
+        for address, reason in reasons.items()
+    ]
+    await session.execute(
+        _insert(session)(table)
         .values(
-            address=address, scope=scope, source=source, reason=reason[:500], created_at=utcnow()
+            address=sa.bindparam("address"),
+            reason=sa.bindparam("reason"),
+            scope=sa.bindparam("scope", type_=table.c.scope.type),
+            source=sa.bindparam("source"),
+            created_at=now,
         )
-        .on_conflict_do_nothing(index_elements=["address"])
+        .on_conflict_do_nothing(index_elements=["address"]),
+        params,
     )
-    inserted = (await session.execute(statement)).rowcount == 1  # type: ignore[attr-defined]
-    if inserted or scope != SuppressionScope.all:
-        return bool(inserted)
-    widened = await session.execute(
-        sa.update(Suppression)
-        .where(Suppression.address == address, Suppression.scope != SuppressionScope.all)
-        .values(scope=SuppressionScope.all, source=source, reason=reason[:500])
-        .execution_options(synchronize_session=False)
+    if scope != SuppressionScope.all:
+        return
+    await session.execute(
+        sa.update(table)
+        .where(table.c.address == sa.bindparam("b_address"), table.c.scope != SuppressionScope.all)
+        .values(scope=SuppressionScope.all, source=source, reason=sa.bindparam("b_reason")),
+        [{"b_address": p["address"], "b_reason": p["reason"]} for p in params],
     )
-    return bool(widened.rowcount)  # type: ignore[attr-defined]
 
 
-async def blocklist(session: AsyncSession, email: str) -> None:
-    """Mark the subscriber with this address as receiving no campaign mail."""
+async def blocklist(session: AsyncSession, emails: list[str]) -> None:
+    """Mark the subscribers with these addresses as receiving no campaign mail."""
+    if not emails:
+        return
     await session.execute(
         sa.update(Subscriber)
-        .where(Subscriber.email == email.lower())
+        .where(Subscriber.email.in_([email.lower() for email in emails]))
         .values(status=SubscriberStatus.blocklisted, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
@@ -133,28 +143,34 @@ async def unsubscribe_all(session: AsyncSession, subscriber_id: int) -> int:
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def bump_score(session: AsyncSession, address: str, now: datetime, quiet: timedelta) -> int:
-    """Add one to the address's score unless it already bounced today; start over after quiet
-    days. Conditional statements, so concurrent processes cannot add twice in a day."""
-    address = address.lower()
+async def bump_scores(
+    session: AsyncSession, addresses: list[str], now: datetime, quiet: timedelta
+) -> dict[str, int]:
+    """Add one to each address's score unless it already bounced today; start over after quiet
+    days; returns the scores. Conditional statements, so concurrent processes cannot add twice
+    in a day."""
+    if not addresses:
+        return {}
+    table = cast(sa.Table, BounceScore.__table__)
+    unique = sorted({address.lower() for address in addresses})
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    stale = BounceScore.last_bounce_at < now - quiet
+    stale = table.c.last_bounce_at < now - quiet
     await session.execute(
-        sa.update(BounceScore)
-        .where(BounceScore.address == address, BounceScore.last_bounce_at < day_start)
-        .values(
-            score=sa.case((stale, 1), else_=BounceScore.score + 1),
-            last_bounce_at=now,
-        )
-        .execution_options(synchronize_session=False)
+        sa.update(table)
+        .where(table.c.address == sa.bindparam("b_address"), table.c.last_bounce_at < day_start)
+        .values(score=sa.case((stale, 1), else_=table.c.score + 1), last_bounce_at=now),
+        [{"b_address": address} for address in unique],
     )
     await session.execute(
-        _insert(session)(BounceScore)
-        .values(address=address, score=1, last_bounce_at=now)
-        .on_conflict_do_nothing(index_elements=["address"])
+        _insert(session)(table)
+        .values(address=sa.bindparam("address"), score=1, last_bounce_at=now)
+        .on_conflict_do_nothing(index_elements=["address"]),
+        [{"address": address} for address in unique],
     )
-    score = await session.scalar(sa.select(BounceScore.score).where(BounceScore.address == address))
-    return int(score or 0)
+    rows = await session.execute(
+        sa.select(table.c.address, table.c.score).where(table.c.address.in_(unique))
+    )
+    return {str(address): int(score) for address, score in rows}
 
 
 async def page(

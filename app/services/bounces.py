@@ -118,32 +118,20 @@ async def apply(
     """Act on each fact, keep it with its evidence, write events (with `also`, in one
     executemany) and the ledger rows' status, then run the campaign guard."""
     now = now or utcnow()
-    records: list[Bounce] = []
+    found: list[tuple[Fact, str, int | None]] = []
     for fact in facts:
         email = fact.email.lower().replace("\x00", "")[:320]
         subscriber_id = fact.row.subscriber_id if fact.row else None
         if subscriber_id is None:
             subscriber_id = await repo.subscriber_id_for(session, email)
-        action = await _act(session, policy, fact, email, subscriber_id, now)
-        cls = fact.classification
-        record = Bounce(
-            created_at=now,
-            email=email,
-            kind="complaint" if cls is None else "bounce",
-            source=fact.source,
-            bounce_class=cls.bounce_class.value if cls else "",
-            severity=cls.severity.value if cls else "",
-            status=cls.status[:16] if cls else "",
-            diagnostic=_cut(fact.diagnostic, 1000)[:1000],
-            action=action[:64],
-            campaign_id=fact.row.campaign_id if fact.row and fact.row.kind == "c" else None,
-            subscriber_id=subscriber_id,
-            send_id=fact.row.row_id if fact.row and fact.row.kind == "c" else None,
-            message_id=fact.row.row_id if fact.row and fact.row.kind == "m" else None,
-            raw=_cut(fact.raw, policy.raw_max_bytes),
-        )
-        session.add(record)
-        records.append(record)
+        found.append((fact, email, subscriber_id))
+    actions = await _act(session, policy, found, now)
+    # Added after the actions, so that one flush inserts them all (no autoflush per fact).
+    records = [
+        _record(fact, email, subscriber_id, action, policy, now)
+        for (fact, email, subscriber_id), action in zip(found, actions, strict=True)
+    ]
+    session.add_all(records)
     await session.flush()
     if update_ledger:
         await ledger.record_delivery(
@@ -164,35 +152,66 @@ async def apply(
     return records
 
 
+def _record(
+    fact: Fact, email: str, subscriber_id: int | None, action: str, policy: Policy, now: datetime
+) -> Bounce:
+    cls = fact.classification
+    row = fact.row
+    return Bounce(
+        created_at=now,
+        email=email,
+        kind="complaint" if cls is None else "bounce",
+        source=fact.source,
+        bounce_class=cls.bounce_class.value if cls else "",
+        severity=cls.severity.value if cls else "",
+        status=cls.status[:16] if cls else "",
+        diagnostic=_cut(fact.diagnostic, 1000)[:1000],
+        action=action[:64],
+        campaign_id=row.campaign_id if row and row.kind == "c" else None,
+        subscriber_id=subscriber_id,
+        send_id=row.row_id if row and row.kind == "c" else None,
+        message_id=row.row_id if row and row.kind == "m" else None,
+        raw=_cut(fact.raw, policy.raw_max_bytes),
+    )
+
+
 async def _act(
     session: AsyncSession,
     policy: Policy,
-    fact: Fact,
-    email: str,
-    subscriber_id: int | None,
+    facts: list[tuple[Fact, str, int | None]],
     now: datetime,
-) -> str:
-    """Do what the fact calls for; returns a word saying what was done."""
-    if fact.classification is None:
-        changed = await repo.unsubscribe_all(session, subscriber_id) if subscriber_id else 0
-        reason = f"complaint ({fact.feedback_type or 'abuse'}) via {fact.source}"
-        await repo.suppress(session, email, policy.complaint_scope, COMPLAINT_SOURCE, reason)
-        return f"unsubscribed from {changed} lists, suppressed {policy.complaint_scope.value}"
-    severity = fact.classification.severity
-    reason = f"{fact.classification.bounce_class.value}: {fact.diagnostic[:300]}"
-    if severity is Severity.hard:
-        await repo.suppress(session, email, SuppressionScope.all, SOURCE, reason)
-        await repo.blocklist(session, email)
-        return "suppressed"
-    if severity is Severity.soft:
-        score = await repo.bump_score(session, email, now, policy.quiet)
-        if score >= policy.score_threshold:
-            reason = f"soft-bounce score {score}; last {reason}"
-            await repo.suppress(session, email, SuppressionScope.all, SOURCE, reason)
-            await repo.blocklist(session, email)
-            return f"scored {score}, suppressed"
-        return f"scored {score}"
-    return "none"
+) -> list[str]:
+    """Do what each (fact, address, subscriber) calls for, in a few statements for the whole
+    batch; returns for each a word saying what was done."""
+    actions = ["none"] * len(facts)
+    hard: dict[str, str] = {}
+    soft: list[int] = []
+    for index, (fact, email, subscriber_id) in enumerate(facts):
+        if fact.classification is None:
+            changed = await repo.unsubscribe_all(session, subscriber_id) if subscriber_id else 0
+            reason = f"complaint ({fact.feedback_type or 'abuse'}) via {fact.source}"
+            await repo.suppress(session, {email: reason}, policy.complaint_scope, COMPLAINT_SOURCE)
+            actions[index] = (
+                f"unsubscribed from {changed} lists, suppressed {policy.complaint_scope.value}"
+            )
+        elif fact.classification.severity is Severity.hard:
+            hard[email] = f"{fact.classification.bounce_class.value}: {fact.diagnostic[:300]}"
+            actions[index] = "suppressed"
+        elif fact.classification.severity is Severity.soft:
+            soft.append(index)
+    scores = await repo.bump_scores(session, [facts[i][1] for i in soft], now, policy.quiet)
+    for index in soft:
+        fact, email, _ = facts[index]
+        score = scores.get(email, 0)
+        actions[index] = f"scored {score}"
+        if score >= policy.score_threshold and email not in hard:
+            assert fact.classification is not None
+            last = f"{fact.classification.bounce_class.value}: {fact.diagnostic[:300]}"
+            hard[email] = f"soft-bounce score {score}; last {last}"
+            actions[index] = f"scored {score}, suppressed"
+    await repo.suppress(session, hard, SuppressionScope.all, SOURCE)
+    await repo.blocklist(session, list(hard))
+    return actions
 
 
 def _event(record: Bounce, now: datetime) -> NewEvent:
