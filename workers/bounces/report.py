@@ -55,6 +55,16 @@ class Report:
         """Recipients the message will not reach."""
         return [item for item in self.recipients if item.failed]
 
+    @property
+    def feedback_is_complaint(self) -> bool:
+        """An ARF report that is a complaint (abuse, fraud, …; not `not-spam`)."""
+        return self.feedback is not None and self.feedback.is_complaint
+
+    @property
+    def feedback_type(self) -> str:
+        """The ARF Feedback-Type, "" for other reports."""
+        return self.feedback.feedback_type if self.feedback is not None else ""
+
     def addresses(self) -> list[str]:
         """Every recipient address the report names."""
         if self.feedback is not None:

@@ -155,6 +155,12 @@ class ReportProcessor:
                 "inbound mail is %s (subject %r): kept in other/", report.kind, report.subject
             )
             return Handled(report.kind.value)
+        if report.kind is ReportKind.complaint and not report.feedback_is_complaint:
+            logger.info("feedback report of type %s: nothing to do", report.feedback_type)
+            return Handled("not_complaint")
+        if report.kind in (ReportKind.dsn, ReportKind.bounce) and not report.failures:
+            logger.info("delivery report without failures (a delay notice): nothing to do")
+            return Handled("delayed")
         found = clues(self.secret, recipients, report.original, report.addresses())
         if found.forged:
             logger.warning(
@@ -178,34 +184,35 @@ class ReportProcessor:
         self, session: AsyncSession, report: Report, found: Clues, data: bytes
     ) -> list[bounces.Fact]:
         raw = data.decode("utf-8", "replace")
-        source = {"dsn": "dsn", "bounce": "bounce", "complaint": "arf"}[report.kind.value]
         if report.kind is ReportKind.complaint:
-            assert report.feedback is not None
-            if not report.feedback.is_complaint:
-                return []
-            email = (found.recipients or [""])[0]
-            row = await self._row(session, found, email)
-            if row is None:
-                return []
-            return [
-                bounces.Fact(
-                    row.email,
-                    source,
-                    None,
-                    f"feedback-type {report.feedback.feedback_type}",
-                    raw,
-                    row,
-                    report.feedback.feedback_type,
-                )
-            ]
-        facts = []
+            return await self._complaint(session, report, found, raw)
+        return await self._bounces(session, report, found, raw)
+
+    async def _complaint(
+        self, session: AsyncSession, report: Report, found: Clues, raw: str
+    ) -> list[bounces.Fact]:
+        feedback = report.feedback
+        assert feedback is not None
+        row = await self._row(session, found, (found.recipients or [""])[0])
+        if row is None:
+            return []
+        diagnostic = f"feedback-type {feedback.feedback_type}"
+        return [bounces.Fact(row.email, "arf", None, diagnostic, raw, row, feedback.feedback_type)]
+
+    async def _bounces(
+        self, session: AsyncSession, report: Report, found: Clues, raw: str
+    ) -> list[bounces.Fact]:
+        """A signed row takes the recipient that matches it (or the first); without one,
+        each failed recipient is looked up by address."""
+        source = report.kind.value
         failures = report.failures
-        if found.row is not None and failures:
+        if found.row is not None:
             row = await self._row(session, found, "")
             if row is None:
                 return []
             item = next((f for f in failures if f.final_recipient == row.email), failures[0])
             return [self._bounce(row.email, source, item, raw, row)]
+        facts = []
         for item in failures:
             row = await self._row(session, found, item.final_recipient)
             if row is not None:

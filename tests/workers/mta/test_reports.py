@@ -158,3 +158,20 @@ async def test_replies_and_auto_replies_are_kept_for_a_person(
     assert len(list((tmp_path / "inbound" / "other").iterdir())) == 2
     async with sessionmaker() as session:
         assert await session.scalar(sa.select(sa.func.count(Bounce.id))) == 0
+
+
+async def test_delay_notices_and_not_spam_feedback_change_nothing(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    corpus = Path(__file__).parents[2] / "bounces" / "corpus"
+    processor = _processor(settings, sessionmaker, tmp_path / "inbound")
+    delayed = (corpus / "postfix_dsn_delayed.eml").read_bytes()
+    assert (await processor.handle(delayed)).kind == "delayed"
+    not_spam = (
+        (corpus / "arf_abuse.eml")
+        .read_bytes()
+        .replace(b"Feedback-Type: abuse", b"Feedback-Type: not-spam")
+    )
+    assert (await processor.handle(not_spam)).kind == "not_complaint"
+    async with sessionmaker() as session:
+        assert await session.scalar(sa.select(sa.func.count(Bounce.id))) == 0
