@@ -135,7 +135,7 @@ def test_a_reputation_block_inside_a_5xx_is_not_hard() -> None:
     assert result.severity is Severity.informational
 
 
-def test_arf_abuse_report_is_a_complaint_attributed_by_message_id() -> None:
+def test_arf_abuse_report_is_a_complaint_attributed_by_the_returned_sender() -> None:
     report = parse_report((CORPUS / "arf_abuse.eml").read_bytes())
     assert report.kind is ReportKind.complaint
     assert report.feedback is not None
@@ -146,7 +146,7 @@ def test_arf_abuse_report_is_a_complaint_attributed_by_message_id() -> None:
     assert report.feedback.user_agent == "ExampleFBL/1.0"
     found = clues(SECRET, ["complaints@bounces.warta.test"], report.original, report.addresses())
     assert found.row is not None
-    assert (found.row.row_id, found.row.via, found.campaign_id) == (108, "message-id", 7)
+    assert (found.row.row_id, found.row.via, found.campaign_id) == (108, "verp", 7)
     assert found.recipients == ["heidi@example.net"]
 
 
@@ -168,3 +168,22 @@ def test_a_forged_verp_token_marks_the_report_forged() -> None:
     # verify either.
     other = clues("another-secret", ["bounces+c101-bj4y5irdsy@x"], report.original, [])
     assert other.forged and other.row is None
+
+
+def test_arf_attribution_by_original_mail_from_then_by_message_id() -> None:
+    data = (CORPUS / "arf_abuse.eml").read_bytes()
+    data = data.replace(b"Message-ID: <c108.gthxwxbo3m@mta.warta.test>\n", b"")
+    data = data.replace(b"Return-Path: <bounces+c108-rljjplyibi@bounces.warta.test>\n", b"")
+    report = parse_report(data)
+    assert report.feedback is not None and report.original is not None
+    assert report.original.get("Message-ID") is None
+    senders = [report.feedback.original_mail_from]
+    found = clues(SECRET, ["complaints@x"], report.original, report.addresses(), senders)
+    assert found.row is not None and (found.row.row_id, found.row.via) == (108, "verp")
+    forged = [senders[0].replace("rljjplyibi", "aaaaaaaaaa")]
+    assert clues(SECRET, ["complaints@x"], report.original, [], forged).forged
+    # Without any envelope sender, the Message-ID still names the row.
+    kept_id = (CORPUS / "arf_abuse.eml").read_bytes()
+    kept_id = kept_id.replace(b"Return-Path: <bounces+c108-rljjplyibi@bounces.warta.test>\n", b"")
+    by_id = clues(SECRET, ["complaints@x"], parse_report(kept_id).original, [])
+    assert by_id.row is not None and (by_id.row.row_id, by_id.row.via) == (108, "message-id")

@@ -1,16 +1,18 @@
 """Which ledger row a report is about, as clues in order of trust.
 
-1. the VERP token in the envelope recipient (signed, names the row);
+1. the VERP token in the envelope recipient (signed, names the row), or the same token as
+   the original's envelope sender (ARF's Original-Mail-From, the returned Return-Path);
 2. the signed Message-ID of the returned original;
 3. Warta's own headers in the returned original (Feedback-ID names the campaign);
 4. the reported recipient address alone (the latest ledger row for it).
-A VERP-shaped address whose signature does not verify marks the report forged: nothing is
-done for it, whatever else it says.
+A VERP-shaped address among these whose signature does not verify marks the report forged:
+nothing is done for it, whatever else it says (a forger may quote a genuine message).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
 
@@ -41,25 +43,30 @@ class Clues:
     forged: bool = False
 
 
-def verp_row(secret: str, envelope_recipients: list[str]) -> tuple[Row | None, bool]:
-    """(row, forged) from the envelope recipients: a token that does not verify is forged."""
-    forged = False
-    for address in envelope_recipients:
+def verp_row(secret: str, addresses: list[str]) -> tuple[Row | None, bool]:
+    """(row, forged) from VERP addresses: one token that does not verify makes it forged."""
+    row = None
+    for address in addresses:
         if not address.lower().startswith(VERP_PREFIX):
             continue
         parsed = identity.parse_verp(secret, address)
         if parsed is None:
-            forged = True
-            continue
-        return Row(parsed[0], parsed[1], "verp"), False
-    return None, forged
+            return None, True
+        row = row or Row(parsed[0], parsed[1], "verp")
+    return row, False
 
 
 def clues(
-    secret: str, envelope_recipients: list[str], original: Message | None, recipients: list[str]
+    secret: str,
+    envelope_recipients: list[str],
+    original: Message | None,
+    recipients: list[str],
+    senders: Sequence[str] = (),
 ) -> Clues:
-    """Gather every clue; `recipients` are the addresses the report names."""
-    row, forged = verp_row(secret, envelope_recipients)
+    """Gather every clue; `recipients` are the addresses the report names, `senders` the
+    envelope senders it reports for the original (ARF's Original-Mail-From)."""
+    returned = [address_field(header(original, "Return-Path"))] if original is not None else []
+    row, forged = verp_row(secret, [*envelope_recipients, *senders, *returned])
     if forged:
         return Clues(None, None, recipients, forged=True)
     campaign_id = None

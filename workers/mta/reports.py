@@ -161,7 +161,8 @@ class ReportProcessor:
         if report.kind in (ReportKind.dsn, ReportKind.bounce) and not report.failures:
             logger.info("delivery report without failures (a delay notice): nothing to do")
             return Handled("delayed")
-        found = clues(self.secret, recipients, report.original, report.addresses())
+        senders = [report.feedback.original_mail_from] if report.feedback is not None else []
+        found = clues(self.secret, recipients, report.original, report.addresses(), senders)
         if found.forged:
             logger.warning(
                 "forged report ignored: envelope recipient %s has a bad signature", recipients
