@@ -104,6 +104,39 @@ class Settings(BaseSettings):
         604_800, gt=0, description="Seconds a Message-ID is remembered to refuse a second copy."
     )
     bounce_domain: str = Field("bounces.localhost", description="VERP return-path domain.")
+    bounce_rules: Path | None = Field(
+        None,
+        description="TOML file of bounce classification rules tried before the built-in ones "
+        "(same shape as workers/bounces/bounce_rules.toml); may re-kind classes.",
+    )
+    bounce_score_threshold: int = Field(
+        5, ge=1, description="Soft-bounce score at which an address is suppressed."
+    )
+    bounce_score_quiet_days: int = Field(
+        7, ge=1, description="Days without a bounce after which an address's score starts over."
+    )
+    bounce_complaint_scope: Literal["broadcast", "all"] = Field(
+        "broadcast",
+        description="Suppression scope for a complaint: broadcast keeps transactional mail.",
+    )
+    bounce_guard_window: int = Field(
+        3600, ge=60, description="Seconds of recent sends the campaign bounce guard looks at."
+    )
+    bounce_guard_min_sends: int = Field(
+        500, ge=1, description="Sends in the window before the bounce guard may pause a campaign."
+    )
+    bounce_guard_hard_rate: float = Field(
+        0.05, gt=0, le=1, description="Hard-bounce share of the window's sends that pauses."
+    )
+    bounce_guard_complaint_rate: float = Field(
+        0.003, gt=0, le=1, description="Complaint share of the window's sends that pauses."
+    )
+    bounce_raw_max_bytes: int = Field(
+        262_144, ge=1024, description="Bytes of each report kept as evidence in the database."
+    )
+    bounce_poll_interval: float = Field(
+        2.0, gt=0, description="Seconds between scans of the inbound Maildir for reports."
+    )
     mta_retry_min: int = Field(300, ge=1, description="Seconds before the first retry.")
     mta_retry_max: int = Field(4000, ge=1, description="Longest wait between tries, seconds.")
     mta_queue_lifetime: int = Field(432000, ge=1, description="Seconds before a message fails.")

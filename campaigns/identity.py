@@ -10,9 +10,11 @@ import base64
 import functools
 import hashlib
 import hmac
+import re
 from typing import Any
 
 _MAC_BYTES = 6
+_MESSAGE_ID = re.compile(r"^\s*<([a-z])(\d{1,18})\.([a-z2-7]{1,20})@[^<>\s]+>\s*$")
 
 
 def _mac(secret: str, purpose: str, payload: str, size: int = _MAC_BYTES) -> str:
@@ -23,6 +25,17 @@ def _mac(secret: str, purpose: str, payload: str, size: int = _MAC_BYTES) -> str
 def message_id(secret: str, ledger_id: int, hostname: str, kind: str = "c") -> str:
     """`<c123.mac@host>`: unique per ledger row, the same on every resubmission."""
     return f"<{kind}{ledger_id}.{_mac(secret, 'mid', f'{kind}{ledger_id}')}@{hostname}>"
+
+
+def parse_message_id(secret: str, value: str) -> tuple[str, int] | None:
+    """(kind, ledger id) for a genuine Warta Message-ID, None for any other or a forgery."""
+    match = _MESSAGE_ID.match(value)
+    if match is None:
+        return None
+    kind, number, mac = match.groups()
+    if not hmac.compare_digest(mac, _mac(secret, "mid", f"{kind}{number}")):
+        return None
+    return kind, int(number)
 
 
 def verp_address(secret: str, ledger_id: int, bounce_domain: str, kind: str = "c") -> str:

@@ -13,6 +13,7 @@ from app.api import problems
 from app.api.cors import PublicCors
 from app.api.limits import BodyLimit
 from app.api.routes import (
+    bounces,
     campaigns,
     health,
     imports,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue,
         tracking,
         public,
+        bounces,
     ):
         api.include_router(module.router)
     app.include_router(api)

@@ -2,6 +2,7 @@
 
 from app.models.api_key import ApiKey
 from app.models.base import Base, utcnow
+from app.models.bounce import Bounce, BounceScore
 from app.models.campaign import Campaign, CampaignLink, CampaignList, CampaignStatus
 from app.models.event import Event, EventKind
 from app.models.import_job import ImportJob, ImportMode, ImportStatus
@@ -15,6 +16,8 @@ __all__ = [
     "OPEN_STATUSES",
     "ApiKey",
     "Base",
+    "Bounce",
+    "BounceScore",
     "Campaign",
     "CampaignLink",
     "CampaignList",

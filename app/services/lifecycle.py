@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +41,22 @@ async def transition(
         raise Conflict(f"campaign {campaign_id} changed state meanwhile; read it and retry")
     await session.refresh(campaign)
     return campaign
+
+
+async def pause_when(
+    session: AsyncSession, campaign_id: int, condition: sa.ColumnElement[bool], reason: Any
+) -> bool:
+    """Pause a running campaign if `condition` holds, in one conditional UPDATE (safe when many
+    processes evaluate it at once: only one changes the row). `reason` may be an SQL
+    expression. Returns whether this call paused it."""
+    allowed, to = ACTIONS["pause"]
+    result = await session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status.in_(allowed), condition)
+        .values(status=to, status_reason=reason, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 async def start(session: AsyncSession, campaign_id: int) -> Campaign | None:

@@ -8,7 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, NotFound
 from app.models import Suppression, SuppressionScope
+from app.repositories import bounces
 from campaigns.erasure import hashed_address
+
+BOUNCE_SOURCE = "bounce"
 
 
 async def add(
@@ -39,8 +42,12 @@ async def get(session: AsyncSession, address: str) -> Suppression:
 
 
 async def remove(session: AsyncSession, address: str) -> None:
-    """Lift the suppression of an address."""
-    await session.delete(await get(session, address))
+    """Lift the suppression of an address; one made by a bounce also re-enables the
+    subscriber it blocklisted and forgets its bounce score."""
+    found = await get(session, address)
+    await session.delete(found)
+    if found.source == BOUNCE_SOURCE:
+        await bounces.unblock(session, address)
     await session.flush()
 
 

@@ -11,15 +11,18 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.database import create_engine, create_sessionmaker
+from app.services.bounces import Policy
 from app.settings import Settings
 from campaigns.identity import parse_verp
+from workers.bounces.classify import classifier
 from workers.mta.auth import ApiKeyAuthenticator
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
 from workers.mta.dkim import DkimSigner
 from workers.mta.inbound import InboundStore
 from workers.mta.listener import InboundHandler, Networks, SubmissionHandler, serve
-from workers.mta.outcomes import LedgerOutcomes
+from workers.mta.outcomes import Context, LedgerOutcomes
+from workers.mta.reports import ReportProcessor
 from workers.mta.routing import Router
 from workers.mta.shaping import Shaping
 from workers.mta.spool import Spool
@@ -39,6 +42,7 @@ class MtaService:
     outcomes: LedgerOutcomes
     engine: AsyncEngine
     authenticator: ApiKeyAuthenticator
+    reports: ReportProcessor
     publisher: StatusPublisher | None = None
 
     @classmethod
@@ -59,7 +63,18 @@ class MtaService:
             ),
         }
         secret = settings.effective_secret_key()
-        outcomes = LedgerOutcomes(create_sessionmaker(engine), secret)
+        policy = Policy.from_settings(settings)
+        rules = classifier(settings.bounce_rules)
+        outcomes = LedgerOutcomes(create_sessionmaker(engine), secret, Context(policy, rules))
+        reports = ReportProcessor(
+            var / "inbound",
+            create_sessionmaker(engine),
+            secret,
+            policy,
+            rules,
+            poll_interval=settings.bounce_poll_interval,
+        )
+        reports.start()
         agent = DeliveryAgent(
             spool,
             Router.from_settings(settings),
@@ -108,7 +123,9 @@ class MtaService:
             else None,
         )
         inbound = InboundHandler(
-            settings.bounce_domain, InboundStore(var / "inbound").store, settings.mta_max_recipients
+            settings.bounce_domain,
+            InboundStore(var / "inbound", reports.wake).store,
+            settings.mta_max_recipients,
         )
         servers = [await listen(submission, a, True) for a in settings.mta_submission.split(",")]
         servers.append(await listen(inbound, settings.mta_inbound, False))
@@ -116,7 +133,7 @@ class MtaService:
         if redis is not None:
             publisher = StatusPublisher(redis, agent, spool)
             publisher.start()
-        return cls(spool, agent, servers, outcomes, engine, authenticator, publisher)
+        return cls(spool, agent, servers, outcomes, engine, authenticator, reports, publisher)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, finish deliveries in flight, keep the rest spooled."""
@@ -126,6 +143,7 @@ class MtaService:
             await server.wait_closed()
         if self.publisher is not None:  # after the listeners: it owns the Redis connection
             await self.publisher.stop()
+        await self.reports.stop()
         await self.agent.drain(grace)
         await self.spool.close()
         await self.outcomes.close()

@@ -14,8 +14,9 @@ from app.api.schemas.lifecycle import CampaignPreview, CampaignStats, TestSend, 
 from app.models import utcnow
 from app.queue import PRIORITY_QUEUE, enqueue_batches, enqueue_start
 from app.repositories import ledger
+from app.repositories.events import counts_by_kind
+from app.services import bounces, content, lifecycle
 from app.services import campaigns as campaigns_service
-from app.services import content, lifecycle
 from app.services import subscribers as subscribers_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
@@ -73,13 +74,21 @@ async def cancel(campaign_id: PathId, request: Request, session: SessionDep) -> 
 
 @router.get("/{campaign_id}/stats", dependencies=READ)
 async def stats(campaign_id: PathId, session: SessionDep) -> CampaignStats:
-    """Ledger counts per status, the current rate and an ETA."""
+    """Ledger counts per status, bounces by class and severity, event counts (unsubscribed,
+    opened, clicked), the current rate and an ETA."""
     figures = await lifecycle.stats(session, campaign_id)
     campaign = figures.campaign
     counts = {status: figures.counts.get(status, 0) for status in CampaignStats.model_fields}
+    bounced = await bounces.campaign_counts(session, campaign_id)
+    events = await counts_by_kind(session, campaign_id)
     return CampaignStats(
         **{
             **counts,
+            "bounced_hard": bounced.hard,
+            "bounced_soft": bounced.soft,
+            "bounced_informational": bounced.informational,
+            "bounces_by_class": bounced.by_class,
+            **{kind: events.get(kind, 0) for kind in ("unsubscribed", "opened", "clicked")},
             "campaign_id": campaign_id,
             "status": campaign.status.value,
             "status_reason": campaign.status_reason,

@@ -25,6 +25,14 @@ class CampaignStats(ReadModel):
     complained: int
     failed: int
     skipped: int
+    bounced_hard: int
+    bounced_soft: int
+    bounced_informational: int
+    bounces_by_class: dict[str, int]
+    """Bounce records per class (invalid_recipient, mailbox_full, reputation_block, …)."""
+    unsubscribed: int
+    opened: int
+    clicked: int
     rate_per_second: float
     eta_seconds: float | None
 
