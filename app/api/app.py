@@ -12,16 +12,19 @@ from fastapi import APIRouter, FastAPI
 from app.api import problems
 from app.api.limits import BodyLimit
 from app.api.routes import (
+    broadcast_unsubscribe,
     campaigns,
     health,
     imports,
     lifecycle,
     lists,
+    messages,
     metrics,
     queue,
     subscribers,
     suppressions,
     templates,
+    webhooks,
 )
 from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.redis import arq_redis_settings, resolve_redis_url
@@ -32,6 +35,7 @@ from app.web import unsubscribe as unsubscribe_pages
 
 API_PREFIX = "/api/v1"
 UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import",)
+MESSAGE_PATHS = (f"{API_PREFIX}/messages", f"{API_PREFIX}/messages/batch")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -82,16 +86,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle,
         suppressions,
         queue,
+        messages,
+        webhooks,
     ):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(unsubscribe_pages.router)
+    app.include_router(broadcast_unsubscribe.router)
     app.add_middleware(
         BodyLimit,
         default=settings.max_json_bytes,
         uploads=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
+        larger=dict.fromkeys(MESSAGE_PATHS, settings.message_max_request_bytes),
     )
     return app

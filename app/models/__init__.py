@@ -6,24 +6,39 @@ from app.models.campaign import Campaign, CampaignList, CampaignStatus
 from app.models.event import Event, EventKind
 from app.models.import_job import ImportJob, ImportMode, ImportStatus
 from app.models.mailing_list import MailingList, OptIn, Visibility
+from app.models.message import (
+    SENDABLE_STATUSES,
+    IdempotencyKey,
+    Message,
+    MessageStatus,
+    MessageStream,
+)
 from app.models.send import OPEN_STATUSES, Send, SendStatus
 from app.models.subscriber import Subscriber, SubscriberStatus, Subscription, SubscriptionStatus
 from app.models.suppression import Suppression, SuppressionScope
 from app.models.template import Template
+from app.models.webhook import DeliveryStatus, EventCursor, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "OPEN_STATUSES",
+    "SENDABLE_STATUSES",
     "ApiKey",
     "Base",
     "Campaign",
     "CampaignList",
     "CampaignStatus",
+    "DeliveryStatus",
     "Event",
+    "EventCursor",
     "EventKind",
+    "IdempotencyKey",
     "ImportJob",
     "ImportMode",
     "ImportStatus",
     "MailingList",
+    "Message",
+    "MessageStatus",
+    "MessageStream",
     "OptIn",
     "Send",
     "SendStatus",
@@ -35,5 +50,7 @@ __all__ = [
     "SuppressionScope",
     "Template",
     "Visibility",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "utcnow",
 ]

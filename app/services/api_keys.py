@@ -12,7 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import Invalid
 from app.models import ApiKey, utcnow
 
-RESOURCES = ("lists", "subscribers", "templates", "campaigns", "suppressions", "messages", "queue")
+RESOURCES = (
+    "lists",
+    "subscribers",
+    "templates",
+    "campaigns",
+    "suppressions",
+    "messages",
+    "queue",
+    "webhooks",
+)
 SCOPES = frozenset({"admin"} | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")})
 TOKEN_PREFIX = "wk_"
 _TOUCH_INTERVAL = timedelta(minutes=1)

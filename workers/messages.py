@@ -1,0 +1,89 @@
+"""Sending transactional messages: lease the rows, submit to the MTA, record the outcome.
+
+A row is sent only while a worker holds its lease, and only from `queued` or a due
+`deferred`, so a message already sent is never sent again. A worker that dies between the
+MTA's 250 and the record leaves the lease to expire; the row is then resubmitted with the
+same Message-ID, which the MTA recognises and does not deliver twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from app.models import MessageStatus, utcnow
+from app.repositories import messages as repository
+from app.repositories.messages import Attempt, Claimed
+from campaigns import identity
+from workers.context import EngineContext
+from workers.send_result import Outcome, SendResult
+
+LEASE = timedelta(minutes=5)
+STRAGGLER_AGE = timedelta(seconds=5)
+RESUME_LIMIT = 1000
+
+
+@dataclass
+class MessagesReport:
+    """What one job did."""
+
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+async def send_messages(engine: EngineContext, message_ids: list[int]) -> MessagesReport:
+    """Send the due messages among `message_ids`; the others are left alone."""
+    report = MessagesReport()
+    token = secrets.token_hex(8)
+    async with engine.sessionmaker() as session:
+        claimed = await repository.claim(session, message_ids, token, utcnow(), LEASE)
+        await session.commit()
+    report.skipped = len(message_ids) - len(claimed)
+    if not claimed:
+        return report
+    settings = engine.settings
+    secret = settings.effective_secret_key()
+    results = await asyncio.gather(
+        *(
+            engine.sender.send_one(
+                identity.verp_address(secret, row.id, settings.bounce_domain, kind="m"),
+                row.to_email,
+                row.mime,
+            )
+            for row in claimed
+        )
+    )
+    attempts = [
+        _attempt(engine, row, result, report) for row, result in zip(claimed, results, strict=True)
+    ]
+    async with engine.sessionmaker() as session:
+        await repository.record_attempts(session, token, attempts)
+        await session.commit()
+    return report
+
+
+def _attempt(
+    engine: EngineContext, row: Claimed, result: SendResult, report: MessagesReport
+) -> Attempt:
+    reply = result.describe()
+    if result.outcome is Outcome.DELIVERED:
+        report.sent += 1
+        return Attempt(row.id, MessageStatus.sent, reply, row.to_email)
+    settings = engine.settings
+    if result.outcome is Outcome.TEMPORARY and row.attempts + 1 < settings.message_max_attempts:
+        report.deferred += 1
+        wait = timedelta(seconds=settings.message_retry_base * 2**row.attempts)
+        return Attempt(row.id, MessageStatus.deferred, reply, row.to_email, utcnow() + wait)
+    report.failed += 1
+    return Attempt(row.id, MessageStatus.failed, reply, row.to_email)
+
+
+async def due_messages(engine: EngineContext) -> list[int]:
+    """Messages to (re)enqueue: deferred and due, or queued long enough to be stragglers."""
+    now = utcnow()
+    async with engine.sessionmaker() as session:
+        return await repository.due(session, now, now - STRAGGLER_AGE, RESUME_LIMIT)
