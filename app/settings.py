@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     sender_connections: int = Field(
         10, ge=1, le=200, description="Persistent SMTP connections per worker process."
     )
+    sender_priority_connections: int = Field(
+        2,
+        ge=1,
+        le=50,
+        description="SMTP connections per worker kept for transactional mail (beside the pool).",
+    )
     max_json_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(50_000_000, ge=1024, description="Largest CSV upload.")
     import_batch_size: int = Field(5000, ge=1, le=50_000, description="Rows per import flush.")

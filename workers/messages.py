@@ -47,9 +47,10 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> Messag
         return report
     settings = engine.settings
     secret = settings.effective_secret_key()
+    sender = engine.priority_sender or engine.sender
     results = await asyncio.gather(
         *(
-            engine.sender.send_one(
+            sender.send_one(
                 identity.verp_address(secret, row.id, settings.bounce_domain, kind="m"),
                 row.to_email,
                 row.mime,

@@ -33,13 +33,15 @@ async def engine_context(settings: Settings, redis: Redis) -> AsyncIterator[Engi
     """Open the database engine and the SMTP pool for the life of the worker."""
     engine = create_engine(settings)
     sender = SmtpSender.from_settings(settings, pool_size=settings.sender_connections)
+    priority = SmtpSender.from_settings(settings, pool_size=settings.sender_priority_connections)
     try:
-        async with sender:
+        async with sender, priority:
             yield EngineContext(
                 settings=settings,
                 sessionmaker=create_sessionmaker(engine),
                 sender=sender,
                 limiter=RateLimiter(redis),
+                priority_sender=priority,
             )
     finally:
         await engine.dispose()
