@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from app.models import Campaign, utcnow
 from app.queue import enqueue_batches, enqueue_messages
 from app.repositories import ledger
-from app.services import lifecycle
+from app.services import idempotency, lifecycle
 from workers import messages
 from workers.batch import send_batch as run_batch
 from workers.context import EngineContext
@@ -96,3 +96,12 @@ async def resume_messages(ctx: Ctx) -> int:
     if due:
         await enqueue_messages(ctx["redis"], due)
     return len(due)
+
+
+async def purge_idempotency_keys(ctx: Ctx) -> int:
+    """Forget Idempotency-Keys older than WARTA_IDEMPOTENCY_TTL."""
+    engine = _engine(ctx)
+    async with engine.sessionmaker() as session:
+        purged = await idempotency.purge(session, engine.settings.idempotency_ttl)
+        await session.commit()
+    return purged

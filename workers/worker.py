@@ -77,6 +77,7 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
                 cron(tasks.start_due_campaigns, second=set(range(60)), run_at_startup=True),
                 cron(tasks.reconcile, second=set(range(0, 60, 5)), run_at_startup=True),
                 cron(tasks.resume_messages, second=set(range(60)), run_at_startup=True),
+                cron(tasks.purge_idempotency_keys, minute=set(range(0, 60, 10)), second=0),
             ],
             **common,
         ),

@@ -42,8 +42,14 @@ async def prepare(
     site: SiteIdentity,
     request: MessageCreate,
     templates: dict[int, Template] | None = None,
+    *,
+    dry_build: bool = False,
 ) -> Prepared:
-    """Load the template, render for every recipient and test-build: any problem raises."""
+    """Load the template and render for every recipient: any problem raises.
+
+    With `dry_build`, also build the first message with a stand-in id, so that a bad address
+    or header fails this request alone (a batch item) rather than `store`, which fails all.
+    """
     source = await _content(session, request, templates if templates is not None else {})
     content.compile_content(source)
     files = content.decode_attachments(
@@ -64,10 +70,11 @@ async def prepare(
     for mailbox in request.recipients():
         rendered = content.render(source, request.data, mailbox, settings.message_max_bytes)
         recipients.append((mailbox, _address(mailbox), rendered))
-    first = recipients[0]
-    content.check_buildable(
-        site, dataclasses.replace(envelope, recipient=first[0], attachments=()), first[2]
-    )
+    if dry_build:
+        first = recipients[0]
+        content.check_buildable(
+            site, dataclasses.replace(envelope, recipient=first[0], attachments=()), first[2]
+        )
     return Prepared(request, envelope, recipients)
 
 
@@ -138,7 +145,10 @@ async def store(
                 )
                 continue
             envelope = dataclasses.replace(item.envelope, recipient=mailbox)
-            mime = content.build(site, row.id, envelope, rendered)
+            try:
+                mime = content.build(site, row.id, envelope, rendered)
+            except ValueError as exc:
+                raise Invalid(f"the message cannot be built: {exc}") from None
             if len(mime) > settings.message_max_bytes:
                 row.status = MessageStatus.failed
                 row.last_reply = (
@@ -230,7 +240,10 @@ async def unsubscribe_broadcast(session: AsyncSession, message: Message) -> None
         sa.select(Suppression).where(Suppression.address == message.to_email)
     )
     if existing is not None:
-        return  # already suppressed (for broadcast, or everything, or transactional only)
+        if existing.scope == SuppressionScope.transactional:
+            existing.scope = SuppressionScope.all  # now blocked for both streams
+            await session.flush()
+        return
     session.add(
         Suppression(
             address=message.to_email,

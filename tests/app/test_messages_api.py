@@ -303,3 +303,22 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(settings: Setting
         assert refused.headers["content-type"] == "application/problem+json"
         # reads are not limited
         assert (await client.get("/api/v1/messages")).status_code == 200
+
+
+async def test_purge_forgets_only_expired_keys(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> None:
+    from app.services import idempotency
+
+    await _send(client, MESSAGE, **{"Idempotency-Key": "old"})
+    await _send(client, MESSAGE, **{"Idempotency-Key": "new"})
+    async with sessionmaker() as session:
+        await session.execute(
+            sa.update(IdempotencyKey)
+            .where(IdempotencyKey.key == "old")
+            .values(created_at=utcnow() - timedelta(hours=25))
+        )
+        assert await idempotency.purge(session, settings.idempotency_ttl) == 1
+        await session.commit()
+        keys = (await session.scalars(sa.select(IdempotencyKey.key))).all()
+    assert list(keys) == ["new"]

@@ -76,6 +76,8 @@ async def _once(
     claimed: IdempotencyKey | None = None
     if idempotency_key is not None:
         idempotency.check_key(idempotency_key)
+        if isinstance(payload, MessageCreate):
+            payload = payload.model_dump(mode="json", by_alias=True)
         fingerprint = idempotency.request_hash(request.url.path, payload)
         ttl = request.app.state.settings.idempotency_ttl
         outcome = await idempotency.claim(session, key_id, idempotency_key, fingerprint, ttl)
@@ -111,8 +113,7 @@ async def send_message(
         (rows,) = await service.store(session, settings, site, key_id, [prepared])
         return 202, {"messages": service.accepted(rows)}, service.to_send(rows)
 
-    payload = body.model_dump(mode="json", by_alias=True)
-    return await _once(request, session, key_id, idempotency_key, payload, work)
+    return await _once(request, session, key_id, idempotency_key, body, work)
 
 
 @router.post("/batch", response_model=BatchResult)
@@ -141,7 +142,12 @@ async def send_batch(
             try:
                 parsed = MessageCreate.model_validate(item)
                 good.append(
-                    (index, await service.prepare(session, settings, site, parsed, templates))
+                    (
+                        index,
+                        await service.prepare(
+                            session, settings, site, parsed, templates, dry_build=True
+                        ),
+                    )
                 )
             except ValidationError as exc:
                 results[index] = _item_error(index, 422, "Invalid request", exc)
