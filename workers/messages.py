@@ -23,6 +23,7 @@ from workers.send_result import Outcome, SendResult
 LEASE = timedelta(minutes=5)
 STRAGGLER_AGE = timedelta(seconds=5)
 RESUME_LIMIT = 1000
+SUPPRESSED_AT_SEND = "not sent: the address was suppressed after the message was accepted"
 
 
 @dataclass
@@ -42,7 +43,21 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> Messag
     async with engine.sessionmaker() as session:
         claimed = await repository.claim(session, message_ids, token, utcnow(), LEASE)
         await session.commit()
-    report.skipped = len(message_ids) - len(claimed)
+        blocked = await repository.suppressed_now(session, claimed)
+    report.skipped = len(message_ids) - len(claimed) + len(blocked)
+    if blocked:
+        async with engine.sessionmaker() as session:
+            await repository.record_attempts(
+                session,
+                token,
+                [
+                    Attempt(row.id, MessageStatus.suppressed, SUPPRESSED_AT_SEND, row.to_email)
+                    for row in claimed
+                    if row.id in blocked
+                ],
+            )
+            await session.commit()
+        claimed = [row for row in claimed if row.id not in blocked]
     if not claimed:
         return report
     settings = engine.settings

@@ -16,6 +16,9 @@ from app.models import (
     EventKind,
     Message,
     MessageStatus,
+    MessageStream,
+    Suppression,
+    SuppressionScope,
     utcnow,
 )
 from app.repositories.events import NewEvent, record_events
@@ -45,7 +48,12 @@ _EVENT_OF = {
     MessageStatus.complained: EventKind.complained,
     MessageStatus.sent: EventKind.sent,
     MessageStatus.deferred: EventKind.deferred,
+    MessageStatus.suppressed: EventKind.suppressed,
 }
+
+
+# The MTA's outcome words (workers/mta/outcomes.py) as message statuses; a deferral is None.
+MTA_OUTCOMES = {"delivered": MessageStatus.delivered, "failed": MessageStatus.bounced}
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class Claimed:
     to_email: str
     mime: bytes
     attempts: int
+    stream: MessageStream
 
 
 @dataclass(frozen=True)
@@ -90,11 +99,30 @@ async def claim(
         .execution_options(synchronize_session=False)
     )
     rows = await session.execute(
-        sa.select(Message.id, Message.to_email, Message.mime, Message.attempts)
+        sa.select(Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
         .where(Message.lease_token == token)
         .order_by(Message.id)
     )
-    return [Claimed(row[0], row[1], row[2], row[3]) for row in rows]
+    return [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in rows]
+
+
+async def suppressed_now(session: AsyncSession, claimed: Sequence[Claimed]) -> set[int]:
+    """The claimed messages whose recipient was suppressed (for their stream) since they were
+    accepted: suppression is checked again at send, as for campaigns."""
+    if not claimed:
+        return set()
+    scopes: dict[str, set[str]] = {}
+    for address, scope in await session.execute(
+        sa.select(Suppression.address, Suppression.scope).where(
+            Suppression.address.in_(sorted({row.to_email for row in claimed}))
+        )
+    ):
+        scopes.setdefault(address, set()).add(SuppressionScope(scope).value)
+    return {
+        row.id
+        for row in claimed
+        if scopes.get(row.to_email, set()) & {SuppressionScope.all.value, row.stream.value}
+    }
 
 
 async def record_attempts(session: AsyncSession, token: str, attempts: Sequence[Attempt]) -> None:
@@ -111,7 +139,7 @@ async def record_attempts(session: AsyncSession, token: str, attempts: Sequence[
             last_reply=sa.bindparam("b_reply"),
             next_attempt_at=sa.bindparam("b_next", type_=Message.next_attempt_at.type),
             sent_at=sa.bindparam("b_sent", type_=Message.sent_at.type),
-            attempts=table.c.attempts + 1,
+            attempts=table.c.attempts + sa.bindparam("b_inc"),
             lease_token=None,
             lease_until=None,
             updated_at=now,
@@ -126,6 +154,7 @@ async def record_attempts(session: AsyncSession, token: str, attempts: Sequence[
                 "b_reply": item.reply[:1000],
                 "b_next": item.next_attempt_at,
                 "b_sent": now if item.status == MessageStatus.sent else None,
+                "b_inc": 0 if item.status == MessageStatus.suppressed else 1,
             }
             for item in attempts
         ],

@@ -13,7 +13,7 @@ from app.models import Message, MessageStatus
 from app.repositories import messages as repository
 from app.settings import Settings
 from campaigns import identity
-from tests.helpers import eventually
+from tests.helpers import eventually, post_json
 from tests.sinks import SinkHandler
 from workers.context import EngineContext
 from workers.messages import send_messages
@@ -133,6 +133,32 @@ async def test_a_message_already_sent_is_not_sent_again(
     assert first.sent + second.sent == 2
     assert third.sent == 0 and third.skipped == 2
     assert sorted(r.rcpt_tos[0] for r in sink[1].snapshot()) == ["a@example.com", "b@example.com"]
+
+
+async def test_a_recipient_suppressed_after_acceptance_is_not_sent(
+    engine_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    sink: tuple[str, SinkHandler],
+    redis_url: str,
+    client: httpx.AsyncClient,
+) -> None:
+    from redis.asyncio import Redis
+
+    response = await client.post(
+        "/api/v1/messages", json={**MESSAGE, "to": ["a@example.com", "b@example.com"]}
+    )
+    ids = [m["id"] for m in response.json()["messages"]]
+    await post_json(client, "/api/v1/suppressions", {"address": "b@example.com"})
+    redis = Redis.from_url(redis_url)
+    async with SmtpSender.from_settings(engine_settings, pool_size=1) as sender:
+        engine = EngineContext(engine_settings, sessionmaker, sender, RateLimiter(redis))
+        report = await send_messages(engine, ids)
+    await redis.aclose()
+    assert (report.sent, report.skipped) == (1, 1)
+    assert [r.rcpt_tos for r in sink[1].snapshot()] == [("a@example.com",)]
+    shown = (await client.get(f"/api/v1/messages/{ids[1]}")).json()
+    assert shown["status"] == "suppressed" and shown["attempts"] == 0
+    assert [e["kind"] for e in shown["events"]] == ["queued", "suppressed"]
 
 
 async def test_record_delivery_moves_status_and_writes_the_timeline(
