@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.schemas.messages import MessageCreate
 from app.errors import DomainError, Invalid, NotFound
 from app.models import (
     EventKind,
@@ -26,11 +27,53 @@ from campaigns import identity
 from campaigns.composer import SiteIdentity
 
 
+class FileSpec(Protocol):
+    """An attachment as the request gives it."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+
+
+class MessageRequest(Protocol):
+    """What the service reads from a validated request (the API's MessageRequest)."""
+
+    @property
+    def from_(self) -> str: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def template_id(self) -> int | None: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+    @property
+    def html(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def attachments(self) -> Sequence[FileSpec]: ...
+    @property
+    def tags(self) -> list[str]: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+    @property
+    def stream(self) -> MessageStream: ...
+
+    def recipients(self) -> list[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A validated, rendered request, ready to be stored."""
 
-    request: MessageCreate
+    request: MessageRequest
     envelope: content.Envelope
     recipients: list[tuple[str, str, content.Rendered]]
     """(mailbox as given, normalised address, rendered content)"""
@@ -40,7 +83,7 @@ async def prepare(
     session: AsyncSession,
     settings: Settings,
     site: SiteIdentity,
-    request: MessageCreate,
+    request: MessageRequest,
     templates: dict[int, Template] | None = None,
     *,
     dry_build: bool = False,
@@ -83,7 +126,7 @@ def _address(mailbox: str) -> str:
 
 
 async def _content(
-    session: AsyncSession, request: MessageCreate, templates: dict[int, Template]
+    session: AsyncSession, request: MessageRequest, templates: dict[int, Template]
 ) -> content.Content:
     if request.template_id is None:
         return content.Content(request.subject or "", request.html or "", request.text or "")
