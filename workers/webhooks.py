@@ -29,6 +29,7 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 WALK_PAGE = 500
+SKIP_PAGE = 20_000
 MAX_PAGES_PER_TICK = 20
 SIGNATURE_HEADER = "Warta-Signature"
 USER_AGENT = "Warta-Webhooks/0.1"
@@ -115,10 +116,17 @@ class WebhookDispatcher:
             async with self.sessionmaker() as session:
                 position = await repository.cursor_position(session)
                 cutoff = utcnow() - timedelta(seconds=self.settings.webhook_settle)
+                endpoints = await repository.endpoints(session)
+                if not endpoints:
+                    # Nobody listens: move past the settled events without loading them.
+                    end = await repository.settled_end(session, position, cutoff, SKIP_PAGE)
+                    if end == position or not await repository.advance(session, position, end, []):
+                        return made
+                    await session.commit()
+                    continue
                 events = await repository.settled_events(session, position, cutoff, WALK_PAGE)
                 if not events:
                     return made
-                endpoints = await repository.endpoints(session)
                 streams = await repository.streams_of(
                     session, {e.message_id for e in events if e.message_id is not None}
                 )

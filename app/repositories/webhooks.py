@@ -57,6 +57,24 @@ async def settled_events(
     return settled
 
 
+async def settled_end(
+    session: AsyncSession, after_id: int, settled_before: datetime, limit: int
+) -> int:
+    """The id the settled run of events after `after_id` ends at (ids only, no rows loaded)."""
+    rows = await session.execute(
+        sa.select(Event.id, Event.created_at)
+        .where(Event.id > after_id)
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    end = after_id
+    for event_id, created_at in rows:
+        if created_at > settled_before:
+            break
+        end = event_id
+    return end
+
+
 async def endpoints(session: AsyncSession) -> list[WebhookEndpoint]:
     """Every endpoint (disabled ones still collect deliveries, sent once re-enabled)."""
     return list((await session.scalars(sa.select(WebhookEndpoint))).all())

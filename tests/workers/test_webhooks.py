@@ -261,3 +261,26 @@ async def test_two_dispatchers_fan_out_each_event_once(
         ).all()
     assert len(rows) == 2400
     assert len(set(rows)) == 2400
+
+
+async def test_without_endpoints_the_cursor_skips_ahead_and_new_endpoints_start_fresh(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], client: httpx.AsyncClient
+) -> None:
+    async with sessionmaker() as session:
+        await record_events(session, [NewEvent(EventKind.opened, "old@example.com")] * 3)
+        await session.commit()
+    quick = settings.model_copy(update={"webhook_settle": 0.0})
+    dispatcher = WebhookDispatcher(quick, sessionmaker)
+    try:
+        assert await dispatcher.fan_out() == 0
+        await post_json(
+            client,
+            "/api/v1/webhooks",
+            {"url": "https://93.184.216.34/a", "event_types": ["opened"]},
+        )
+        async with sessionmaker() as session:
+            await record_events(session, [NewEvent(EventKind.opened, "new@example.com")])
+            await session.commit()
+        assert await dispatcher.fan_out() == 1
+    finally:
+        await dispatcher.client.aclose()
