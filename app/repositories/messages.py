@@ -79,25 +79,46 @@ class Attempt:
 
 
 async def claim(
-    session: AsyncSession, ids: Sequence[int], token: str, now: datetime, lease: timedelta
+    session: AsyncSession,
+    ids: Sequence[int],
+    token: str,
+    now: datetime,
+    lease: timedelta,
+    extra: int = 0,
 ) -> list[Claimed]:
-    """Take the lease on the messages of `ids` that are due and not held by another worker.
+    """Take the lease on the messages of `ids` that are due and not held by another worker,
+    and on up to `extra` other queued ones (a burst of requests is then sent in batches).
 
-    One conditional UPDATE decides, so two workers given the same ids never both send one.
+    Conditional UPDATEs decide, so two workers never both hold one message.
     """
-    if not ids:
-        return []
-    await session.execute(
-        sa.update(Message)
-        .where(
-            Message.id.in_(ids),
-            Message.status.in_(SENDABLE_STATUSES),
-            sa.or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
-            sa.or_(Message.lease_until.is_(None), Message.lease_until < now),
+    free = sa.or_(Message.lease_until.is_(None), Message.lease_until < now)
+    if ids:
+        await session.execute(
+            sa.update(Message)
+            .where(
+                Message.id.in_(ids),
+                Message.status.in_(SENDABLE_STATUSES),
+                sa.or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
+                free,
+            )
+            .values(lease_token=token, lease_until=now + lease)
+            .execution_options(synchronize_session=False)
         )
-        .values(lease_token=token, lease_until=now + lease)
-        .execution_options(synchronize_session=False)
-    )
+    if extra > 0:
+        others = (
+            sa.select(Message.id)
+            .where(Message.status == MessageStatus.queued, free)
+            .order_by(Message.id)
+            .limit(extra)
+            .with_for_update(skip_locked=True)  # PostgreSQL: never wait for another job's rows
+            .scalar_subquery()
+        )
+        await session.execute(
+            sa.update(Message)
+            .where(Message.id.in_(others), Message.status == MessageStatus.queued, free)
+            .values(lease_token=token, lease_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
     rows = await session.execute(
         sa.select(Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
         .where(Message.lease_token == token)
