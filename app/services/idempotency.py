@@ -51,7 +51,8 @@ def check_key(value: str) -> str:
 
 def request_hash(path: str, payload: Any) -> str:
     """A fingerprint of the request: its path and its JSON body in canonical form."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # ASCII escapes: a body may hold lone surrogates (valid JSON escapes, not UTF-8).
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(f"{path}\n{canonical}".encode()).hexdigest()
 
 

@@ -322,3 +322,14 @@ async def test_purge_forgets_only_expired_keys(
         await session.commit()
         keys = (await session.scalars(sa.select(IdempotencyKey.key))).all()
     assert list(keys) == ["new"]
+
+
+async def test_batch_with_hostile_keys_is_answered_and_replayed(client: httpx.AsyncClient) -> None:
+    body = b'[{"\\ud800\\u0000key": 1}, {"to": "\\udc00"}]'
+    headers = {"content-type": "application/json", "Idempotency-Key": "hostile"}
+    first = await client.post("/api/v1/messages/batch", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    assert [r["status"] for r in first.json()["results"]] == [422, 422]
+    again = await client.post("/api/v1/messages/batch", content=body, headers=headers)
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"

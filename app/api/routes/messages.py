@@ -166,7 +166,11 @@ async def send_batch(
 
 def _item_error(index: int, status: int, title: str, exc: ValidationError) -> dict[str, Any]:
     errors = [
-        {"loc": [str(p) for p in err["loc"]], "msg": err["msg"], "type": err["type"]}
+        {
+            "loc": [_storable(str(p)) for p in err["loc"]],
+            "msg": _storable(err["msg"]),
+            "type": err["type"],
+        }
         for err in exc.errors(include_url=False, include_input=False)
     ]
     detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
@@ -176,6 +180,12 @@ def _item_error(index: int, status: int, title: str, exc: ValidationError) -> di
         "messages": [],
         "error": {"status": status, "title": title, "detail": detail, "errors": errors},
     }
+
+
+def _storable(text: str) -> str:
+    """Text from the request (an unknown key) made safe to store as JSON: no NUL, no lone
+    surrogates, which PostgreSQL refuses and which the answer is stored in for replays."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _read(row: Message, events: list[EventRead] | None = None) -> MessageRead:
