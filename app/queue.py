@@ -54,3 +54,22 @@ async def enqueue_optin(pool: ArqRedis, subscriber_id: int, list_ids: list[int])
         _queue_name=PRIORITY_QUEUE,
     )
     return job is not None
+
+
+MESSAGE_JOB_SIZE = 100  # message ids per send_messages job
+
+
+async def enqueue_messages(pool: ArqRedis, message_ids: list[int]) -> None:
+    """Ask the priority workers to send messages now, in jobs of up to 100 ids.
+
+    The job id names the first message: enqueueing the same rows again while their job is
+    queued is a no-op, and a worker holds a lease on each row it sends in any case.
+    """
+    for start in range(0, len(message_ids), MESSAGE_JOB_SIZE):
+        chunk = message_ids[start : start + MESSAGE_JOB_SIZE]
+        await pool.enqueue_job(
+            "send_messages",
+            chunk,
+            _job_id=f"warta:messages:{chunk[0]}",
+            _queue_name=PRIORITY_QUEUE,
+        )

@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     sender_connections: int = Field(
         10, ge=1, le=200, description="Persistent SMTP connections per worker process."
     )
+    sender_priority_connections: int = Field(
+        2,
+        ge=1,
+        le=50,
+        description="SMTP connections per worker kept for transactional mail (beside the pool).",
+    )
     max_json_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     max_upload_bytes: int = Field(50_000_000, ge=1024, description="Largest CSV upload.")
     import_batch_size: int = Field(5000, ge=1, le=50_000, description="Rows per import flush.")
@@ -175,6 +181,64 @@ class Settings(BaseSettings):
     optin_from_email: str = Field(
         "",
         description="From of opt-in confirmation mail, 'Name <addr>'; empty = noreply@WARTA_MTA_HOSTNAME.",
+    )
+    message_max_request_bytes: int = Field(
+        15_000_000,
+        ge=1024,
+        description="Largest request body on /messages and /messages/batch (attachments).",
+    )
+    message_max_attachment_bytes: int = Field(
+        10_000_000, ge=0, description="Decoded attachment bytes one message may carry in total."
+    )
+    message_max_bytes: int = Field(
+        20_000_000, ge=1024, description="Largest built message (MIME) stored and sent."
+    )
+    message_retry_base: float = Field(
+        30, gt=0, description="Seconds before a message the MTA deferred is retried; doubles."
+    )
+    message_max_attempts: int = Field(
+        8, ge=1, description="Submission attempts before a deferred message fails."
+    )
+    idempotency_ttl: int = Field(
+        86_400, ge=1, description="Seconds an Idempotency-Key is remembered (24 h)."
+    )
+    api_rate: float = Field(
+        100, ge=0, description="Requests per second per API key on /messages; 0 = no limit."
+    )
+    api_rate_burst: int = Field(
+        200, ge=1, description="Requests an idle API key may make at once on /messages."
+    )
+    webhook_timeout: float = Field(
+        10, gt=0, description="Seconds a webhook receiver has to answer before it is a failure."
+    )
+    webhook_retry_base: float = Field(
+        30, gt=0, description="Seconds before a failed webhook delivery is retried; doubles."
+    )
+    webhook_retry_max: float = Field(
+        3600, gt=0, description="Longest wait between two tries of a webhook delivery."
+    )
+    webhook_retry_window: float = Field(
+        93_600,
+        gt=0,
+        description="Seconds a webhook delivery is retried before it fails and the endpoint "
+        "is disabled (default 26 h).",
+    )
+    webhook_settle: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds an event must be old before the dispatcher reads it, so events "
+        "committed out of id order are not skipped.",
+    )
+    webhook_poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between two walks of the webhook dispatcher."
+    )
+    webhook_concurrency: int = Field(
+        50, ge=1, le=1000, description="Webhook requests one worker process has in flight."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs on loopback, private and link-local addresses "
+        "(refused by default against SSRF; tests and single-host setups turn it on).",
     )
 
     @field_validator("public_url")

@@ -12,8 +12,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.models import Campaign, CampaignStatus, SendStatus, Subscriber, utcnow
+from app.models import Campaign, CampaignStatus, EventKind, SendStatus, Subscriber, utcnow
 from app.repositories import ledger
+from app.repositories.events import NewEvent, record_events
 from app.repositories.ledger import Outcome
 from app.services import lifecycle
 from campaigns.audience import audience_filter
@@ -119,9 +120,36 @@ async def _send_chunk(
     base = timedelta(seconds=ctx.settings.retry_base)
     for (send_id, attempts, _, _), result in zip(messages, results, strict=True):
         outcomes.append(_outcome(send_id, attempts, result, now, base, report))
+    by_row = {send_id: (subscriber_id, email) for send_id, subscriber_id, email, _ in rows}
     async with ctx.sessionmaker() as session:
         await ledger.record(session, outcomes)
+        await record_events(session, _events(prepared.campaign_id, by_row, outcomes))
         await session.commit()
+
+
+_EVENT_OF = {
+    SendStatus.sent: EventKind.sent,
+    SendStatus.deferred: EventKind.deferred,
+    SendStatus.failed: EventKind.failed,
+}
+
+
+def _events(
+    campaign_id: int, by_row: dict[int, tuple[int | None, str]], outcomes: list[Outcome]
+) -> list[NewEvent]:
+    """The engine's facts for webhooks and timelines: sent, deferred or failed at submission."""
+    return [
+        NewEvent(
+            _EVENT_OF[item.status],
+            email=by_row[item.send_id][1],
+            campaign_id=campaign_id,
+            subscriber_id=by_row[item.send_id][0],
+            send_id=item.send_id,
+            data={"reply": item.reply[:300]},
+        )
+        for item in outcomes
+        if item.status in _EVENT_OF
+    ]
 
 
 def _outcome(

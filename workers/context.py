@@ -22,6 +22,8 @@ class EngineContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     sender: Sender
     limiter: RateLimiter
+    priority_sender: Sender | None = None
+    """Connections of their own for transactional mail, so it never queues behind a campaign."""
     _prepared: dict[tuple[int, object], PreparedCampaign] = field(default_factory=dict)
 
     def site(self) -> SiteIdentity:

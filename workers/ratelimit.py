@@ -42,6 +42,25 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
 return math.ceil(wait)
 """
 
+# The admission form of the same algorithm, for request rate limits: a request that would
+# have to wait is refused and reserves nothing, so a client that retries too early is not
+# pushed further back. Returns 0 (admitted) or the microseconds until it would be.
+GCRA_LIMIT_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local wait = new_tat - burst * interval - now
+if wait > 0 then return math.ceil(wait) end
+local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+return 0
+"""
+
 
 def campaign_scope(campaign_id: int | str) -> str:
     """The rate-limit scope of one campaign."""
@@ -54,6 +73,7 @@ class RateLimiter:
     def __init__(self, redis: Redis, *, prefix: str = KEY_PREFIX) -> None:
         self._prefix = prefix
         self._script = redis.register_script(GCRA_SCRIPT)
+        self._limit_script = redis.register_script(GCRA_LIMIT_SCRIPT)
 
     async def acquire(
         self, key: str, rate: float, count: int = 1, burst: int | None = None
@@ -95,3 +115,16 @@ class RateLimiter:
         if delay > 0:
             await asyncio.sleep(delay)
         return delay
+
+    async def admit(self, key: str, rate: float, burst: int) -> float:
+        """Admit one request in scope `key` (0.0), or the seconds until one would be admitted.
+
+        Unlike `acquire`, a refused request reserves nothing. `rate` ≤ 0 admits everything.
+        """
+        if rate <= 0:
+            return 0.0
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        interval = MICROSECONDS / rate
+        wait = await self._limit_script(keys=[self._prefix + key], args=[repr(interval), burst])
+        return int(wait) / MICROSECONDS

@@ -9,9 +9,10 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from app.models import Campaign, utcnow
-from app.queue import enqueue_batches
+from app.queue import enqueue_batches, enqueue_messages
 from app.repositories import ledger
-from app.services import content, lifecycle
+from app.services import content, idempotency, lifecycle
+from workers import messages
 from workers.batch import send_batch as run_batch
 from workers.context import EngineContext
 from workers.optin import send_confirmation
@@ -89,3 +90,26 @@ async def _fan_out(pool: ArqRedis, engine: EngineContext, campaign: Campaign) ->
     async with engine.sessionmaker() as session:
         ranges = await ledger.ranges_with_work(session, campaign.id, campaign.ledger_base, utcnow())
     return await enqueue_batches(pool, campaign.id, ranges)
+
+
+async def send_messages(ctx: Ctx, message_ids: list[int]) -> dict[str, Any]:
+    """Send transactional messages (the priority queue)."""
+    report = await messages.send_messages(_engine(ctx), message_ids)
+    return asdict(report)
+
+
+async def resume_messages(ctx: Ctx) -> int:
+    """Safety net and retry clock: enqueue deferred messages that are due and stragglers."""
+    due = await messages.due_messages(_engine(ctx))
+    if due:
+        await enqueue_messages(ctx["redis"], due)
+    return len(due)
+
+
+async def purge_idempotency_keys(ctx: Ctx) -> int:
+    """Forget Idempotency-Keys older than WARTA_IDEMPOTENCY_TTL."""
+    engine = _engine(ctx)
+    async with engine.sessionmaker() as session:
+        purged = await idempotency.purge(session, engine.settings.idempotency_ttl)
+        await session.commit()
+    return purged

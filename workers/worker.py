@@ -22,6 +22,7 @@ from workers import tasks
 from workers.context import EngineContext
 from workers.ratelimit import RateLimiter
 from workers.sender import SmtpSender
+from workers.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds running jobs get to finish before they are cancelled
@@ -32,13 +33,15 @@ async def engine_context(settings: Settings, redis: Redis) -> AsyncIterator[Engi
     """Open the database engine and the SMTP pool for the life of the worker."""
     engine = create_engine(settings)
     sender = SmtpSender.from_settings(settings, pool_size=settings.sender_connections)
+    priority = SmtpSender.from_settings(settings, pool_size=settings.sender_priority_connections)
     try:
-        async with sender:
+        async with sender, priority:
             yield EngineContext(
                 settings=settings,
                 sessionmaker=create_sessionmaker(engine),
                 sender=sender,
                 limiter=RateLimiter(redis),
+                priority_sender=priority,
             )
     finally:
         await engine.dispose()
@@ -58,6 +61,7 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
         func(tasks.start_campaign, keep_result=0),
         func(tasks.send_test, timeout=120, keep_result=300),
         func(tasks.send_optin_confirmation, timeout=60, keep_result=0),
+        func(tasks.send_messages, timeout=120, keep_result=0, max_tries=1000),
     ]
     return [
         Worker(
@@ -73,6 +77,8 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
             cron_jobs=[
                 cron(tasks.start_due_campaigns, second=set(range(60)), run_at_startup=True),
                 cron(tasks.reconcile, second=set(range(0, 60, 5)), run_at_startup=True),
+                cron(tasks.resume_messages, second=set(range(60)), run_at_startup=True),
+                cron(tasks.purge_idempotency_keys, minute=set(range(0, 60, 10)), second=0),
             ],
             **common,
         ),
@@ -92,9 +98,15 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event | N
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
             runs = [asyncio.create_task(worker.async_run()) for worker in workers]
+            dispatcher_stop = asyncio.Event()
+            dispatcher = asyncio.create_task(
+                WebhookDispatcher(settings, engine.sessionmaker).run(dispatcher_stop)
+            )
             logger.info("worker ready: queues %s, %s", BULK_QUEUE, PRIORITY_QUEUE)
             await stop.wait()
             await _drain(workers, SHUTDOWN_GRACE)
+            dispatcher_stop.set()
+            await dispatcher
             for run in runs:
                 run.cancel()
             await asyncio.gather(*runs, return_exceptions=True)

@@ -14,11 +14,13 @@ from app.api.cors import PublicCors
 from app.api.limits import BodyLimit
 from app.api.routes import (
     bounces,
+    broadcast_unsubscribe,
     campaigns,
     health,
     imports,
     lifecycle,
     lists,
+    messages,
     metrics,
     public,
     queue,
@@ -26,6 +28,7 @@ from app.api.routes import (
     suppressions,
     templates,
     tracking,
+    webhooks,
 )
 from app.database import create_engine, create_sessionmaker, unit_of_work
 from app.redis import arq_redis_settings, resolve_redis_url
@@ -38,6 +41,7 @@ from app.web import tracking as tracking_pages
 API_PREFIX = "/api/v1"
 UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import",)
 PUBLIC_PREFIX = f"{API_PREFIX}/public/"
+MESSAGE_PATHS = (f"{API_PREFIX}/messages", f"{API_PREFIX}/messages/batch")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracking,
         public,
         bounces,
+        messages,
+        webhooks,
     ):
         api.include_router(module.router)
     app.include_router(api)
@@ -98,11 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     for pages in (unsubscribe, preferences, subscribe, archive, tracking_pages):
         app.include_router(pages.router)
+    app.include_router(broadcast_unsubscribe.router)
     app.add_middleware(
         BodyLimit,
         default=settings.max_json_bytes,
         uploads=settings.max_upload_bytes,
         upload_paths=UPLOAD_PATHS,
+        larger=dict.fromkeys(MESSAGE_PATHS, settings.message_max_request_bytes),
     )
     app.add_middleware(PublicCors, prefix=PUBLIC_PREFIX, origins=settings.public_cors_origins)
     return app

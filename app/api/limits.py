@@ -13,15 +13,23 @@ def _too_large(limit: int) -> TooLarge:
 
 
 class BodyLimit:
-    """Refuse bodies over `default` bytes, or over `uploads` bytes on the upload paths."""
+    """Refuse bodies over `default` bytes, over `uploads` bytes on the upload paths, or over
+    the limit `larger` gives a JSON path (messages with attachments)."""
 
     def __init__(
-        self, app: ASGIApp, *, default: int, uploads: int, upload_paths: tuple[str, ...]
+        self,
+        app: ASGIApp,
+        *,
+        default: int,
+        uploads: int,
+        upload_paths: tuple[str, ...],
+        larger: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.default = default
         self.uploads = uploads
         self.upload_paths = upload_paths
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,7 +42,7 @@ class BodyLimit:
             await response(scope, receive, send)
             return
         upload = scope["path"] in self.upload_paths
-        limit = self.uploads if upload else self.default
+        limit = self.uploads if upload else self.larger.get(scope["path"], self.default)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _reject(scope, receive, send, limit)

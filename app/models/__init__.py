@@ -7,13 +7,22 @@ from app.models.campaign import Campaign, CampaignLink, CampaignList, CampaignSt
 from app.models.event import Event, EventKind
 from app.models.import_job import ImportJob, ImportMode, ImportStatus
 from app.models.mailing_list import MailingList, OptIn, Visibility
+from app.models.message import (
+    SENDABLE_STATUSES,
+    IdempotencyKey,
+    Message,
+    MessageStatus,
+    MessageStream,
+)
 from app.models.send import OPEN_STATUSES, Send, SendStatus
 from app.models.subscriber import Subscriber, SubscriberStatus, Subscription, SubscriptionStatus
 from app.models.suppression import Suppression, SuppressionScope
 from app.models.template import Template
+from app.models.webhook import DeliveryStatus, EventCursor, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "OPEN_STATUSES",
+    "SENDABLE_STATUSES",
     "ApiKey",
     "Base",
     "Bounce",
@@ -22,12 +31,18 @@ __all__ = [
     "CampaignLink",
     "CampaignList",
     "CampaignStatus",
+    "DeliveryStatus",
     "Event",
+    "EventCursor",
     "EventKind",
+    "IdempotencyKey",
     "ImportJob",
     "ImportMode",
     "ImportStatus",
     "MailingList",
+    "Message",
+    "MessageStatus",
+    "MessageStream",
     "OptIn",
     "Send",
     "SendStatus",
@@ -39,5 +54,7 @@ __all__ = [
     "SuppressionScope",
     "Template",
     "Visibility",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "utcnow",
 ]

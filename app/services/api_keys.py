@@ -21,6 +21,7 @@ RESOURCES = (
     "messages",
     "queue",
     "bounces",
+    "webhooks",
 )
 SCOPES = frozenset({"admin"} | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")})
 TOKEN_PREFIX = "wk_"

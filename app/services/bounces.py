@@ -114,6 +114,7 @@ async def apply(
     update_ledger: bool = True,
     also: Sequence[NewEvent] = (),
     now: datetime | None = None,
+    bounce_events: bool = True,
 ) -> list[Bounce]:
     """Act on each fact, keep it with its evidence, write events (with `also`, in one
     executemany) and the ledger rows' status, then run the campaign guard."""
@@ -146,7 +147,10 @@ async def apply(
                 if record.send_id is not None
             ],
         )
-    await record_events(session, [*also, *(_event(record, now) for record in records)])
+    # (Without `bounce_events` the caller has recorded them: a transactional message's own
+    # `bounced` event carries its message id.)
+    own = [_event(record, now) for record in records] if bounce_events else []
+    await record_events(session, [*also, *own])
     for campaign_id in sorted({r.campaign_id for r in records if r.campaign_id is not None}):
         await guard(session, policy.guard, campaign_id, now)
     return records

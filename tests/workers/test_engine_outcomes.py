@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.database import create_engine, create_sessionmaker
-from app.models import Campaign, CampaignStatus, Send, SendStatus
+from app.models import Campaign, CampaignStatus, Event, Send, SendStatus
 from app.services import lifecycle
 from app.settings import Settings
 from tests.helpers import create_campaign, post_json
@@ -51,6 +51,21 @@ async def test_4xx_defers_and_retries_5xx_fails_with_the_reply(
     assert rows["nobody@example.com"].last_reply == "550 5.1.1 No such user here"
     received = sorted(rcpt for item in handler.snapshot() for rcpt in item.rcpt_tos)
     assert received == ["later@example.com", "ok@example.com"]
+    # Every attempt is an event, for webhooks and timelines.
+    events = (
+        await session.execute(
+            sa.select(Event.email, Event.kind)
+            .where(Event.campaign_id == campaign_id)
+            .order_by(Event.id)
+        )
+    ).all()
+    assert sorted(events) == [
+        ("later@example.com", "deferred"),
+        ("later@example.com", "deferred"),
+        ("later@example.com", "sent"),
+        ("nobody@example.com", "failed"),
+        ("ok@example.com", "sent"),
+    ]
 
 
 async def test_segment_narrows_the_audience(

@@ -2,7 +2,7 @@
 
 The envelope sender names the ledger row (VERP, signed); mail without one (relayed from
 elsewhere) has no row to update. Each VERP kind has its writer (`WRITERS`): `c` is a campaign
-ledger row. Deferrals only refresh the row's last reply: the ledger keeps `sent` (the MTA
+ledger row, `m` a transactional message. Deferrals only refresh the row's last reply: the ledger keeps `sent` (the MTA
 holds the message) until a final outcome arrives. A permanent failure is classified from the
 reply and acted on (suppression, bounce score) like any other bounce.
 """
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import EventKind, SendStatus
 from app.repositories import bounces as bounce_rows
-from app.repositories import ledger
+from app.repositories import ledger, messages
 from app.repositories.events import NewEvent
 from app.services import bounces
 from campaigns import identity
@@ -89,8 +89,37 @@ async def write_campaign_outcomes(
     await bounces.apply(session, context.policy, facts, update_ledger=False, also=events)
 
 
-WRITERS: dict[str, Writer] = {"c": write_campaign_outcomes}
-"""Writer per VERP kind; the transactional kind `m` is added beside `c`."""
+async def write_message_outcomes(
+    session: AsyncSession, context: Context, outcomes: list[Outcome]
+) -> None:
+    """Transactional messages: status and events, then bounces acted on like any other."""
+    await messages.record_delivery(
+        session,
+        [
+            (o.row_id, messages.MTA_OUTCOMES.get(o.outcome), o.reply)
+            for o in outcomes
+            if o.outcome != "deleted"
+        ],
+    )
+    facts = [
+        bounces.Fact(
+            o.recipient,
+            "smtp",
+            context.classifier.classify(o.reply, permanent=True),
+            o.reply,
+            o.reply,
+        )
+        for o in outcomes
+        if o.outcome == "failed"
+    ]
+    if facts:
+        await bounces.apply(
+            session, context.policy, facts, update_ledger=False, bounce_events=False
+        )
+
+
+WRITERS: dict[str, Writer] = {"c": write_campaign_outcomes, "m": write_message_outcomes}
+"""Writer per VERP kind: `c` a campaign ledger row, `m` a transactional message."""
 
 
 class LedgerOutcomes:

@@ -412,3 +412,35 @@ async def test_forged_unknown_foreign_and_oversized_reports_change_nothing(
         [bounce] = (await session.scalars(sa.select(Bounce))).all()
     assert bounce.bounce_class == "mailbox_full"  # the refused 5.1.1 report left no trace
     assert len(bounce.raw.encode()) <= mta_settings.bounce_raw_max_bytes
+
+
+async def test_a_transactional_message_refused_by_the_remote_is_bounced_once(
+    mta: MtaService,
+    api: httpx.AsyncClient,
+    worker: None,
+    remote: tuple[str, SinkHandler],
+    sessionmaker: Sessions,
+) -> None:
+    remote[1].rcpt_replies["gone@example.com"] = ["550 5.1.1 <gone@example.com>: User unknown"]
+    response = await api.post(
+        "/api/v1/messages",
+        json={
+            "from": "shop@example.com",
+            "to": "gone@example.com",
+            "subject": "Your receipt",
+            "text": "Thank you.",
+        },
+    )
+    assert response.status_code == 202, response.text
+    message_id = response.json()["messages"][0]["id"]
+
+    async def bounced() -> bool:
+        shown = (await api.get(f"/api/v1/messages/{message_id}")).json()
+        return bool(shown["status"] == "bounced")
+
+    await eventually(bounced, what="the transactional bounce")
+    shown = (await api.get(f"/api/v1/messages/{message_id}")).json()
+    assert [event["kind"] for event in shown["events"]].count("bounced") == 1
+    assert "5.1.1" in shown["last_reply"]
+    suppression = (await _suppressions(sessionmaker))["gone@example.com"]
+    assert suppression.source == "bounce"

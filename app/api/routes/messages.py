@@ -1,0 +1,228 @@
+"""/messages: transactional mail (single and batch), its status and timeline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from app.api.deps import PathId, SessionDep, SettingsDep, require
+from app.api.pagination import Page, PageDep, make_page
+from app.api.problems import problem
+from app.api.schemas.common import Address
+from app.api.schemas.messages import (
+    BATCH_LIMIT,
+    BatchResult,
+    EventRead,
+    MessageCreate,
+    MessageRead,
+    MessagesAccepted,
+)
+from app.errors import DomainError
+from app.models import ApiKey, IdempotencyKey, Message, MessageStatus, Template
+from app.queue import enqueue_messages
+from app.repositories import messages as repository
+from app.services import idempotency
+from app.services import messages as service
+from app.services.content import site_identity
+from workers.ratelimit import RateLimiter
+
+router = APIRouter(prefix="/messages", tags=["messages"])
+READ = [Depends(require("messages:read"))]
+Writer = Annotated[ApiKey, Depends(require("messages:write"))]
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="Retry safely: same key and body, same answer."),
+]
+Work = Callable[[], Awaitable[tuple[int, dict[str, Any], list[int]]]]
+
+
+async def rate_limited(request: Request, key: Writer) -> ApiKey:
+    """429 with Retry-After when the key exceeds WARTA_API_RATE (GCRA in Redis)."""
+    settings = request.app.state.settings
+    limiter: RateLimiter | None = getattr(request.app.state, "api_limiter", None)
+    if limiter is None:
+        limiter = request.app.state.api_limiter = RateLimiter(request.app.state.queue)
+    wait = await limiter.admit(f"api:{key.id}", settings.api_rate, settings.api_rate_burst)
+    if wait > 0:
+        raise HTTPException(
+            429,
+            f"this API key may make {settings.api_rate:g} requests a second here; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return key
+
+
+Limited = Annotated[ApiKey, Depends(rate_limited)]
+
+
+async def _once(
+    request: Request,
+    session: SessionDep,
+    key_id: int,
+    idempotency_key: str | None,
+    payload: Any,
+    work: Work,
+) -> JSONResponse:
+    """Run `work` once per Idempotency-Key, commit, then enqueue what it stored.
+
+    Claiming a used key rolls the session back, which expires loaded objects: callers pass
+    plain ids, never ORM objects, past this point.
+    """
+    claimed: IdempotencyKey | None = None
+    if idempotency_key is not None:
+        idempotency.check_key(idempotency_key)
+        if isinstance(payload, MessageCreate):
+            payload = payload.model_dump(mode="json", by_alias=True)
+        fingerprint = idempotency.request_hash(request.url.path, payload)
+        ttl = request.app.state.settings.idempotency_ttl
+        outcome = await idempotency.claim(session, key_id, idempotency_key, fingerprint, ttl)
+        if isinstance(outcome, idempotency.Replay):
+            return JSONResponse(
+                outcome.body, outcome.status_code, headers={"Idempotent-Replayed": "true"}
+            )
+        claimed = outcome
+    status, body, ids = await work()
+    if claimed is not None:
+        await idempotency.remember(session, claimed, status, body)
+    await session.commit()
+    if ids:
+        await enqueue_messages(request.app.state.queue, ids)
+    return JSONResponse(body, status)
+
+
+@router.post("", status_code=202, response_model=MessagesAccepted)
+async def send_message(
+    body: MessageCreate,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: Limited,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """Send to one address or a list (one message each); 202 once stored and queued."""
+    site = site_identity(settings)
+    key_id = key.id
+
+    async def work() -> tuple[int, dict[str, Any], list[int]]:
+        prepared = await service.prepare(session, settings, site, body)
+        (rows,) = await service.store(session, settings, site, key_id, [prepared])
+        return 202, {"messages": service.accepted(rows)}, service.to_send(rows)
+
+    return await _once(request, session, key_id, idempotency_key, body, work)
+
+
+@router.post("/batch", response_model=BatchResult)
+async def send_batch(
+    items: Annotated[list[dict[str, Any]], Body()],
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: Limited,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    """Up to 500 messages; one result per item, a bad item does not fail the others."""
+    if len(items) > BATCH_LIMIT:
+        return problem(
+            422, "Invalid request", f"a batch holds at most {BATCH_LIMIT} messages",
+            instance=request.url.path,
+        )  # fmt: skip
+    site = site_identity(settings)
+    key_id = key.id
+
+    async def work() -> tuple[int, dict[str, Any], list[int]]:
+        results: list[dict[str, Any]] = [{} for _ in items]
+        good: list[tuple[int, service.Prepared]] = []
+        templates: dict[int, Template] = {}
+        for index, item in enumerate(items):
+            try:
+                parsed = MessageCreate.model_validate(item)
+                good.append(
+                    (
+                        index,
+                        await service.prepare(
+                            session, settings, site, parsed, templates, dry_build=True
+                        ),
+                    )
+                )
+            except ValidationError as exc:
+                results[index] = _item_error(index, 422, "Invalid request", exc)
+            except DomainError as exc:
+                results[index] = {"index": index, "status": exc.status, "messages": [],
+                                  "error": service.problem_of(exc)}  # fmt: skip
+        stored = await service.store(session, settings, site, key_id, [p for _, p in good])
+        ids: list[int] = []
+        for (index, _), rows in zip(good, stored, strict=True):
+            results[index] = {"index": index, "status": 202, "messages": service.accepted(rows)}
+            ids += service.to_send(rows)
+        return 200, {"results": results}, ids
+
+    return await _once(request, session, key_id, idempotency_key, items, work)
+
+
+def _item_error(index: int, status: int, title: str, exc: ValidationError) -> dict[str, Any]:
+    errors = [
+        {
+            "loc": [_storable(str(p)) for p in err["loc"]],
+            "msg": _storable(err["msg"]),
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+    return {
+        "index": index,
+        "status": status,
+        "messages": [],
+        "error": {"status": status, "title": title, "detail": detail, "errors": errors},
+    }
+
+
+def _storable(text: str) -> str:
+    """Text from the request (an unknown key) made safe to store as JSON: no NUL, no lone
+    surrogates, which PostgreSQL refuses and which the answer is stored in for replays."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _read(row: Message, events: list[EventRead] | None = None) -> MessageRead:
+    return MessageRead(
+        id=row.id,
+        stream=row.stream,
+        status=row.status,
+        from_email=row.from_email,
+        to_email=row.to_email,
+        subject=row.subject,
+        tags=[tag for tag in row.tags.split(",") if tag],
+        metadata=row.meta,
+        attempts=row.attempts,
+        last_reply=row.last_reply,
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+        updated_at=row.updated_at,
+        events=events,
+    )
+
+
+@router.get("/{message_id}", dependencies=READ)
+async def get_message(message_id: PathId, session: SessionDep) -> MessageRead:
+    """A message's status and its timeline (queued, sent, delivered, bounced, opened, …)."""
+    row = await service.get(session, message_id)
+    events = [EventRead.model_validate(e) for e in await repository.timeline(session, row.id)]
+    return _read(row, events)
+
+
+@router.get("", dependencies=READ)
+async def list_messages(
+    session: SessionDep,
+    page: PageDep,
+    to: Annotated[Address | None, Query()] = None,
+    status: MessageStatus | None = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+) -> Page[MessageRead]:
+    """Messages, oldest first, optionally by recipient, status or tag."""
+    found = await service.page(session, page.after_id, page.limit, to, status, tag)
+    return make_page([_read(row) for row in found], [row.id for row in found], page.limit)
