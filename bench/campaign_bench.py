@@ -88,6 +88,7 @@ def _mta(settings: object, sink_port: int, tmp: Path) -> subprocess.Popen[bytes]
         "WARTA_MTA_TRANSPORT_MAP": json.dumps({"example.com": f"127.0.0.1:{sink_port}"}),
         "WARTA_MTA_SPOOL_DIR": str(tmp / "spool"),
         "WARTA_DKIM_DIR": str(tmp / "dkim"),
+        "WARTA_MTA_PROCESSES": os.environ.get("BENCH_MTA_PROCESSES", "1"),
     }
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "warta"), "mta"],
