@@ -76,6 +76,7 @@ def _vm_hwm_mb(pid: int) -> float:
 def _mta(settings: object, sink_port: int, tmp: Path) -> subprocess.Popen[bytes]:
     """`warta mta` delivering example.com to the sink, signing for example.com."""
     from app.settings import Settings
+    from tests.servers import free_port
     from tests.workers.processes import worker_env
     from workers.mta.dkim import generate_key
 
@@ -83,7 +84,7 @@ def _mta(settings: object, sink_port: int, tmp: Path) -> subprocess.Popen[bytes]
     generate_key(tmp / "dkim", "example.com", "bench")
     env = {
         **worker_env(settings),
-        "WARTA_MTA_INBOUND": f"127.0.0.1:{_free_port()}",
+        "WARTA_MTA_INBOUND": f"127.0.0.1:{free_port()}",
         "WARTA_MTA_DELIVERY": "mx",
         "WARTA_MTA_TRANSPORT_MAP": json.dumps({"example.com": f"127.0.0.1:{sink_port}"}),
         "WARTA_MTA_SPOOL_DIR": str(tmp / "spool"),
@@ -97,12 +98,6 @@ def _mta(settings: object, sink_port: int, tmp: Path) -> subprocess.Popen[bytes]
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-
-
-def _free_port() -> int:
-    from tests.servers import free_port
-
-    return free_port()
 
 
 async def _listening(address: str, timeout: float = 30) -> None:

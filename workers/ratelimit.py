@@ -34,31 +34,13 @@ if tat < now then tat = now end
 local new_tat = tat + count * interval
 local wait = new_tat - burst * interval - now
 if wait < 0 then wait = 0 end
--- Optional ARGV[4]: the longest acceptable wait; beyond it nothing is reserved (-1).
+-- Optional ARGV[4]: the longest acceptable wait; beyond it nothing is reserved and the
+-- wait comes back negated (so a refused request knows when it would be admitted).
 local max_wait = tonumber(ARGV[4])
-if max_wait ~= nil and wait > max_wait then return -1 end
+if max_wait ~= nil and wait > max_wait then return -math.ceil(wait) end
 local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
 return math.ceil(wait)
-"""
-
-# The admission form of the same algorithm, for request rate limits: a request that would
-# have to wait is refused and reserves nothing, so a client that retries too early is not
-# pushed further back. Returns 0 (admitted) or the microseconds until it would be.
-GCRA_LIMIT_SCRIPT = """
-if redis.replicate_commands then redis.replicate_commands() end
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + interval
-local wait = new_tat - burst * interval - now
-if wait > 0 then return math.ceil(wait) end
-local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-return 0
 """
 
 
@@ -73,7 +55,6 @@ class RateLimiter:
     def __init__(self, redis: Redis, *, prefix: str = KEY_PREFIX) -> None:
         self._prefix = prefix
         self._script = redis.register_script(GCRA_SCRIPT)
-        self._limit_script = redis.register_script(GCRA_LIMIT_SCRIPT)
 
     async def acquire(
         self, key: str, rate: float, count: int = 1, burst: int | None = None
@@ -96,18 +77,8 @@ class RateLimiter:
         return int(wait) / MICROSECONDS
 
     async def try_acquire(self, key: str, rate: float, burst: int) -> bool:
-        """Take one slot in scope `key` if one is free now; a refusal reserves nothing.
-
-        For request limits (at most `burst` at once, refilled at `rate` per second): a
-        client hammering a limit does not push its own or anyone's next slot further away.
-        """
-        if rate <= 0:
-            return True
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
-        interval = MICROSECONDS / rate
-        wait = await self._script(keys=[self._prefix + key], args=[repr(interval), 1, burst, 0])
-        return int(wait) == 0
+        """Take one slot in scope `key` if one is free now; a refusal reserves nothing."""
+        return await self.admit(key, rate, burst) == 0.0
 
     async def wait(self, key: str, rate: float, count: int = 1, burst: int | None = None) -> float:
         """Reserve `count` messages and sleep until they may go; return the time slept."""
@@ -119,12 +90,14 @@ class RateLimiter:
     async def admit(self, key: str, rate: float, burst: int) -> float:
         """Admit one request in scope `key` (0.0), or the seconds until one would be admitted.
 
-        Unlike `acquire`, a refused request reserves nothing. `rate` ≤ 0 admits everything.
+        For request limits (at most `burst` at once, refilled at `rate` per second): unlike
+        `acquire`, a refused request reserves nothing, so a client hammering a limit does
+        not push its own or anyone's next slot further away. `rate` ≤ 0 admits everything.
         """
         if rate <= 0:
             return 0.0
         if burst < 1:
             raise ValueError("burst must be at least 1")
         interval = MICROSECONDS / rate
-        wait = await self._limit_script(keys=[self._prefix + key], args=[repr(interval), burst])
-        return int(wait) / MICROSECONDS
+        wait = await self._script(keys=[self._prefix + key], args=[repr(interval), 1, burst, 0])
+        return max(0, -int(wait)) / MICROSECONDS

@@ -17,12 +17,14 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from workers.mta.spool import normalise_message_id
+
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "warta:mta:mid:"
 
 
 def _key(message_id: str) -> str:
-    normal = message_id.strip().removeprefix("<").removesuffix(">")
+    normal = normalise_message_id(message_id)
     return KEY_PREFIX + hashlib.sha256(normal.encode("utf-8", "surrogateescape")).hexdigest()
 
 

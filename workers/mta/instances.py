@@ -19,6 +19,8 @@ import os
 import re
 from pathlib import Path
 
+from workers.mta.spool import fsync_directory
+
 logger = logging.getLogger(__name__)
 _INSTANCE = re.compile(r"instance-(\d+)")
 
@@ -37,14 +39,6 @@ def _instance_dirs(root: Path) -> dict[int, Path]:
         if match and path.is_dir():
             found[int(match.group(1))] = path
     return found
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def adopt(source: Path, target: Path) -> int:
@@ -67,13 +61,13 @@ def adopt(source: Path, target: Path) -> int:
         moved.append((envelope, message))
     if not moved:
         return 0
-    _fsync_dir(target_msg)
-    _fsync_dir(target_env)
+    fsync_directory(target_msg)
+    fsync_directory(target_env)
     for envelope, message in moved:
         envelope.unlink()
         message.unlink()
-    _fsync_dir(source_env)
-    _fsync_dir(source_msg)
+    fsync_directory(source_env)
+    fsync_directory(source_msg)
     logger.warning("spool: %d queued messages moved from %s to %s", len(moved), source, target)
     return len(moved)
 

@@ -150,11 +150,11 @@ def new_queue_id() -> QueueId:
     return QueueId(f"{time.time_ns():016x}{secrets.token_hex(4)}")
 
 
-def _normalise_message_id(message_id: str) -> str:
+def normalise_message_id(message_id: str) -> str:
     return message_id.strip().removeprefix("<").removesuffix(">")
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -182,7 +182,7 @@ def _write_atomically(path: Path, temp: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(temp, path)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 class Spool:
@@ -245,7 +245,7 @@ class Spool:
         """
         if self._closing:
             raise RuntimeError("spool is closed")
-        key = _normalise_message_id(envelope.message_id) if envelope.message_id else None
+        key = normalise_message_id(envelope.message_id) if envelope.message_id else None
         if key is not None:
             earlier = await self.seen(key)
             if earlier is not None:
@@ -269,7 +269,7 @@ class Spool:
 
     async def seen(self, message_id: str) -> QueueId | None:
         """The queue id under which ``message_id`` was accepted within the window, if any."""
-        entry = self._known.get(_normalise_message_id(message_id))
+        entry = self._known.get(normalise_message_id(message_id))
         if entry is None or entry[1] < self.clock() - self.dedupe_window:
             return None
         return entry[0]
@@ -301,7 +301,7 @@ class Spool:
                 for item in batch:
                     envelope = item.envelope
                     if envelope.message_id:
-                        key = _normalise_message_id(envelope.message_id)
+                        key = normalise_message_id(envelope.message_id)
                         self._known[key] = (envelope.queue_id, envelope.received_at)
                     if not item.future.done():
                         item.future.set_result(envelope.queue_id)
@@ -339,10 +339,10 @@ class Spool:
         # Messages before envelopes: an envelope on disk must always find its message.
         for temp_message, message, _, _ in written:
             os.replace(temp_message, message)
-        _fsync_directory(self.messages)
+        fsync_directory(self.messages)
         for _, _, temp_envelope, envelope in written:
             os.replace(temp_envelope, envelope)
-        _fsync_directory(self.envelopes)
+        fsync_directory(self.envelopes)
         # The Message-ID log last: an id is never known unless its message is durable,
         # otherwise a resubmission after a crash would be acknowledged and then lost.
         entries = [item.envelope for item in batch if item.envelope.message_id]
@@ -361,7 +361,7 @@ class Spool:
                 {
                     "t": e.received_at,
                     "q": e.queue_id,
-                    "m": _normalise_message_id(e.message_id or ""),
+                    "m": normalise_message_id(e.message_id or ""),
                 },
                 separators=(",", ":"),
             ).encode()
@@ -391,9 +391,9 @@ class Spool:
         # Envelope first: a crash in between leaves an unacknowledged-looking orphan message,
         # which recovery drops, never an envelope without its message.
         self.envelope_path(queue_id).unlink(missing_ok=True)
-        _fsync_directory(self.envelopes)
+        fsync_directory(self.envelopes)
         self.message_path(queue_id).unlink(missing_ok=True)
-        _fsync_directory(self.messages)
+        fsync_directory(self.messages)
 
     def load(self, queue_id: QueueId) -> bytes:
         """The message bytes of ``queue_id``."""
@@ -427,7 +427,7 @@ class Spool:
                 logger.info("spool: dropping unacknowledged message %s", path.stem)
                 path.unlink()
         for folder in (self.messages, self.envelopes, self.temp, self.corrupt):
-            _fsync_directory(folder)
+            fsync_directory(folder)
         self._load_message_ids(envelopes)
         return envelopes
 
@@ -448,7 +448,7 @@ class Spool:
                     continue  # a torn last line from a crash: its batch was never answered
         for envelope in envelopes:
             if envelope.message_id:
-                key = _normalise_message_id(envelope.message_id)
+                key = normalise_message_id(envelope.message_id)
                 known.setdefault(key, (envelope.queue_id, envelope.received_at))
         self._known = {k: v for k, v in known.items() if v[1] >= horizon}
         lines = b"".join(
