@@ -1,7 +1,6 @@
 """The campaign bounce guard end to end: a running campaign whose recipients bounce hard at
 RCPT pauses itself, with the reason in its status."""
 
-# ruff: noqa: F811  (fixtures imported from test_bounces are requested by name)
 from __future__ import annotations
 
 import httpx
@@ -14,26 +13,18 @@ from app.settings import Settings
 from tests.helpers import create_campaign, post_json
 from tests.sinks import SinkHandler
 from tests.workers.conftest import wait_for_status
-from tests.workers.mta.test_bounces import mta, remote  # noqa: F401  (fixtures)
-from tests.workers.mta.test_bounces import mta_settings as base_settings  # noqa: F401
 from workers.mta.service import MtaService
 
 RECIPIENTS = 60
 
 
 @pytest.fixture
-def mta_settings(base_settings: Settings) -> Settings:
+def mta_settings(mta_settings: Settings) -> Settings:
     # Slow enough (20 messages a second) that the guard acts while the campaign runs.
-    return base_settings.model_copy(update={"send_rate": 20, "bounce_guard_min_sends": 6})
-
-
-@pytest.fixture
-def engine_settings(mta_settings: Settings) -> Settings:
-    return mta_settings
+    return mta_settings.model_copy(update={"send_rate": 20, "bounce_guard_min_sends": 6})
 
 
 async def test_a_campaign_pauses_itself_past_the_hard_bounce_rate(
-    base_settings: Settings,
     mta: MtaService,
     api: httpx.AsyncClient,
     worker: None,

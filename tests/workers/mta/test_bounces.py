@@ -5,12 +5,9 @@ oversized reports."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import smtplib
-from collections.abc import AsyncIterator, Iterator
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,49 +30,11 @@ from app.repositories.events import counts_by_kind
 from app.settings import Settings
 from campaigns import identity
 from tests.helpers import create_campaign, eventually, post_json
-from tests.servers import free_port
-from tests.sinks import Received, SinkHandler, smtp_sink
+from tests.sinks import Received, SinkHandler
 from tests.workers.conftest import wait_for_status
 from workers.mta.service import MtaService
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-def remote() -> Iterator[tuple[str, SinkHandler]]:
-    """The 'remote MX' for example.com."""
-    with smtp_sink() as server:
-        yield server
-
-
-@pytest.fixture
-def mta_settings(settings: Settings, remote: tuple[str, SinkHandler], tmp_path: Path) -> Settings:
-    return settings.model_copy(
-        update={
-            "mta_submission": f"127.0.0.1:{free_port()}",
-            "mta_inbound": f"127.0.0.1:{free_port()}",
-            "mta_delivery": "mx",
-            "mta_transport_map": json.dumps({"example.com": remote[0]}),
-            "mta_spool_dir": tmp_path / "spool",
-            "dkim_dir": tmp_path / "dkim",
-            "mta_retry_min": 0.2,
-            "mta_retry_max": 1,
-            "retry_base": 0.2,
-            "bounce_domain": "bounces.warta.example",
-        }
-    )
-
-
-@pytest.fixture
-async def mta(mta_settings: Settings) -> AsyncIterator[MtaService]:
-    service = await MtaService.start(mta_settings)
-    yield service
-    await service.stop(grace=5)
-
-
-@pytest.fixture
-def engine_settings(mta_settings: Settings) -> Settings:
-    return mta_settings
 
 
 async def _send_campaign(api: httpx.AsyncClient, addresses: list[str]) -> int:

@@ -8,7 +8,6 @@ import signal
 import smtplib
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,43 +26,6 @@ from tests.workers.processes import BIN, worker_env
 from workers.mta.dkim import generate_key
 from workers.mta.service import MtaService
 from workers.mta.status import instance_name
-
-
-@pytest.fixture
-def remote() -> Iterator[tuple[str, SinkHandler]]:
-    """The 'remote MX' for example.com."""
-    with smtp_sink() as server:
-        yield server
-
-
-@pytest.fixture
-def mta_settings(settings: Settings, remote: tuple[str, SinkHandler], tmp_path: Path) -> Settings:
-    return settings.model_copy(
-        update={
-            "mta_submission": f"127.0.0.1:{free_port()}",
-            "mta_inbound": f"127.0.0.1:{free_port()}",
-            "mta_delivery": "mx",
-            "mta_transport_map": json.dumps({"example.com": remote[0]}),
-            "mta_spool_dir": tmp_path / "spool",
-            "dkim_dir": tmp_path / "dkim",
-            "mta_retry_min": 0.2,
-            "mta_retry_max": 1,
-            "retry_base": 0.2,
-        }
-    )
-
-
-@pytest.fixture
-async def mta(mta_settings: Settings) -> AsyncIterator[MtaService]:
-    service = await MtaService.start(mta_settings)
-    yield service
-    await service.stop(grace=5)
-
-
-# The engine fixtures in tests/workers/conftest.py read `engine_settings`.
-@pytest.fixture
-def engine_settings(mta_settings: Settings) -> Settings:
-    return mta_settings
 
 
 async def _rows(session: AsyncSession, campaign_id: int) -> dict[str, Send]:
