@@ -17,11 +17,11 @@ from app.models import (
     Message,
     MessageStatus,
     MessageStream,
-    Suppression,
     SuppressionScope,
     utcnow,
 )
 from app.repositories.events import NewEvent, record_events
+from app.repositories.suppressions import scopes_for
 
 # What the MTA's final word may replace: a complaint is never overwritten, and nothing goes
 # back to `delivered` once the recipient's server has bounced or complained.
@@ -132,13 +132,7 @@ async def suppressed_now(session: AsyncSession, claimed: Sequence[Claimed]) -> s
     accepted: suppression is checked again at send, as for campaigns."""
     if not claimed:
         return set()
-    scopes: dict[str, set[str]] = {}
-    for address, scope in await session.execute(
-        sa.select(Suppression.address, Suppression.scope).where(
-            Suppression.address.in_(sorted({row.to_email for row in claimed}))
-        )
-    ):
-        scopes.setdefault(address, set()).add(SuppressionScope(scope).value)
+    scopes = await scopes_for(session, {row.to_email for row in claimed})
     return {
         row.id
         for row in claimed

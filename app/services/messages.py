@@ -20,6 +20,7 @@ from app.models import (
     SuppressionScope,
     Template,
 )
+from app.repositories import suppressions as suppression_rows
 from app.repositories.events import NewEvent, record_events
 from app.services import message_content as content
 from app.settings import Settings
@@ -149,7 +150,7 @@ async def store(
 ) -> list[list[Message]]:
     """Insert the rows (suppressed recipients as `suppressed`), build each MIME, record events."""
     addresses = {address for item in prepared for _, address, _ in item.recipients}
-    suppressed = await _suppressed(session, addresses)
+    suppressed = await suppression_rows.scopes_for(session, addresses)
     rows: list[list[Message]] = []
     for item in prepared:
         request = item.request
@@ -209,19 +210,6 @@ async def store(
     return rows
 
 
-async def _suppressed(session: AsyncSession, addresses: set[str]) -> dict[str, set[str]]:
-    if not addresses:
-        return {}
-    found: dict[str, set[str]] = {}
-    for address, scope in await session.execute(
-        sa.select(Suppression.address, Suppression.scope).where(
-            Suppression.address.in_(sorted(addresses))
-        )
-    ):
-        found.setdefault(address, set()).add(SuppressionScope(scope).value)
-    return found
-
-
 async def get(session: AsyncSession, message_id: int) -> Message:
     """The message, or NotFound."""
     found = await session.get(Message, message_id)
@@ -279,6 +267,11 @@ async def by_unsubscribe_token(
 
 async def unsubscribe_broadcast(session: AsyncSession, message: Message) -> None:
     """Suppress the recipient for broadcast mail and record the unsubscription once."""
+    scopes = (await suppression_rows.scopes_for(session, [message.to_email])).get(
+        message.to_email, set()
+    )
+    if scopes & {SuppressionScope.all.value, SuppressionScope.broadcast.value}:
+        return  # already blocked, perhaps only by the hash an erasure left: add nothing
     existing = await session.scalar(
         sa.select(Suppression).where(Suppression.address == message.to_email)
     )

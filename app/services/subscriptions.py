@@ -24,15 +24,14 @@ from app.models import (
     SubscriberStatus,
     Subscription,
     SubscriptionStatus,
-    Suppression,
     Visibility,
     utcnow,
 )
 from app.repositories.events import NewEvent, record_events
+from app.repositories.suppressions import scopes_for
 from app.services import memberships
 from app.settings import Settings
 from campaigns import identity
-from campaigns.erasure import hashed_address
 from workers.ratelimit import RateLimiter
 
 LIST_PURPOSE = "list"
@@ -113,13 +112,6 @@ async def admit(limiter: RateLimiter, settings: Settings, client: str, address: 
     return Admission.allowed
 
 
-async def _suppressed(session: AsyncSession, address: str) -> bool:
-    found = await session.scalar(
-        sa.select(Suppression.id).where(Suppression.address.in_([address, hashed_address(address)]))
-    )
-    return found is not None
-
-
 async def _subscriber(session: AsyncSession, address: str, name: str) -> Subscriber:
     existing = await session.scalar(sa.select(Subscriber).where(Subscriber.email == address))
     if existing is not None:
@@ -143,7 +135,7 @@ async def subscribe(
 
     An existing subscriber's name is not changed by an anonymous form.
     """
-    if await _suppressed(session, address):
+    if await scopes_for(session, [address]):
         return None
     subscriber = await _subscriber(session, address, name)
     if subscriber.status != SubscriberStatus.enabled:

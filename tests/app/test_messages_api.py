@@ -13,9 +13,10 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import Event, IdempotencyKey, Message, utcnow
+from app.models import Event, IdempotencyKey, Message, Suppression, utcnow
 from app.settings import Settings
 from campaigns import identity
+from campaigns.erasure import hashed_address
 from tests.helpers import post_json
 
 MESSAGE = {
@@ -82,6 +83,19 @@ async def test_broadcast_stream_carries_one_click_unsubscribe(
     transactional = await _send(client, MESSAGE)
     assert transactional.json()["messages"][0]["status"] == "queued"
     assert (await client.post(path + "x", data={})).status_code == 400
+
+
+async def test_an_erased_address_known_only_by_its_hash_gets_no_mail(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    # An erasure keeps only `sha256:…` (scope all): the API must still refuse to mail it.
+    async with sessionmaker() as session:
+        session.add(
+            Suppression(address=hashed_address("erin@example.com"), source="erasure", scope="all")
+        )
+        await session.commit()
+    response = await _send(client, {**MESSAGE, "to": ["erin@example.com", "frank@example.com"]})
+    assert [m["status"] for m in response.json()["messages"]] == ["suppressed", "queued"]
 
 
 async def test_suppressed_recipient_gets_status_suppressed_and_no_mime(
