@@ -74,7 +74,11 @@ async def test_broadcast_stream_carries_one_click_unsubscribe(
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = str(parsed["List-Unsubscribe"]).strip("<>")
     path = httpx.URL(url).path
-    assert (await client.get(path)).status_code == 200
+    page = await client.get(path)
+    assert page.status_code == 200
+    # The token is in the URL: no referrer leaks it, no framing clicks the button.
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["x-frame-options"] == "DENY"
     assert (await client.post(path, data={"List-Unsubscribe": "One-Click"})).status_code == 200
     shown = (await client.get("/api/v1/suppressions/alice@example.com")).json()
     assert shown["scope"] == "broadcast"
