@@ -109,9 +109,9 @@ class SubmissionHandler:
         """Refuse unauthenticated clients outside the trusted networks before any recipient."""
         if not self._allowed(session):
             return AUTH_REQUIRED
-        address = null_sender(address)
-        if address and not _ADDRESS.match(address):
+        if null_sender(address) and not _ADDRESS.match(address):
             return "553 5.1.7 Bad sender address syntax"
+        # Kept as "<>": aiosmtpd refuses RCPT (503) while mail_from is falsy.
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -140,7 +140,7 @@ class SubmissionHandler:
         if message_id is not None and (earlier := await self._seen(message_id)):
             return ALREADY_QUEUED.format(queue_id=earlier)
         spooled = SpooledEnvelope(
-            mail_from=envelope.mail_from or "",
+            mail_from=null_sender(envelope.mail_from or ""),
             recipients=list(dict.fromkeys(envelope.rcpt_tos)),
             message_id=message_id,
         )

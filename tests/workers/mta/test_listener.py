@@ -122,6 +122,23 @@ async def test_recipient_syntax_and_limit(submission: tuple[Spool, int]) -> None
     assert await _in_thread(rcpts) == [553, 250, 250, 250, 452]
 
 
+async def test_the_null_sender_is_accepted_and_spooled_as_empty(
+    submission: tuple[Spool, int],
+) -> None:
+    spool, port = submission
+
+    def send() -> tuple[int, int]:
+        with _client(port) as client:
+            client.mail("<>")
+            code = client.rcpt("r@example.com")[0]
+            data = b"From: MAILER-DAEMON@example.com\r\nSubject: notice\r\n\r\nbody\r\n"
+            return code, client.data(data)[0]
+
+    assert await _in_thread(send) == (250, 250)
+    (envelope,) = spool.recover()
+    assert envelope.mail_from == ""
+
+
 async def _raw(port: int, payload: bytes) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
