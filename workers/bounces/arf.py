@@ -30,11 +30,6 @@ class FeedbackReport:
         return self.feedback_type in COMPLAINT_TYPES - {"not-spam"}
 
 
-def is_arf(message: Message) -> bool:
-    """Whether the message carries a machine-readable feedback-report part."""
-    return any(part.get_content_type() == "message/feedback-report" for part in parts(message))
-
-
 def parse_arf(message: Message) -> FeedbackReport | None:
     """The feedback report in an ARF message, or None when it is not one."""
     fields = None

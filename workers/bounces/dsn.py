@@ -47,11 +47,6 @@ class DeliveryReport:
     original: Message | None
 
 
-def is_dsn(message: Message) -> bool:
-    """Whether the message carries a machine-readable delivery-status part."""
-    return any(part.get_content_type() == "message/delivery-status" for part in parts(message))
-
-
 def parse_dsn(message: Message) -> DeliveryReport | None:
     """The report in a DSN, or None when the message is not one."""
     status_part = None

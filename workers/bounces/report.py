@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass, field
 from email.message import Message
 
-from workers.bounces.arf import FeedbackReport, is_arf, parse_arf
+from workers.bounces.arf import FeedbackReport, parse_arf
 from workers.bounces.autoreply import is_auto_reply
-from workers.bounces.dsn import RecipientStatus, is_dsn, parse_dsn
+from workers.bounces.dsn import RecipientStatus, parse_dsn
 from workers.bounces.fallback import scan
 from workers.bounces.mime import (
     MAX_REPORT_BYTES,
@@ -80,14 +80,10 @@ def parse_report(data: bytes, limit: int = MAX_REPORT_BYTES) -> Report:
     message = read_message(data, limit)
     subject = header(message, "Subject", 300)
     defects = len(message.defects)
-    if is_dsn(message):
-        dsn = parse_dsn(message)
-        if dsn is not None:
-            return Report(ReportKind.dsn, dsn.recipients, None, dsn.original, subject, defects)
-    if is_arf(message):
-        arf = parse_arf(message)
-        if arf is not None:
-            return Report(ReportKind.complaint, [], arf, arf.original, subject, defects)
+    if (dsn := parse_dsn(message)) is not None:
+        return Report(ReportKind.dsn, dsn.recipients, None, dsn.original, subject, defects)
+    if (arf := parse_arf(message)) is not None:
+        return Report(ReportKind.complaint, [], arf, arf.original, subject, defects)
     if is_auto_reply(message):
         return Report(ReportKind.auto_reply, subject=subject, defects=defects)
     found = scan(message)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from workers.mta.dkim import DkimSigner
 from workers.mta.dsn import Failure, build_dsn
+from workers.mta.listener import header_block
 from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
@@ -329,8 +330,7 @@ class DeliveryAgent:
 
 def _from_domain(data: bytes) -> str:
     """The domain of the From header (what DKIM signs for)."""
-    end = data.find(b"\r\n\r\n")
-    for line in (data if end < 0 else data[:end]).split(b"\r\n"):
+    for line in header_block(data).split(b"\r\n"):
         if line[:5].lower() == b"from:":
             text = line[5:].decode("utf-8", "replace")
             address = text.rpartition("<")[2].rstrip("> \t") if "<" in text else text.strip()

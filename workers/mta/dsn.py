@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formatdate
 
+from workers.mta.listener import header_block
 from workers.send_result import parse_enhanced_status
 
 
@@ -69,7 +70,7 @@ def build_dsn(
         f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     )
     tail = f"\r\n--{boundary}--\r\n"
-    data = (head + body).encode("ascii", "replace") + _header_section(original) + tail.encode()
+    data = (head + body).encode("ascii", "replace") + header_block(original) + tail.encode()
     return message_id, data
 
 
@@ -84,8 +85,3 @@ def _status(failure: Failure) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:900]
-
-
-def _header_section(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 2]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
+
+from workers.mta.spool import write_atomically
 
 
 class DurableMaildir:
@@ -19,16 +20,6 @@ class DurableMaildir:
     def add(self, data: bytes) -> Path:
         """Store one message; returns its path under new/."""
         name = f"{time.time():.6f}.{secrets.token_hex(8)}.warta"
-        temp = self.directory / "tmp" / name
-        with temp.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
         final = self.directory / "new" / name
-        os.rename(temp, final)
-        directory = os.open(self.directory / "new", os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(final, self.directory / "tmp" / name, data)
         return final

@@ -65,10 +65,11 @@ class MtaService:
         secret = settings.effective_secret_key()
         policy = Policy.from_settings(settings)
         rules = classifier(settings.bounce_rules)
-        outcomes = LedgerOutcomes(create_sessionmaker(engine), secret, Context(policy, rules))
+        sessions = create_sessionmaker(engine)
+        outcomes = LedgerOutcomes(sessions, secret, Context(policy, rules))
         reports = ReportProcessor(
             var / "inbound",
-            create_sessionmaker(engine),
+            sessions,
             secret,
             policy,
             rules,
@@ -94,7 +95,7 @@ class MtaService:
         if settings.mta_tls_cert:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(settings.mta_tls_cert, settings.mta_tls_key or None)
-        authenticator = ApiKeyAuthenticator(create_sessionmaker(engine))
+        authenticator = ApiKeyAuthenticator(sessions)
         await authenticator.start()
 
         async def listen(

@@ -175,7 +175,8 @@ def _write_file(path: Path, data: bytes) -> int:
     return fd
 
 
-def _write_atomically(path: Path, temp: Path, data: bytes) -> None:
+def write_atomically(path: Path, temp: Path, data: bytes) -> None:
+    """Write `temp`, fsync, rename to `path`, fsync the directory: durable once it returns."""
     fd = _write_file(temp, data)
     try:
         os.fsync(fd)
@@ -381,7 +382,7 @@ class Spool:
         """Atomically rewrite the envelope (after a delivery attempt)."""
         path = self.envelope_path(envelope.queue_id)
         temp = self.temp / f"{envelope.queue_id}.{secrets.token_hex(4)}.json"
-        await asyncio.to_thread(_write_atomically, path, temp, envelope.to_json())
+        await asyncio.to_thread(write_atomically, path, temp, envelope.to_json())
 
     async def remove(self, queue_id: QueueId) -> None:
         """Forget a message that was delivered or failed for good; its Message-ID stays known."""
@@ -455,4 +456,4 @@ class Spool:
             json.dumps({"t": t, "q": q, "m": m}, separators=(",", ":")).encode() + b"\n"
             for m, (q, t) in self._known.items()
         )
-        _write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)
+        write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)
