@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import (
     Bounce,
     BounceScore,
+    Message,
     Send,
     Subscriber,
     SubscriberStatus,
@@ -55,6 +57,14 @@ async def campaign_rows(session: AsyncSession, ids: list[int]) -> dict[int, Ledg
     return {int(row.id): _campaign_row(row) for row in rows}
 
 
+async def message_rows(session: AsyncSession, ids: list[int]) -> dict[int, LedgerRow]:
+    """Transactional messages by id, as the rows reports are about."""
+    if not ids:
+        return {}
+    rows = await session.execute(sa.select(Message.id, Message.to_email).where(Message.id.in_(ids)))
+    return {int(row_id): LedgerRow("m", int(row_id), email, None, None) for row_id, email in rows}
+
+
 async def latest_campaign_row(
     session: AsyncSession, email: str, campaign_id: int | None = None
 ) -> LedgerRow | None:
@@ -66,9 +76,15 @@ async def latest_campaign_row(
     return _campaign_row(row) if row is not None else None
 
 
-async def subscriber_id_for(session: AsyncSession, email: str) -> int | None:
-    """The subscriber with this address, if any."""
-    return await session.scalar(sa.select(Subscriber.id).where(Subscriber.email == email.lower()))
+async def subscriber_ids_for(session: AsyncSession, emails: Iterable[str]) -> dict[str, int]:
+    """The subscribers with these (lower-case) addresses, in one query."""
+    wanted = sorted(set(emails))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        sa.select(Subscriber.email, Subscriber.id).where(Subscriber.email.in_(wanted))
+    )
+    return {email: subscriber_id for email, subscriber_id in rows}
 
 
 async def suppress(

@@ -208,12 +208,16 @@ async def due(
 
 
 async def record_delivery(
-    session: AsyncSession, updates: Sequence[tuple[int, MessageStatus | None, str]]
+    session: AsyncSession,
+    updates: Sequence[tuple[int, MessageStatus | None, str]],
+    *,
+    events: bool = True,
 ) -> None:
     """The MTA's word on messages: (id, final status or None for a mere deferral, reply).
 
     Same shape as `ledger.record_delivery`. A deferral keeps the status (`sent`: the MTA
-    holds the message) and refreshes the last reply; both write an event with the reply.
+    holds the message) and refreshes the last reply; both write an event with the reply,
+    unless `events` is off (the bounce service records its own, with the class).
     Unknown ids are ignored (a message may have been deleted).
     """
     if not updates:
@@ -227,7 +231,7 @@ async def record_delivery(
     }
     table = cast(sa.Table, Message.__table__)
     now = utcnow()
-    events: list[NewEvent] = []
+    facts: list[NewEvent] = []
     finals: list[dict[str, Any]] = []
     replies: list[dict[str, Any]] = []
     for row, status, reply in updates:
@@ -237,12 +241,12 @@ async def record_delivery(
         data = {"reply": reply[:1000]}
         if status is None:
             replies.append({"b_id": row, "b_reply": reply[:1000]})
-            events.append(NewEvent(EventKind.deferred, email=email, message_id=row, data=data))
+            facts.append(NewEvent(EventKind.deferred, email=email, message_id=row, data=data))
             continue
         if current in _REPLACEABLE.get(status, ()):
             finals.append({"b_id": row, "b_status": status.value, "b_reply": reply[:1000]})
             known[row] = (email, status)
-        events.append(NewEvent(_EVENT_OF[status], email=email, message_id=row, data=data))
+        facts.append(NewEvent(_EVENT_OF[status], email=email, message_id=row, data=data))
     by_id = table.c.id == sa.bindparam("b_id")
     if finals:
         await session.execute(
@@ -260,7 +264,8 @@ async def record_delivery(
             .values(last_reply=sa.bindparam("b_reply"), updated_at=now),
             replies,
         )
-    await record_events(session, events)
+    if events:
+        await record_events(session, facts)
 
 
 async def timeline(session: AsyncSession, message_id: int) -> list[Event]:

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Invalid, NotFound
-from app.models import Bounce, EventKind, SendStatus, SuppressionScope, utcnow
+from app.models import Bounce, EventKind, MessageStatus, SendStatus, SuppressionScope, utcnow
 from app.repositories import bounces as repo
-from app.repositories import ledger
+from app.repositories import ledger, messages
 from app.repositories.bounces import LedgerRow
 from app.repositories.events import NewEvent, record_events
 from app.services import lifecycle
@@ -38,8 +38,12 @@ async def _campaign_row(session: AsyncSession, row_id: int) -> LedgerRow | None:
     return (await repo.campaign_rows(session, [row_id])).get(row_id)
 
 
-ROW_LOOKUPS: dict[str, RowLookup] = {"c": _campaign_row}
-"""Ledger kinds a VERP token or Message-ID may name (`m`, transactional, is added with it)."""
+async def _message_row(session: AsyncSession, row_id: int) -> LedgerRow | None:
+    return (await repo.message_rows(session, [row_id])).get(row_id)
+
+
+ROW_LOOKUPS: dict[str, RowLookup] = {"c": _campaign_row, "m": _message_row}
+"""Row kinds a VERP token or Message-ID may name: campaign ledger rows, transactional messages."""
 
 
 @dataclass(frozen=True)
@@ -119,13 +123,17 @@ async def apply(
     """Act on each fact, keep it with its evidence, write events (with `also`, in one
     executemany) and the ledger rows' status, then run the campaign guard."""
     now = now or utcnow()
-    found: list[tuple[Fact, str, int | None]] = []
-    for fact in facts:
-        email = fact.email.lower().replace("\x00", "")[:320]
-        subscriber_id = fact.row.subscriber_id if fact.row else None
-        if subscriber_id is None:
-            subscriber_id = await repo.subscriber_id_for(session, email)
-        found.append((fact, email, subscriber_id))
+    emails = [fact.email.lower().replace("\x00", "")[:320] for fact in facts]
+    unknown = [
+        e
+        for fact, e in zip(facts, emails, strict=True)
+        if not (fact.row and fact.row.subscriber_id)
+    ]
+    known = await repo.subscriber_ids_for(session, unknown)
+    found: list[tuple[Fact, str, int | None]] = [
+        (fact, email, (fact.row.subscriber_id if fact.row else None) or known.get(email))
+        for fact, email in zip(facts, emails, strict=True)
+    ]
     actions = await _act(session, policy, found, now)
     # Added after the actions, so that one flush inserts them all (no autoflush per fact).
     records = [
@@ -146,6 +154,19 @@ async def apply(
                 for record in records
                 if record.send_id is not None
             ],
+        )
+        await messages.record_delivery(
+            session,
+            [
+                (
+                    record.message_id,
+                    MessageStatus.bounced if record.kind == "bounce" else MessageStatus.complained,
+                    record.diagnostic,
+                )
+                for record in records
+                if record.message_id is not None
+            ],
+            events=False,  # the bounce's own event below names the message and the class
         )
     # (Without `bounce_events` the caller has recorded them: a transactional message's own
     # `bounced` event carries its message id.)

@@ -101,6 +101,8 @@ async def write_message_outcomes(
             if o.outcome != "deleted"
         ],
     )
+    failed = [o for o in outcomes if o.outcome == "failed"]
+    rows = await bounce_rows.message_rows(session, [o.row_id for o in failed])
     facts = [
         bounces.Fact(
             o.recipient,
@@ -108,9 +110,9 @@ async def write_message_outcomes(
             context.classifier.classify(o.reply, permanent=True),
             o.reply,
             o.reply,
+            rows.get(o.row_id),
         )
-        for o in outcomes
-        if o.outcome == "failed"
+        for o in failed
     ]
     if facts:
         await bounces.apply(

@@ -403,3 +403,38 @@ async def test_a_transactional_message_refused_by_the_remote_is_bounced_once(
     assert "5.1.1" in shown["last_reply"]
     suppression = (await _suppressions(sessionmaker))["gone@example.com"]
     assert suppression.source == "bounce"
+    async with sessionmaker() as session:
+        kept = await session.scalar(sa.select(Bounce).where(Bounce.email == "gone@example.com"))
+    assert kept is not None and kept.message_id == message_id
+
+
+async def test_a_later_dsn_for_a_transactional_message_bounces_it(
+    mta: MtaService,
+    mta_settings: Settings,
+    api: httpx.AsyncClient,
+    worker: None,
+    remote: tuple[str, SinkHandler],
+) -> None:
+    response = await api.post(
+        "/api/v1/messages",
+        json={"from": "shop@example.com", "to": "moved@example.com", "subject": "Hi", "text": "x"},
+    )
+    assert response.status_code == 202, response.text
+    message_id = response.json()["messages"][0]["id"]
+
+    async def status_is(wanted: str) -> bool:
+        shown = (await api.get(f"/api/v1/messages/{message_id}")).json()
+        return bool(shown["status"] == wanted)
+
+    await eventually(lambda: status_is("delivered"), what="delivery")
+    original = _received(remote[1])["moved@example.com"]
+    code, _ = await _deliver_report(
+        mta_settings,
+        original.mail_from,
+        dsn(original.mail_from, "moved@example.com", "550 5.1.1 user unknown", "<x@y>"),
+    )
+    assert code == 250
+    await eventually(lambda: status_is("bounced"), what="the DSN's bounce")
+    shown = (await api.get(f"/api/v1/messages/{message_id}")).json()
+    bounced = [event for event in shown["events"] if event["kind"] == "bounced"]
+    assert len(bounced) == 1
