@@ -236,8 +236,12 @@ def _supervise_mtas(settings: Settings, spools: list[Path]) -> str | None:
 
 async def _mta_until_signalled(settings: Settings) -> None:
     from workers.mta.service import MtaService
+    from workers.mta.shaping import RulesError
 
-    service = await MtaService.start(settings)
+    try:
+        service = await MtaService.start(settings)
+    except RulesError as exc:
+        raise CommandFailed(f"MTA rules: {exc}") from None
     console.print(
         f"MTA: submission {settings.mta_submission}, inbound {settings.mta_inbound}, "
         f"delivery {settings.mta_delivery}, spool {settings.mta_spool_dir}"

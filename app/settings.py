@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     mta_dedupe_window: float = Field(
         604_800, gt=0, description="Seconds a Message-ID is remembered to refuse a second copy."
     )
+    mta_shaping_rules: Path | None = Field(
+        None,
+        description="TOML file of per-destination shaping rules that change or extend the "
+        "built-in ones (workers/mta/shaping.toml) by name.",
+    )
+    mta_throttle_rules: Path | None = Field(
+        None,
+        description="TOML file of throttling-reply rules added to the built-in ones "
+        "(workers/mta/throttle_rules.toml); a same-named rule replaces one.",
+    )
     bounce_domain: str = Field("bounces.localhost", description="VERP return-path domain.")
     bounce_rules: Path | None = Field(
         None,

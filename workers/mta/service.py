@@ -79,7 +79,7 @@ class MtaService:
         agent = DeliveryAgent(
             spool,
             Router.from_settings(settings),
-            Shaping(),
+            Shaping.from_files(settings.mta_shaping_rules, settings.mta_throttle_rules),
             transports,
             signer=DkimSigner(settings.dkim_dir),
             outcomes=outcomes,

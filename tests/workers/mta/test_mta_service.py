@@ -396,3 +396,26 @@ async def test_several_processes_share_the_port_and_deliver_everything(
     counts = Counter(item.message_id for item in remote[1].snapshot())
     assert len(counts) == 40 and max(counts.values()) == 1
     assert all(list(spool.iterdir()) == [] for spool in spools)  # each drained its own
+
+
+async def test_the_operators_shaping_and_throttle_rules_are_loaded(
+    mta_settings: Settings, tmp_path: Path
+) -> None:
+    shaping = tmp_path / "shaping.toml"
+    shaping.write_text('[rules.tenant]\nmatch = ["*.tenant.example"]\nmessages_per_second = 2\n')
+    throttle = tmp_path / "throttle.toml"
+    throttle.write_text(
+        '[[rule]]\nname = "local-slowdown"\ncodes = [451]\ntext = ["slow down, friend"]\n'
+    )
+    service = await MtaService.start(
+        mta_settings.model_copy(
+            update={"mta_shaping_rules": shaping, "mta_throttle_rules": throttle}
+        )
+    )
+    try:
+        shaper = service.agent.shaping.for_destination("mx1.tenant.example")
+        assert (shaper.rule.name, shaper.rule.messages_per_second) == ("tenant", 2)
+        throttle_rules = service.agent.shaping.throttle_rules
+        assert throttle_rules.classify(451, None, "slow down, friend") == "local-slowdown"
+    finally:
+        await service.stop(grace=5)
