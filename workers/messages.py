@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from app.models import MessageStatus, utcnow
+from app.queue import MESSAGE_JOB_SIZE
 from app.repositories import messages as repository
 from app.repositories.messages import Attempt, Claimed
 from campaigns import identity
@@ -23,7 +24,7 @@ from workers.send_result import Outcome, SendResult
 LEASE = timedelta(minutes=5)
 STRAGGLER_AGE = timedelta(seconds=5)
 RESUME_LIMIT = 1000
-BATCH = 100  # a job also takes other queued messages, up to this many in all
+BATCH = MESSAGE_JOB_SIZE  # a job also takes other queued messages, up to this many in all
 SUPPRESSED_AT_SEND = "not sent: the address was suppressed after the message was accepted"
 
 

@@ -161,11 +161,6 @@ class WebhookDispatcher:
             task.add_done_callback(self._in_flight.discard)
         return len(due)
 
-    async def wait_idle(self) -> None:
-        """Wait for the attempts in flight (tests and shutdown)."""
-        while self._in_flight:
-            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
-
     async def _attempt(
         self, item: repository.Due, token: str, stream: MessageStream | None
     ) -> None:

@@ -18,11 +18,11 @@ from app.models import (
     MessageStream,
     Suppression,
     SuppressionScope,
-    Template,
 )
 from app.repositories import suppressions as suppression_rows
 from app.repositories.events import NewEvent, record_events
 from app.services import message_content as content
+from app.services import templates
 from app.settings import Settings
 from campaigns import identity
 from campaigns.composer import SiteIdentity
@@ -85,7 +85,6 @@ async def prepare(
     settings: Settings,
     site: SiteIdentity,
     request: MessageRequest,
-    templates: dict[int, Template] | None = None,
     *,
     dry_build: bool = False,
 ) -> Prepared:
@@ -94,7 +93,7 @@ async def prepare(
     With `dry_build`, also build the first message with a stand-in id, so that a bad address
     or header fails this request alone (a batch item) rather than `store`, which fails all.
     """
-    source = await _content(session, request, templates if templates is not None else {})
+    source = await _content(session, request)
     content.compile_content(source)
     files = content.decode_attachments(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
@@ -126,17 +125,11 @@ def _address(mailbox: str) -> str:
     return mailbox.rpartition("<")[2].rstrip(">") if "<" in mailbox else mailbox
 
 
-async def _content(
-    session: AsyncSession, request: MessageRequest, templates: dict[int, Template]
-) -> content.Content:
+async def _content(session: AsyncSession, request: MessageRequest) -> content.Content:
     if request.template_id is None:
         return content.Content(request.subject or "", request.html or "", request.text or "")
-    template = templates.get(request.template_id)
-    if template is None:
-        template = await session.get(Template, request.template_id)
-        if template is None:
-            raise Invalid(f"template {request.template_id} does not exist")
-        templates[request.template_id] = template
+    # The session's identity map keeps a template loaded once for the rest of a batch.
+    template = await templates.get_or_invalid(session, request.template_id)
     subject = request.subject if request.subject is not None else template.subject
     return content.Content(subject, template.html, template.text)
 

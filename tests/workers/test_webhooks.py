@@ -137,6 +137,14 @@ async def test_a_hanging_receiver_times_out_without_holding_up_others(
 
         await eventually(good_got_it, 20, "delivery to the healthy receiver")
         assert good.requests[0].received_at - started < 5
+        # Both go out in one tick: had the hanging request held the way, the healthy one
+        # would arrive only after the 1 s timeout.
+
+        async def stuck_called() -> bool:
+            return len(stuck.requests) == 1
+
+        await eventually(stuck_called, 20, "the request to the hanging receiver")
+        assert abs(good.requests[0].received_at - stuck.requests[0].received_at) < 1.0
 
         async def timed_out() -> bool:
             log = await _deliveries(api, stuck_hook["id"])

@@ -23,7 +23,7 @@ from app.api.schemas.messages import (
     MessagesAccepted,
 )
 from app.errors import DomainError
-from app.models import ApiKey, IdempotencyKey, Message, MessageStatus, Template
+from app.models import ApiKey, IdempotencyKey, Message, MessageStatus
 from app.queue import enqueue_messages
 from app.repositories import messages as repository
 from app.services import idempotency
@@ -137,16 +137,13 @@ async def send_batch(
     async def work() -> tuple[int, dict[str, Any], list[int]]:
         results: list[dict[str, Any]] = [{} for _ in items]
         good: list[tuple[int, service.Prepared]] = []
-        templates: dict[int, Template] = {}
         for index, item in enumerate(items):
             try:
                 parsed = MessageCreate.model_validate(item)
                 good.append(
                     (
                         index,
-                        await service.prepare(
-                            session, settings, site, parsed, templates, dry_build=True
-                        ),
+                        await service.prepare(session, settings, site, parsed, dry_build=True),
                     )
                 )
             except ValidationError as exc:
