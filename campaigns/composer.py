@@ -37,11 +37,16 @@ def mailbox(value: str) -> Address:
     return Address(email=email, name=name)
 
 
+# Token purposes: the pages that read a link check the purpose its composer signed.
+UNSUBSCRIBE_PURPOSE = "unsubscribe"
+PREFERENCES_PURPOSE = "preferences"
+VIEW_PURPOSE = "view"
+
 # context name, URL path, token purpose
 LINKS = (
-    ("unsubscribe_url", "u", "unsubscribe"),
-    ("preferences_url", "p", "preferences"),
-    ("view_in_browser_url", "v", "view"),
+    ("unsubscribe_url", "u", UNSUBSCRIBE_PURPOSE),
+    ("preferences_url", "p", PREFERENCES_PURPOSE),
+    ("view_in_browser_url", "v", VIEW_PURPOSE),
 )
 
 

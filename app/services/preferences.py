@@ -19,9 +19,10 @@ from app.models import (
     Visibility,
 )
 from app.services import memberships
+from campaigns.composer import PREFERENCES_PURPOSE
 from campaigns.erasure import ERASURE_SOURCE, hashed_address
 
-PURPOSE = "preferences"
+PURPOSE = PREFERENCES_PURPOSE
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import CampaignList, MailingList, Subscriber
 from app.services import memberships
 from campaigns import identity
+from campaigns.composer import UNSUBSCRIBE_PURPOSE
 
-PURPOSE = "unsubscribe"
+PURPOSE = UNSUBSCRIBE_PURPOSE
 
 
 @dataclass(frozen=True)

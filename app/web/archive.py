@@ -11,9 +11,10 @@ from app.models import Campaign
 from app.services import content
 from app.services.unsubscribe import subscriber_for
 from app.web import pages
+from campaigns.composer import VIEW_PURPOSE
 
 router = APIRouter(include_in_schema=False)
-PURPOSE = "view"
+PURPOSE = VIEW_PURPOSE
 # The campaign's own HTML: no scripts, no forms, not framed; images and styles as authored.
 ARCHIVE_HEADERS = {
     "Cache-Control": "no-store",

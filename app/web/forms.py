@@ -13,6 +13,7 @@ import hmac
 import time
 
 from starlette.datastructures import FormData
+from starlette.requests import Request
 
 FIELD = "csrf"
 FORM_LIFETIME = 24 * 3600
@@ -55,3 +56,21 @@ def oversized(form: FormData) -> bool:
     """Whether any field is longer than MAX_FIELD or there are absurdly many."""
     items = form.multi_items()
     return len(items) > 200 or any(isinstance(v, str) and len(v) > MAX_FIELD for _, v in items)
+
+
+async def checked(
+    request: Request,
+    secret: str,
+    purpose: str,
+    bound: str,
+    *,
+    state_field: str | None = None,
+    max_fields: int = 20,
+) -> FormData | None:
+    """The posted form if it is of sane size and carries a genuine token for `purpose` on
+    the page `bound` (and, with `state_field`, for that field's value); None otherwise."""
+    form = await request.form(max_files=0, max_fields=max_fields)
+    state = text(form, state_field) if state_field else ""
+    if oversized(form) or not valid(secret, purpose, bound, text(form, FIELD), state):
+        return None
+    return form

@@ -70,10 +70,10 @@ async def save(
     subscriber = await _subscriber(session, settings, token)
     if subscriber is None:
         return pages.invalid_link()
-    form = await request.form(max_files=0, max_fields=600)
-    if forms.oversized(form) or not forms.valid(
-        settings.effective_secret_key(), SAVE_FORM, token, forms.text(form, forms.FIELD)
-    ):
+    form = await forms.checked(
+        request, settings.effective_secret_key(), SAVE_FORM, token, max_fields=600
+    )
+    if form is None:
         return pages.expired_form()
     raw_name = forms.text(form, "name").strip()
     try:
@@ -101,10 +101,8 @@ async def unsubscribe_all(
     subscriber = await _subscriber(session, settings, token)
     if subscriber is None:
         return pages.invalid_link()
-    form = await request.form(max_files=0, max_fields=20)
-    if forms.oversized(form) or not forms.valid(
-        settings.effective_secret_key(), ALL_FORM, token, forms.text(form, forms.FIELD)
-    ):
+    form = await forms.checked(request, settings.effective_secret_key(), ALL_FORM, token)
+    if form is None:
         return pages.expired_form()
     await service.unsubscribe_all(session, subscriber)
     await session.commit()
@@ -137,10 +135,8 @@ async def erase(
     subscriber = await _subscriber(session, settings, token)
     if subscriber is None:
         return pages.invalid_link()
-    form = await request.form(max_files=0, max_fields=20)
-    if forms.oversized(form) or not forms.valid(
-        settings.effective_secret_key(), ERASE_FORM, token, forms.text(form, forms.FIELD)
-    ):
+    form = await forms.checked(request, settings.effective_secret_key(), ERASE_FORM, token)
+    if form is None:
         return pages.expired_form()
     if forms.text(form, "confirm") != "yes":
         error = "Tick the box to confirm that your data should be deleted."

@@ -87,10 +87,8 @@ async def subscribe(
     mailing_list = await _list(session, settings, token)
     if mailing_list is None:
         return pages.invalid_link()
-    posted = await request.form(max_files=0, max_fields=20)
-    if forms.oversized(posted) or not forms.valid(
-        settings.effective_secret_key(), SUBSCRIBE_FORM, token, forms.text(posted, forms.FIELD)
-    ):
+    posted = await forms.checked(request, settings.effective_secret_key(), SUBSCRIBE_FORM, token)
+    if posted is None:
         return pages.expired_form()
     email, name = forms.text(posted, "email").strip(), forms.text(posted, "name").strip()
     limiter = RateLimiter(request.app.state.queue)
@@ -174,10 +172,7 @@ async def confirm(
     pending = await service.read_confirmation(session, secret, token)
     if pending is None or not pending.lists:
         return pages.invalid_link()
-    posted = await request.form(max_files=0, max_fields=20)
-    if forms.oversized(posted) or not forms.valid(
-        secret, CONFIRM_FORM, token, forms.text(posted, forms.FIELD)
-    ):
+    if await forms.checked(request, secret, CONFIRM_FORM, token) is None:
         return pages.expired_form()
     await service.confirm(session, pending)
     await session.commit()

@@ -95,10 +95,8 @@ async def confirm(
     if target is None:
         return pages.invalid_link()
     secret = settings.effective_secret_key()
-    form = await request.form(max_files=0, max_fields=20)
-    if forms.oversized(form) or not forms.valid(
-        secret, CONFIRM_FORM, token, forms.text(form, forms.FIELD)
-    ):
+    form = await forms.checked(request, secret, CONFIRM_FORM, token)
+    if form is None:
         return pages.expired_form()
     scope = forms.text(form, "scope") or "list"
     if scope not in ("list", "all"):
@@ -129,12 +127,12 @@ async def undo(
     target = await _target(session, settings, token)
     if target is None:
         return pages.invalid_link()
-    form = await request.form(max_files=0, max_fields=20)
-    state = forms.text(form, "lists")
-    if forms.oversized(form) or not forms.valid(
-        settings.effective_secret_key(), UNDO_FORM, token, forms.text(form, forms.FIELD), state
-    ):
+    form = await forms.checked(
+        request, settings.effective_secret_key(), UNDO_FORM, token, state_field="lists"
+    )
+    if form is None:
         return pages.expired_form()
+    state = forms.text(form, "lists")
     list_ids = [int(part) for part in state.split(",") if part.isdigit()][:100]
     await service.undo(session, target, list_ids)
     await session.commit()
