@@ -27,10 +27,11 @@ run: $(STAMP)  ## migrate, then start API, worker and MTA (embedded SQLite and R
 	$(BIN)/warta migrate
 	exec $(BIN)/warta dev
 
-lint: $(STAMP)  ## ruff check, ruff format --check, mypy --strict
+lint: $(STAMP)  ## ruff check, ruff format --check, mypy --strict, import-linter contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint  ## lint, then the whole suite on SQLite and on PostgreSQL
 	bash scripts/ensure-system-deps.sh

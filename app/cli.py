@@ -17,12 +17,12 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from app import migrate as migrations
-from app.database import create_engine, create_sessionmaker, unit_of_work
-from app.errors import DomainError
-from app.redis import EmbeddedRedis, resolve_redis_url
-from app.services import api_keys
-from app.settings import Settings, SettingsError, get_settings, persisted_token
+from app.core import api_keys
+from app.core import migrate as migrations
+from app.core.database import create_engine, create_sessionmaker, unit_of_work
+from app.core.errors import DomainError
+from app.core.redis import EmbeddedRedis, resolve_redis_url
+from app.core.settings import Settings, SettingsError, get_settings, persisted_token
 
 T = TypeVar("T")
 cli = typer.Typer(
@@ -142,12 +142,12 @@ def dev() -> None:
 
 async def _dev_services(settings: Settings) -> None:
     """API, worker and MTA in one event loop; Ctrl-C stops them all."""
-    from workers.mta.service import MtaService
+    from workers.mta_process import start_mta
     from workers.worker import run_worker
 
     stop = asyncio.Event()
     server = _server(settings)
-    mta = await MtaService.start(settings)
+    mta = await start_mta(settings)
     where = f" → {settings.var_dir / 'maildir'}" if settings.mta_delivery == "capture" else ""
     console.print(
         f"      MTA      smtp://{settings.mta_submission} ({settings.mta_delivery}{where})"
@@ -235,11 +235,11 @@ def _supervise_mtas(settings: Settings, spools: list[Path]) -> str | None:
 
 
 async def _mta_until_signalled(settings: Settings) -> None:
-    from workers.mta.service import MtaService
     from workers.mta.shaping import RulesError
+    from workers.mta_process import start_mta
 
     try:
-        service = await MtaService.start(settings)
+        service = await start_mta(settings)
     except RulesError as exc:
         raise CommandFailed(f"MTA rules: {exc}") from None
     console.print(
@@ -350,7 +350,7 @@ def import_csv(
     ] = False,
 ) -> None:
     """Import subscribers from a CSV file (email,name,…attributes), upserting by email."""
-    from app.services import imports
+    from app.audience import imports
 
     settings = _settings()
     columns = (

@@ -14,7 +14,10 @@ import sqlalchemy as sa
 from arq.connections import create_pool
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.database import create_engine, create_sessionmaker
+from app.core.database import create_engine, create_sessionmaker
+from app.core.jobs import enqueue_start
+from app.core.redis import arq_redis_settings
+from app.core.settings import Settings
 from app.models import (
     Campaign,
     CampaignList,
@@ -24,10 +27,7 @@ from app.models import (
     SubscriptionStatus,
     utcnow,
 )
-from app.queue import enqueue_start
-from app.redis import arq_redis_settings
-from app.services import lifecycle
-from app.settings import Settings
+from campaigns import lifecycle
 
 DEMO_HTML = """<h1>Hello {{ subscriber.name }}!</h1>
 <p>This is the Warta demo campaign, rendered for you ({{ subscriber.email }}) from
@@ -124,15 +124,11 @@ async def seed(settings: Settings, recipients: int) -> int:
 
 async def run_demo(settings: Settings, recipients: int, progress: Progress) -> dict[str, int]:
     """Seed, start a worker (unless one runs), send, and report progress until finished."""
-    from workers.mta.service import MtaService
+    from workers.mta_process import start_mta
     from workers.worker import run_worker
 
     campaign_id = await seed(settings, recipients)
-    mta = (
-        None
-        if port_open(settings.mta_submission.split(",")[0])
-        else await MtaService.start(settings)
-    )
+    mta = None if port_open(settings.mta_submission.split(",")[0]) else await start_mta(settings)
     pool = await create_pool(arq_redis_settings(settings.redis_url))
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, settings.redis_url, stop))

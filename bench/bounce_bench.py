@@ -23,8 +23,8 @@ REPLIES = [
 
 def parse_rate(seconds: float) -> float:
     """Corpus reports parsed and classified per second, on one core."""
-    from workers.bounces.classify import classifier
-    from workers.bounces.report import parse_report
+    from app.bounces.classify import classifier
+    from app.bounces.parse.report import parse_report
 
     samples = [path.read_bytes() for path in sorted(CORPUS.glob("*.eml"))]
     rules = classifier()
@@ -41,15 +41,15 @@ def parse_rate(seconds: float) -> float:
 
 async def outcome_rates(directory: Path, rows: int) -> tuple[float, float]:
     """(delivered, failed) outcomes written per second."""
-    from app.database import create_engine, create_sessionmaker
+    from app.bounces.classify import classifier
+    from app.bounces.outcomes import Context, LedgerOutcomes
+    from app.bounces.service import Policy
+    from app.core.database import create_engine, create_sessionmaker
+    from app.core.migrate import upgrade_async
+    from app.core.settings import Settings
     from app.demo import add_subscribers
-    from app.migrate import upgrade_async
+    from app.mail import identity
     from app.models import Campaign, MailingList, Send, SendStatus
-    from app.services.bounces import Policy
-    from app.settings import Settings
-    from campaigns import identity
-    from workers.bounces.classify import classifier
-    from workers.mta.outcomes import Context, LedgerOutcomes
     from workers.mta.spool import Envelope
 
     url = f"sqlite+aiosqlite:///{directory / 'bench.db'}"
@@ -91,7 +91,7 @@ async def outcome_rates(directory: Path, rows: int) -> tuple[float, float]:
                 recipients=[emails[0]],
             )
             reply = "250 2.0.0 OK" if outcome == "delivered" else REPLIES[n % len(REPLIES)]
-            await sink(envelope, emails[0], outcome, reply)
+            await sink(envelope.mail_from, emails[0], outcome, reply)
         await sink.flush()
         return len(ids) / (time.perf_counter() - started)
 

@@ -75,7 +75,7 @@ def _vm_hwm_mb(pid: int) -> float:
 
 def _mta(settings: object, sink_port: int, tmp: Path) -> subprocess.Popen[bytes]:
     """`warta mta` delivering example.com to the sink, signing for example.com."""
-    from app.settings import Settings
+    from app.core.settings import Settings
     from tests.servers import free_port
     from tests.workers.processes import worker_env
     from workers.mta.dkim import generate_key
@@ -117,8 +117,8 @@ async def _listening(address: str, timeout: float = 30) -> None:
 
 
 async def _run(recipients: int, workers: int, tmp: Path, through_mta: bool = False) -> None:
-    from app.migrate import upgrade_async
-    from app.settings import Settings
+    from app.core.migrate import upgrade_async
+    from app.core.settings import Settings
     from tests.servers import PostgresServer, RedisServer, free_port
     from tests.workers.processes import worker_env
     from tests.workers.seeding import seed_campaign
@@ -138,8 +138,8 @@ async def _run(recipients: int, workers: int, tmp: Path, through_mta: bool = Fal
             mta_hostname="bench.example.com",
             _env_file=None,  # type: ignore[call-arg]
         )
-        from app.database import create_engine, create_sessionmaker
-        from app.services import lifecycle
+        from app.core.database import create_engine, create_sessionmaker
+        from campaigns import lifecycle
 
         engine = create_engine(settings)
         sessionmaker = create_sessionmaker(engine)

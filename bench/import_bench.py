@@ -77,11 +77,11 @@ def _memory_mb(field: str) -> float:
 
 def measure(backend: str, database_url: str, csv_path: Path, rows: int, lists: int) -> Result:
     """Migrate, create the lists, import the file; runs inside the child process."""
-    from app.database import create_engine, create_sessionmaker, unit_of_work
-    from app.migrate import upgrade
+    from app.audience.imports import import_file
+    from app.core.database import create_engine, create_sessionmaker, unit_of_work
+    from app.core.migrate import upgrade
+    from app.core.settings import Settings
     from app.models import ImportStatus, MailingList
-    from app.services.imports import import_file
-    from app.settings import Settings
 
     upgrade(database_url)
     settings = Settings(

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from campaigns.composer import SiteIdentity, click_urls, open_url
-from campaigns.message import Address, OutgoingMessage, build_message, message_id
-from campaigns.rendering import (
+from app.mail.identity import SiteIdentity
+from app.mail.mime import Address, OutgoingMessage, build_message, message_id
+from app.mail.rendering import (
     CompiledCampaign,
     Recipient,
     RenderedMessage,
@@ -26,6 +26,7 @@ from campaigns.rendering import (
     html_to_text,
     render,
 )
+from campaigns.composer import click_urls, open_url
 
 TARGET = 3_000
 DEFAULT_MESSAGES = 20_000

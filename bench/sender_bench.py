@@ -18,7 +18,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from workers.sender import SmtpSender
+from app.mail.sender import SmtpSender
 
 DEFAULT_MESSAGES = 10_000
 DEFAULT_CONNECTIONS = 10

@@ -194,10 +194,10 @@ async def _count(sessionmaker: Any, status: str | None = None) -> int:
 async def _run(args: argparse.Namespace, tmp: Path) -> None:
     from aiosmtpd.controller import Controller
 
-    from app.database import create_engine, create_sessionmaker
-    from app.migrate import upgrade_async
-    from app.services import lifecycle
-    from app.settings import Settings
+    from app.core.database import create_engine, create_sessionmaker
+    from app.core.migrate import upgrade_async
+    from app.core.settings import Settings
+    from campaigns import lifecycle
     from tests.servers import PostgresServer, RedisServer, free_port
     from tests.workers.seeding import seed_campaign
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import InstrumentedAttribute
 
+from app.core.address_hash import ERASURE_SOURCE, hashed_address_sql
 from app.models import (
     CampaignList,
     MailingList,
@@ -18,7 +19,6 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
-from campaigns.erasure import ERASURE_SOURCE, hashed_address_sql
 
 BROADCAST_SCOPES = (SuppressionScope.all, SuppressionScope.broadcast)
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
@@ -55,7 +55,7 @@ def not_suppressed(
 ) -> sa.ColumnElement[bool]:
     """No broadcast-blocking suppression exists for `address`, plain or hashed (erased).
 
-    The hash is computed by the database (campaigns.erasure). Given the row's `created_at`,
+    The hash is computed by the database (app.core.address_hash). Given the row's `created_at`,
     only rows created since the first erasure are hashed at all: an erased subscriber's
     row is deleted, so only an address added again afterwards can match a hashed entry.
     """

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import parseaddr
 from typing import Any
 
-from campaigns import identity
-from campaigns.message import Address, OutgoingMessage, build_message
-from campaigns.rendering import CompiledCampaign, Recipient, SubscriberView, render
-
-
-@dataclass(frozen=True, slots=True)
-class SiteIdentity:
-    """The deployment-wide names every message carries."""
-
-    secret: str
-    public_url: str
-    hostname: str
-    bounce_domain: str
+from app.mail import identity
+from app.mail.identity import SiteIdentity
+from app.mail.mime import Address, OutgoingMessage, build_message
+from app.mail.rendering import CompiledCampaign, Recipient, SubscriberView, render
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +19,6 @@ class Addressee:
     email: str
     name: str
     attributes: dict[str, Any]
-
-
-def mailbox(value: str) -> Address:
-    """`Name <addr>` or `addr` as an Address."""
-    name, email = parseaddr(value)
-    return Address(email=email, name=name)
 
 
 # Token purposes: the pages that read a link check the purpose its composer signed.

@@ -1,1 +1,1 @@
-"""Alembic migrations; `app.migrate` runs them."""
+"""Alembic migrations; `app.core.migrate` runs them."""

@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from app.database import create_engine
+from app.core.database import create_engine
+from app.core.settings import Settings, get_settings
 from app.models import Base
-from app.settings import Settings, get_settings
 
 target_metadata = Base.metadata
 

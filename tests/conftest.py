@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api.app import create_app
-from app.database import create_engine, create_sessionmaker
-from app.migrate import upgrade
-from app.settings import Settings
+from app.core.database import create_engine, create_sessionmaker
+from app.core.migrate import upgrade
+from app.core.settings import Settings
 from tests.servers import PostgresServer, RedisServer
 
 ADMIN_TOKEN = "wk_test_admin_token_0123456789abcdefghijklmnop"

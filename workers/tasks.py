@@ -8,15 +8,15 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
+from app.audience.tasks import send_confirmation
+from app.core.jobs import enqueue_batches, enqueue_messages
+from app.mail.context import EngineContext
+from app.messages import idempotency
+from app.messages import sending as messages
 from app.models import Campaign, utcnow
-from app.queue import enqueue_batches, enqueue_messages
-from app.repositories import ledger
-from app.services import content, idempotency, lifecycle
-from workers import messages
-from workers.batch import send_batch as run_batch
-from workers.context import EngineContext
-from workers.optin import send_confirmation
-from workers.test_send import send_test_messages
+from campaigns import content, ledger, lifecycle
+from campaigns.batch import send_batch as run_batch
+from campaigns.proofs import send_test_messages
 
 logger = logging.getLogger(__name__)
 Ctx = dict[str, Any]

@@ -14,15 +14,15 @@ from arq.connections import ArqRedis, create_pool
 from arq.worker import Function, Worker, func
 from redis.asyncio import Redis
 
-from app.database import create_engine, create_sessionmaker
-from app.queue import BULK_QUEUE, PRIORITY_QUEUE
-from app.redis import arq_redis_settings
-from app.settings import Settings
+from app.core.database import create_engine, create_sessionmaker
+from app.core.jobs import BULK_QUEUE, PRIORITY_QUEUE
+from app.core.ratelimit import RateLimiter
+from app.core.redis import arq_redis_settings
+from app.core.settings import Settings
+from app.mail.context import EngineContext
+from app.mail.sender import SmtpSender
+from app.webhooks.dispatcher import WebhookDispatcher
 from workers import tasks
-from workers.context import EngineContext
-from workers.ratelimit import RateLimiter
-from workers.sender import SmtpSender
-from workers.webhooks import WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds running jobs get to finish before they are cancelled

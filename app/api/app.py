@@ -14,7 +14,6 @@ from app.api.cors import PublicCors
 from app.api.limits import BodyLimit
 from app.api.routes import (
     bounces,
-    broadcast_unsubscribe,
     campaigns,
     health,
     imports,
@@ -23,19 +22,19 @@ from app.api.routes import (
     messages,
     metrics,
     public,
-    queue,
     subscribers,
     suppressions,
     templates,
     tracking,
     webhooks,
 )
-from app.database import create_engine, create_sessionmaker, unit_of_work
-from app.redis import arq_redis_settings, resolve_redis_url
-from app.services import api_keys
-from app.services import imports as import_jobs
-from app.settings import Settings, get_settings
-from app.web import archive, preferences, subscribe, unsubscribe
+from app.api.routes import mta_queue as queue
+from app.audience import imports as import_jobs
+from app.core import api_keys
+from app.core.database import create_engine, create_sessionmaker, unit_of_work
+from app.core.redis import arq_redis_settings, resolve_redis_url
+from app.core.settings import Settings, get_settings
+from app.web import archive, broadcast_unsubscribe, preferences, subscribe, unsubscribe
 from app.web import tracking as tracking_pages
 
 API_PREFIX = "/api/v1"

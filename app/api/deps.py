@@ -1,36 +1,19 @@
-"""FastAPI dependencies: the request's session, settings and authenticated key."""
+"""FastAPI dependencies of the JSON API: the authenticated key and its scopes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import api_keys
+from app.core.http import SessionDep
 from app.models import ApiKey
-from app.services import api_keys
-from app.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
 PathId = Annotated[int, Path(ge=1, le=2_147_483_647, description="A 32-bit id.")]
-
-
-def get_app_settings(request: Request) -> Settings:
-    """The settings the app was created with."""
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; routes that write commit explicitly, errors roll back."""
-    async with request.app.state.sessionmaker() as session:
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def current_key(

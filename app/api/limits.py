@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import problem
-from app.errors import TooLarge
+from app.core.errors import TooLarge
 
 
 def _too_large(limit: int) -> TooLarge:

@@ -9,7 +9,7 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Depends, Query
 from pydantic import BaseModel
 
-from app.errors import DomainError
+from app.core.errors import DomainError
 
 T = TypeVar("T")
 MAX_LIMIT = 500

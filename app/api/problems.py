@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import DomainError
+from app.core.errors import DomainError
 
 logger = logging.getLogger(__name__)
 PROBLEM_TYPE_BASE = "https://warta.dev/problems/"

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import SessionDep, SettingsDep
-from app.errors import Invalid
+from app.audience.unsubscribe import subscriber_for
+from app.core.errors import Invalid
+from app.core.http import SessionDep, SettingsDep
 from app.models import Campaign
-from app.services import content
-from app.services.unsubscribe import subscriber_for
 from app.web import pages
+from campaigns import content
 from campaigns.composer import VIEW_PURPOSE
 
 router = APIRouter(include_in_schema=False)

@@ -7,11 +7,11 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app.api.deps import SessionDep, SettingsDep
+from app.audience import preferences as service
+from app.audience.unsubscribe import subscriber_for
+from app.core.http import SessionDep, SettingsDep
+from app.core.text import single_line
 from app.models import Subscriber
-from app.services import preferences as service
-from app.services.unsubscribe import subscriber_for
-from app.text import single_line
 from app.web import forms, pages
 
 router = APIRouter(include_in_schema=False)

@@ -11,14 +11,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from app.addresses import InvalidAddress, normalize_address
-from app.api.deps import SessionDep, SettingsDep
+from app.audience import subscriptions as service
+from app.core.addresses import InvalidAddress, normalize_address
+from app.core.http import SessionDep, SettingsDep
+from app.core.jobs import enqueue_optin
+from app.core.ratelimit import RateLimiter
+from app.core.text import single_line
 from app.models import MailingList, OptIn
-from app.queue import enqueue_optin
-from app.services import subscriptions as service
-from app.text import single_line
 from app.web import forms, pages
-from workers.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
 SUBSCRIBE_FORM = "subscribe"

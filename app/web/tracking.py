@@ -7,9 +7,9 @@ import base64
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from app.api.deps import SessionDep, SettingsDep
-from app.services import tracking as service
+from app.core.http import SessionDep, SettingsDep
 from app.web import pages
+from campaigns import engagement as service
 
 router = APIRouter(include_in_schema=False)
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")

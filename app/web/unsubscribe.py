@@ -10,11 +10,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import SessionDep, SettingsDep
-from app.services import preferences as preferences_service
-from app.services import unsubscribe as service
+from app.audience import preferences as preferences_service
+from app.audience import unsubscribe as service
+from app.core.http import SessionDep, SettingsDep
+from app.mail import identity
 from app.web import forms, pages
-from campaigns import identity
 
 router = APIRouter(include_in_schema=False)
 ONE_CLICK = "List-Unsubscribe=One-Click"

@@ -6,8 +6,8 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import api_keys
 from app.models import ApiKey
-from app.services import api_keys
 from tests.conftest import ADMIN_TOKEN
 
 

@@ -6,10 +6,10 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import api_keys
+from app.core.settings import Settings
+from app.mail import identity
 from app.models import Send, SendStatus, Subscriber
-from app.services import api_keys
-from app.settings import Settings
-from campaigns import identity
 from tests.helpers import create_campaign, post_json
 
 

@@ -9,6 +9,11 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.audience import suppressions
+from app.bounces import repository as repo
+from app.bounces import service as bounces
+from app.bounces.classify import classifier
+from app.core.settings import Settings
 from app.demo import add_subscribers
 from app.models import (
     Bounce,
@@ -26,10 +31,6 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
-from app.repositories import bounces as repo
-from app.services import bounces, suppressions
-from app.settings import Settings
-from workers.bounces.classify import classifier
 
 DAY1 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 

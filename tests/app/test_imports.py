@@ -19,12 +19,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api.app import create_app
-from app.errors import Invalid
-from app.imports import export
+from app.audience import export, imports
+from app.audience.subscribers import SubscriberQuery
+from app.core import api_keys
+from app.core.errors import Invalid
+from app.core.settings import Settings
 from app.models import ImportJob, ImportStatus, MailingList, utcnow
-from app.services import api_keys, imports
-from app.services.subscribers import SubscriberQuery
-from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 
 POLL_EVERY = 0.02

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import Campaign, Send, SendStatus
-from app.repositories import ledger
+from campaigns import ledger
 from tests.workers.seeding import seed_campaign
 
 

@@ -13,10 +13,10 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.address_hash import hashed_address
+from app.core.settings import Settings
+from app.mail import identity
 from app.models import Event, IdempotencyKey, Message, Suppression, utcnow
-from app.settings import Settings
-from campaigns import identity
-from campaigns.erasure import hashed_address
 from tests.helpers import post_json
 
 MESSAGE = {
@@ -326,7 +326,7 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(settings: Setting
 async def test_purge_forgets_only_expired_keys(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
-    from app.services import idempotency
+    from app.messages import idempotency
 
     await _send(client, MESSAGE, **{"Idempotency-Key": "old"})
     await _send(client, MESSAGE, **{"Idempotency-Key": "new"})

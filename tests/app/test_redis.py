@@ -12,16 +12,16 @@ import pytest
 from arq.connections import create_pool
 from redis.asyncio import Redis
 
-from app.redis import (
+from app.core.ratelimit import RateLimiter
+from app.core.redis import (
     EmbeddedRedis,
     arq_redis_settings,
     ping,
     resolve_redis_url,
     socket_path_for,
 )
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.servers import free_port
-from workers.ratelimit import RateLimiter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def _run_python(code: str, *args: str) -> subprocess.Popen[str]:
 JOIN = """
 import sys
 from pathlib import Path
-from app.redis import EmbeddedRedis
+from app.core.redis import EmbeddedRedis
 embedded = EmbeddedRedis(Path(sys.argv[1]))
 print(embedded.start(), embedded.owner, flush=True)
 embedded.stop()
@@ -52,7 +52,7 @@ embedded.stop()
 START_AND_HANG = """
 import sys, time
 from pathlib import Path
-from app.redis import EmbeddedRedis
+from app.core.redis import EmbeddedRedis
 embedded = EmbeddedRedis(Path(sys.argv[1]))
 embedded.start()
 print("ready", flush=True)

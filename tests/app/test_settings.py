@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 
 def test_production_without_secret_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:

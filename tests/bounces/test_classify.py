@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.bounces.classify import (
-    BounceClass,
-    Classifier,
-    RulesError,
-    Severity,
-    split_reply,
-)
+from app.bounces.classify import BounceClass, Classifier, RulesError, Severity, split_reply
 
 RULES = Classifier.load()
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from workers.bounces.attribution import clues
-from workers.bounces.classify import BounceClass, Severity, classifier
-from workers.bounces.report import ReportKind, parse_report
+from app.bounces.attribution import clues
+from app.bounces.classify import BounceClass, Severity, classifier
+from app.bounces.parse.report import ReportKind, parse_report
 
 CORPUS = Path(__file__).with_name("corpus")
 SECRET = "corpus-secret"  # the samples' VERP tokens and Message-IDs are signed with it

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.bounces.report import ReportKind, parse_report
+from app.bounces.parse.report import ReportKind, parse_report
 
 CORPUS = Path(__file__).with_name("corpus")
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from campaigns.message import (
+from app.mail.mime import (
     ONE_CLICK,
     Address,
     HeaderInjection,

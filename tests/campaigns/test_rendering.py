@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.models import Campaign, Subscriber
-from campaigns.rendering import (
+from app.mail.rendering import (
     MAX_VALIDATE_OUTPUT,
     CompiledCampaign,
     Recipient,
@@ -22,7 +21,8 @@ from campaigns.rendering import (
     single_line,
     validate,
 )
-from campaigns.templating import TemplateError, environment
+from app.mail.sandbox import TemplateError, environment
+from app.models import Campaign, Subscriber
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Subscriber, SubscriberStatus
-from campaigns.segments import (
+from app.audience.segments import (
     AttributeCondition,
     Op,
     SegmentError,
@@ -20,6 +19,7 @@ from campaigns.segments import (
     segment_filter,
     validate_segment,
 )
+from app.models import Subscriber, SubscriberStatus
 
 HUGE = 10**400  # beyond any float: PostgreSQL must not cast it to one
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from app.settings import Settings
-from campaigns import identity
+from app.core.settings import Settings
+from app.mail import identity
 from tests.helpers import create_campaign, post_json
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from app.settings import Settings
-from campaigns import identity
+from app.core.settings import Settings
+from app.mail import identity
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import eventually, post_json
 from tests.servers import free_port

@@ -8,10 +8,10 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.address_hash import hashed_address
+from app.core.settings import Settings
 from app.models import Event, Subscriber, Suppression
-from app.settings import Settings
 from campaigns.audience import not_suppressed
-from campaigns.erasure import hashed_address
 from tests.web.pages import campaign_for, csrf, make_list, make_subscriber, memberships, token
 
 

@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.app import create_app
+from app.core.settings import Settings
 from app.models import Event, Subscriber
-from app.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import eventually
 from tests.sinks import SinkHandler
@@ -97,7 +97,7 @@ async def test_bad_input_to_the_public_api(client: httpx.AsyncClient, settings: 
     await make_list(client, "News")
     await make_list(client, "Hidden", visibility="private")
     public = await _public_token(client, "News")
-    from campaigns import identity
+    from app.mail import identity
 
     hidden_id = (await client.get("/api/v1/lists")).json()["items"][1]["id"]
     hidden = identity.link_token(settings.effective_secret_key(), "list", hidden_id)

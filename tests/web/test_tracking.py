@@ -9,10 +9,10 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.settings import Settings
+from app.mail import identity, tracking
+from app.mail.rendering import compile_campaign, render, sample_recipient
 from app.models import Send, utcnow
-from app.settings import Settings
-from campaigns import identity, tracking
-from campaigns.rendering import compile_campaign, render, sample_recipient
 from tests.helpers import post_json
 from tests.sinks import SinkHandler
 from tests.web.pages import campaign_for, make_list, make_subscriber, token

@@ -6,8 +6,8 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.settings import Settings
 from app.models import Event
-from app.settings import Settings
 from tests.web.pages import (
     campaign_for,
     csrf,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.api.app import create_app
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import eventually
 from tests.sinks import SinkHandler, smtp_sink

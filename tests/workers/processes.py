@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 BIN = Path(sys.executable).parent
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from app.settings import Settings
-from campaigns import identity
+from app.core.settings import Settings
+from app.mail import identity
 from tests.helpers import create_campaign, post_json
 from tests.sinks import SinkHandler
 from tests.workers.conftest import wait_for_status

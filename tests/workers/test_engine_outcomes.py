@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.database import create_engine, create_sessionmaker
+from app.core.database import create_engine, create_sessionmaker
+from app.core.settings import Settings
 from app.models import Campaign, CampaignStatus, Event, Send, SendStatus
-from app.services import lifecycle
-from app.settings import Settings
+from campaigns import lifecycle
 from tests.helpers import create_campaign, post_json
 from tests.sinks import SinkHandler
 from tests.workers.conftest import wait_for_status

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.helpers import eventually
 from tests.sinks import SinkHandler, smtp_sink
 from tests.workers.conftest import wait_for_status

@@ -9,16 +9,16 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.ratelimit import RateLimiter
+from app.core.settings import Settings
+from app.mail import identity
+from app.mail.context import EngineContext
+from app.mail.sender import SmtpSender
+from app.messages import repository
+from app.messages.sending import send_messages
 from app.models import Message, MessageStatus
-from app.repositories import messages as repository
-from app.settings import Settings
-from campaigns import identity
 from tests.helpers import eventually, post_json
 from tests.sinks import SinkHandler
-from workers.context import EngineContext
-from workers.messages import send_messages
-from workers.ratelimit import RateLimiter
-from workers.sender import SmtpSender
 
 MESSAGE = {
     "from": "shop@example.com",

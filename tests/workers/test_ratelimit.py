@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from app.core.ratelimit import GLOBAL_SCOPE, RateLimiter, campaign_scope
 from tests.servers import RedisServer, free_port
-from workers.ratelimit import GLOBAL_SCOPE, RateLimiter, campaign_scope
 
 RATE = 200.0
 MESSAGES = 400

@@ -12,15 +12,15 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
-from tests.servers import free_port
-from workers.send_result import Outcome, SendResult, parse_enhanced_status
-from workers.sender import (
+from app.mail.result import Outcome, SendResult, parse_enhanced_status
+from app.mail.sender import (
     MemorySender,
     SenderClosedError,
     SmtpSender,
     SubmissionHost,
     parse_submission_hosts,
 )
+from tests.servers import free_port
 
 FROM = "bounces+c1-abc@bounces.example"
 TO = "reader@example.com"

@@ -13,13 +13,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.events import NewEvent, record_events
+from app.core.settings import Settings
 from app.models import EventKind, WebhookDelivery
-from app.repositories.events import NewEvent, record_events
-from app.settings import Settings
+from app.webhooks.dispatcher import WebhookDispatcher
 from tests.helpers import eventually, post_json
 from tests.receivers import HANG, receiver
 from tests.sinks import SinkHandler
-from workers.webhooks import WebhookDispatcher
 
 MESSAGE = {
     "from": "shop@example.com",

@@ -12,12 +12,10 @@ import asyncio
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import ApiKey
-from app.services.api_keys import allows, hash_token
+from app.core.api_keys import hash_token, submission_hashes
 
 logger = logging.getLogger(__name__)
 REFRESH_EVERY = 10.0
@@ -35,10 +33,7 @@ class ApiKeyAuthenticator:
     async def refresh(self) -> None:
         """Reload the hashes of keys that may submit."""
         async with self.sessionmaker() as session:
-            rows = await session.execute(
-                sa.select(ApiKey.token_hash, ApiKey.scopes).where(ApiKey.revoked_at.is_(None))
-            )
-            self._valid = frozenset(token for token, scopes in rows if allows(scopes, SCOPE))
+            self._valid = await submission_hashes(session, SCOPE)
 
     async def start(self) -> None:
         """Load now, then keep refreshing in the background."""

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from app.mail.result import Outcome, SendResult
 from workers.mta.dkim import DkimSigner
 from workers.mta.dsn import Failure, build_dsn
 from workers.mta.listener import header_block
@@ -24,12 +25,12 @@ from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
 from workers.mta.transports import Transport
-from workers.send_result import Outcome, SendResult
 
 logger = logging.getLogger(__name__)
 
 SHAPED_SOURCES = frozenset({RouteSource.MX, RouteSource.IMPLICIT_MX})
-OutcomeSink = Callable[[Envelope, str, str, str], Awaitable[None]]
+OutcomeSink = Callable[[str, str, str, str], Awaitable[None]]
+"""(envelope sender, recipient, outcome, reply): what became of one recipient."""
 """(envelope, recipient, outcome: delivered | deferred | failed, reply) → recorded."""
 
 
@@ -323,7 +324,7 @@ class DeliveryAgent:
     async def _report(self, envelope: Envelope, recipient: str, outcome: str, reply: str) -> None:
         if self.outcomes is not None:
             try:
-                await self.outcomes(envelope, recipient, outcome, reply)
+                await self.outcomes(envelope.mail_from, recipient, outcome, reply)
             except Exception:  # the ledger may lag; delivery must not stop for it
                 logger.exception("could not record %s for %s", outcome, recipient)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, formatdate
 
+from app.mail.result import parse_enhanced_status
 from workers.mta.listener import header_block
-from workers.send_result import parse_enhanced_status
 
 
 @dataclass(frozen=True)

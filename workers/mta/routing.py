@@ -27,8 +27,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from app.settings import Settings
-from workers.send_result import Outcome
+from app.core.settings import Settings
+from app.mail.result import Outcome
 
 SMTP_PORT = 25
 DNS_PORT = 53

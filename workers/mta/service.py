@@ -10,19 +10,16 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.database import create_engine, create_sessionmaker
-from app.services.bounces import Policy
-from app.settings import Settings
-from campaigns.identity import parse_verp
-from workers.bounces.classify import classifier
+from app.core.database import create_engine, create_sessionmaker
+from app.core.settings import Settings
+from app.mail.identity import parse_verp
 from workers.mta.auth import ApiKeyAuthenticator
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
 from workers.mta.dkim import DkimSigner
 from workers.mta.inbound import InboundStore
 from workers.mta.listener import InboundHandler, Networks, SubmissionHandler, serve
-from workers.mta.outcomes import Context, LedgerOutcomes
-from workers.mta.reports import ReportProcessor
+from workers.mta.reporting import Reporter
 from workers.mta.routing import Router
 from workers.mta.shaping import Shaping
 from workers.mta.spool import Spool
@@ -39,15 +36,18 @@ class MtaService:
     spool: Spool
     agent: DeliveryAgent
     servers: list[asyncio.Server]
-    outcomes: LedgerOutcomes
+    reporter: Reporter
     engine: AsyncEngine
     authenticator: ApiKeyAuthenticator
-    reports: ReportProcessor
     publisher: StatusPublisher | None = None
 
     @classmethod
-    async def start(cls, settings: Settings) -> MtaService:
-        """Recover the spool, start delivering, then open the listeners."""
+    async def start(cls, settings: Settings, reporter: Reporter) -> MtaService:
+        """Recover the spool, start delivering, then open the listeners.
+
+        `reporter` hears every delivery outcome and every stored inbound message; the
+        process shell (`workers.mta_process.start_mta`) wires it to the domains.
+        """
         var = settings.ensure_var_dir()
         engine = create_engine(settings)
         spool = Spool(settings.mta_spool_dir, dedupe_window=settings.mta_dedupe_window)
@@ -63,26 +63,14 @@ class MtaService:
             ),
         }
         secret = settings.effective_secret_key()
-        policy = Policy.from_settings(settings)
-        rules = classifier(settings.bounce_rules)
         sessions = create_sessionmaker(engine)
-        outcomes = LedgerOutcomes(sessions, secret, Context(policy, rules))
-        reports = ReportProcessor(
-            var / "inbound",
-            sessions,
-            secret,
-            policy,
-            rules,
-            poll_interval=settings.bounce_poll_interval,
-        )
-        reports.start()
         agent = DeliveryAgent(
             spool,
             Router.from_settings(settings),
             Shaping.from_files(settings.mta_shaping_rules, settings.mta_throttle_rules),
             transports,
             signer=DkimSigner(settings.dkim_dir),
-            outcomes=outcomes,
+            outcomes=reporter.outcome,
             retry=RetryPolicy(
                 settings.mta_retry_min, settings.mta_retry_max, settings.mta_queue_lifetime
             ),
@@ -125,7 +113,7 @@ class MtaService:
         )
         inbound = InboundHandler(
             settings.bounce_domain,
-            InboundStore(var / "inbound", reports.wake).store,
+            InboundStore(var / "inbound", reporter.inbound_stored).store,
             settings.mta_max_recipients,
         )
         servers = [await listen(submission, a, True) for a in settings.mta_submission.split(",")]
@@ -134,7 +122,7 @@ class MtaService:
         if redis is not None:
             publisher = StatusPublisher(redis, agent, spool)
             publisher.start()
-        return cls(spool, agent, servers, outcomes, engine, authenticator, reports, publisher)
+        return cls(spool, agent, servers, reporter, engine, authenticator, publisher)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, finish deliveries in flight, keep the rest spooled."""
@@ -144,9 +132,8 @@ class MtaService:
             await server.wait_closed()
         if self.publisher is not None:  # after the listeners: it owns the Redis connection
             await self.publisher.stop()
-        await self.reports.stop()
         await self.agent.drain(grace)
         await self.spool.close()
-        await self.outcomes.close()
+        await self.reporter.stop()
         await self.authenticator.stop()
         await self.engine.dispose()

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.send_result import REPLY_CLASS_SUCCESS, parse_enhanced_status
+from app.mail.result import REPLY_CLASS_SUCCESS, parse_enhanced_status
 
 BUILTIN_RULES = Path(__file__).with_name("shaping.toml")
 BUILTIN_THROTTLE_RULES = Path(__file__).with_name("throttle_rules.toml")

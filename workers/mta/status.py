@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.services.mta_status import COMMANDS, SNAPSHOT_KEY
+from workers.mta.control import COMMANDS, SNAPSHOT_KEY
 from workers.mta.delivery import DeliveryAgent
 from workers.mta.spool import QueueId, Spool
 

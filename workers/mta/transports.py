@@ -13,11 +13,11 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+from app.mail.result import SendResult
+from app.mail.sender import SmtpSender, SubmissionHost
 from workers.mta.maildir import DurableMaildir
 from workers.mta.routing import Route, RouteSource
 from workers.mta.shaping import ConnectionLimits
-from workers.send_result import SendResult
-from workers.sender import SmtpSender, SubmissionHost
 
 CAPTURED = "250 2.0.0 captured in the local Maildir"
 

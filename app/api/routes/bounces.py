@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.api.deps import PathId, SessionDep, SettingsDep, require
+from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.bounces import BounceDetail, BounceRead, BounceReport
 from app.api.schemas.common import Address, DbId
-from app.services import bounces as service
+from app.bounces import service
+from app.core.http import SessionDep, SettingsDep
 
 router = APIRouter(prefix="/bounces", tags=["bounces"])
 READ = [Depends(require("bounces:read"))]

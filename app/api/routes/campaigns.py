@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.api.deps import PathId, SessionDep, require
+from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.campaigns import CampaignCreate, CampaignRead, CampaignUpdate
+from app.core.http import SessionDep
 from app.models import Campaign, CampaignStatus
-from app.services import campaigns as service
+from campaigns import service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 READ = [Depends(require("campaigns:read"))]

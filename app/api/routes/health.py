@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import SessionDep
+from app.core.http import SessionDep
 
 router = APIRouter(tags=["health"])
 

@@ -16,14 +16,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from app.api.deps import SessionDep, SettingsDep, require
+from app.api.deps import require
 from app.api.schemas.imports import MAX_LIST_IDS, ImportOptions, ImportRead, upload_schema
-from app.errors import Invalid
-from app.imports import export
-from app.imports.reader import read_header
+from app.audience import export
+from app.audience import imports as service
+from app.audience.csv_reader import read_header
+from app.audience.subscribers import SubscriberQuery
+from app.core.errors import Invalid
+from app.core.http import SessionDep, SettingsDep
 from app.models import SubscriberStatus, SubscriptionStatus, utcnow
-from app.services import imports as service
-from app.services.subscribers import SubscriberQuery
 
 router = APIRouter(tags=["imports"])
 READ = [Depends(require("subscribers:read"))]

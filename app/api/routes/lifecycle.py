@@ -7,17 +7,18 @@ from typing import Annotated
 from arq.jobs import Job
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from app.api.deps import PathId, SessionDep, SettingsDep, require
+from app.api.deps import PathId, require
 from app.api.routes.campaigns import campaign_reads
 from app.api.schemas.campaigns import CampaignRead
 from app.api.schemas.lifecycle import CampaignPreview, CampaignStats, TestSend, TestSendResult
+from app.audience import subscribers as subscribers_service
+from app.bounces import service as bounces
+from app.core.events import counts_by_kind
+from app.core.http import SessionDep, SettingsDep
+from app.core.jobs import PRIORITY_QUEUE, enqueue_batches, enqueue_start
 from app.models import utcnow
-from app.queue import PRIORITY_QUEUE, enqueue_batches, enqueue_start
-from app.repositories import ledger
-from app.repositories.events import counts_by_kind
-from app.services import bounces, content, lifecycle
-from app.services import campaigns as campaigns_service
-from app.services import subscribers as subscribers_service
+from campaigns import content, ledger, lifecycle
+from campaigns import service as campaigns_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 READ = [Depends(require("campaigns:read"))]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.api.deps import PathId, SessionDep, require
+from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.lists import ListCreate, ListRead, ListUpdate
+from app.audience import lists as service
+from app.core.http import SessionDep
 from app.models import MailingList
-from app.services import lists as service
 
 router = APIRouter(prefix="/lists", tags=["lists"])
 READ = [Depends(require("lists:read"))]

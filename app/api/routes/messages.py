@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Requ
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from app.api.deps import PathId, SessionDep, SettingsDep, require
+from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.problems import problem
 from app.api.schemas.common import Address
@@ -22,14 +22,13 @@ from app.api.schemas.messages import (
     MessageRead,
     MessagesAccepted,
 )
-from app.errors import DomainError
+from app.core.errors import DomainError
+from app.core.http import SessionDep, SettingsDep
+from app.core.jobs import enqueue_messages
+from app.core.ratelimit import RateLimiter
+from app.mail.identity import site_identity
+from app.messages import idempotency, repository, service
 from app.models import ApiKey, IdempotencyKey, Message, MessageStatus
-from app.queue import enqueue_messages
-from app.repositories import messages as repository
-from app.services import idempotency
-from app.services import messages as service
-from app.services.content import site_identity
-from workers.ratelimit import RateLimiter
 
 router = APIRouter(prefix="/messages", tags=["messages"])
 READ = [Depends(require("messages:read"))]

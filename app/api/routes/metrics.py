@@ -6,9 +6,9 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from app.api.deps import SessionDep
+from app.core.http import SessionDep
 from app.models import Campaign, Subscriber
-from app.services import mta_status
+from workers.mta import control as mta_status
 
 router = APIRouter(tags=["health"])
 MTA_COUNTERS = {

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request
 
-from app.addresses import InvalidAddress, normalize_address
-from app.api.deps import SessionDep, SettingsDep
 from app.api.schemas.public import PublicList, PublicSubscriptionAccepted, PublicSubscriptionCreate
-from app.errors import Invalid
-from app.services import subscriptions as service
+from app.audience import subscriptions as service
+from app.core.addresses import InvalidAddress, normalize_address
+from app.core.errors import Invalid
+from app.core.http import SessionDep, SettingsDep
+from app.core.ratelimit import RateLimiter
 from app.web.subscribe import accept, accepted_text, client_address
-from workers.ratelimit import RateLimiter
 
 router = APIRouter(prefix="/public", tags=["public"])
 

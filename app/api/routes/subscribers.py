@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from app.api.deps import PathId, SessionDep, require
+from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.common import MAX_ID, DbId, Strict
 from app.api.schemas.subscribers import (
@@ -16,10 +16,11 @@ from app.api.schemas.subscribers import (
     SubscriberRead,
     SubscriberUpdate,
 )
-from app.errors import Invalid
+from app.audience import subscribers as service
+from app.core.errors import Invalid
+from app.core.http import SessionDep
+from app.core.text import ATTRIBUTE_KEY
 from app.models import Subscriber, SubscriberStatus, SubscriptionStatus
-from app.services import subscribers as service
-from app.text import ATTRIBUTE_KEY
 
 router = APIRouter(prefix="/subscribers", tags=["subscribers"])
 READ = [Depends(require("subscribers:read"))]

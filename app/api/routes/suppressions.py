@@ -6,12 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from app.api.deps import SessionDep, require
+from app.api.deps import require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.common import Address
 from app.api.schemas.suppressions import SuppressionCreate, SuppressionRead
+from app.audience import suppressions as service
+from app.core.http import SessionDep
 from app.models import SuppressionScope
-from app.services import suppressions as service
 
 router = APIRouter(prefix="/suppressions", tags=["suppressions"])
 READ = [Depends(require("suppressions:read"))]

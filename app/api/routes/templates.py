@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.api.deps import PathId, SessionDep, require
+from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.templates import TemplateCreate, TemplateRead, TemplateUpdate
-from app.services import templates as service
+from app.core.http import SessionDep
+from app.mail import templates as service
 
 router = APIRouter(prefix="/templates", tags=["templates"])
 READ = [Depends(require("templates:read"))]

@@ -6,10 +6,11 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import PathId, SessionDep, require
+from app.api.deps import PathId, require
 from app.api.schemas.tracking import CampaignLinkStats, Counts, LinkStats
-from app.services import campaigns as campaigns_service
-from app.services import tracking as service
+from app.core.http import SessionDep
+from campaigns import engagement as service
+from campaigns import service as campaigns_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 

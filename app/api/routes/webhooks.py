@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.api.deps import PathId, SessionDep, SettingsDep, require
+from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.webhooks import (
     DeliveryRead,
@@ -13,8 +13,9 @@ from app.api.schemas.webhooks import (
     WebhookRead,
     WebhookUpdate,
 )
+from app.core.http import SessionDep, SettingsDep
 from app.models import DeliveryStatus
-from app.services import webhooks as service
+from app.webhooks import service
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 READ = [Depends(require("webhooks:read"))]

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, StringConstraints
 
 from app.api.schemas.common import Address, DbId, ReadModel, Strict
-from app.text import no_nul, single_line
+from app.core.text import no_nul, single_line
 
 EnhancedStatus = Annotated[str, StringConstraints(pattern=r"^[245]\.\d{1,3}\.\d{1,3}$")]
 Diagnostic = Annotated[str, StringConstraints(max_length=2000), AfterValidator(no_nul)]

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.addresses import normalize_address
-from app.text import check_attributes, no_nul, single_line
+from app.core.addresses import normalize_address
+from app.core.text import check_attributes, no_nul, single_line
 
 
 class Strict(BaseModel):

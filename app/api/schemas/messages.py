@@ -16,9 +16,9 @@ from pydantic import (
 )
 
 from app.api.schemas.common import Attributes, Body, DbId, Mailbox, ReadModel
+from app.core.text import single_line
+from app.mail.mime import RESERVED_HEADERS
 from app.models import MessageStatus, MessageStream
-from app.text import single_line
-from campaigns.message import RESERVED_HEADERS
 
 MAX_RECIPIENTS = 50
 MAX_HEADERS = 30

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.servers import free_port
 from tests.sinks import SinkHandler, smtp_sink
 from workers.mta.service import MtaService
+from workers.mta_process import start_mta
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def mta_settings(settings: Settings, remote: tuple[str, SinkHandler], tmp_path: 
 
 @pytest.fixture
 async def mta(mta_settings: Settings) -> AsyncIterator[MtaService]:
-    service = await MtaService.start(mta_settings)
+    service = await start_mta(mta_settings)
     yield service
     await service.stop(grace=5)
 

@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.settings import Settings
 from app.models import Send, SendStatus
-from app.settings import Settings
 from tests.helpers import create_campaign, post_json
 from tests.sinks import SinkHandler
 from tests.workers.conftest import wait_for_status

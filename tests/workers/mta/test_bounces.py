@@ -15,6 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.events import counts_by_kind
+from app.core.settings import Settings
+from app.mail import identity
 from app.models import (
     Bounce,
     Send,
@@ -26,9 +29,6 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
-from app.repositories.events import counts_by_kind
-from app.settings import Settings
-from campaigns import identity
 from tests.helpers import create_campaign, eventually, post_json
 from tests.sinks import Received, SinkHandler
 from tests.workers.conftest import wait_for_status

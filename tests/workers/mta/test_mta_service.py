@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.settings import Settings
 from app.models import Send, SendStatus
-from app.settings import Settings
 from tests.helpers import eventually, post_json
 from tests.servers import free_port
 from tests.sinks import SinkHandler, smtp_sink
@@ -26,6 +26,7 @@ from tests.workers.processes import BIN, worker_env
 from workers.mta.dkim import generate_key
 from workers.mta.service import MtaService
 from workers.mta.status import instance_name
+from workers.mta_process import start_mta
 
 
 async def _rows(session: AsyncSession, campaign_id: int) -> dict[str, Send]:
@@ -194,7 +195,7 @@ async def test_relayed_mail_that_fails_or_expires_gets_a_dsn_with_null_sender(
                 "mta_queue_lifetime": 1,
             }
         )
-        service = await MtaService.start(config)
+        service = await start_mta(config)
         try:
 
             def submit() -> None:
@@ -244,7 +245,7 @@ async def test_queue_api_and_metrics_see_every_mta_instance(
             "mta_retry_min": 60,
         }
     )
-    service = await MtaService.start(config)
+    service = await start_mta(config)
     try:
         await asyncio.to_thread(_submit, config.mta_submission, 3)
 
@@ -332,9 +333,9 @@ async def test_a_resubmission_to_another_instance_is_not_a_second_copy(
             "mta_spool_dir": tmp_path / "spool-2",
         }
     )
-    first = await MtaService.start(mta_settings)
+    first = await start_mta(mta_settings)
     try:
-        second = await MtaService.start(second_settings)
+        second = await start_mta(second_settings)
         try:
             (accepted,) = await asyncio.to_thread(_submit, mta_settings.mta_submission, 1)
             again, fresh = await asyncio.to_thread(_submit, second_settings.mta_submission, 2)
@@ -407,7 +408,7 @@ async def test_the_operators_shaping_and_throttle_rules_are_loaded(
     throttle.write_text(
         '[[rule]]\nname = "local-slowdown"\ncodes = [451]\ntext = ["slow down, friend"]\n'
     )
-    service = await MtaService.start(
+    service = await start_mta(
         mta_settings.model_copy(
             update={"mta_shaping_rules": shaping, "mta_throttle_rules": throttle}
         )

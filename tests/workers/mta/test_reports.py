@@ -11,15 +11,15 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.bounces.classify import classifier
+from app.bounces.processor import LEASE, ReportProcessor
+from app.bounces.service import Policy
+from app.core.settings import Settings
 from app.demo import add_subscribers
+from app.mail import identity
 from app.models import Bounce, Campaign, MailingList, Send, SendStatus
-from app.services.bounces import Policy
-from app.settings import Settings
-from campaigns import identity
 from tests.workers.mta.test_bounces import dsn
-from workers.bounces.classify import classifier
 from workers.mta.inbound import InboundStore
-from workers.mta.reports import LEASE, ReportProcessor
 
 
 async def _rows(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> list[Send]:

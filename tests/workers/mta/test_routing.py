@@ -13,7 +13,8 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, DNSError, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
-from app.settings import Settings
+from app.core.settings import Settings
+from app.mail.result import Outcome
 from tests.servers import free_port
 from workers.mta.routing import (
     MAX_TTL,
@@ -27,7 +28,6 @@ from workers.mta.routing import (
     parse_dns_servers,
     parse_transport_map,
 )
-from workers.send_result import Outcome
 
 UDP_LIMIT = 512
 """Classic DNS-over-UDP payload limit without EDNS (RFC 1035 §2.3.4)."""

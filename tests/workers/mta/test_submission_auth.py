@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.services import api_keys
+from app.core import api_keys
 from tests.servers import free_port
 from tests.tls import Pki, make_pki
 from workers.mta.auth import ApiKeyAuthenticator

@@ -9,11 +9,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from app.mail.result import Outcome
 from tests.servers import free_port
 from tests.tls import Pki, make_pki
 from workers.mta.routing import NextHop, Route, RouteSource
 from workers.mta.transports import SmtpTransport
-from workers.send_result import Outcome
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: tls\r\n\r\nsecret\r\n"
 

@@ -1,0 +1,1 @@
+"""The JSON API: app factory, dependencies, problem documents, thin routes and schemas."""

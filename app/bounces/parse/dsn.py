@@ -1,0 +1,105 @@
+"""RFC 3464 delivery status notifications: `multipart/report; report-type=delivery-status`."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+from dataclasses import dataclass
+from email.message import Message
+
+from app.bounces.parse.mime import address_field, embedded_headers, header, parts, text_of
+
+MAX_RECIPIENTS = 100
+"""Per-recipient blocks read from one report; a real DSN names a handful."""
+FAILED_ACTIONS = frozenset({"failed"})
+DELAYED_ACTIONS = frozenset({"delayed"})
+
+
+@dataclass(frozen=True)
+class RecipientStatus:
+    """One recipient block of a DSN (or what a non-standard bounce says about a recipient)."""
+
+    final_recipient: str
+    original_recipient: str = ""
+    action: str = "failed"
+    status: str = ""
+    diagnostic: str = ""
+    will_retry_until: str = ""
+    remote_mta: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """The message will not reach this recipient."""
+        return self.action in FAILED_ACTIONS
+
+    @property
+    def delayed(self) -> bool:
+        """The message is still being retried for this recipient."""
+        return self.action in DELAYED_ACTIONS
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """A parsed DSN: per-recipient status and the returned original's headers."""
+
+    reporting_mta: str
+    recipients: list[RecipientStatus]
+    original: Message | None
+
+
+def parse_dsn(message: Message) -> DeliveryReport | None:
+    """The report in a DSN, or None when the message is not one."""
+    status_part = None
+    original = None
+    for part in parts(message):
+        content_type = part.get_content_type()
+        if content_type == "message/delivery-status" and status_part is None:
+            status_part = part
+        elif content_type in ("message/rfc822", "text/rfc822-headers") and original is None:
+            original = embedded_headers(part)
+    if status_part is None:
+        return None
+    blocks = _blocks(status_part)
+    if not blocks:
+        return DeliveryReport("", [], original)
+    per_message, per_recipient = blocks[0], blocks[1:]
+    recipients = [
+        status
+        for block in per_recipient[:MAX_RECIPIENTS]
+        if (status := _recipient(block)) is not None
+    ]
+    return DeliveryReport(header(per_message, "Reporting-MTA"), recipients, original)
+
+
+def _blocks(part: Message) -> list[Message]:
+    """The header blocks of a delivery-status part (the parser may or may not split them)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return [block for block in payload if isinstance(block, Message)]
+    text = text_of(part, 200_000)
+    parser = email.parser.HeaderParser(policy=email.policy.compat32)
+    chunks = [chunk for chunk in text.replace("\r\n", "\n").split("\n\n") if chunk.strip()]
+    return [parser.parsestr(chunk) for chunk in chunks[: MAX_RECIPIENTS + 1]]
+
+
+def _recipient(block: Message) -> RecipientStatus | None:
+    final = address_field(header(block, "Final-Recipient"))
+    original = address_field(header(block, "Original-Recipient"))
+    if not final and not original:
+        return None
+    status = header(block, "Status", 32).split(" ")[0] if header(block, "Status") else ""
+    return RecipientStatus(
+        final_recipient=final or original,
+        original_recipient=original,
+        action=header(block, "Action", 32).lower(),
+        status=status,
+        diagnostic=_diagnostic(header(block, "Diagnostic-Code")),
+        will_retry_until=header(block, "Will-Retry-Until", 100),
+        remote_mta=header(block, "Remote-MTA", 300).partition(";")[2].strip(),
+    )
+
+
+def _diagnostic(value: str) -> str:
+    """`smtp; 550 5.1.1 user unknown` → `550 5.1.1 user unknown`."""
+    kind, sep, rest = value.partition(";")
+    return rest.strip() if sep and " " not in kind.strip() else value

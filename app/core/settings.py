@@ -1,0 +1,303 @@
+"""Settings: one pydantic-settings class, read from the environment (prefix WARTA_) and .env."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WEAK_SECRETS = frozenset({"", "changethis", "secret", "changeme", "warta", "password"})
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(ValueError):
+    """A setting is missing or unsafe; the message says which and why."""
+
+
+class Settings(BaseSettings):
+    """Every knob Warta reads; each field documents itself."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WARTA_", env_file=".env", extra="ignore", validate_default=True
+    )
+    _generated_secret: str | None = PrivateAttr(None)
+
+    env: Literal["development", "production"] = Field(
+        "development", description="`production` refuses weak secrets and dev conveniences."
+    )
+    var_dir: Path = Field(Path("var"), description="Directory for local state (created on demand).")
+    database_url: str = Field(
+        "sqlite+aiosqlite:///var/warta.db",
+        description="SQLAlchemy async URL; postgresql+asyncpg://… at scale.",
+    )
+    database_pool_size: int = Field(10, ge=1, le=200, description="Connections per process.")
+    redis_url: str = Field("", description="redis://host:port/db; empty starts an embedded Redis.")
+    api_host: str = Field("127.0.0.1", description="HTTP listener address.")
+    api_port: int = Field(8000, ge=1, le=65535, description="HTTP listener port.")
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of unsubscribe, preference, tracking links."
+    )
+    secret_key: str = Field(
+        "", description="Signs tokens and webhooks; generated into var/ in development."
+    )
+    bootstrap_api_key: str = Field(
+        "", description="If set, an admin API key with exactly this token exists after start."
+    )
+    mta_submission: str = Field("127.0.0.1:2587", description="host:port(s) the sender submits to.")
+    mta_inbound: str = Field(
+        "127.0.0.1:2525", description="Inbound listener for the bounce domain."
+    )
+    mta_delivery: Literal["capture", "mx", "relay"] = Field(
+        "capture", description="capture (Maildir var/maildir), mx (direct) or relay."
+    )
+    mta_relay_host: str = Field("", description="host:port of the smart host for `relay`.")
+    mta_transport_map: str = Field("", description='JSON {"domain": "host:port"} next-hop map.')
+    mta_dns_servers: str = Field("", description="ip[:port],… for MX/A lookups; empty = system.")
+    mta_spool_dir: Path = Field(Path("var/spool"), description="The MTA's durable queue.")
+    mta_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="MTA processes `warta mta` starts, each with its own spool under "
+        "`<spool>/instance-<i>`, sharing the listening ports (SO_REUSEPORT); one per core.",
+    )
+    mta_reuse_port: bool = Field(
+        False,
+        description="Listen with SO_REUSEPORT (set by `warta mta` for its child processes).",
+    )
+    mta_hostname: str = Field(
+        default_factory=socket.getfqdn, description="HELO name, Message-ID and DSN Reporting-MTA."
+    )
+    mta_tls: Literal["none", "opportunistic", "required"] = Field(
+        "opportunistic",
+        description="Outbound STARTTLS: never, when offered, or always (defer without it).",
+    )
+    mta_tls_verify: bool = Field(
+        False,
+        description="Verify remote certificates; a failed handshake then defers, never plaintext.",
+    )
+    mta_relay_username: str = Field("", description="SMTP AUTH user for the relay host.")
+    mta_relay_password: str = Field("", description="SMTP AUTH password for the relay host.")
+    mta_tls_cert: str = Field(
+        "", description="PEM certificate (chain) the listeners offer with STARTTLS; empty = none."
+    )
+    mta_tls_key: str = Field("", description="PEM private key for WARTA_MTA_TLS_CERT.")
+    mta_trusted_networks: str = Field(
+        "127.0.0.0/8,::1/128",
+        description="CIDRs that may submit without SMTP AUTH (comma-separated).",
+    )
+    mta_max_message_size: int = Field(
+        26_214_400, ge=1024, description="SIZE limit in bytes for submitted and inbound mail."
+    )
+    mta_max_recipients: int = Field(1000, ge=1, description="Recipients per SMTP transaction.")
+    mta_max_connections_per_client: int = Field(
+        50, ge=1, description="Concurrent SMTP connections one client address may hold."
+    )
+    mta_idle_timeout: float = Field(300, gt=0, description="Seconds an idle SMTP session lives.")
+    mta_dedupe_window: float = Field(
+        604_800, gt=0, description="Seconds a Message-ID is remembered to refuse a second copy."
+    )
+    mta_shaping_rules: Path | None = Field(
+        None,
+        description="TOML file of per-destination shaping rules that change or extend the "
+        "built-in ones (workers/mta/shaping.toml) by name.",
+    )
+    mta_throttle_rules: Path | None = Field(
+        None,
+        description="TOML file of throttling-reply rules added to the built-in ones "
+        "(workers/mta/throttle_rules.toml); a same-named rule replaces one.",
+    )
+    bounce_domain: str = Field("bounces.localhost", description="VERP return-path domain.")
+    bounce_rules: Path | None = Field(
+        None,
+        description="TOML file of bounce classification rules tried before the built-in ones "
+        "(same shape as app/bounces/bounce_rules.toml); may re-kind classes.",
+    )
+    bounce_score_threshold: int = Field(
+        5, ge=1, description="Soft-bounce score at which an address is suppressed."
+    )
+    bounce_score_quiet_days: int = Field(
+        7, ge=1, description="Days without a bounce after which an address's score starts over."
+    )
+    bounce_complaint_scope: Literal["broadcast", "all"] = Field(
+        "broadcast",
+        description="Suppression scope for a complaint: broadcast keeps transactional mail.",
+    )
+    bounce_guard_window: int = Field(
+        3600, ge=60, description="Seconds of recent sends the campaign bounce guard looks at."
+    )
+    bounce_guard_min_sends: int = Field(
+        500, ge=1, description="Sends in the window before the bounce guard may pause a campaign."
+    )
+    bounce_guard_hard_rate: float = Field(
+        0.05, gt=0, le=1, description="Hard-bounce share of the window's sends that pauses."
+    )
+    bounce_guard_complaint_rate: float = Field(
+        0.003, gt=0, le=1, description="Complaint share of the window's sends that pauses."
+    )
+    bounce_raw_max_bytes: int = Field(
+        262_144, ge=1024, description="Bytes of each report kept as evidence in the database."
+    )
+    bounce_poll_interval: float = Field(
+        2.0, gt=0, description="Seconds between scans of the inbound Maildir for reports."
+    )
+    mta_retry_min: int = Field(300, ge=1, description="Seconds before the first retry.")
+    mta_retry_max: int = Field(4000, ge=1, description="Longest wait between tries, seconds.")
+    mta_queue_lifetime: int = Field(432000, ge=1, description="Seconds before a message fails.")
+    dkim_dir: Path = Field(Path("var/dkim"), description="DKIM keys as <domain>/<selector>.pem.")
+    send_rate: float = Field(
+        0, ge=0, description="Messages per second for all workers; 0 = no cap."
+    )
+    batch_timeout: int = Field(
+        600, ge=1, description="Seconds a batch job may run; a dead worker's batch resumes after."
+    )
+    retry_base: float = Field(
+        60, gt=0, description="Seconds before a deferred recipient is retried; doubles per try."
+    )
+    worker_batches: int = Field(4, ge=1, le=64, description="Batch jobs one worker runs at once.")
+    sender_connections: int = Field(
+        10, ge=1, le=200, description="Persistent SMTP connections per worker process."
+    )
+    sender_priority_connections: int = Field(
+        2,
+        ge=1,
+        le=50,
+        description="SMTP connections per worker kept for transactional mail (beside the pool).",
+    )
+    max_json_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
+    max_upload_bytes: int = Field(50_000_000, ge=1024, description="Largest CSV upload.")
+    import_batch_size: int = Field(5000, ge=1, le=50_000, description="Rows per import flush.")
+    public_cors_origins: str = Field(
+        "",
+        description="Origins (comma-separated, or *) whose pages may call /api/v1/public/ "
+        "from a browser, e.g. https://example.com; empty = none.",
+    )
+    subscribe_limit_per_ip: int = Field(
+        20,
+        ge=0,
+        description="Subscription attempts one client address may make per hour; 0 = no limit.",
+    )
+    subscribe_limit_per_address: int = Field(
+        3,
+        ge=0,
+        description="Subscription attempts (confirmation mails) per email address per hour; 0 = no limit.",
+    )
+    optin_from_email: str = Field(
+        "",
+        description="From of opt-in confirmation mail, 'Name <addr>'; empty = noreply@WARTA_MTA_HOSTNAME.",
+    )
+    message_max_request_bytes: int = Field(
+        15_000_000,
+        ge=1024,
+        description="Largest request body on /messages and /messages/batch (attachments).",
+    )
+    message_max_attachment_bytes: int = Field(
+        10_000_000, ge=0, description="Decoded attachment bytes one message may carry in total."
+    )
+    message_max_bytes: int = Field(
+        20_000_000, ge=1024, description="Largest built message (MIME) stored and sent."
+    )
+    message_retry_base: float = Field(
+        30, gt=0, description="Seconds before a message the MTA deferred is retried; doubles."
+    )
+    message_max_attempts: int = Field(
+        8, ge=1, description="Submission attempts before a deferred message fails."
+    )
+    idempotency_ttl: int = Field(
+        86_400, ge=1, description="Seconds an Idempotency-Key is remembered (24 h)."
+    )
+    api_rate: float = Field(
+        100, ge=0, description="Requests per second per API key on /messages; 0 = no limit."
+    )
+    api_rate_burst: int = Field(
+        200, ge=1, description="Requests an idle API key may make at once on /messages."
+    )
+    webhook_timeout: float = Field(
+        10, gt=0, description="Seconds a webhook receiver has to answer before it is a failure."
+    )
+    webhook_retry_base: float = Field(
+        30, gt=0, description="Seconds before a failed webhook delivery is retried; doubles."
+    )
+    webhook_retry_max: float = Field(
+        3600, gt=0, description="Longest wait between two tries of a webhook delivery."
+    )
+    webhook_retry_window: float = Field(
+        93_600,
+        gt=0,
+        description="Seconds a webhook delivery is retried before it fails and the endpoint "
+        "is disabled (default 26 h).",
+    )
+    webhook_settle: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds an event must be old before the dispatcher reads it, so events "
+        "committed out of id order are not skipped.",
+    )
+    webhook_poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between two walks of the webhook dispatcher."
+    )
+    webhook_concurrency: int = Field(
+        50, ge=1, le=1000, description="Webhook requests one worker process has in flight."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs on loopback, private and link-local addresses "
+        "(refused by default against SSRF; tests and single-host setups turn it on).",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.env == "production":
+            if self.secret_key.strip().lower() in WEAK_SECRETS:
+                raise SettingsError(
+                    "WARTA_SECRET_KEY is required when WARTA_ENV=production "
+                    "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                )
+            if len(self.secret_key) < MIN_SECRET_LENGTH:
+                raise SettingsError(
+                    f"WARTA_SECRET_KEY is too weak: use at least {MIN_SECRET_LENGTH} characters"
+                )
+        return self
+
+    def ensure_var_dir(self) -> Path:
+        """Create the local state directory if it does not exist yet."""
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        return self.var_dir
+
+    def effective_secret_key(self) -> str:
+        """The configured secret, or in development one generated once into var/.
+
+        Read once per Settings object: it is asked for per request and per message.
+        """
+        if self.secret_key:
+            return self.secret_key
+        if self._generated_secret is None:
+            self._generated_secret = persisted_token(
+                self.ensure_var_dir() / "secret_key", lambda: secrets.token_urlsafe(48)
+            )
+        return self._generated_secret
+
+
+def persisted_token(path: Path, generate: Callable[[], str]) -> str:
+    """The token in `path`, created once (mode 0600) with `generate` if the file is missing."""
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(generate())
+    return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, built on first use (never at import time)."""
+    return Settings()

@@ -1,0 +1,294 @@
+"""Transactional messages: accept a request, store one row per recipient, read them back."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audience import suppression_scopes as suppression_rows
+from app.core.errors import DomainError, Invalid, NotFound
+from app.core.events import NewEvent, record_events
+from app.core.settings import Settings
+from app.mail import identity, templates
+from app.mail.identity import SiteIdentity
+from app.messages import content
+from app.models import (
+    EventKind,
+    Message,
+    MessageStatus,
+    MessageStream,
+    Suppression,
+    SuppressionScope,
+)
+
+
+class FileSpec(Protocol):
+    """An attachment as the request gives it."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+
+
+class MessageRequest(Protocol):
+    """What the service reads from a validated request (the API's MessageRequest)."""
+
+    @property
+    def from_(self) -> str: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def template_id(self) -> int | None: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+    @property
+    def html(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def attachments(self) -> Sequence[FileSpec]: ...
+    @property
+    def tags(self) -> list[str]: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+    @property
+    def stream(self) -> MessageStream: ...
+
+    def recipients(self) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated, rendered request, ready to be stored."""
+
+    request: MessageRequest
+    envelope: content.Envelope
+    recipients: list[tuple[str, str, content.Rendered]]
+    """(mailbox as given, normalised address, rendered content)"""
+
+
+async def prepare(
+    session: AsyncSession,
+    settings: Settings,
+    site: SiteIdentity,
+    request: MessageRequest,
+    *,
+    dry_build: bool = False,
+) -> Prepared:
+    """Load the template and render for every recipient: any problem raises.
+
+    With `dry_build`, also build the first message with a stand-in id, so that a bad address
+    or header fails this request alone (a batch item) rather than `store`, which fails all.
+    """
+    source = await _content(session, request)
+    content.compile_content(source)
+    files = content.decode_attachments(
+        [(a.filename, a.content_type, a.content) for a in request.attachments],
+        settings.message_max_attachment_bytes,
+    )
+    tag = request.tags[0] if request.tags else "api"
+    envelope = content.Envelope(
+        sender=request.from_,
+        recipient="",
+        reply_to=request.reply_to,
+        headers=dict(request.headers),
+        attachments=files,
+        broadcast=request.stream == MessageStream.broadcast,
+        feedback_id=f"{tag}:{request.stream.value}:warta",
+    )
+    recipients = []
+    for mailbox in request.recipients():
+        rendered = content.render(source, request.data, mailbox, settings.message_max_bytes)
+        recipients.append((mailbox, _address(mailbox), rendered))
+    if dry_build:
+        first = recipients[0]
+        content.check_buildable(
+            site, dataclasses.replace(envelope, recipient=first[0], attachments=()), first[2]
+        )
+    return Prepared(request, envelope, recipients)
+
+
+def _address(mailbox: str) -> str:
+    return mailbox.rpartition("<")[2].rstrip(">") if "<" in mailbox else mailbox
+
+
+async def _content(session: AsyncSession, request: MessageRequest) -> content.Content:
+    if request.template_id is None:
+        return content.Content(request.subject or "", request.html or "", request.text or "")
+    # The session's identity map keeps a template loaded once for the rest of a batch.
+    template = await templates.get_or_invalid(session, request.template_id)
+    subject = request.subject if request.subject is not None else template.subject
+    return content.Content(subject, template.html, template.text)
+
+
+async def store(
+    session: AsyncSession,
+    settings: Settings,
+    site: SiteIdentity,
+    api_key_id: int | None,
+    prepared: list[Prepared],
+) -> list[list[Message]]:
+    """Insert the rows (suppressed recipients as `suppressed`), build each MIME, record events."""
+    addresses = {address for item in prepared for _, address, _ in item.recipients}
+    suppressed = await suppression_rows.scopes_for(session, addresses)
+    rows: list[list[Message]] = []
+    for item in prepared:
+        request = item.request
+        scopes = {SuppressionScope.all.value, request.stream.value}
+        group = [
+            Message(
+                stream=request.stream,
+                status=(
+                    MessageStatus.suppressed
+                    if suppressed.get(address, set()) & scopes
+                    else MessageStatus.queued
+                ),
+                api_key_id=api_key_id,
+                from_email=request.from_,
+                to_email=address,
+                subject=rendered.subject[:998],
+                tags="," + ",".join(request.tags) + "," if request.tags else "",
+                meta=request.metadata,
+                mime=b"",
+                attempts=0,
+                last_reply="",
+            )
+            for _, address, rendered in item.recipients
+        ]
+        session.add_all(group)
+        rows.append(group)
+    await session.flush()
+    events = []
+    for item, group in zip(prepared, rows, strict=True):
+        for (mailbox, _, rendered), row in zip(item.recipients, group, strict=True):
+            data = {"stream": row.stream.value, "tags": item.request.tags}
+            if row.status == MessageStatus.suppressed:
+                row.last_reply = "suppressed: the address is on the suppression list"
+                events.append(
+                    NewEvent(EventKind.suppressed, row.to_email, message_id=row.id, data=data)
+                )
+                continue
+            envelope = dataclasses.replace(item.envelope, recipient=mailbox)
+            try:
+                mime = content.build(site, row.id, envelope, rendered)
+            except ValueError as exc:
+                raise Invalid(f"the message cannot be built: {exc}") from None
+            if len(mime) > settings.message_max_bytes:
+                row.status = MessageStatus.failed
+                row.last_reply = (
+                    f"not sent: the message is {len(mime)} bytes, "
+                    f"over the limit of {settings.message_max_bytes}"
+                )
+                events.append(
+                    NewEvent(EventKind.failed, row.to_email, message_id=row.id, data=data)
+                )
+                continue
+            row.mime = mime
+            events.append(NewEvent(EventKind.queued, row.to_email, message_id=row.id, data=data))
+    await session.flush()
+    await record_events(session, events)
+    return rows
+
+
+async def get(session: AsyncSession, message_id: int) -> Message:
+    """The message, or NotFound."""
+    found = await session.get(Message, message_id)
+    if found is None:
+        raise NotFound(f"message {message_id} does not exist")
+    return found
+
+
+async def page(
+    session: AsyncSession,
+    after_id: int,
+    limit: int,
+    to: str | None,
+    status: MessageStatus | None,
+    tag: str | None,
+) -> list[Message]:
+    """Up to `limit + 1` messages after `after_id`, filtered."""
+    query = sa.select(Message).where(Message.id > after_id)
+    if to:
+        query = query.where(Message.to_email == to)
+    if status is not None:
+        query = query.where(Message.status == status)
+    if tag:
+        query = query.where(Message.tags.contains(f",{tag},", autoescape=True))
+    query = query.order_by(Message.id).limit(limit + 1)
+    return list((await session.scalars(query)).all())
+
+
+def problem_of(exc: DomainError) -> dict[str, object]:
+    """A batch item's problem document."""
+    return {"status": exc.status, "title": exc.title, "detail": exc.detail}
+
+
+def accepted(rows: list[Message]) -> list[dict[str, object]]:
+    """The answer's entry for each stored message."""
+    return [{"id": row.id, "to": row.to_email, "status": row.status.value} for row in rows]
+
+
+def to_send(rows: list[Message]) -> list[int]:
+    """The ids a worker has to send (not suppressed, not failed)."""
+    return [row.id for row in rows if row.status == MessageStatus.queued]
+
+
+async def by_unsubscribe_token(
+    session: AsyncSession, settings: Settings, token: str
+) -> Message | None:
+    """The broadcast message a genuine unsubscribe token names; None for anything else."""
+    parts = identity.read_link_token(
+        settings.effective_secret_key(), content.UNSUBSCRIBE_PURPOSE, token
+    )
+    if parts is None or len(parts) != 1:
+        return None
+    return await session.get(Message, parts[0])
+
+
+async def unsubscribe_broadcast(session: AsyncSession, message: Message) -> None:
+    """Suppress the recipient for broadcast mail and record the unsubscription once."""
+    scopes = (await suppression_rows.scopes_for(session, [message.to_email])).get(
+        message.to_email, set()
+    )
+    if scopes & {SuppressionScope.all.value, SuppressionScope.broadcast.value}:
+        return  # already blocked, perhaps only by the hash an erasure left: add nothing
+    existing = await session.scalar(
+        sa.select(Suppression).where(Suppression.address == message.to_email)
+    )
+    if existing is not None:
+        if existing.scope == SuppressionScope.transactional:
+            existing.scope = SuppressionScope.all  # now blocked for both streams
+            await session.flush()
+        return
+    session.add(
+        Suppression(
+            address=message.to_email,
+            reason=f"one-click unsubscribe from message {message.id}",
+            source="unsubscribe",
+            scope=SuppressionScope.broadcast,
+        )
+    )
+    await record_events(
+        session,
+        [
+            NewEvent(
+                EventKind.unsubscribed,
+                message.to_email,
+                message_id=message.id,
+                data={"stream": message.stream.value},
+            )
+        ],
+    )
+    await session.flush()

@@ -1,1 +1,0 @@
-"""Repositories: query building and bulk writes; they flush, callers commit."""

@@ -1,1 +1,0 @@
-"""Services: the use cases the API, CLI and workers call; they flush, callers commit."""
