@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import socket
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
-import sqlalchemy as sa
 from arq.connections import create_pool
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audience import subscribers
 from app.core.database import create_engine, create_sessionmaker
 from app.core.jobs import enqueue_start
 from app.core.redis import arq_redis_settings
@@ -22,10 +19,6 @@ from app.models import (
     Campaign,
     CampaignList,
     MailingList,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    utcnow,
 )
 from campaigns import lifecycle
 
@@ -47,42 +40,6 @@ def port_open(address: str) -> bool:
     return False
 
 
-async def add_subscribers(
-    session: AsyncSession,
-    list_id: int,
-    people: Iterable[tuple[str, str, dict[str, Any]]],
-    chunk: int = 5000,
-) -> list[int]:
-    """Insert (email, name, attributes) as confirmed members of a list, in bulk; their ids."""
-    now = utcnow()
-    ids: list[int] = []
-    people = iter(people)
-    while batch := list(itertools.islice(people, chunk)):
-        rows = [
-            {"email": e, "name": n, "attributes": a, "created_at": now, "updated_at": now}
-            for e, n, a in batch
-        ]
-        inserted = await session.scalars(
-            sa.insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True), rows
-        )
-        new = list(inserted)
-        await session.execute(
-            sa.insert(Subscription),
-            [
-                {
-                    "subscriber_id": subscriber_id,
-                    "list_id": list_id,
-                    "status": SubscriptionStatus.confirmed,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for subscriber_id in new
-            ],
-        )
-        ids += new
-    return ids
-
-
 async def seed(settings: Settings, recipients: int) -> int:
     """A list of generated subscribers and a draft campaign to it; returns the campaign id."""
     engine = create_engine(settings)
@@ -93,7 +50,7 @@ async def seed(settings: Settings, recipients: int) -> int:
             mailing_list = MailingList(name=f"Demo {stamp}", description="warta demo")
             session.add(mailing_list)
             await session.flush()
-            await add_subscribers(
+            await subscribers.add_confirmed(
                 session,
                 mailing_list.id,
                 (

@@ -41,13 +41,13 @@ def parse_rate(seconds: float) -> float:
 
 async def outcome_rates(directory: Path, rows: int) -> tuple[float, float]:
     """(delivered, failed) outcomes written per second."""
+    from app.audience.subscribers import add_confirmed
     from app.bounces.classify import classifier
     from app.bounces.outcomes import Context, LedgerOutcomes
     from app.bounces.service import Policy
     from app.core.database import create_engine, create_sessionmaker
     from app.core.migrate import upgrade_async
     from app.core.settings import Settings
-    from app.demo import add_subscribers
     from app.mail import identity
     from app.models import Campaign, MailingList, Send, SendStatus
     from workers.mta.spool import Envelope
@@ -67,7 +67,7 @@ async def outcome_rates(directory: Path, rows: int) -> tuple[float, float]:
         session.add(news)
         await session.flush()
         emails = [f"r{n}@example.com" for n in range(2 * rows)]
-        ids = await add_subscribers(session, news.id, ((e, "", {}) for e in emails))
+        ids = await add_confirmed(session, news.id, ((e, "", {}) for e in emails))
         campaign = Campaign(name="bench", subject="s", from_email="news@example.com")
         session.add(campaign)
         await session.flush()

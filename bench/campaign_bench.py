@@ -76,8 +76,8 @@ def _vm_hwm_mb(pid: int) -> float:
 def _mta(settings: object, sink_port: int, tmp: Path) -> subprocess.Popen[bytes]:
     """`warta mta` delivering example.com to the sink, signing for example.com."""
     from app.core.settings import Settings
-    from tests.servers import free_port
-    from tests.workers.processes import worker_env
+    from tests.helpers.processes import worker_env
+    from tests.helpers.servers import free_port
     from workers.mta.dkim import generate_key
 
     assert isinstance(settings, Settings)
@@ -119,9 +119,9 @@ async def _listening(address: str, timeout: float = 30) -> None:
 async def _run(recipients: int, workers: int, tmp: Path, through_mta: bool = False) -> None:
     from app.core.migrate import upgrade_async
     from app.core.settings import Settings
-    from tests.servers import PostgresServer, RedisServer, free_port
-    from tests.workers.processes import worker_env
-    from tests.workers.seeding import seed_campaign
+    from tests.helpers.processes import worker_env
+    from tests.helpers.seeding import seed_campaign
+    from tests.helpers.servers import PostgresServer, RedisServer, free_port
 
     sink_port = free_port()
     sink = _sink(sink_port, tmp / "sink.log")

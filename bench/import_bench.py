@@ -135,7 +135,7 @@ def _child(backend: str, database_url: str, csv_path: Path, rows: int, lists: in
 def main() -> list[Result]:
     """Run every case and print the table."""
     sys.path.insert(0, str(ROOT))
-    from tests.servers import PostgresServer
+    from tests.helpers.servers import PostgresServer
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="warta-bench-") as tmp:

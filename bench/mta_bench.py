@@ -75,7 +75,7 @@ def _tool(name: str) -> str | None:
 
 def _free_port() -> int:
     sys.path.insert(0, str(ROOT))
-    from tests.servers import free_port
+    from tests.helpers.servers import free_port
 
     return free_port()
 

@@ -198,8 +198,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
     from app.core.migrate import upgrade_async
     from app.core.settings import Settings
     from campaigns import lifecycle
-    from tests.servers import PostgresServer, RedisServer, free_port
-    from tests.workers.seeding import seed_campaign
+    from tests.helpers.seeding import seed_campaign
+    from tests.helpers.servers import PostgresServer, RedisServer, free_port
 
     fast_port, probe_port = free_port(), free_port()
     fast, fast_kind = _fast_sink(fast_port, tmp / "sink.log")

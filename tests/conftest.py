@@ -7,23 +7,29 @@ template, so tests are isolated and the migrations are what every test runs on.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.api.app import create_app
 from app.core.database import create_engine, create_sessionmaker
 from app.core.migrate import upgrade
 from app.core.settings import Settings
-from tests.servers import PostgresServer, RedisServer
+from tests.helpers.api import ADMIN_TOKEN
+from tests.helpers.recorders import StartServer
+from tests.helpers.servers import PostgresServer, RedisServer, free_port
+from tests.helpers.sinks import SinkHandler, smtp_sink
+from workers.worker import run_worker
 
-ADMIN_TOKEN = "wk_test_admin_token_0123456789abcdefghijklmnop"
 BACKEND = os.environ.get("WARTA_TEST_DB", "sqlite")
 _counter = itertools.count()
 
@@ -126,3 +132,55 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         ) as client:
             yield client
+
+
+# The engine fixtures: an SMTP sink as the submission host, the API, a worker.
+@pytest.fixture
+def sink() -> Iterator[tuple[str, SinkHandler]]:
+    with smtp_sink() as server:
+        yield server
+
+
+@pytest.fixture
+def engine_settings(settings: Settings, sink: tuple[str, SinkHandler]) -> Settings:
+    return settings.model_copy(update={"mta_submission": sink[0], "sender_connections": 4})
+
+
+@pytest.fixture
+async def api(engine_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(engine_settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def worker(engine_settings: Settings) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(engine_settings, engine_settings.redis_url, stop))
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[StartServer]:
+    """Start aiosmtpd servers on 127.0.0.1; returns their `host:port`; stops them after."""
+    controllers: list[Controller] = []
+
+    def start(handler: Any, **options: Any) -> str:
+        port = free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
+        controller.start()
+        controllers.append(controller)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for controller in controllers:
+        controller.stop()

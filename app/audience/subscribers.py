@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,3 +218,42 @@ async def _add_memberships(
             )
         )
     await session.flush()
+
+
+async def add_confirmed(
+    session: AsyncSession,
+    list_id: int,
+    people: Iterable[tuple[str, str, dict[str, Any]]],
+    chunk: int = 5000,
+) -> list[int]:
+    """Insert new (email, name, attributes) as confirmed members of a list, in bulk; their ids.
+
+    For seeding (the demo, benchmarks, tests): no validation, no events, no opt-in mail.
+    """
+    now = utcnow()
+    ids: list[int] = []
+    people = iter(people)
+    while batch := list(itertools.islice(people, chunk)):
+        rows = [
+            {"email": e, "name": n, "attributes": a, "created_at": now, "updated_at": now}
+            for e, n, a in batch
+        ]
+        inserted = await session.scalars(
+            sa.insert(Subscriber).returning(Subscriber.id, sort_by_parameter_order=True), rows
+        )
+        new = list(inserted)
+        await session.execute(
+            sa.insert(Subscription),
+            [
+                {
+                    "subscriber_id": subscriber_id,
+                    "list_id": list_id,
+                    "status": SubscriptionStatus.confirmed,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for subscriber_id in new
+            ],
+        )
+        ids += new
+    return ids

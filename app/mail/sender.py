@@ -19,7 +19,7 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -35,7 +35,7 @@ from aiosmtplib import (
 )
 
 from app.core.settings import Settings
-from app.mail.result import MAIL_ACTION_OK, SendResult
+from app.mail.result import SendResult
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_MESSAGES_PER_CONNECTION = 1000
@@ -424,38 +424,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SMTPResponseException):
         return f"{exc.code} {exc.message}"
     return str(exc) or type(exc).__name__
-
-
-DELIVERED = SendResult.from_reply(MAIL_ACTION_OK, "2.0.0 OK (in memory)")
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    """One message as `MemorySender` received it."""
-
-    envelope_from: str
-    recipient: str
-    message: bytes
-
-
-class MemorySender:
-    """The in-memory twin of `SmtpSender` for tests: records what it accepts, replies as told."""
-
-    def __init__(self, results: Mapping[str, SendResult] | None = None) -> None:
-        self.results = dict(results or {})
-        self.submissions: list[Submission] = []
-
-    async def send(
-        self, envelope_from: str, recipients: Sequence[str], message: bytes
-    ) -> dict[str, SendResult]:
-        """Answer each recipient from `results` (delivered if absent) and record deliveries."""
-        replies: dict[str, SendResult] = {}
-        for recipient in recipients:
-            replies[recipient] = self.results.get(recipient, DELIVERED)
-            if replies[recipient].delivered:
-                self.submissions.append(Submission(envelope_from, recipient, message))
-        return replies
-
-    async def send_one(self, envelope_from: str, recipient: str, message: bytes) -> SendResult:
-        """Submit `message` to one recipient."""
-        return (await self.send(envelope_from, [recipient], message))[recipient]

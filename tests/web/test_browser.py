@@ -22,10 +22,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from app.core.settings import Settings
 from app.mail import identity
-from tests.conftest import ADMIN_TOKEN
-from tests.helpers import eventually, post_json
-from tests.servers import free_port
-from tests.sinks import SinkHandler
+from tests.helpers.api import ADMIN_TOKEN, eventually, post_json
+from tests.helpers.servers import free_port
+from tests.helpers.sinks import SinkHandler
 
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/lib/chromium/chromium"

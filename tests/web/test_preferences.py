@@ -12,7 +12,7 @@ from app.core.address_hash import hashed_address
 from app.core.settings import Settings
 from app.models import Event, Subscriber, Suppression
 from campaigns.audience import not_suppressed
-from tests.web.pages import campaign_for, csrf, make_list, make_subscriber, memberships, token
+from tests.helpers.pages import campaign_for, csrf, make_list, make_subscriber, memberships, token
 
 
 async def test_page_shows_public_lists_and_saves_choices_and_name(

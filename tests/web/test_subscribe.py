@@ -11,10 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.app import create_app
 from app.core.settings import Settings
 from app.models import Event, Subscriber
-from tests.conftest import ADMIN_TOKEN
-from tests.helpers import eventually
-from tests.sinks import SinkHandler
-from tests.web.pages import csrf, make_list, make_subscriber, memberships
+from tests.helpers.api import ADMIN_TOKEN, eventually
+from tests.helpers.pages import csrf, make_list, make_subscriber, memberships
+from tests.helpers.sinks import SinkHandler
 
 CONFIRM_LINK = re.compile(r"https?://\S+/confirm/[A-Za-z0-9_.-]+")
 

@@ -13,10 +13,9 @@ from app.core.settings import Settings
 from app.mail import identity, tracking
 from app.mail.rendering import compile_campaign, render, sample_recipient
 from app.models import Send, utcnow
-from tests.helpers import post_json
-from tests.sinks import SinkHandler
-from tests.web.pages import campaign_for, make_list, make_subscriber, token
-from tests.workers.conftest import wait_for_status
+from tests.helpers.api import post_json, wait_for_status
+from tests.helpers.pages import campaign_for, make_list, make_subscriber, token
+from tests.helpers.sinks import SinkHandler
 
 HTML = (
     "<html><body><p>Hi {{ subscriber.name }}</p>"

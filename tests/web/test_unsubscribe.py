@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.settings import Settings
 from app.models import Event
-from tests.web.pages import (
+from tests.helpers.pages import (
     campaign_for,
     csrf,
     make_list,

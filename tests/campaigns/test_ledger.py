@@ -1,0 +1,47 @@
+"""The send ledger's bulk writes, where the engine and the MTA race to record one message."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.models import Campaign, Send, SendStatus
+from campaigns import ledger
+from tests.helpers.seeding import seed_campaign
+
+
+async def test_the_mtas_final_word_survives_the_engines_later_sent(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    campaign_id, _ = await seed_campaign(sessionmaker, 3)
+    async with sessionmaker() as session:
+        campaign = await session.get_one(Campaign, campaign_id)
+        await ledger.freeze_audience(session, campaign)
+        ids = list((await session.scalars(sa.select(Send.id).order_by(Send.id))).all())
+        await ledger.mark_sending(session, ids)
+        await session.commit()
+    # The MTA delivers and bounces within milliseconds, before the batch writes `sent`.
+    async with sessionmaker() as session:
+        await ledger.record_delivery(
+            session,
+            [
+                (ids[0], SendStatus.delivered, "250 2.0.0 ok from mx"),
+                (ids[1], SendStatus.bounced, "550 5.1.1 no such user"),
+            ],
+        )
+        await session.commit()
+    async with sessionmaker() as session:
+        await ledger.record(
+            session, [ledger.Outcome(row, SendStatus.sent, "250 queued as X") for row in ids]
+        )
+        await session.commit()
+    async with sessionmaker() as session:
+        rows = (await session.execute(sa.select(Send).order_by(Send.id))).scalars().all()
+        summary = [
+            (row.status, row.last_reply, row.attempts, row.sent_at is not None) for row in rows
+        ]
+    assert summary == [
+        (SendStatus.delivered, "250 2.0.0 ok from mx", 1, True),
+        (SendStatus.bounced, "550 5.1.1 no such user", 1, True),
+        (SendStatus.sent, "250 queued as X", 1, True),
+    ]

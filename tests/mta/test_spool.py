@@ -1,0 +1,298 @@
+"""The spool: durable before acknowledgement, group commit, crash recovery, Message-ID dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.spooled import envelope, message
+from workers.mta.spool import (
+    DEFAULT_DEDUPE_WINDOW,
+    Envelope,
+    QueueId,
+    RecipientStatus,
+    Spool,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DAY = 24 * 3600.0
+
+
+class Clock:
+    """A settable clock for the dedupe window."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def temp_files(spool_directory: Path) -> list[Path]:
+    return [p for p in (spool_directory / "tmp").rglob("*") if p.is_file()]
+
+
+async def test_accept_writes_complete_files(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        queue_id = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+        assert spool.message_path(queue_id).read_bytes() == message(1)
+        stored = Envelope.from_json(spool.envelope_path(queue_id).read_bytes())
+        assert stored.queue_id == queue_id
+        assert stored.mail_from == "sender1@warta.test"
+        assert stored.pending() == ["a@example.com", "b@example.net"]
+        assert spool.load(queue_id) == message(1)
+        assert temp_files(tmp_path) == []
+        assert spool.stats.commits == 1
+        assert spool.stats.last_batch_size == 1
+
+
+async def test_null_sender_and_update_round_trip(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        env = Envelope(mail_from="", recipients=["postmaster@example.com"])
+        queue_id = await spool.accept(env, b"Subject: bounce\r\n\r\nx\r\n")
+        env.states["postmaster@example.com"].status = RecipientStatus.DELIVERED
+        env.states["postmaster@example.com"].last_reply = "250 2.0.0 OK"
+        env.states["postmaster@example.com"].attempts = 1
+        env.first_attempt_at = 5.0
+        await spool.update(env)
+    [recovered] = Spool(tmp_path).recover()
+    assert recovered == env
+    assert recovered.queue_id == queue_id
+    assert recovered.mail_from == ""
+    assert recovered.pending() == []
+
+
+async def test_queue_ids_sort_by_acceptance(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        ids = [await spool.accept(envelope(n), message(n)) for n in range(5)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
+
+
+async def test_concurrent_accepts_share_fsyncs_and_wait_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    accepts = 60
+
+    async with Spool(tmp_path) as spool:
+
+        async def submit(n: int) -> QueueId:
+            queue_id = await spool.accept(envelope(n, f"<m{n}@warta.test>"), message(n))
+            events.append(("resolved", queue_id))
+            # Acknowledged means complete and in place.
+            assert spool.message_path(queue_id).read_bytes() == message(n)
+            assert spool.envelope_path(queue_id).exists()
+            return queue_id
+
+        ids = await asyncio.gather(*(submit(n) for n in range(accepts)))
+        assert spool.stats.commits < accepts
+        assert spool.stats.accepted == accepts
+
+    def index(kind: str, path: str, after: int = -1) -> int:
+        for i, (event_kind, event_path) in enumerate(events):
+            if i > after and event_kind == kind and event_path.endswith(path):
+                return i
+        raise AssertionError(f"no {kind} {path} after {after}")
+
+    temp, msg, env = (str((tmp_path / d).resolve()) for d in ("tmp", "msg", "env"))
+    log = str((tmp_path / "message-ids.log").resolve())
+    for queue_id in ids:
+        resolved = index("resolved", queue_id)
+        files = max(index("fsync", f"/{queue_id}.eml"), index("fsync", f"/{queue_id}.json"))
+        assert events[files][1].startswith(temp)
+        assert files < resolved
+        assert index("fsync", msg, files) < resolved
+        assert index("fsync", env, files) < resolved
+        assert index("fsync", log, files) < resolved
+    directory_fsyncs = sum(1 for kind, path in events if kind == "fsync" and path == msg)
+    assert directory_fsyncs == spool.stats.commits
+
+
+async def test_remove_forgets_message_but_keeps_its_message_id(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        queue_id = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+        await spool.remove(queue_id)
+        assert not spool.message_path(queue_id).exists()
+        assert not spool.envelope_path(queue_id).exists()
+    restarted = Spool(tmp_path)
+    assert restarted.recover() == []
+    assert await restarted.seen("<m1@warta.test>") == queue_id
+
+
+async def test_recover_drops_orphans_and_temp_files(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        kept = await spool.accept(envelope(1), message(1))
+    orphan = tmp_path / "msg" / "0000000000000001deadbeef.eml"
+    orphan.write_bytes(b"never acknowledged")
+    half_written = tmp_path / "tmp" / "3" / "0000000000000002deadbeef.eml"
+    half_written.write_bytes(b"Subject: tor")
+
+    recovered = Spool(tmp_path).recover()
+
+    assert [e.queue_id for e in recovered] == [kept]
+    assert not orphan.exists()
+    assert not half_written.exists()
+    assert Spool(tmp_path).load(kept) == message(1)
+
+
+async def test_recover_quarantines_corrupt_envelopes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Spool(tmp_path) as spool:
+        missing = await spool.accept(envelope(1), message(1))
+        garbled = await spool.accept(envelope(2), message(2))
+        good = await spool.accept(envelope(3), message(3))
+    spool.message_path(missing).unlink()
+    spool.envelope_path(garbled).write_bytes(b'{"mail_from": ')
+
+    recovered = Spool(tmp_path).recover()
+
+    assert [e.queue_id for e in recovered] == [good]
+    corrupt = tmp_path / "corrupt"
+    assert sorted(p.name for p in corrupt.iterdir()) == sorted(
+        [f"{missing}.json", f"{garbled}.json", f"{garbled}.eml"]
+    )
+    assert (corrupt / f"{garbled}.eml").read_bytes() == message(2)
+    assert not spool.envelope_path(missing).exists()
+    assert "has no message" in caplog.text
+
+
+async def test_duplicate_message_id_is_acknowledged_without_a_second_copy(
+    tmp_path: Path,
+) -> None:
+    async with Spool(tmp_path) as spool:
+        first, second = await asyncio.gather(
+            spool.accept(envelope(1, "<dup@warta.test>"), message(1)),
+            spool.accept(envelope(1, "<dup@warta.test>"), message(1)),
+        )
+        third = await spool.accept(envelope(1, "dup@warta.test"), message(1))
+        assert first == second == third
+        assert await spool.seen("<dup@warta.test>") == first
+        assert await spool.seen("<other@warta.test>") is None
+    assert len(list((tmp_path / "env").iterdir())) == 1
+    assert len(list((tmp_path / "msg").iterdir())) == 1
+
+
+async def test_message_id_dedupe_survives_restart_and_expires(tmp_path: Path) -> None:
+    clock = Clock()
+    async with Spool(tmp_path, clock=clock) as spool:
+        old = await spool.accept(envelope(1, "<old@warta.test>"), message(1))
+        clock.now += 6 * DAY
+        recent = await spool.accept(envelope(2, "<recent@warta.test>"), message(2))
+        await spool.remove(old)
+
+    clock.now += 0.5 * DAY
+    restarted = Spool(tmp_path, clock=clock)
+    assert [e.queue_id for e in restarted.recover()] == [recent]
+    assert await restarted.seen("<old@warta.test>") == old
+    async with restarted:
+        assert await restarted.accept(envelope(1, "<old@warta.test>"), message(1)) == old
+    assert len(list((tmp_path / "msg").iterdir())) == 1
+
+    clock.now += 0.5 * DAY + 1  # old is now older than the 7-day window
+    assert DEFAULT_DEDUPE_WINDOW == 7 * DAY
+    assert await restarted.seen("<old@warta.test>") is None
+    assert await restarted.seen("<recent@warta.test>") == recent
+
+    compacted = Spool(tmp_path, clock=clock)
+    compacted.recover()
+    assert await compacted.seen("<old@warta.test>") is None
+    log = (tmp_path / "message-ids.log").read_text().splitlines()
+    assert [json.loads(line)["m"] for line in log] == ["recent@warta.test"]
+    async with compacted:
+        fresh = await compacted.accept(envelope(1, "<old@warta.test>"), message(1))
+    assert fresh != old
+
+
+async def test_torn_message_id_log_line_is_ignored(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        queue_id = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+    with (tmp_path / "message-ids.log").open("ab") as log:
+        log.write(b'{"t":1.0,"q":"00')
+    restarted = Spool(tmp_path)
+    restarted.recover()
+    assert await restarted.seen("<m1@warta.test>") == queue_id
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, itertools, sys
+    from pathlib import Path
+    from tests.helpers.spooled import envelope, message
+    from workers.mta.spool import Spool
+
+    async def writer(spool, counter):
+        while True:
+            n = next(counter)
+            queue_id = await spool.accept(envelope(n, f"<m{n}@warta.test>"), message(n, 40_000))
+            print(queue_id, n, flush=True)
+
+    async def main():
+        spool = Spool(Path(sys.argv[1]))
+        spool.recover()
+        counter = itertools.count()
+        await asyncio.gather(*(writer(spool, counter) for _ in range(8)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_recover_after_sigkill_keeps_every_acknowledged_message(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    acknowledged: dict[str, int] = {}
+    try:
+        for line in child.stdout:
+            queue_id, number = line.split()
+            acknowledged[queue_id] = int(number)
+            if len(acknowledged) >= 300:
+                break
+        # Kill mid-commit: while a batch is being written and none of it is acknowledged.
+        deadline = time.monotonic() + 30
+        while not temp_files(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.0002)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        rest = child.communicate(timeout=30)[0]
+    for line in rest.splitlines():
+        queue_id, number = line.split()
+        acknowledged[queue_id] = int(number)
+    assert child.returncode == -signal.SIGKILL
+    assert len(acknowledged) >= 300
+    assert temp_files(tmp_path), "the kill did not land mid-commit"
+
+    spool = Spool(tmp_path)
+    recovered = {e.queue_id: e for e in spool.recover()}
+
+    assert set(acknowledged) <= set(recovered)
+    for queue_id, env in recovered.items():
+        n = int(env.mail_from.removeprefix("sender").removesuffix("@warta.test"))
+        assert spool.load(queue_id) == message(n, 40_000)
+        assert env.message_id == f"<m{n}@warta.test>"
+    for queue_id, count in acknowledged.items():
+        assert asyncio.run(spool.seen(f"<m{count}@warta.test>")) == queue_id
+    assert sorted(p.stem for p in (tmp_path / "msg").iterdir()) == sorted(recovered)
+    assert temp_files(tmp_path) == []
