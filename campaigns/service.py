@@ -133,3 +133,11 @@ async def _set_lists(session: AsyncSession, campaign_id: int, target_lists: list
         for list_id in dict.fromkeys(target_lists)
     )
     await session.flush()
+
+
+async def count_by_status(session: AsyncSession) -> dict[CampaignStatus, int]:
+    """How many campaigns are in each status (for /metrics)."""
+    rows = await session.execute(
+        sa.select(Campaign.status, sa.func.count()).group_by(Campaign.status)
+    )
+    return {CampaignStatus(status): count for status, count in rows}

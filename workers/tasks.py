@@ -9,12 +9,12 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from app.audience.tasks import send_confirmation
-from app.core.jobs import enqueue_batches, enqueue_messages
+from app.core.jobs import enqueue_messages
 from app.mail.context import EngineContext
 from app.messages import idempotency
 from app.messages import sending as messages
 from app.models import Campaign, utcnow
-from campaigns import content, ledger, lifecycle
+from campaigns import content, dispatch, lifecycle
 from campaigns.batch import send_batch as run_batch
 from campaigns.proofs import send_test_messages
 
@@ -88,8 +88,7 @@ async def send_optin_confirmation(ctx: Ctx, subscriber_id: int, list_ids: list[i
 
 async def _fan_out(pool: ArqRedis, engine: EngineContext, campaign: Campaign) -> int:
     async with engine.sessionmaker() as session:
-        ranges = await ledger.ranges_with_work(session, campaign.id, campaign.ledger_base, utcnow())
-    return await enqueue_batches(pool, campaign.id, ranges)
+        return await dispatch.enqueue_pending(pool, session, campaign)
 
 
 async def send_messages(ctx: Ctx, message_ids: list[int]) -> dict[str, Any]:

@@ -257,3 +257,8 @@ async def add_confirmed(
         )
         ids += new
     return ids
+
+
+async def count_all(session: AsyncSession) -> int:
+    """How many subscribers are stored (for /metrics)."""
+    return await session.scalar(sa.select(sa.func.count()).select_from(Subscriber)) or 0

@@ -7,6 +7,7 @@ no-op while the first is queued or running.
 from __future__ import annotations
 
 from arq.connections import ArqRedis
+from arq.jobs import Job
 
 BULK_QUEUE = "warta:bulk"
 PRIORITY_QUEUE = "warta:priority"
@@ -54,6 +55,13 @@ async def enqueue_optin(pool: ArqRedis, subscriber_id: int, list_ids: list[int])
         _queue_name=PRIORITY_QUEUE,
     )
     return job is not None
+
+
+async def enqueue_test_send(pool: ArqRedis, campaign_id: int, addresses: list[str]) -> Job:
+    """Ask a priority worker to send a campaign to test addresses; the job reports the replies."""
+    job = await pool.enqueue_job("send_test", campaign_id, addresses, _queue_name=PRIORITY_QUEUE)
+    assert job is not None  # random job ids never collide
+    return job
 
 
 MESSAGE_JOB_SIZE = 100  # message ids per send_messages job

@@ -16,8 +16,9 @@ from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity, templates
 from app.mail.identity import SiteIdentity
-from app.messages import content
+from app.messages import content, repository
 from app.models import (
+    Event,
     EventKind,
     Message,
     MessageStatus,
@@ -292,3 +293,8 @@ async def unsubscribe_broadcast(session: AsyncSession, message: Message) -> None
         ],
     )
     await session.flush()
+
+
+async def timeline(session: AsyncSession, message_id: int) -> list[Event]:
+    """What happened to one message, oldest first."""
+    return await repository.timeline(session, message_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from arq.jobs import Job
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from app.api.deps import PathId, require
@@ -15,9 +14,8 @@ from app.audience import subscribers as subscribers_service
 from app.bounces import service as bounces
 from app.core.events import counts_by_kind
 from app.core.http import SessionDep, SettingsDep
-from app.core.jobs import PRIORITY_QUEUE, enqueue_batches, enqueue_start
-from app.models import utcnow
-from campaigns import content, ledger, lifecycle
+from app.core.jobs import enqueue_start, enqueue_test_send
+from campaigns import content, dispatch, lifecycle
 from campaigns import service as campaigns_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
@@ -34,8 +32,7 @@ async def _apply(
     if action == "schedule":
         await enqueue_start(pool, campaign_id)
     elif action == "resume":
-        ranges = await ledger.ranges_with_work(session, campaign_id, campaign.ledger_base, utcnow())
-        await enqueue_batches(pool, campaign_id, ranges)
+        await dispatch.enqueue_pending(pool, session, campaign)
     return (await campaign_reads(session, [campaign]))[0]
 
 
@@ -131,10 +128,7 @@ async def test_send(
     campaign = await campaigns_service.get(session, campaign_id)
     await content.check_renders(session, settings, campaign)
     pool = request.app.state.queue
-    job: Job | None = await pool.enqueue_job(
-        "send_test", campaign_id, body.addresses, _queue_name=PRIORITY_QUEUE
-    )
-    assert job is not None  # random job ids never collide
+    job = await enqueue_test_send(pool, campaign_id, body.addresses)
     try:
         replies = await job.result(timeout=TEST_SEND_WAIT, poll_delay=0.05)
     except TimeoutError:

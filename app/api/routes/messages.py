@@ -27,7 +27,7 @@ from app.core.http import SessionDep, SettingsDep
 from app.core.jobs import enqueue_messages
 from app.core.ratelimit import RateLimiter
 from app.mail.identity import site_identity
-from app.messages import idempotency, repository, service
+from app.messages import idempotency, service
 from app.models import ApiKey, IdempotencyKey, Message, MessageStatus
 
 router = APIRouter(prefix="/messages", tags=["messages"])
@@ -207,7 +207,7 @@ def _read(row: Message, events: list[EventRead] | None = None) -> MessageRead:
 async def get_message(message_id: PathId, session: SessionDep) -> MessageRead:
     """A message's status and its timeline (queued, sent, delivered, bounced, opened, …)."""
     row = await service.get(session, message_id)
-    events = [EventRead.model_validate(e) for e in await repository.timeline(session, row.id)]
+    events = [EventRead.model_validate(e) for e in await service.timeline(session, row.id)]
     return _read(row, events)
 
 

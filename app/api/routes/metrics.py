@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
+from app.audience import subscribers as subscribers_service
 from app.core.http import SessionDep
-from app.models import Campaign, Subscriber
+from campaigns import service as campaigns_service
 from workers.mta import control as mta_status
 
 router = APIRouter(tags=["health"])
@@ -34,16 +34,13 @@ async def metrics(request: Request, session: SessionDep) -> PlainTextResponse:
         "# HELP warta_campaigns Campaigns by status.",
         "# TYPE warta_campaigns gauge",
     ]
-    rows = await session.execute(
-        sa.select(Campaign.status, sa.func.count()).group_by(Campaign.status)
-    )
-    for status, count in rows:
+    for status, count in (await campaigns_service.count_by_status(session)).items():
         lines.append(f'warta_campaigns{{status="{status.value}"}} {count}')
-    subscribers = await session.scalar(sa.select(sa.func.count()).select_from(Subscriber))
+    subscribers = await subscribers_service.count_all(session)
     lines += [
         "# HELP warta_subscribers Subscribers stored.",
         "# TYPE warta_subscribers gauge",
-        f"warta_subscribers {subscribers or 0}",
+        f"warta_subscribers {subscribers}",
     ]
     snapshots = await mta_status.snapshots(request.app.state.queue)
     for field, (name, kind, text) in MTA_COUNTERS.items():
