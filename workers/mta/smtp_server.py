@@ -24,7 +24,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 logger = logging.getLogger(__name__)
 
@@ -158,12 +158,12 @@ class SmtpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Greet the client, or turn it away if its address holds too many connections."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         if self._counts[client] >= self.config.per_client:
-            transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+            self._transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")
             transport.close()
             self._closed = True
             return
