@@ -278,3 +278,43 @@ async def test_an_idle_client_is_disconnected(tmp_path: Path) -> None:
 
 def test_the_tls_context_fixture_is_a_server_context(tmp_path: Path) -> None:
     assert make_pki(tmp_path).server_context().protocol == ssl.PROTOCOL_TLS_SERVER
+
+
+@dataclass
+class Overlapping:
+    """Stores slower the earlier a message came, and says which message each reply is for."""
+
+    active: int = 0
+    most: int = 0
+
+    async def handle_DATA(self, session: Session, transaction: Transaction) -> str:
+        number = int(transaction.content.split(b"\r\n", 1)[0].split()[-1])
+        self.active += 1
+        self.most = max(self.most, self.active)
+        await asyncio.sleep(0.01 * (10 - number))
+        self.active -= 1
+        return f"250 2.0.0 OK: stored {number}"
+
+
+async def test_pipelined_messages_are_stored_together_and_answered_in_order() -> None:
+    handler = Overlapping()
+    port = free_port()
+    server = await serve(
+        handler,
+        f"127.0.0.1:{port}",
+        ServerConfig(hostname="m", max_message_size=10_000, idle_timeout=5, per_client=5),
+    )
+    try:
+        session = b"EHLO c\r\n" + b"".join(
+            b"MAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nBDAT %d LAST\r\n%s"
+            % (len(body), body)
+            for body in (b"Subject: %d\r\n\r\nx\r\n" % n for n in range(10))
+        )
+        replies = await _exchange(port, session, b"QUIT\r\n")
+    finally:
+        server.close()
+        await server.wait_closed()
+    stored = [line for line in replies.split(b"\r\n") if b"stored" in line]
+    assert stored == [b"250 2.0.0 OK: stored %d" % n for n in range(10)]
+    assert handler.most > 1  # later messages were being stored while earlier ones were
+    assert replies.endswith(b"221 2.0.0 Bye\r\n")
