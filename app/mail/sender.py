@@ -214,13 +214,13 @@ class SmtpSender:
             raise SenderClosedError("the sender is closed")
         if not recipients:
             return {}
-        if envelope_from and not _is_bare_address(envelope_from):
+        if envelope_from and not is_bare_address(envelope_from):
             bad_sender = SendResult.refused(f"bad sender {envelope_from!r}", STATUS_BAD_SENDER)
             return dict.fromkeys(recipients, bad_sender)
         refused = {
             recipient: SendResult.refused(f"bad recipient {recipient!r}", STATUS_BAD_ADDRESS)
             for recipient in recipients
-            if not _is_bare_address(recipient)
+            if not is_bare_address(recipient)
         }
         sendable = [recipient for recipient in recipients if recipient not in refused]
         if not sendable:
@@ -394,7 +394,7 @@ async def _greet(smtp: SMTP) -> None:
         await smtp.helo()
 
 
-def _is_bare_address(address: str) -> bool:
+def is_bare_address(address: str) -> bool:
     """Whether `address` is a bare mailbox, not a display form aiosmtplib would rewrite.
 
     aiosmtplib passes addresses through `email.utils.parseaddr`, which quietly turns

@@ -1,0 +1,155 @@
+"""Batch injection over pipelined SMTP, against Warta's own server protocol and aiosmtpd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from app.mail.injection import PipelinedSender
+from app.mail.result import Outcome
+from tests.helpers.recorders import MESSAGE, RejectAtRcpt, StartServer
+from tests.helpers.servers import free_port
+from workers.mta.smtp_server import ServerConfig, Session, Transaction, serve
+
+FROM = "bounces+c1-abc@bounces.example"
+
+
+@dataclass
+class Store:
+    """A handler for Warta's server protocol: keeps transactions, refuses some recipients."""
+
+    transactions: list[Transaction] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+
+    async def handle_RCPT(
+        self, session: Session, transaction: Transaction, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 No such user"
+        transaction.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, session: Session, transaction: Transaction) -> str:
+        self.transactions.append(transaction)
+        return f"250 2.0.0 OK: queued as q{len(self.transactions)}"
+
+
+StartWarta = Callable[[Store], Awaitable[str]]
+
+
+@pytest.fixture
+async def warta_server() -> AsyncIterator[StartWarta]:
+    """Start Warta's SMTP server protocol with a handler on 127.0.0.1; its `host:port`."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Store) -> str:
+        port = free_port()
+        config = ServerConfig("mta.test", 1_000_000, 30, 50)
+        servers.append(await serve(handler, f"127.0.0.1:{port}", config))
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_concurrent_sends_are_pipelined_and_byte_exact(warta_server: StartWarta) -> None:
+    store = Store(refuse={"gone@example.com"})
+    address = await warta_server(store)
+    async with PipelinedSender(address, connections=2, batch=16) as sender:
+        results = await asyncio.gather(
+            *(
+                sender.send_one(FROM, f"r{n}@example.com", MESSAGE + b"%d\r\n" % n)
+                for n in range(50)
+            ),
+            sender.send(FROM, ["a@example.com", "gone@example.com"], MESSAGE),
+        )
+    *singles, pair = results
+    assert all(result.outcome is Outcome.DELIVERED for result in singles)
+    assert pair["a@example.com"].outcome is Outcome.DELIVERED
+    assert pair["gone@example.com"].outcome is Outcome.PERMANENT
+    assert pair["gone@example.com"].code == 550
+    by_recipient = {t.rcpt_tos[0]: t.content for t in store.transactions}
+    assert len(store.transactions) == 51
+    assert all(by_recipient[f"r{n}@example.com"] == MESSAGE + b"%d\r\n" % n for n in range(50))
+    assert all(t.mail_from == FROM for t in store.transactions)
+
+
+async def test_a_server_without_chunking_gets_one_command_at_a_time(
+    smtp_server: StartServer,
+) -> None:
+    recorder = RejectAtRcpt(rejected={"gone@example.com"})
+    async with PipelinedSender(smtp_server(recorder), connections=1) as sender:
+        ok, pair = await asyncio.gather(
+            sender.send_one(FROM, "a@example.com", MESSAGE),
+            sender.send(FROM, ["b@example.com", "gone@example.com"], MESSAGE),
+        )
+        none = await sender.send_one(FROM, "gone@example.com", MESSAGE)
+    assert ok.outcome is Outcome.DELIVERED
+    assert pair["b@example.com"].outcome is Outcome.DELIVERED
+    assert pair["gone@example.com"].code == 550
+    assert none.code == 550
+    assert [e.content for e in recorder.envelopes] == [MESSAGE, MESSAGE]  # dot-stuffing undone
+
+
+async def test_no_server_is_a_temporary_failure_not_an_exception() -> None:
+    async with PipelinedSender(f"127.0.0.1:{free_port()}", connections=1, timeout=2) as sender:
+        result = await sender.send_one(FROM, "a@example.com", MESSAGE)
+    assert result.outcome is Outcome.TEMPORARY
+
+
+async def test_bad_addresses_are_refused_before_anything_is_sent(
+    warta_server: StartWarta,
+) -> None:
+    store = Store()
+    address = await warta_server(store)
+    async with PipelinedSender(address, connections=1) as sender:
+        injected = await sender.send_one(FROM, "a@example.com>\r\nRCPT TO:<b@example.com", MESSAGE)
+        spoofed = await sender.send_one("x@example.com> BODY=8BITMIME", "a@example.com", MESSAGE)
+    assert injected.outcome is Outcome.PERMANENT
+    assert spoofed.outcome is Outcome.PERMANENT
+    assert store.transactions == []
+
+
+async def _flaky_server(connections: list[int]) -> tuple[asyncio.Server, str]:
+    """Offers PIPELINING and CHUNKING; the first session is cut at MAIL, later ones work."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.write(b"220 flaky ESMTP\r\n")
+        await reader.readline()
+        writer.write(b"250-flaky\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+        while line := await reader.readline():
+            if line.startswith(b"MAIL") and len(connections) == 1:
+                break
+            if line.startswith(b"BDAT"):
+                await reader.readexactly(int(line.split()[1]))
+            if line.startswith(b"QUIT"):
+                writer.write(b"221 bye\r\n")
+                break
+            writer.write(b"250 2.0.0 OK\r\n")
+        writer.close()
+
+    port = free_port()
+    return await asyncio.start_server(session, "127.0.0.1", port), f"127.0.0.1:{port}"
+
+
+async def test_a_dropped_connection_fails_the_batch_temporarily_and_the_next_one_reconnects() -> (
+    None
+):
+    connections: list[int] = []
+    server, address = await _flaky_server(connections)
+    try:
+        async with PipelinedSender(address, connections=1) as sender:
+            first = await sender.send_one(FROM, "a@example.com", MESSAGE)
+            second = await sender.send_one(FROM, "b@example.com", MESSAGE)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert first.outcome is Outcome.TEMPORARY
+    assert second.delivered
+    assert len(connections) == 2
