@@ -20,7 +20,7 @@ from app.core.ratelimit import RateLimiter
 from app.core.redis import arq_redis_settings
 from app.core.settings import Settings
 from app.mail.context import EngineContext
-from app.mail.sender import SmtpSender
+from app.mail.injection import submission_sender
 from app.webhooks.dispatcher import WebhookDispatcher
 from workers import tasks
 
@@ -32,8 +32,8 @@ SHUTDOWN_GRACE = 10.0  # seconds running jobs get to finish before they are canc
 async def engine_context(settings: Settings, redis: Redis) -> AsyncIterator[EngineContext]:
     """Open the database engine and the SMTP pool for the life of the worker."""
     engine = create_engine(settings)
-    sender = SmtpSender.from_settings(settings, pool_size=settings.sender_connections)
-    priority = SmtpSender.from_settings(settings, pool_size=settings.sender_priority_connections)
+    sender = submission_sender(settings, connections=settings.sender_connections)
+    priority = submission_sender(settings, connections=settings.sender_priority_connections)
     try:
         async with sender, priority:
             yield EngineContext(

@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         60, gt=0, description="Seconds before a deferred recipient is retried; doubles per try."
     )
     worker_batches: int = Field(4, ge=1, le=64, description="Batch jobs one worker runs at once.")
+    sender_pipelining: bool = Field(
+        True,
+        description="Hand messages to the MTA in pipelined batches (PIPELINING + BDAT, one round "
+        "trip per batch); false uses one aiosmtplib transaction per message.",
+    )
     sender_connections: int = Field(
         10, ge=1, le=200, description="Persistent SMTP connections per worker process."
     )

@@ -31,6 +31,7 @@ from app.mail.sender import (
     STATUS_BAD_SENDER,
     STATUS_NO_SMTPUTF8,
     SenderClosedError,
+    SmtpSender,
     SubmissionHost,
     is_bare_address,
     parse_submission_hosts,
@@ -356,3 +357,10 @@ class PipelinedSender:
         session.writer.close()
         with contextlib.suppress(OSError):
             await session.writer.wait_closed()
+
+
+def submission_sender(settings: Settings, *, connections: int) -> PipelinedSender | SmtpSender:
+    """The sender a worker hands its mail to the MTA with (WARTA_SENDER_PIPELINING)."""
+    if settings.sender_pipelining:
+        return PipelinedSender.from_settings(settings, connections=connections)
+    return SmtpSender.from_settings(settings, pool_size=connections)
