@@ -192,7 +192,9 @@ def test_signature_header_fields(signer: DkimSigner, keyring: KeyRing) -> None:
     assert tags[b"s"] == b"r2026"
     assert tags[b"t"] == str(TIMESTAMP).encode()
     assert tags[b"h"] == (
-        b"from:to:subject:date:message-id:list-unsubscribe:list-unsubscribe-post:from"
+        b"from:from:to:to:cc:reply-to:subject:subject:date:date:message-id:message-id:"
+        b"mime-version:mime-version:content-type:content-type:list-id:"
+        b"list-unsubscribe:list-unsubscribe:list-unsubscribe-post:list-unsubscribe-post"
     )
     verdict = mail_dkim(signed, keyring.records)[0]
     assert (verdict.domain, verdict.selector, verdict.algorithm) == (
@@ -227,6 +229,14 @@ TAMPERINGS = {
     "unsubscribe changed": lambda m: m.replace(b"/u/abc", b"/u/evil"),
     "second From prepended": lambda m: b"From: ceo@rsa.example\r\n" + m,
     "From appended": lambda m: m.replace(b"MIME-Version", b"From: x@evil.example\r\nMIME-Version"),
+    "second Subject prepended": lambda m: b"Subject: Act now\r\n" + m,
+    "Reply-To added": lambda m: m.replace(
+        b"MIME-Version", b"Reply-To: x@evil.example\r\nMIME-Version"
+    ),
+    "Cc added": lambda m: m.replace(b"MIME-Version", b"Cc: x@evil.example\r\nMIME-Version"),
+    "second Content-Type added": lambda m: m.replace(
+        b"MIME-Version", b"Content-Type: text/html\r\nMIME-Version"
+    ),
 }
 
 

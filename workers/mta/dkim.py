@@ -26,13 +26,20 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 Algorithm = Literal["rsa", "ed25519"]
 
+# Signed and over-signed (RFC 6376 §8.15): each is listed once more than it occurs, so a
+# verifier fails a message to which anyone added a second Subject, a Reply-To or a Cc.
 # RFC 8058 requires List-Unsubscribe and List-Unsubscribe-Post to be signed.
 SIGNED_HEADERS: tuple[str, ...] = (
     "from",
     "to",
+    "cc",
+    "reply-to",
     "subject",
     "date",
     "message-id",
+    "mime-version",
+    "content-type",
+    "list-id",
     "list-unsubscribe",
     "list-unsubscribe-post",
 )
@@ -130,8 +137,9 @@ def select_headers(
 ) -> tuple[list[str], list[bytes]]:
     """The `h=` list and the canonicalised fields it covers, per RFC 6376 §5.4.2.
 
-    Every instance of each present header is signed, and `from` is listed once more
-    than it occurs so that a verifier rejects a From added after signing.
+    Every instance of each named header is signed, and each name is listed once more
+    than it occurs (once when absent): the extra entry matches no field, so the hash
+    covers its absence and a header added after signing breaks the signature.
     """
     wanted = tuple(names)
     present: dict[str, list[tuple[bytes, bytes]]] = {}
@@ -146,8 +154,7 @@ def select_headers(
         for name, value in reversed(present.get(header, [])):
             listed.append(header)
             canonical.append(canonicalize_header_relaxed(name, value))
-    # One `from` more than present: it matches no field, so the hash covers the absence.
-    listed.append("from")
+        listed.append(header)
     return listed, canonical
 
 
