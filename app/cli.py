@@ -509,7 +509,3 @@ def main() -> None:
     except (DomainError, SettingsError, OSError) as exc:
         console.print(f"[red]error:[/red] {_first_line(exc)}")
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
