@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,6 +22,8 @@ from app.core import api_keys
 from app.core import migrate as migrations
 from app.core.database import create_engine, create_sessionmaker, unit_of_work
 from app.core.errors import DomainError
+from app.core.logging import configure_logging
+from app.core.processes import die_with_parent
 from app.core.redis import EmbeddedRedis, resolve_redis_url
 from app.core.settings import Settings, SettingsError, get_settings, persisted_token
 
@@ -30,7 +33,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a URL stays one line when piped or logged
+logger = logging.getLogger(__name__)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class CommandFailed(Exception):
@@ -47,10 +52,13 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _settings() -> Settings:
+    """The settings, with logging configured from them (WARTA_LOG_LEVEL, WARTA_LOG_FORMAT)."""
     try:
-        return get_settings()
+        settings = get_settings()
     except (SettingsError, ValidationError) as exc:
         raise CommandFailed(f"configuration error: {_first_line(exc)}") from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
 
 
 def _first_line(exc: BaseException) -> str:
@@ -61,6 +69,19 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handlers: the command owns SIGINT and SIGTERM.
+
+    uvicorn's own handlers re-raise the signal once it has stopped serving, which ends the
+    process before the command stops the worker, the MTA and the embedded Redis.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave the signals to `_on_signals`."""
+        yield
+
+
 def _server(settings: Settings) -> uvicorn.Server:
     from app.api.app import create_app
 
@@ -69,13 +90,56 @@ def _server(settings: Settings) -> uvicorn.Server:
         host=settings.api_host,
         port=settings.api_port,
         proxy_headers=True,
-        log_level="info",
+        log_config=None,  # uvicorn's loggers, access log included, go through ours
+        log_level=None,
     )
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
-def _serve(settings: Settings) -> None:
-    _server(settings).run()
+async def _serve(server: uvicorn.Server) -> None:
+    """Serve until `should_exit`; a failed start raises here instead of exiting the process."""
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn's answer to a port in use or a failed lifespan start-up
+        raise RuntimeError("it did not start (see the log above)") from None
+
+
+def _on_signals(stop: asyncio.Event) -> None:
+    """The first SIGINT or SIGTERM sets `stop`; a second one ends the process at once."""
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        stop.set()
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, first)
+
+
+async def _until_stopped(stop: asyncio.Event, services: dict[str, asyncio.Task[None]]) -> None:
+    """Wait for `stop`; raise CommandFailed if a service ends first (the others keep running)."""
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({stopping, *services.values()}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    for name, task in services.items():
+        if task.done() and not stop.is_set():
+            error = task.exception()
+            raise CommandFailed(f"the {name} stopped: {_first_line(error) if error else 'done'}")
+
+
+async def _serve_until_stopped(settings: Settings) -> None:
+    stop = asyncio.Event()
+    _on_signals(stop)
+    server = _server(settings)
+    serving = asyncio.create_task(_serve(server))
+    try:
+        await _until_stopped(stop, {"API": serving})
+    finally:
+        server.should_exit = True
+        await asyncio.gather(serving, return_exceptions=True)
 
 
 def _with_redis(settings: Settings) -> tuple[Settings, EmbeddedRedis | None]:
@@ -115,7 +179,12 @@ def migrate() -> None:
 @cli.command()
 def api() -> None:
     """Serve the HTTP API (run as many as you like behind a load balancer)."""
-    _serve(_settings())
+    settings, embedded = _with_redis(_settings())
+    try:
+        _run(_serve_until_stopped(settings))
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 @cli.command()
@@ -126,38 +195,54 @@ def dev() -> None:
     migrations.upgrade(settings.database_url)
     token = _dev_key(settings)
     asyncio.run(_ensure_key(settings, token, "development"))
-    base = f"http://{settings.api_host}:{settings.api_port}"
-    console.print(f"[bold]Warta[/bold] API      {base}/api/v1")
-    console.print(f"      OpenAPI  {base}/docs  ({base}/openapi.json)")
-    console.print(f"      health   {base}/healthz")
-    console.print(f"      API key  [bold]{token}[/bold]")
-    console.print(f'      try      curl -H "Authorization: Bearer {token}" {base}/api/v1/lists')
     settings, embedded = _with_redis(settings)
     try:
-        _run(_dev_services(settings))
+        _run(_dev_services(settings, lambda: _print_dev_banner(settings, token, embedded)))
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-async def _dev_services(settings: Settings) -> None:
-    """API, worker and MTA in one event loop; Ctrl-C stops them all."""
+def _print_dev_banner(settings: Settings, token: str, embedded: EmbeddedRedis | None) -> None:
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    where = f" → {settings.var_dir / 'maildir'}" if settings.mta_delivery == "capture" else ""
+    console.print(f"[bold]Warta[/bold] API      {base}/api/v1")
+    console.print(f"      OpenAPI  {base}/docs  ({base}/openapi.json)")
+    console.print(f"      health   {base}/healthz")
+    console.print(
+        f"      MTA      smtp://{settings.mta_submission} ({settings.mta_delivery}{where})"
+    )
+    console.print(f"      API key  [bold]{token}[/bold]")
+    console.print(f'      try      curl -H "Authorization: Bearer {token}" {base}/api/v1/lists')
+    redis = " and the embedded Redis" if embedded is not None and embedded.owner else ""
+    console.print(f"      ready; Ctrl-C stops the API, the worker, the MTA{redis}")
+
+
+async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
+    """API, worker and MTA in one event loop; `ready` once the API listens; a signal stops all."""
     from workers.mta_process import start_mta
     from workers.worker import run_worker
 
     stop = asyncio.Event()
-    server = _server(settings)
+    _on_signals(stop)
     mta = await start_mta(settings)
-    where = f" → {settings.var_dir / 'maildir'}" if settings.mta_delivery == "capture" else ""
-    console.print(
-        f"      MTA      smtp://{settings.mta_submission} ({settings.mta_delivery}{where})"
-    )
-    worker = asyncio.create_task(run_worker(settings, settings.redis_url, stop))
+    server = _server(settings)
+    services = {
+        "worker": asyncio.create_task(run_worker(settings, settings.redis_url, stop)),
+        "API": asyncio.create_task(_serve(server)),
+    }
     try:
-        await server.serve()
+        while not (server.started or stop.is_set()):  # uvicorn has a flag, not an event
+            done, _ = await asyncio.wait(services.values(), timeout=0.05)
+            if done:
+                break
+        if server.started and not stop.is_set():
+            ready()
+        await _until_stopped(stop, services)
     finally:
         stop.set()
-        await worker
+        server.should_exit = True
+        await asyncio.gather(*services.values(), return_exceptions=True)
         await mta.stop()
 
 
@@ -207,11 +292,13 @@ def _supervise_mtas(settings: Settings, spools: list[Path]) -> str | None:
     }
     children = [
         subprocess.Popen(  # noqa: S603 - our own console script, our own settings
-            [sys.argv[0], "mta"], env={**env, "WARTA_MTA_SPOOL_DIR": str(spool)}
+            [sys.argv[0], "mta"],
+            env={**env, "WARTA_MTA_SPOOL_DIR": str(spool)},
+            preexec_fn=die_with_parent(),
         )
         for spool in spools
     ]
-    console.print(f"MTA: {len(children)} processes, spools {', '.join(map(str, spools))}")
+    logger.info("MTA: %d processes, spools %s", len(children), ", ".join(map(str, spools)))
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -242,16 +329,17 @@ async def _mta_until_signalled(settings: Settings) -> None:
         service = await start_mta(settings)
     except RulesError as exc:
         raise CommandFailed(f"MTA rules: {exc}") from None
-    console.print(
-        f"MTA: submission {settings.mta_submission}, inbound {settings.mta_inbound}, "
-        f"delivery {settings.mta_delivery}, spool {settings.mta_spool_dir}"
+    logger.info(
+        "MTA: submission %s, inbound %s, delivery %s, spool %s",
+        settings.mta_submission,
+        settings.mta_inbound,
+        settings.mta_delivery,
+        settings.mta_spool_dir,
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    _on_signals(stop)
     await stop.wait()
-    console.print("MTA draining: no new mail accepted, deliveries in flight finish")
+    logger.info("MTA draining: no new mail accepted, deliveries in flight finish")
     await service.stop()
 
 
@@ -287,6 +375,11 @@ def demo(
     from app.demo import run_demo
 
     settings = _settings()
+    if settings.mta_delivery != "capture":
+        raise CommandFailed(
+            "warta demo mails generated @example.com addresses into the capture Maildir; "
+            f"set WARTA_MTA_DELIVERY=capture (it is {settings.mta_delivery})"
+        )
     settings.effective_secret_key()
     migrations.upgrade(settings.database_url)
     settings, embedded = _with_redis(settings)
@@ -305,14 +398,22 @@ def demo(
                 detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                 bar.update(task, completed=done, total=total, detail=detail)
 
-            counts = _run(run_demo(settings, recipients, report))
+            result = _run(run_demo(settings, recipients, report))
     finally:
         if embedded is not None:
             embedded.stop()
-    maildir = settings.var_dir / "maildir" / "new"
-    console.print(f"[green]done[/green]: {counts}; read the mail in {maildir}")
-    if counts.get("sent", 0) == 0:
-        raise CommandFailed("no message was accepted; is the MTA submission port reachable?")
+    maildir = (settings.var_dir / "maildir").resolve()
+    summary = (
+        f"{result.delivered} of {result.recipients} messages delivered into the capture "
+        f"Maildir {maildir} (campaign {result.campaign_id})"
+    )
+    if failure := result.failure():
+        console.print(summary)
+        raise CommandFailed(failure)
+    console.print(f"[green]done[/green]: {summary}")
+    if waiting := result.accepted - result.delivered:
+        console.print(f"      {waiting} more accepted by the MTA, not yet reported delivered")
+    console.print(f"      read them with any mail reader, e.g. mutt -f {maildir}")
 
 
 @cli.command("create-api-key")
@@ -396,10 +497,12 @@ def _safe_url(url: str) -> str:
 
 def main() -> None:
     """Entry point: run the command; any failure is one line on stderr and exit status 1."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    configure_logging()  # until a command has read WARTA_LOG_LEVEL and WARTA_LOG_FORMAT
     try:
         cli()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
     except CommandFailed as exc:
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)

