@@ -151,7 +151,7 @@ def render(compiled: CompiledCampaign, recipient: Recipient) -> RenderedMessage:
     context = _context(compiled.campaign, recipient)
     if compiled.links is not None:
         _add_tracking(context, compiled, recipient)
-    subject = single_line(_render(compiled.subject, "subject", context))
+    subject = replace_line_breaks(_render(compiled.subject, "subject", context))
     base = compiled.campaign
     context["campaign"] = CampaignView(base.id, base.name, subject)
     html = None if compiled.html is None else _render(compiled.html, "html", context)
@@ -216,8 +216,11 @@ _LINE_BREAKS = dict.fromkeys(
 )
 
 
-def single_line(value: str) -> str:
-    """`value` with CR, LF and other control characters replaced by spaces, trimmed."""
+def replace_line_breaks(value: str) -> str:
+    """`value` with CR, LF and other control characters replaced by spaces, trimmed.
+
+    (`app.core.text.require_single_line` refuses such a value instead.)
+    """
     return value.translate(_LINE_BREAKS).strip()
 
 

@@ -18,7 +18,7 @@ from app.core.errors import Invalid, TooLarge
 from app.mail import identity
 from app.mail.identity import SiteIdentity, mailbox
 from app.mail.mime import Address, OutgoingMessage, build_message
-from app.mail.rendering import html_to_text, single_line
+from app.mail.rendering import html_to_text, replace_line_breaks
 from app.mail.sandbox import environment
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe-broadcast"
@@ -103,7 +103,7 @@ def render(content: Content, data: dict[str, Any], to: str, cap: int) -> Rendere
     """Render subject, HTML and text for one recipient; `data` keys are top-level names too."""
     name, address = parseaddr(to)
     context = {**data, "data": data, "to": {"email": address, "name": name}}
-    subject = single_line(_render(content.subject, "subject", False, context, 998 * 4))
+    subject = replace_line_breaks(_render(content.subject, "subject", False, context, 998 * 4))
     html = _render(content.html, "html", True, context, cap) if content.html.strip() else None
     if content.text.strip():
         text = _render(content.text, "text", False, context, cap)
