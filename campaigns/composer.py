@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.mail import identity
-from app.mail.identity import SiteIdentity
+from app.mail.identity import Kind, SiteIdentity
 from app.mail.mime import Address, OutgoingMessage, build_message
 from app.mail.rendering import CompiledCampaign, Recipient, SubscriberView, render
 
@@ -86,7 +86,9 @@ class PreparedCampaign:
 
     def envelope_from(self, send_id: int) -> str:
         """The VERP return path naming the ledger row."""
-        return identity.verp_address(self.site.secret, send_id, self.site.bounce_domain)
+        return identity.verp_address(
+            self.site.secret, send_id, self.site.bounce_domain, Kind.CAMPAIGN
+        )
 
     def build(self, send_id: int, addressee: Addressee) -> bytes:
         """Render and assemble the message for one ledger row."""
@@ -112,7 +114,9 @@ class PreparedCampaign:
                 sender=self.sender,
                 recipient=Address(email=addressee.email, name=addressee.name),
                 subject=rendered.subject,
-                message_id=identity.message_id(self.site.secret, send_id, self.site.hostname),
+                message_id=identity.message_id(
+                    self.site.secret, send_id, self.site.hostname, Kind.CAMPAIGN
+                ),
                 text=rendered.text,
                 html=rendered.html,
                 reply_to=self.reply_to,

@@ -22,6 +22,7 @@ from app.bounces import service as bounces
 from app.bounces.classify import Classifier
 from app.core.events import NewEvent
 from app.mail import identity
+from app.mail.identity import Kind
 from app.messages import repository as messages
 from app.models import EventKind, SendStatus
 from campaigns import ledger
@@ -37,7 +38,7 @@ FLUSH_SIZE = 500
 class Outcome:
     """What the delivery agent said about one recipient of one ledger row."""
 
-    kind: str
+    kind: Kind
     row_id: int
     recipient: str
     outcome: str
@@ -120,7 +121,10 @@ async def write_message_outcomes(
         )
 
 
-WRITERS: dict[str, Writer] = {"c": write_campaign_outcomes, "m": write_message_outcomes}
+WRITERS: dict[Kind, Writer] = {
+    Kind.CAMPAIGN: write_campaign_outcomes,
+    Kind.MESSAGE: write_message_outcomes,
+}
 """Writer per VERP kind: `c` a campaign ledger row, `m` a transactional message."""
 
 
@@ -156,7 +160,7 @@ class LedgerOutcomes:
         batch, self._buffer = self._buffer, []
         if not batch:
             return
-        by_kind: dict[str, list[Outcome]] = defaultdict(list)
+        by_kind: dict[Kind, list[Outcome]] = defaultdict(list)
         for item in batch:
             by_kind[item.kind].append(item)
         async with self.sessionmaker() as session:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.mail.identity import Kind
 from app.models import (
     Bounce,
     BounceScore,
@@ -30,7 +31,7 @@ from app.models import (
 class LedgerRow:
     """What a report needs of the row it is about."""
 
-    kind: str
+    kind: Kind
     row_id: int
     email: str
     campaign_id: int | None
@@ -43,7 +44,7 @@ def _insert(session: AsyncSession) -> Any:
 
 
 def _campaign_row(row: Any) -> LedgerRow:
-    return LedgerRow("c", int(row.id), str(row.email), row.campaign_id, row.subscriber_id)
+    return LedgerRow(Kind.CAMPAIGN, int(row.id), str(row.email), row.campaign_id, row.subscriber_id)
 
 
 _SEND_COLUMNS = (Send.id, Send.email, Send.campaign_id, Send.subscriber_id)
@@ -62,7 +63,10 @@ async def message_rows(session: AsyncSession, ids: list[int]) -> dict[int, Ledge
     if not ids:
         return {}
     rows = await session.execute(sa.select(Message.id, Message.to_email).where(Message.id.in_(ids)))
-    return {int(row_id): LedgerRow("m", int(row_id), email, None, None) for row_id, email in rows}
+    return {
+        int(row_id): LedgerRow(Kind.MESSAGE, int(row_id), email, None, None)
+        for row_id, email in rows
+    }
 
 
 async def latest_campaign_row(

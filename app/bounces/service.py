@@ -23,6 +23,7 @@ from app.core.errors import Invalid, NotFound
 from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity
+from app.mail.identity import Kind
 from app.messages import repository as messages
 from app.models import Bounce, EventKind, MessageStatus, SendStatus, SuppressionScope, utcnow
 from campaigns import ledger, lifecycle
@@ -42,7 +43,7 @@ async def _message_row(session: AsyncSession, row_id: int) -> LedgerRow | None:
     return (await repo.message_rows(session, [row_id])).get(row_id)
 
 
-ROW_LOOKUPS: dict[str, RowLookup] = {"c": _campaign_row, "m": _message_row}
+ROW_LOOKUPS: dict[Kind, RowLookup] = {Kind.CAMPAIGN: _campaign_row, Kind.MESSAGE: _message_row}
 """Row kinds a VERP token or Message-ID may name: campaign ledger rows, transactional messages."""
 
 
@@ -192,10 +193,10 @@ def _record(
         status=cls.status[:16] if cls else "",
         diagnostic=_cut(fact.diagnostic, 1000)[:1000],
         action=action[:64],
-        campaign_id=row.campaign_id if row and row.kind == "c" else None,
+        campaign_id=row.campaign_id if row and row.kind is Kind.CAMPAIGN else None,
         subscriber_id=subscriber_id,
-        send_id=row.row_id if row and row.kind == "c" else None,
-        message_id=row.row_id if row and row.kind == "m" else None,
+        send_id=row.row_id if row and row.kind is Kind.CAMPAIGN else None,
+        message_id=row.row_id if row and row.kind is Kind.MESSAGE else None,
         raw=_cut(fact.raw, policy.raw_max_bytes),
     )
 
@@ -288,7 +289,7 @@ async def guard(session: AsyncSession, rules: Guard, campaign_id: int, now: date
 
 async def resolve(
     session: AsyncSession,
-    kind: str | None,
+    kind: Kind | None,
     row_id: int | None,
     email: str,
     campaign_id: int | None = None,

@@ -16,7 +16,7 @@ from jinja2 import Template, TemplateSyntaxError
 
 from app.core.errors import Invalid, TooLarge
 from app.mail import identity
-from app.mail.identity import SiteIdentity, mailbox
+from app.mail.identity import Kind, SiteIdentity, mailbox
 from app.mail.mime import Address, OutgoingMessage, build_message
 from app.mail.rendering import html_to_text, replace_line_breaks
 from app.mail.sandbox import environment
@@ -143,7 +143,7 @@ def build(site: SiteIdentity, row_id: int, envelope: Envelope, rendered: Rendere
             sender=mailbox(envelope.sender),
             recipient=Address(email=address, name=name),
             subject=rendered.subject,
-            message_id=identity.message_id(site.secret, row_id, site.hostname, kind="m"),
+            message_id=identity.message_id(site.secret, row_id, site.hostname, Kind.MESSAGE),
             text=rendered.text,
             html=rendered.html,
             reply_to=mailbox(envelope.reply_to) if envelope.reply_to else None,

@@ -16,6 +16,7 @@ from datetime import timedelta
 from app.core.jobs import MESSAGE_JOB_SIZE
 from app.mail import identity
 from app.mail.context import EngineContext
+from app.mail.identity import Kind
 from app.mail.result import Outcome, SendResult
 from app.messages import repository
 from app.messages.repository import Attempt, Claimed
@@ -74,7 +75,7 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> Messag
     results = await asyncio.gather(
         *(
             sender.send_one(
-                identity.verp_address(secret, row.id, settings.bounce_domain, kind="m"),
+                identity.verp_address(secret, row.id, settings.bounce_domain, Kind.MESSAGE),
                 row.to_email,
                 row.mime,
             )
