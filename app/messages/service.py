@@ -16,6 +16,7 @@ from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity, templates
 from app.mail.identity import SiteIdentity
+from app.mail.rendering import RenderedMessage
 from app.messages import content
 from app.models import (
     EventKind,
@@ -74,8 +75,8 @@ class Prepared:
     """A validated, rendered request, ready to be stored."""
 
     request: MessageRequest
-    envelope: content.Envelope
-    recipients: list[tuple[str, str, content.Rendered]]
+    frame: content.MessageFrame
+    recipients: list[tuple[str, str, RenderedMessage]]
     """(mailbox as given, normalised address, rendered content)"""
 
 
@@ -92,14 +93,13 @@ async def prepare(
     With `dry_build`, also build the first message with a stand-in id, so that a bad address
     or header fails this request alone (a batch item) rather than `store`, which fails all.
     """
-    source = await _content(session, request)
-    content.compile_content(source)
+    parts = content.compile_content(await _content(session, request))
     files = content.decode_attachments(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
         settings.message_max_attachment_bytes,
     )
     tag = request.tags[0] if request.tags else "api"
-    envelope = content.Envelope(
+    frame = content.MessageFrame(
         sender=request.from_,
         recipient="",
         reply_to=request.reply_to,
@@ -110,14 +110,14 @@ async def prepare(
     )
     recipients = []
     for mailbox in request.recipients():
-        rendered = content.render(source, request.data, mailbox, settings.message_max_bytes)
+        rendered = content.render(parts, request.data, mailbox, settings.message_max_bytes)
         recipients.append((mailbox, _address(mailbox), rendered))
     if dry_build:
         first = recipients[0]
         content.check_buildable(
-            site, dataclasses.replace(envelope, recipient=first[0], attachments=()), first[2]
+            site, dataclasses.replace(frame, recipient=first[0], attachments=()), first[2]
         )
-    return Prepared(request, envelope, recipients)
+    return Prepared(request, frame, recipients)
 
 
 def _address(mailbox: str) -> str:
@@ -180,9 +180,9 @@ async def store(
                     NewEvent(EventKind.suppressed, row.to_email, message_id=row.id, data=data)
                 )
                 continue
-            envelope = dataclasses.replace(item.envelope, recipient=mailbox)
+            frame = dataclasses.replace(item.frame, recipient=mailbox)
             try:
-                mime = content.build(site, row.id, envelope, rendered)
+                mime = content.build(site, row.id, frame, rendered)
             except ValueError as exc:
                 raise Invalid(f"the message cannot be built: {exc}") from None
             if len(mime) > settings.message_max_bytes:
