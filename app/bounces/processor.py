@@ -30,7 +30,7 @@ from app.bounces.classify import Classifier
 from app.bounces.parse.dsn import DsnRecipient
 from app.bounces.parse.mime import MAX_REPORT_BYTES
 from app.bounces.parse.report import Report, ReportKind, parse_report
-from app.bounces.repository import LedgerRow
+from app.mail.recording import LedgerRow
 
 logger = logging.getLogger(__name__)
 LEASE = 600.0

@@ -22,7 +22,6 @@ from app.mail import tracking
 from app.mail.sandbox import TemplateError, environment, template_view
 from app.models import Subscriber
 
-PARTS = ("subject", "html", "text")
 MAX_VALIDATE_OUTPUT = 5_000_000  # characters per part when validating a template
 
 

@@ -1,7 +1,8 @@
 """What became of one submission to one recipient, independent of the protocol that carried it.
 
 Like Postal's `send_result`: the sender reports delivered / temporary / permanent and the
-caller decides whether to mark the ledger, retry later or record a bounce.
+caller decides whether to mark the ledger, retry later or record a bounce
+(`app.mail.retry` decides, `app.mail.recording` is what every ledger records).
 """
 
 from __future__ import annotations

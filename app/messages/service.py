@@ -16,8 +16,9 @@ from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity, templates
 from app.mail.identity import SiteIdentity
+from app.mail.recording import Delivery, LedgerRow
 from app.mail.rendering import RenderedMessage
-from app.messages import content
+from app.messages import content, repository
 from app.models import (
     EventKind,
     Message,
@@ -292,3 +293,15 @@ async def unsubscribe_broadcast(session: AsyncSession, message: Message) -> None
         ],
     )
     await session.flush()
+
+
+async def ledger_rows(session: AsyncSession, ids: Sequence[int]) -> dict[int, LedgerRow]:
+    """Messages by id, as the rows a report or a delivery names."""
+    return await repository.ledger_rows(session, ids)
+
+
+async def record_delivery(
+    session: AsyncSession, deliveries: Sequence[Delivery], *, events: bool = True
+) -> None:
+    """Record the MTA's or a report's word on messages (see `repository.record_delivery`)."""
+    await repository.record_delivery(session, deliveries, events=events)

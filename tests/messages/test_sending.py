@@ -14,6 +14,7 @@ from app.core.settings import Settings
 from app.mail import identity
 from app.mail.context import EngineContext
 from app.mail.identity import Kind
+from app.mail.recording import Delivery, Verdict
 from app.mail.sender import SmtpSender
 from app.messages import repository
 from app.messages.sending import send_messages
@@ -173,11 +174,11 @@ async def test_record_delivery_moves_status_and_writes_the_timeline(
         await repository.record_delivery(
             session,
             [
-                (a, None, "451 4.2.0 mailbox busy"),
-                (a, MessageStatus.delivered, "250 2.0.0 queued as X"),
-                (b, MessageStatus.bounced, "550 5.1.1 unknown user"),
-                (b, MessageStatus.delivered, "250 late success is ignored"),
-                (10**9, MessageStatus.delivered, "unknown id is ignored"),
+                Delivery(a, Verdict.DEFERRED, "451 4.2.0 mailbox busy"),
+                Delivery(a, Verdict.DELIVERED, "250 2.0.0 queued as X"),
+                Delivery(b, Verdict.BOUNCED, "550 5.1.1 unknown user"),
+                Delivery(b, Verdict.DELIVERED, "250 late success is ignored"),
+                Delivery(10**9, Verdict.DELIVERED, "unknown id is ignored"),
             ],
         )
         await session.commit()
