@@ -88,7 +88,7 @@ class LedgerOutcomes:
         self._closing = False
 
     async def __call__(self, mail_from: str, recipient: str, outcome: str, reply: str) -> None:
-        """Queue one outcome for the next batch (`recipient` is the row's own address)."""
+        """Queue one outcome for the next batch (the row knows its recipient's address)."""
         parsed = identity.parse_verp(self.secret, mail_from)
         if parsed is None or parsed[0] not in LEDGERS or outcome not in VERDICTS:
             return

@@ -33,7 +33,7 @@ from app.mail.rendering import (
 from app.mail.sandbox import TemplateError
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe-broadcast"
-SUBJECT_LIMIT = 998 * 4  # characters: a subject folds into lines of at most 998
+SUBJECT_LIMIT = 998 * 4  # characters a rendered subject may have: a few header lines' worth
 
 
 @dataclass(frozen=True, slots=True)
