@@ -87,7 +87,9 @@ async def outcome_rates(directory: Path, rows: int) -> tuple[float, float]:
         started = time.perf_counter()
         for n, row in enumerate(ids):
             envelope = Envelope(
-                mail_from=identity.verp_address(secret, row, "bounces.bench"),
+                mail_from=identity.verp_address(
+                    secret, row, "bounces.bench", identity.Kind.CAMPAIGN
+                ),
                 recipients=[emails[0]],
             )
             reply = "250 2.0.0 OK" if outcome == "delivered" else REPLIES[n % len(REPLIES)]

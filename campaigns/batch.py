@@ -7,37 +7,29 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
 import sqlalchemy as sa
 
-from app.core.events import NewEvent, record_events
 from app.mail.context import EngineContext
-from app.mail.result import Outcome as Reply
-from app.mail.result import SendResult
-from app.models import Campaign, CampaignStatus, EventKind, SendStatus, Subscriber, utcnow
+from app.mail.identity import Kind
+from app.mail.recording import Attempt, LedgerRow, SendReport, Verdict
+from app.mail.retry import RetryPolicy
+from app.models import Campaign, CampaignStatus, Subscriber, utcnow
 from campaigns import content, ledger, lifecycle
 from campaigns.audience import audience_filter
 from campaigns.composer import Addressee, PreparedCampaign
-from campaigns.ledger import Outcome
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 100
 STATUS_POLL_SECONDS = 0.25
-MAX_ATTEMPTS = 6
-RETRY_CAP = timedelta(hours=1)
+SKIPPED_REPLY = "skipped: unsubscribed or suppressed"
 
 
 @dataclass
-class BatchReport:
-    """What one run of a batch did."""
+class BatchReport(SendReport):
+    """What one run of a batch did, and why it stopped early if it did."""
 
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    skipped: int = 0
     stopped: str = ""
 
 
@@ -87,88 +79,40 @@ async def _send_chunk(
 ) -> None:
     """Check eligibility again, render, claim, pace, send, record."""
     eligible = await _eligible_recipients(ctx, prepared.campaign_id, rows)
-    outcomes: list[Outcome] = []
-    messages: list[tuple[int, int, Addressee, bytes]] = []
-    for send_id, subscriber_id, _email, attempts in rows:
+    attempts: list[Attempt] = []
+    messages: list[tuple[LedgerRow, int, Addressee, bytes]] = []
+    for send_id, subscriber_id, email, tries in rows:
+        row = LedgerRow(Kind.CAMPAIGN, send_id, email, prepared.campaign_id, subscriber_id)
         recipient = eligible.get(subscriber_id) if subscriber_id is not None else None
         if recipient is None:
-            outcomes.append(
-                Outcome(send_id, SendStatus.skipped, "skipped: unsubscribed or suppressed")
-            )
-            report.skipped += 1
+            attempts.append(Attempt(row, Verdict.SKIPPED, SKIPPED_REPLY))
             continue
         try:
             data = prepared.build(send_id, recipient)
         except Exception as exc:  # a render failure must fail this recipient, not the batch
             logger.warning("render failed for ledger row %s: %s", send_id, exc)
-            outcomes.append(Outcome(send_id, SendStatus.failed, f"render error: {exc}"[:1000]))
-            report.failed += 1
+            attempts.append(Attempt(row, Verdict.FAILED, f"render error: {exc}"[:1000]))
             continue
-        messages.append((send_id, attempts, recipient, data))
+        messages.append((row, tries, recipient, data))
     async with ctx.sessionmaker() as session:
-        await ledger.mark_sending(session, [send_id for send_id, *_ in messages])
+        await ledger.mark_sending(session, [row.row_id for row, *_ in messages])
         await session.commit()
     await ctx.pace(prepared.campaign_id, prepared.rate, len(messages))
     results = await asyncio.gather(
         *(
-            ctx.sender.send_one(prepared.envelope_from(send_id), recipient.email, data)
-            for send_id, _, recipient, data in messages
+            ctx.sender.send_one(prepared.envelope_from(row.row_id), recipient.email, data)
+            for row, _, recipient, data in messages
         )
     )
+    policy = RetryPolicy.for_campaigns(ctx.settings)
     now = utcnow()
-    base = timedelta(seconds=ctx.settings.retry_base)
-    for (send_id, attempts, _, _), result in zip(messages, results, strict=True):
-        outcomes.append(_outcome(send_id, attempts, result, now, base, report))
-    by_row = {send_id: (subscriber_id, email) for send_id, subscriber_id, email, _ in rows}
+    for (row, tries, _, _), result in zip(messages, results, strict=True):
+        attempts.append(policy.judge(row, tries, result, now))
+    for attempt in attempts:
+        report.count(attempt.verdict)
     async with ctx.sessionmaker() as session:
-        await ledger.record(session, outcomes)
-        await record_events(session, _events(prepared.campaign_id, by_row, outcomes))
+        await ledger.record_attempts(session, attempts)
         await session.commit()
-
-
-_EVENT_OF = {
-    SendStatus.sent: EventKind.sent,
-    SendStatus.deferred: EventKind.deferred,
-    SendStatus.failed: EventKind.failed,
-}
-
-
-def _events(
-    campaign_id: int, by_row: dict[int, tuple[int | None, str]], outcomes: list[Outcome]
-) -> list[NewEvent]:
-    """The engine's facts for webhooks and timelines: sent, deferred or failed at submission."""
-    return [
-        NewEvent(
-            _EVENT_OF[item.status],
-            email=by_row[item.send_id][1],
-            campaign_id=campaign_id,
-            subscriber_id=by_row[item.send_id][0],
-            send_id=item.send_id,
-            data={"reply": item.reply[:300]},
-        )
-        for item in outcomes
-        if item.status in _EVENT_OF
-    ]
-
-
-def _outcome(
-    send_id: int,
-    attempts: int,
-    result: SendResult,
-    now: Any,
-    base: timedelta,
-    report: BatchReport,
-) -> Outcome:
-    reply = result.describe()
-    if result.outcome is Reply.DELIVERED:
-        report.sent += 1
-        return Outcome(send_id, SendStatus.sent, reply)
-    if result.outcome is Reply.TEMPORARY and attempts + 1 < MAX_ATTEMPTS:
-        report.deferred += 1
-        wait = min(base * (2**attempts), RETRY_CAP)
-        return Outcome(send_id, SendStatus.deferred, reply, next_attempt_at=now + wait)
-    report.failed += 1
-    return Outcome(send_id, SendStatus.failed, reply)
 
 
 async def _eligible_recipients(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.mail import identity
-from app.mail.identity import SiteIdentity
+from app.mail.identity import Kind, SiteIdentity
 from app.mail.mime import Address, OutgoingMessage, build_message
 from app.mail.rendering import CompiledCampaign, Recipient, SubscriberView, render
 
@@ -86,33 +86,51 @@ class PreparedCampaign:
 
     def envelope_from(self, send_id: int) -> str:
         """The VERP return path naming the ledger row."""
-        return identity.verp_address(self.site.secret, send_id, self.site.bounce_domain)
+        return identity.verp_address(
+            self.site.secret, send_id, self.site.bounce_domain, Kind.CAMPAIGN
+        )
 
-    def build(self, send_id: int, addressee: Addressee) -> bytes:
-        """Render and assemble the message for one ledger row."""
-        tokens = link_tokens(self.site, addressee.subscriber_id, self.campaign_id)
-        urls = links(self.site, addressee.subscriber_id, self.campaign_id, tokens)
-        tracked = self.compiled.links
-        recipient = Recipient(
-            subscriber=SubscriberView.of(addressee.email, addressee.name, addressee.attributes),
+    def recipient(
+        self,
+        subscriber_id: int,
+        view: SubscriberView,
+        urls: dict[str, str] | None = None,
+        *,
+        track: bool = False,
+    ) -> Recipient:
+        """What the templates see of one subscriber: the view, the list, the signed links,
+        and with `track` (if the campaign tracks) the click and open URLs."""
+        urls = urls or links(self.site, subscriber_id, self.campaign_id)
+        tracked = self.compiled.links if track else None
+        return Recipient(
+            subscriber=view,
             list_name=self.list_name,
             unsubscribe_url=urls["unsubscribe_url"],
             preferences_url=urls["preferences_url"],
             view_in_browser_url=urls["view_in_browser_url"],
             click_urls=None
             if tracked is None
-            else click_urls(self.site, addressee.subscriber_id, self.campaign_id, len(tracked)),
+            else click_urls(self.site, subscriber_id, self.campaign_id, len(tracked)),
             open_url=""
             if tracked is None
-            else open_url(self.site, addressee.subscriber_id, self.campaign_id),
+            else open_url(self.site, subscriber_id, self.campaign_id),
         )
+
+    def build(self, send_id: int, addressee: Addressee) -> bytes:
+        """Render and assemble the message for one ledger row."""
+        tokens = link_tokens(self.site, addressee.subscriber_id, self.campaign_id)
+        urls = links(self.site, addressee.subscriber_id, self.campaign_id, tokens)
+        view = SubscriberView.of(addressee.email, addressee.name, addressee.attributes)
+        recipient = self.recipient(addressee.subscriber_id, view, urls, track=True)
         rendered = render(self.compiled, recipient)
         return build_message(
             OutgoingMessage(
                 sender=self.sender,
                 recipient=Address(email=addressee.email, name=addressee.name),
                 subject=rendered.subject,
-                message_id=identity.message_id(self.site.secret, send_id, self.site.hostname),
+                message_id=identity.message_id(
+                    self.site.secret, send_id, self.site.hostname, Kind.CAMPAIGN
+                ),
                 text=rendered.text,
                 html=rendered.html,
                 reply_to=self.reply_to,

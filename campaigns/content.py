@@ -16,7 +16,6 @@ from app.core.settings import Settings
 from app.mail.context import EngineContext
 from app.mail.identity import SiteIdentity, mailbox, site_identity
 from app.mail.rendering import (
-    Recipient,
     RenderedMessage,
     RenderError,
     SubscriberView,
@@ -29,7 +28,7 @@ from app.mail.sandbox import TemplateError
 from app.models import Campaign, CampaignList, MailingList, Subscriber, Template
 from campaigns import links as links_repository
 from campaigns.audience import audience_filter
-from campaigns.composer import Addressee, PreparedCampaign, links
+from campaigns.composer import Addressee, PreparedCampaign
 
 VALIDATION_SAMPLE = 50
 
@@ -97,20 +96,12 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
         .limit(VALIDATION_SAMPLE)
     )
     for member in members:
-        addressee = Addressee(member.id, member.email, member.name, dict(member.attributes))
-        urls = links(site, member.id, campaign.id)
-        recipient = Recipient(
-            subscriber=SubscriberView.of(member.email, member.name, member.attributes),
-            list_name=prepared.list_name,
-            unsubscribe_url=urls["unsubscribe_url"],
-            preferences_url=urls["preferences_url"],
-            view_in_browser_url=urls["view_in_browser_url"],
-        )
+        recipient = prepared.recipient(member.id, SubscriberView.from_model(member))
         try:
             validate(prepared.compiled, recipient)
         except RenderError as exc:
             raise Invalid(
-                f"the campaign does not render for {addressee.email}: {exc} "
+                f"the campaign does not render for {member.email}: {exc} "
                 "(use the default filter for attributes some subscribers lack)"
             ) from None
 
@@ -171,16 +162,8 @@ async def web_view(
 
     Tracked campaigns keep their original links here, and no open pixel.
     """
-    site = site_identity(settings)
-    prepared = await prepare_campaign(session, campaign, site)
-    urls = links(site, subscriber.id, campaign.id)
-    recipient = Recipient(
-        subscriber=SubscriberView.from_model(subscriber),
-        list_name=prepared.list_name,
-        unsubscribe_url=urls["unsubscribe_url"],
-        preferences_url=urls["preferences_url"],
-        view_in_browser_url=urls["view_in_browser_url"],
-    )
+    prepared = await prepare_campaign(session, campaign, site_identity(settings))
+    recipient = prepared.recipient(subscriber.id, SubscriberView.from_model(subscriber))
     try:
         return render(prepared.compiled, recipient)
     except RenderError as exc:

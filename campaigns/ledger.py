@@ -1,9 +1,9 @@
-"""The send ledger: freezing an audience, claiming rows, recording outcomes in bulk."""
+"""The send ledger: freezing an audience, claiming rows, recording attempts and deliveries
+in bulk (the same `record_attempts` / `record_delivery` as transactional messages)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -11,21 +11,25 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audience.segments import segment_filter
-from app.models import Campaign, Send, SendStatus, Subscriber, utcnow
+from app.core.events import record_events
+from app.mail.identity import Kind
+from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
+from app.models import Campaign, EventKind, Send, SendStatus, Subscriber, utcnow
 from campaigns.audience import audience_filter
 
 BATCH_SPAN = 500  # ledger ids per batch job
 SETTLED_BY_MTA = (SendStatus.delivered, SendStatus.bounced, SendStatus.complained)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one ledger row on one attempt."""
-
-    send_id: int
-    status: SendStatus
-    reply: str
-    next_attempt_at: datetime | None = None
+EVENT_REPLY_CHARS = 300  # of the reply in each event: a campaign writes millions of them
+_FINAL = frozenset({Verdict.DELIVERED, Verdict.BOUNCED, Verdict.COMPLAINED})
+_EVENT_OF = {
+    Verdict.SENT: EventKind.sent,
+    Verdict.DEFERRED: EventKind.deferred,
+    Verdict.FAILED: EventKind.failed,
+    Verdict.DELIVERED: EventKind.delivered,
+    Verdict.BOUNCED: EventKind.bounced,
+    Verdict.COMPLAINED: EventKind.complained,
+}
+"""The event each verdict writes; a skipped row and a deletion write none."""
 
 
 async def freeze_audience(session: AsyncSession, campaign: Campaign) -> tuple[int, int]:
@@ -132,9 +136,9 @@ def _by_id(**values: Any) -> sa.Update:
     )
 
 
-async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
-    """Write a batch of the engine's outcomes in one executemany."""
-    if not outcomes:
+async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) -> None:
+    """Write a batch of the engine's attempts in one executemany, with their events."""
+    if not attempts:
         return
     now = utcnow()
     table = cast(sa.Table, Send.__table__)
@@ -151,35 +155,88 @@ async def record(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
     )
     params = [
         {
-            "b_id": item.send_id,
-            "b_status": item.status.value,
+            "b_id": item.row.row_id,
+            "b_status": SendStatus(item.verdict.value).value,
             "b_reply": item.reply[:1000],
             "b_next": item.next_attempt_at,
-            "b_sent": now if item.status == SendStatus.sent else None,
-            "b_inc": 0 if item.status == SendStatus.skipped else 1,
+            "b_sent": now if item.verdict is Verdict.SENT else None,
+            "b_inc": 0 if item.verdict is Verdict.SKIPPED else 1,
         }
-        for item in outcomes
+        for item in attempts
     ]
     await session.execute(statement, params)
+    await record_events(
+        session,
+        [
+            item.row.event(_EVENT_OF[item.verdict], reply=item.reply[:EVENT_REPLY_CHARS])
+            for item in attempts
+            if item.verdict in _EVENT_OF
+        ],
+    )
 
 
 async def record_delivery(
-    session: AsyncSession, updates: Sequence[tuple[int, SendStatus | None, str]]
+    session: AsyncSession, deliveries: Sequence[Delivery], *, events: bool = True
 ) -> None:
-    """The MTA's word on rows: (id, final status or None for a mere deferral, reply)."""
+    """The later word on rows: delivered, bounced or complained is final; a deferral or a
+    deletion only refreshes the last reply (the MTA still holds, or dropped, the message).
+
+    With `events`, each word but a deletion is also an event (the bounce service writes its
+    own, with the class, and turns them off). Unknown ids are ignored.
+    """
     final = [
-        {"b_id": row, "b_status": status.value, "b_reply": reply[:1000]}
-        for row, status, reply in updates
-        if status is not None
+        {"b_id": item.row_id, "b_status": item.verdict.value, "b_reply": item.reply[:1000]}
+        for item in deliveries
+        if item.verdict in _FINAL
     ]
     replies = [
-        {"b_id": row, "b_reply": reply[:1000]} for row, status, reply in updates if status is None
+        {"b_id": item.row_id, "b_reply": item.reply[:1000]}
+        for item in deliveries
+        if item.verdict not in _FINAL
     ]
     if final:
         statement = _by_id(status=sa.bindparam("b_status"), last_reply=sa.bindparam("b_reply"))
         await session.execute(statement, final)
     if replies:
         await session.execute(_by_id(last_reply=sa.bindparam("b_reply")), replies)
+    eventful = [item for item in deliveries if item.verdict in _EVENT_OF] if events else []
+    if not eventful:
+        return
+    rows = await ledger_rows(session, [item.row_id for item in eventful])
+    await record_events(
+        session,
+        [
+            rows[item.row_id].event(_EVENT_OF[item.verdict], reply=item.reply[:EVENT_REPLY_CHARS])
+            for item in eventful
+            if item.row_id in rows
+        ],
+    )
+
+
+_ROW_COLUMNS = (Send.id, Send.email, Send.campaign_id, Send.subscriber_id)
+
+
+def _row(row: Any) -> LedgerRow:
+    return LedgerRow(Kind.CAMPAIGN, int(row.id), str(row.email), row.campaign_id, row.subscriber_id)
+
+
+async def ledger_rows(session: AsyncSession, ids: Sequence[int]) -> dict[int, LedgerRow]:
+    """Ledger rows by id, as reports and events name them."""
+    if not ids:
+        return {}
+    rows = await session.execute(sa.select(*_ROW_COLUMNS).where(Send.id.in_(sorted(set(ids)))))
+    return {int(row.id): _row(row) for row in rows}
+
+
+async def latest_row(
+    session: AsyncSession, email: str, campaign_id: int | None = None
+) -> LedgerRow | None:
+    """The most recent ledger row for an address (in one campaign, if given)."""
+    query = sa.select(*_ROW_COLUMNS).where(Send.email == email.lower())
+    if campaign_id is not None:
+        query = query.where(Send.campaign_id == campaign_id)
+    row = (await session.execute(query.order_by(Send.id.desc()).limit(1))).first()
+    return _row(row) if row is not None else None
 
 
 async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from app.mail import identity
 from app.mail.context import EngineContext
+from app.mail.identity import Kind
 from app.models import Campaign, Subscriber
 from campaigns import content
 from campaigns.composer import Addressee
@@ -45,7 +46,10 @@ async def send_test_messages(
         pseudo_row = 10**15 + secrets.randbelow(10**15)
         data = prepared.build(pseudo_row, addressee)
         envelope = identity.verp_address(
-            engine.settings.effective_secret_key(), pseudo_row, engine.settings.bounce_domain, "t"
+            engine.settings.effective_secret_key(),
+            pseudo_row,
+            engine.settings.bounce_domain,
+            Kind.TEST,
         )
         result = await engine.sender.send_one(envelope, address, data)
         replies.append(f"{address}: {result}")

@@ -9,12 +9,9 @@ import time
 from app.audience.subscriptions import confirm_token
 from app.core.settings import Settings
 from app.mail import identity
-from app.mail.identity import mailbox
+from app.mail.identity import Kind, mailbox
 from app.mail.mime import Address, OutgoingMessage, build_message
 from app.models import MailingList, Subscriber
-
-KIND = "o"
-"""Message-ID / VERP kind of opt-in mail (campaign rows use c, test sends t)."""
 
 
 def sender(settings: Settings) -> Address:
@@ -46,10 +43,10 @@ def confirmation(
             sender=sender(settings),
             recipient=Address(email=subscriber.email, name=subscriber.name),
             subject=f"Confirm your subscription: {names}"[:900],
-            message_id=identity.message_id(secret, row, settings.mta_hostname, KIND),
+            message_id=identity.message_id(secret, row, settings.mta_hostname, Kind.OPTIN),
             text=text,
             html=body,
         )
     )
-    envelope = identity.verp_address(secret, row, settings.bounce_domain, KIND)
+    envelope = identity.verp_address(secret, row, settings.bounce_domain, Kind.OPTIN)
     return envelope, data

@@ -6,10 +6,16 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.bounces import repository as bounces
 from app.core.address_hash import hashed_address
 from app.core.errors import Conflict, NotFound
-from app.models import Suppression, SuppressionScope
+from app.models import (
+    BounceScore,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    SuppressionScope,
+    utcnow,
+)
 
 BOUNCE_SOURCE = "bounce"
 
@@ -47,8 +53,19 @@ async def remove(session: AsyncSession, address: str) -> None:
     found = await get(session, address)
     await session.delete(found)
     if found.source == BOUNCE_SOURCE:
-        await bounces.unblock(session, address)
+        await _unblock(session, address)
     await session.flush()
+
+
+async def _unblock(session: AsyncSession, email: str) -> None:
+    """Undo what a bounce suppression did: enable the subscriber, forget the bounce score."""
+    await session.execute(
+        sa.update(Subscriber)
+        .where(Subscriber.email == email.lower())
+        .values(status=SubscriberStatus.enabled, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(sa.delete(BounceScore).where(BounceScore.address == email.lower()))
 
 
 async def page(

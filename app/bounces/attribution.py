@@ -18,6 +18,7 @@ from email.message import Message
 
 from app.bounces.parse.mime import address_field, header
 from app.mail import identity
+from app.mail.identity import Kind
 
 VERP_PREFIX = "bounces+"
 _FEEDBACK_ID = re.compile(r"^\s*(\d{1,10}):campaign:warta\s*$")
@@ -25,9 +26,9 @@ _FEEDBACK_ID = re.compile(r"^\s*(\d{1,10}):campaign:warta\s*$")
 
 @dataclass(frozen=True)
 class Row:
-    """A ledger row named by a signed token: `c` campaign send, `m` transactional message."""
+    """A row named by a signed token: a campaign ledger row, a transactional message, …"""
 
-    kind: str
+    kind: Kind
     row_id: int
     via: str
     """verp or message-id: which clue named it."""

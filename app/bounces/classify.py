@@ -47,7 +47,7 @@ class Severity(enum.StrEnum):
     informational = "informational"
 
 
-class RulesError(ValueError):
+class BounceRulesError(ValueError):
     """A rules file that cannot be used; the message names the file and the entry."""
 
 
@@ -121,7 +121,7 @@ class Classifier:
                 severities.setdefault(name, severity)
         missing = set(BounceClass) - set(severities)
         if missing:
-            raise RulesError(f"{DEFAULT_RULES}: no severity for {sorted(missing)}")
+            raise BounceRulesError(f"{DEFAULT_RULES}: no severity for {sorted(missing)}")
         return cls(rules, severities)
 
     def classify(
@@ -147,13 +147,13 @@ def _read(path: Path) -> tuple[list[Rule], dict[BounceClass, Severity]]:
     try:
         document = tomllib.loads(path.read_text())
     except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
-        raise RulesError(f"{path}: {exc}") from None
+        raise BounceRulesError(f"{path}: {exc}") from None
     severities: dict[BounceClass, Severity] = {}
     for name, severity in dict(document.get("classes", {})).items():
         try:
             severities[BounceClass(name)] = Severity(severity)
         except ValueError:
-            raise RulesError(
+            raise BounceRulesError(
                 f"{path}: [classes] {name} = {severity!r}: class must be one of "
                 f"{[c.value for c in BounceClass]}, severity hard, soft or informational"
             ) from None
@@ -164,23 +164,25 @@ def _read(path: Path) -> tuple[list[Rule], dict[BounceClass, Severity]]:
 def _rule(path: Path, index: int, entry: Any) -> Rule:
     where = f"{path}: rules[{index}]"
     if not isinstance(entry, dict):
-        raise RulesError(f"{where}: must be a table")
+        raise BounceRulesError(f"{where}: must be a table")
     unknown = set(entry) - {"class", "status", "code", "text"}
     if unknown:
-        raise RulesError(f"{where}: unknown keys {sorted(unknown)}")
+        raise BounceRulesError(f"{where}: unknown keys {sorted(unknown)}")
     try:
         bounce_class = BounceClass(str(entry.get("class")))
     except ValueError:
-        raise RulesError(f"{where}: class {entry.get('class')!r} is not a known class") from None
+        raise BounceRulesError(
+            f"{where}: class {entry.get('class')!r} is not a known class"
+        ) from None
     patterns: dict[str, re.Pattern[str]] = {}
     for key in ("status", "code", "text"):
         if key in entry:
             try:
                 patterns[key] = re.compile(str(entry[key]), re.IGNORECASE)
             except re.error as exc:
-                raise RulesError(f"{where}: {key}: {exc}") from None
+                raise BounceRulesError(f"{where}: {key}: {exc}") from None
     if not patterns:
-        raise RulesError(f"{where}: needs at least one of status, code, text")
+        raise BounceRulesError(f"{where}: needs at least one of status, code, text")
     return Rule(bounce_class, **patterns)
 
 

@@ -27,10 +27,10 @@ from app.audience import unsubscribe as unsubscribe_service
 from app.bounces import service as bounces
 from app.bounces.attribution import Clues, clues
 from app.bounces.classify import Classifier
-from app.bounces.parse.dsn import RecipientStatus
+from app.bounces.parse.dsn import DsnRecipient
 from app.bounces.parse.mime import MAX_REPORT_BYTES
 from app.bounces.parse.report import Report, ReportKind, parse_report
-from app.bounces.repository import LedgerRow
+from app.mail.recording import LedgerRow
 
 logger = logging.getLogger(__name__)
 LEASE = 600.0
@@ -229,7 +229,7 @@ class ReportProcessor:
         return await bounces.resolve(session, None, None, email, found.campaign_id)
 
     def _bounce(
-        self, email: str, source: str, item: RecipientStatus, raw: str, row: LedgerRow
+        self, email: str, source: str, item: DsnRecipient, raw: str, row: LedgerRow
     ) -> bounces.Fact:
         classification = self.classifier.classify(item.diagnostic, item.status, permanent=True)
         diagnostic = item.diagnostic or item.status

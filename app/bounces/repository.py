@@ -1,9 +1,8 @@
-"""Queries for bounce handling: ledger lookups, suppression, scores, the bounce record."""
+"""Queries for bounce handling: suppression, scores, the bounce record, the guard's rates."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -14,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import (
     Bounce,
     BounceScore,
-    Message,
     Send,
     Subscriber,
     SubscriberStatus,
@@ -26,54 +24,9 @@ from app.models import (
 )
 
 
-@dataclass(frozen=True)
-class LedgerRow:
-    """What a report needs of the row it is about."""
-
-    kind: str
-    row_id: int
-    email: str
-    campaign_id: int | None
-    subscriber_id: int | None
-
-
 def _insert(session: AsyncSession) -> Any:
     dialect = session.get_bind().dialect.name
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
-
-
-def _campaign_row(row: Any) -> LedgerRow:
-    return LedgerRow("c", int(row.id), str(row.email), row.campaign_id, row.subscriber_id)
-
-
-_SEND_COLUMNS = (Send.id, Send.email, Send.campaign_id, Send.subscriber_id)
-
-
-async def campaign_rows(session: AsyncSession, ids: list[int]) -> dict[int, LedgerRow]:
-    """Campaign ledger rows by id."""
-    if not ids:
-        return {}
-    rows = await session.execute(sa.select(*_SEND_COLUMNS).where(Send.id.in_(ids)))
-    return {int(row.id): _campaign_row(row) for row in rows}
-
-
-async def message_rows(session: AsyncSession, ids: list[int]) -> dict[int, LedgerRow]:
-    """Transactional messages by id, as the rows reports are about."""
-    if not ids:
-        return {}
-    rows = await session.execute(sa.select(Message.id, Message.to_email).where(Message.id.in_(ids)))
-    return {int(row_id): LedgerRow("m", int(row_id), email, None, None) for row_id, email in rows}
-
-
-async def latest_campaign_row(
-    session: AsyncSession, email: str, campaign_id: int | None = None
-) -> LedgerRow | None:
-    """The most recent campaign ledger row for an address (in one campaign, if given)."""
-    query = sa.select(*_SEND_COLUMNS).where(Send.email == email.lower())
-    if campaign_id is not None:
-        query = query.where(Send.campaign_id == campaign_id)
-    row = (await session.execute(query.order_by(Send.id.desc()).limit(1))).first()
-    return _campaign_row(row) if row is not None else None
 
 
 async def subscriber_ids_for(session: AsyncSession, emails: Iterable[str]) -> dict[str, int]:
@@ -132,17 +85,6 @@ async def blocklist(session: AsyncSession, emails: list[str]) -> None:
         .values(status=SubscriberStatus.blocklisted, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-
-
-async def unblock(session: AsyncSession, email: str) -> None:
-    """Undo `blocklist` and forget the address's bounce score."""
-    await session.execute(
-        sa.update(Subscriber)
-        .where(Subscriber.email == email.lower())
-        .values(status=SubscriberStatus.enabled, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    await session.execute(sa.delete(BounceScore).where(BounceScore.address == email.lower()))
 
 
 async def unsubscribe_all(session: AsyncSession, subscriber_id: int) -> int:

@@ -8,7 +8,7 @@ Maildir, and relays' webhooks. Each fact is kept as a `bounces` row holding the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,32 +18,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audience.suppressions import BOUNCE_SOURCE
 from app.bounces import repository as repo
 from app.bounces.classify import Classification, Severity, classifier
-from app.bounces.repository import LedgerRow
+from app.bounces.ledgers import LEDGERS
 from app.core.errors import Invalid, NotFound
 from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity
-from app.messages import repository as messages
-from app.models import Bounce, EventKind, MessageStatus, SendStatus, SuppressionScope, utcnow
-from campaigns import ledger, lifecycle
+from app.mail.identity import Kind
+from app.mail.recording import Delivery, LedgerRow, Verdict
+from app.models import Bounce, EventKind, SuppressionScope, utcnow
+from campaigns import delivery as campaign_delivery
+from campaigns import lifecycle
 
 logger = logging.getLogger(__name__)
 SOURCE = BOUNCE_SOURCE
 COMPLAINT_SOURCE = "complaint"
-
-RowLookup = Callable[[AsyncSession, int], Awaitable[LedgerRow | None]]
-
-
-async def _campaign_row(session: AsyncSession, row_id: int) -> LedgerRow | None:
-    return (await repo.campaign_rows(session, [row_id])).get(row_id)
-
-
-async def _message_row(session: AsyncSession, row_id: int) -> LedgerRow | None:
-    return (await repo.message_rows(session, [row_id])).get(row_id)
-
-
-ROW_LOOKUPS: dict[str, RowLookup] = {"c": _campaign_row, "m": _message_row}
-"""Row kinds a VERP token or Message-ID may name: campaign ledger rows, transactional messages."""
 
 
 @dataclass(frozen=True)
@@ -111,17 +99,10 @@ def _cut(text: str, limit: int) -> str:
 
 
 async def apply(
-    session: AsyncSession,
-    policy: Policy,
-    facts: Sequence[Fact],
-    *,
-    update_ledger: bool = True,
-    also: Sequence[NewEvent] = (),
-    now: datetime | None = None,
-    bounce_events: bool = True,
+    session: AsyncSession, policy: Policy, facts: Sequence[Fact], *, now: datetime | None = None
 ) -> list[Bounce]:
-    """Act on each fact, keep it with its evidence, write events (with `also`, in one
-    executemany) and the ledger rows' status, then run the campaign guard."""
+    """Act on each fact, keep it with its evidence, mark its row bounced or complained, write
+    its event (in one executemany), then run the campaign guard."""
     now = now or utcnow()
     emails = [fact.email.lower().replace("\x00", "")[:320] for fact in facts]
     unknown = [
@@ -142,36 +123,20 @@ async def apply(
     ]
     session.add_all(records)
     await session.flush()
-    if update_ledger:
-        await ledger.record_delivery(
-            session,
-            [
-                (
-                    record.send_id,
-                    SendStatus.bounced if record.kind == "bounce" else SendStatus.complained,
-                    record.diagnostic,
-                )
-                for record in records
-                if record.send_id is not None
-            ],
-        )
-        await messages.record_delivery(
-            session,
-            [
-                (
-                    record.message_id,
-                    MessageStatus.bounced if record.kind == "bounce" else MessageStatus.complained,
-                    record.diagnostic,
-                )
-                for record in records
-                if record.message_id is not None
-            ],
-            events=False,  # the bounce's own event below names the message and the class
-        )
-    # (Without `bounce_events` the caller has recorded them: a transactional message's own
-    # `bounced` event carries its message id.)
-    own = [_event(record, now) for record in records] if bounce_events else []
-    await record_events(session, [*also, *own])
+    for kind, ledger in LEDGERS.items():
+        deliveries = [
+            Delivery(
+                fact.row.row_id,
+                Verdict.BOUNCED if record.kind == "bounce" else Verdict.COMPLAINED,
+                record.diagnostic,
+            )
+            for fact, record in zip(facts, records, strict=True)
+            if fact.row is not None and fact.row.kind is kind
+        ]
+        if deliveries:
+            # The bounce's own event below names the row and the class.
+            await ledger.record_delivery(session, deliveries, events=False)
+    await record_events(session, [_event(record, now) for record in records])
     for campaign_id in sorted({r.campaign_id for r in records if r.campaign_id is not None}):
         await guard(session, policy.guard, campaign_id, now)
     return records
@@ -192,10 +157,10 @@ def _record(
         status=cls.status[:16] if cls else "",
         diagnostic=_cut(fact.diagnostic, 1000)[:1000],
         action=action[:64],
-        campaign_id=row.campaign_id if row and row.kind == "c" else None,
+        campaign_id=row.campaign_id if row else None,
         subscriber_id=subscriber_id,
-        send_id=row.row_id if row and row.kind == "c" else None,
-        message_id=row.row_id if row and row.kind == "m" else None,
+        send_id=row.send_id if row else None,
+        message_id=row.message_id if row else None,
         raw=_cut(fact.raw, policy.raw_max_bytes),
     )
 
@@ -288,19 +253,19 @@ async def guard(session: AsyncSession, rules: Guard, campaign_id: int, now: date
 
 async def resolve(
     session: AsyncSession,
-    kind: str | None,
+    kind: Kind | None,
     row_id: int | None,
     email: str,
     campaign_id: int | None = None,
 ) -> LedgerRow | None:
-    """The ledger row a report is about: the signed row if given, else the latest row for the
-    address (within the campaign, when one is named)."""
+    """The ledger row a report is about: the signed row if given, else the latest campaign
+    row for the address (within the campaign, when one is named)."""
     if kind is not None and row_id is not None:
-        lookup = ROW_LOOKUPS.get(kind)
-        return await lookup(session, row_id) if lookup else None
+        ledger = LEDGERS.get(kind)
+        return (await ledger.rows(session, [row_id])).get(row_id) if ledger else None
     if not email:
         return None
-    return await repo.latest_campaign_row(session, email, campaign_id)
+    return await campaign_delivery.latest_row(session, email, campaign_id)
 
 
 @dataclass(frozen=True)

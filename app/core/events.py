@@ -51,12 +51,6 @@ async def record_events(session: AsyncSession, events: Sequence[NewEvent]) -> No
     )
 
 
-async def events_after(session: AsyncSession, after_id: int, limit: int = 500) -> list[Event]:
-    """Events with an id above `after_id`, oldest first: a consumer's cursor walk."""
-    query = sa.select(Event).where(Event.id > after_id).order_by(Event.id).limit(limit)
-    return list((await session.scalars(query)).all())
-
-
 async def counts_by_kind(session: AsyncSession, campaign_id: int) -> dict[str, int]:
     """Events per kind for one campaign."""
     rows = await session.execute(

@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     retry_base: float = Field(
         60, gt=0, description="Seconds before a deferred recipient is retried; doubles per try."
     )
+    retry_max: float = Field(
+        3600, gt=0, description="Longest wait, seconds, before a deferred recipient is retried."
+    )
+    max_attempts: int = Field(
+        6, ge=1, description="Submission attempts before a deferred campaign recipient fails."
+    )
     worker_batches: int = Field(4, ge=1, le=64, description="Batch jobs one worker runs at once.")
     sender_pipelining: bool = Field(
         True,

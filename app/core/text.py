@@ -13,8 +13,11 @@ MAX_ATTRIBUTES_BYTES = 64_000
 MAX_ATTRIBUTES_DEPTH = 8
 
 
-def single_line(value: str) -> str:
-    """Refuse CR, LF and NUL: a value that reaches a header must not be able to add one."""
+def require_single_line(value: str) -> str:
+    """Refuse CR, LF and NUL: a value that reaches a header must not be able to add one.
+
+    (`app.mail.rendering.replace_line_breaks` turns them into spaces instead.)
+    """
     if _LINE_BREAK_OR_NUL.search(value):
         raise ValueError("must be a single line without control characters (CR, LF or NUL)")
     return value

@@ -13,6 +13,7 @@ import hmac
 import re
 from dataclasses import dataclass
 from email.utils import parseaddr
+from enum import StrEnum
 from typing import Any
 
 from app.core.settings import Settings
@@ -22,34 +23,55 @@ _MAC_BYTES = 6
 _MESSAGE_ID = re.compile(r"^\s*<([a-z])(\d{1,18})\.([a-z2-7]{1,20})@[^<>\s]+>\s*$")
 
 
+class Kind(StrEnum):
+    """What a Message-ID or VERP address names: one letter before the row number."""
+
+    CAMPAIGN = "c"
+    """A campaign's send ledger row."""
+    MESSAGE = "m"
+    """A transactional message."""
+    TEST = "t"
+    """A campaign test send (a random number, no row)."""
+    OPTIN = "o"
+    """A double opt-in confirmation mail (a random number, no row)."""
+
+
+def _kind(letter: str) -> Kind | None:
+    try:
+        return Kind(letter)
+    except ValueError:
+        return None
+
+
 def _mac(secret: str, purpose: str, payload: str, size: int = _MAC_BYTES) -> str:
     digest = hmac.new(secret.encode(), f"{purpose}:{payload}".encode(), hashlib.sha256).digest()
     return base64.b32encode(digest[:size]).decode().rstrip("=").lower()
 
 
-def message_id(secret: str, ledger_id: int, hostname: str, kind: str = "c") -> str:
+def message_id(secret: str, ledger_id: int, hostname: str, kind: Kind) -> str:
     """`<c123.mac@host>`: unique per ledger row, the same on every resubmission."""
     return f"<{kind}{ledger_id}.{_mac(secret, 'mid', f'{kind}{ledger_id}')}@{hostname}>"
 
 
-def parse_message_id(secret: str, value: str) -> tuple[str, int] | None:
+def parse_message_id(secret: str, value: str) -> tuple[Kind, int] | None:
     """(kind, ledger id) for a genuine Warta Message-ID, None for any other or a forgery."""
     match = _MESSAGE_ID.match(value)
     if match is None:
         return None
-    kind, number, mac = match.groups()
-    if not hmac.compare_digest(mac, _mac(secret, "mid", f"{kind}{number}")):
+    letter, number, mac = match.groups()
+    kind = _kind(letter)
+    if kind is None or not hmac.compare_digest(mac, _mac(secret, "mid", f"{letter}{number}")):
         return None
     return kind, int(number)
 
 
-def verp_address(secret: str, ledger_id: int, bounce_domain: str, kind: str = "c") -> str:
+def verp_address(secret: str, ledger_id: int, bounce_domain: str, kind: Kind) -> str:
     """`bounces+c123-mac@domain`: the envelope sender that attributes a bounce to a row."""
     payload = f"{kind}{ledger_id}"
     return f"bounces+{payload}-{_mac(secret, 'verp', payload)}@{bounce_domain}"
 
 
-def parse_verp(secret: str, address: str) -> tuple[str, int] | None:
+def parse_verp(secret: str, address: str) -> tuple[Kind, int] | None:
     """(kind, ledger id) for a genuine VERP address, None for anything else or a forgery."""
     local = address.partition("@")[0]
     if not local.startswith("bounces+"):
@@ -57,9 +79,10 @@ def parse_verp(secret: str, address: str) -> tuple[str, int] | None:
     payload, _, mac = local[len("bounces+") :].partition("-")
     if len(payload) < 2 or not payload[1:].isdigit():
         return None
-    if not hmac.compare_digest(mac, _mac(secret, "verp", payload)):
+    kind = _kind(payload[0])
+    if kind is None or not hmac.compare_digest(mac, _mac(secret, "verp", payload)):
         return None
-    return payload[0], int(payload[1:])
+    return kind, int(payload[1:])
 
 
 def link_token(secret: str, purpose: str, *parts: int) -> str:

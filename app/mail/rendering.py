@@ -1,4 +1,9 @@
-"""Per-recipient rendering: a campaign compiled once, rendered for each subscriber."""
+"""Per-recipient rendering for every kind of mail: compiled once, rendered for each recipient.
+
+`compile_parts` and `render_parts` are the one render path: campaign mail (`compile_campaign`,
+`render`, with the subscriber, campaign and link context) and transactional mail
+(`app.messages.content`, with the request's data) only build the context differently.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,6 @@ from app.mail import tracking
 from app.mail.sandbox import TemplateError, environment, template_view
 from app.models import Subscriber
 
-PARTS = ("subject", "html", "text")
 MAX_VALIDATE_OUTPUT = 5_000_000  # characters per part when validating a template
 
 
@@ -32,6 +36,61 @@ class RenderError(ValueError):
     def __reduce__(self) -> tuple[type[RenderError], tuple[str, str]]:
         # arq pickles a failed job's exception; keep both arguments across that trip.
         return (type(self), (self.part, self.message))
+
+
+class OutputTooLarge(RenderError):
+    """A part renders to more characters than the caller allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledParts:
+    """A message's subject, HTML and text templates, compiled once; None for an empty body."""
+
+    subject: Template
+    html: Template | None
+    text: Template | None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    """One recipient's subject (a single line), HTML body (if any) and text body."""
+
+    subject: str
+    html: str | None
+    text: str
+
+
+def compile_parts(subject: str, html: str, text: str) -> CompiledParts:
+    """Compile the three parts; TemplateError names the part and line of a syntax error.
+
+    An empty (blank) body is None: an empty text part is derived from the HTML per recipient.
+    """
+    return CompiledParts(
+        subject=_compile(subject, "subject", html=False),
+        html=_compile(html, "html", html=True) if html.strip() else None,
+        text=_compile(text, "text", html=False) if text.strip() else None,
+    )
+
+
+def render_subject(parts: CompiledParts, context: dict[str, Any], limit: int | None = None) -> str:
+    """The subject for one recipient, on a single line (a header cannot hold a line break)."""
+    return replace_line_breaks(_render(parts.subject, "subject", context, limit))
+
+
+def render_parts(
+    parts: CompiledParts, context: dict[str, Any], subject: str, limit: int | None = None
+) -> RenderedMessage:
+    """The bodies for one recipient (after `render_subject`); without a text part, the text
+    is derived from the HTML. With `limit`, a part longer than that is OutputTooLarge."""
+    html = None if parts.html is None else _render(parts.html, "html", context, limit)
+    if parts.text is not None:
+        text = _render(parts.text, "text", context, limit)
+    else:
+        text = html_to_text(html or "")
+    return RenderedMessage(subject, html, text)
+
+
+# --- campaign mail --------------------------------------------------------------------------
 
 
 class CampaignSource(Protocol):
@@ -97,26 +156,14 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledCampaign:
+class CompiledCampaign(CompiledParts):
     """A campaign's three parts, compiled once and rendered for every recipient."""
 
     campaign: CampaignView
-    subject: Template
-    html: Template | None
-    text: Template | None
     links: tuple[str, ...] | None = None
     """The tracked links by position (unescaped), if the campaign tracks; else None."""
     raw_links: tuple[Markup, ...] = ()
     """The same links as written in the source, for renders that are not tracked."""
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedMessage:
-    """One recipient's subject (a single line), HTML body (if any) and text body."""
-
-    subject: str
-    html: str | None
-    text: str
 
 
 def compile_campaign(source: CampaignSource, *, track: bool = False) -> CompiledCampaign:
@@ -129,21 +176,22 @@ def compile_campaign(source: CampaignSource, *, track: bool = False) -> Compiled
     tracked = tracking.rewrite(html_source) if track and html_source else None
     if tracked is not None:
         html_source = tracked.html
-    html = _compile(html_source, "html", html=True) if html_source else None
-    text = _compile(source.text, "text", html=False) if source.text.strip() else None
-    if html is None and text is None:
+    parts = compile_parts(source.subject, html_source, source.text)
+    if parts.html is None and parts.text is None:
         raise TemplateError("html: the campaign has neither an HTML nor a text body")
     return CompiledCampaign(
+        subject=parts.subject,
+        html=parts.html,
+        text=parts.text,
         campaign=CampaignView(source.id, source.name, source.subject),
-        subject=_compile(source.subject, "subject", html=False),
-        html=html,
-        text=text,
         links=tracked.urls if tracked else None,
         raw_links=tuple(Markup(raw) for raw in tracked.raw) if tracked else (),  # noqa: S704
     )
 
 
-def render(compiled: CompiledCampaign, recipient: Recipient) -> RenderedMessage:
+def render(
+    compiled: CompiledCampaign, recipient: Recipient, limit: int | None = None
+) -> RenderedMessage:
     """Render all parts for one recipient; RenderError names the part that failed.
 
     The subject renders first; the HTML and text then see it as `campaign.subject`.
@@ -151,15 +199,10 @@ def render(compiled: CompiledCampaign, recipient: Recipient) -> RenderedMessage:
     context = _context(compiled.campaign, recipient)
     if compiled.links is not None:
         _add_tracking(context, compiled, recipient)
-    subject = single_line(_render(compiled.subject, "subject", context))
+    subject = render_subject(compiled, context, limit)
     base = compiled.campaign
     context["campaign"] = CampaignView(base.id, base.name, subject)
-    html = None if compiled.html is None else _render(compiled.html, "html", context)
-    if compiled.text is not None:
-        text = _render(compiled.text, "text", context)
-    else:
-        text = html_to_text(html or "")
-    return RenderedMessage(subject, html, text)
+    return render_parts(compiled, context, subject, limit)
 
 
 def validate(compiled: CompiledCampaign, sample: Recipient | None = None) -> RenderedMessage:
@@ -168,12 +211,10 @@ def validate(compiled: CompiledCampaign, sample: Recipient | None = None) -> Ren
     Output is streamed and capped, so a template that would build a huge body fails
     here with RenderError instead of exhausting the worker mid-send.
     """
-    sample = sample or sample_recipient()
-    for part in PARTS:
-        template: Template | None = getattr(compiled, part)
-        if template is not None:
-            _check_output_size(template, part, sample, compiled)
-    return render(compiled, sample)
+    try:
+        return render(compiled, sample or sample_recipient(), MAX_VALIDATE_OUTPUT)
+    except OutputTooLarge as exc:
+        raise RenderError(exc.part, f"unsafe template: {exc.message}") from None
 
 
 class UnknownAttributes(Mapping[str, Any]):
@@ -216,8 +257,11 @@ _LINE_BREAKS = dict.fromkeys(
 )
 
 
-def single_line(value: str) -> str:
-    """`value` with CR, LF and other control characters replaced by spaces, trimmed."""
+def replace_line_breaks(value: str) -> str:
+    """`value` with CR, LF and other control characters replaced by spaces, trimmed.
+
+    (`app.core.text.require_single_line` refuses such a value instead.)
+    """
     return value.translate(_LINE_BREAKS).strip()
 
 
@@ -228,11 +272,25 @@ def _compile(source: str, part: str, *, html: bool) -> Template:
         raise TemplateError(f"{part}: line {exc.lineno}: {exc.message}") from None
 
 
-def _render(template: Template, part: str, context: dict[str, Any]) -> str:
+def _render(template: Template, part: str, context: dict[str, Any], limit: int | None) -> str:
+    if limit is None:
+        try:
+            return template.render(context)
+        except Exception as exc:
+            raise _render_error(part, exc) from exc
+    chunks: list[str] = []
+    size = 0
     try:
-        return template.render(context)
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > limit:
+                raise OutputTooLarge(part, f"output exceeds {limit} characters")
+            chunks.append(chunk)
+    except RenderError:
+        raise
     except Exception as exc:
         raise _render_error(part, exc) from exc
+    return "".join(chunks)
 
 
 def _context(campaign: CampaignView, recipient: Recipient) -> dict[str, Any]:
@@ -255,27 +313,6 @@ def _add_tracking(
         context[tracking.LINKS_VAR] = compiled.raw_links
     pixel = tracking.pixel_tag(recipient.open_url) if recipient.open_url else ""
     context[tracking.PIXEL_VAR] = Markup(pixel)  # noqa: S704
-
-
-def _check_output_size(
-    template: Template, part: str, sample: Recipient, compiled: CompiledCampaign
-) -> None:
-    campaign = compiled.campaign
-    size = 0
-    try:
-        context = _context(campaign, sample)
-        if compiled.links is not None:
-            _add_tracking(context, compiled, sample)
-        for chunk in template.generate(context):
-            size += len(chunk)
-            if size > MAX_VALIDATE_OUTPUT:
-                raise RenderError(
-                    part, f"unsafe template: output exceeds {MAX_VALIDATE_OUTPUT} characters"
-                )
-    except RenderError:
-        raise
-    except Exception as exc:
-        raise _render_error(part, exc) from exc
 
 
 def _render_error(part: str, exc: Exception) -> RenderError:

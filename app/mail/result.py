@@ -1,7 +1,8 @@
 """What became of one submission to one recipient, independent of the protocol that carried it.
 
 Like Postal's `send_result`: the sender reports delivered / temporary / permanent and the
-caller decides whether to mark the ledger, retry later or record a bounce.
+caller decides whether to mark the ledger, retry later or record a bounce
+(`app.mail.retry` decides, `app.mail.recording` is what every ledger records).
 """
 
 from __future__ import annotations
@@ -12,15 +13,11 @@ from enum import StrEnum
 
 REPLY_CLASS_SUCCESS = 2
 """First digit of a positive completion reply (RFC 5321 §4.2.1)."""
-REPLY_CLASS_TRANSIENT = 4
-"""First digit of a transient negative reply: try again later."""
 REPLY_CLASS_PERMANENT = 5
 """First digit of a permanent negative reply: do not try again."""
 
 MAIL_ACTION_OK = 250
 """Requested mail action okay, completed."""
-SERVICE_NOT_AVAILABLE = 421
-"""The server is closing the connection; nothing more can be sent on it."""
 
 _ENHANCED_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 """RFC 3463 `class.subject.detail` at the start of the reply text."""

@@ -1,4 +1,9 @@
-"""A transactional message's content: Jinja in the campaign sandbox, MIME by the fast builder."""
+"""What is transactional about a message's content: the request's data as the template
+context, attachments, and the headers a message row derives (Message-ID, List-Unsubscribe).
+
+Compiling, rendering and building the MIME go through the same `app.mail` functions as
+campaign mail (`app.mail.rendering`, `app.mail.mime`).
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,23 @@ from email.utils import parseaddr
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError
-
 from app.core.errors import Invalid, TooLarge
 from app.mail import identity
-from app.mail.identity import SiteIdentity, mailbox
+from app.mail.identity import Kind, SiteIdentity, mailbox
 from app.mail.mime import Address, OutgoingMessage, build_message
-from app.mail.rendering import html_to_text, single_line
-from app.mail.sandbox import environment
+from app.mail.rendering import (
+    CompiledParts,
+    OutputTooLarge,
+    RenderedMessage,
+    RenderError,
+    compile_parts,
+    render_parts,
+    render_subject,
+)
+from app.mail.sandbox import TemplateError
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe-broadcast"
+SUBJECT_LIMIT = 998 * 4  # characters a rendered subject may have: a few header lines' worth
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +42,6 @@ class Content:
 
     subject: str
     html: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """One recipient's subject and bodies."""
-
-    subject: str
-    html: str | None
     text: str
 
 
@@ -52,8 +55,9 @@ class FileAttachment:
 
 
 @dataclass(frozen=True, slots=True)
-class Envelope:
-    """Everything but the row id that a message's bytes are built from."""
+class MessageFrame:
+    """What surrounds the rendered content of a message: its addresses, headers, attachments
+    and stream (everything but the row id and the content that its bytes are built from)."""
 
     sender: str
     recipient: str
@@ -65,51 +69,30 @@ class Envelope:
 
 
 @lru_cache(maxsize=512)
-def _compiled(source: str, part: str, html: bool) -> Template:
-    """Compile once per distinct source: an application sends the same template again and again."""
+def _compiled(subject: str, html: str, text: str) -> CompiledParts:
+    """Compile once per distinct content: an application sends the same template again and again."""
+    return compile_parts(subject, html, text)
+
+
+def compile_content(content: Content) -> CompiledParts:
+    """The compiled parts; a syntax error is a 422 before anything is stored."""
     try:
-        return environment(html).from_string(source)
-    except TemplateSyntaxError as exc:
-        raise Invalid(f"template error in {part}: line {exc.lineno}: {exc.message}") from None
+        return _compiled(content.subject, content.html, content.text)
+    except TemplateError as exc:
+        raise Invalid(f"template error in {exc}") from None
 
 
-def compile_content(content: Content) -> None:
-    """Compile every part now, so a syntax error is a 422 before anything is stored."""
-    _compiled(content.subject, "subject", False)
-    if content.html.strip():
-        _compiled(content.html, "html", True)
-    if content.text.strip():
-        _compiled(content.text, "text", False)
-
-
-def _render(source: str, part: str, html: bool, context: dict[str, Any], cap: int) -> str:
-    template = _compiled(source, part, html)
-    chunks: list[str] = []
-    size = 0
-    try:
-        for chunk in template.generate(context):
-            size += len(chunk)
-            if size > cap:
-                raise TooLarge(f"{part}: the rendered output exceeds {cap} characters")
-            chunks.append(chunk)
-    except (Invalid, TooLarge):
-        raise
-    except Exception as exc:  # undefined names, sandbox refusals, template runtime errors
-        raise Invalid(f"{part} does not render: {type(exc).__name__}: {exc}") from None
-    return "".join(chunks)
-
-
-def render(content: Content, data: dict[str, Any], to: str, cap: int) -> Rendered:
+def render(parts: CompiledParts, data: dict[str, Any], to: str, cap: int) -> RenderedMessage:
     """Render subject, HTML and text for one recipient; `data` keys are top-level names too."""
     name, address = parseaddr(to)
     context = {**data, "data": data, "to": {"email": address, "name": name}}
-    subject = single_line(_render(content.subject, "subject", False, context, 998 * 4))
-    html = _render(content.html, "html", True, context, cap) if content.html.strip() else None
-    if content.text.strip():
-        text = _render(content.text, "text", False, context, cap)
-    else:
-        text = html_to_text(html or "")
-    return Rendered(subject, html, text)
+    try:
+        subject = render_subject(parts, context, SUBJECT_LIMIT)
+        return render_parts(parts, context, subject, cap)
+    except OutputTooLarge as exc:
+        raise TooLarge(f"{exc.part}: the rendered {exc.message}") from None
+    except RenderError as exc:  # undefined names, sandbox refusals, template runtime errors
+        raise Invalid(f"{exc.part} does not render: {exc.message}") from None
 
 
 def decode_attachments(raw: list[tuple[str, str, str]], limit: int) -> tuple[FileAttachment, ...]:
@@ -134,28 +117,28 @@ def unsubscribe_url(site: SiteIdentity, message_id: int) -> str:
     return f"{site.public_url}/u/m/{token}"
 
 
-def build(site: SiteIdentity, row_id: int, envelope: Envelope, rendered: Rendered) -> bytes:
+def build(site: SiteIdentity, row_id: int, frame: MessageFrame, rendered: RenderedMessage) -> bytes:
     """The message's bytes: Message-ID and (broadcast) List-Unsubscribe derived from the row."""
-    name, address = parseaddr(envelope.recipient)
-    broadcast = envelope.broadcast
+    name, address = parseaddr(frame.recipient)
+    broadcast = frame.broadcast
     data = build_message(
         OutgoingMessage(
-            sender=mailbox(envelope.sender),
+            sender=mailbox(frame.sender),
             recipient=Address(email=address, name=name),
             subject=rendered.subject,
-            message_id=identity.message_id(site.secret, row_id, site.hostname, kind="m"),
+            message_id=identity.message_id(site.secret, row_id, site.hostname, Kind.MESSAGE),
             text=rendered.text,
             html=rendered.html,
-            reply_to=mailbox(envelope.reply_to) if envelope.reply_to else None,
+            reply_to=mailbox(frame.reply_to) if frame.reply_to else None,
             unsubscribe_url=unsubscribe_url(site, row_id) if broadcast else None,
             one_click_unsubscribe=broadcast,
-            feedback_id=envelope.feedback_id,
-            extra_headers=envelope.headers,
+            feedback_id=frame.feedback_id,
+            extra_headers=frame.headers,
         )
     )
-    if not envelope.attachments:
+    if not frame.attachments:
         return data
-    return _with_attachments(data, envelope.attachments)
+    return _with_attachments(data, frame.attachments)
 
 
 def _with_attachments(data: bytes, files: tuple[FileAttachment, ...]) -> bytes:
@@ -170,9 +153,9 @@ def _with_attachments(data: bytes, files: tuple[FileAttachment, ...]) -> bytes:
     return message.as_bytes()
 
 
-def check_buildable(site: SiteIdentity, envelope: Envelope, rendered: Rendered) -> None:
+def check_buildable(site: SiteIdentity, frame: MessageFrame, rendered: RenderedMessage) -> None:
     """Build once with a stand-in id, so a bad address or header is a 422 before anything is stored."""
     try:
-        build(site, 1, envelope, rendered)
+        build(site, 1, frame, rendered)
     except ValueError as exc:
         raise Invalid(f"the message cannot be built: {exc}") from None

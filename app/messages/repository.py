@@ -1,4 +1,5 @@
-"""Messages: claiming rows to send, recording attempts and the MTA's word, with their events."""
+"""Messages: claiming rows to send, recording attempts and the MTA's word, with their events
+(the same `record_attempts` / `record_delivery` as the campaign ledger)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audience.suppression_scopes import scopes_for
-from app.core.events import NewEvent, record_events
+from app.core.events import record_events
+from app.mail.identity import Kind
+from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
 from app.models import (
     SENDABLE_STATUSES,
     Event,
@@ -50,10 +53,12 @@ _EVENT_OF = {
     MessageStatus.deferred: EventKind.deferred,
     MessageStatus.suppressed: EventKind.suppressed,
 }
+_FINAL = frozenset({Verdict.DELIVERED, Verdict.BOUNCED, Verdict.COMPLAINED})
 
 
-# The MTA's outcome words (app/bounces/outcomes.py) as message statuses; a deferral is None.
-MTA_OUTCOMES = {"delivered": MessageStatus.delivered, "failed": MessageStatus.bounced}
+def status_of(verdict: Verdict) -> MessageStatus:
+    """A verdict as a message status: a message not sent to a suppressed address is `suppressed`."""
+    return MessageStatus.suppressed if verdict is Verdict.SKIPPED else MessageStatus(verdict.value)
 
 
 @dataclass(frozen=True)
@@ -66,16 +71,10 @@ class Claimed:
     attempts: int
     stream: MessageStream
 
-
-@dataclass(frozen=True)
-class Attempt:
-    """What one submission of a claimed message to the MTA gave."""
-
-    message_id: int
-    status: MessageStatus
-    reply: str
-    to_email: str
-    next_attempt_at: datetime | None = None
+    @property
+    def row(self) -> LedgerRow:
+        """The message as the row its attempts are recorded on."""
+        return LedgerRow(Kind.MESSAGE, self.id, self.to_email)
 
 
 async def claim(
@@ -140,15 +139,17 @@ async def suppressed_now(session: AsyncSession, claimed: Sequence[Claimed]) -> s
     }
 
 
-async def record_attempts(session: AsyncSession, token: str, attempts: Sequence[Attempt]) -> None:
-    """Write each submission's outcome, release the lease and record the events."""
+async def record_attempts(
+    session: AsyncSession, attempts: Sequence[Attempt], *, lease: str
+) -> None:
+    """Write each attempt, release the `lease` and record the events."""
     if not attempts:
         return
     table = cast(sa.Table, Message.__table__)
     now = utcnow()
     statement = (
         sa.update(table)
-        .where(table.c.id == sa.bindparam("b_id"), table.c.lease_token == token)
+        .where(table.c.id == sa.bindparam("b_id"), table.c.lease_token == lease)
         .values(
             status=sa.bindparam("b_status"),
             last_reply=sa.bindparam("b_reply"),
@@ -164,12 +165,12 @@ async def record_attempts(session: AsyncSession, token: str, attempts: Sequence[
         statement,
         [
             {
-                "b_id": item.message_id,
-                "b_status": item.status.value,
+                "b_id": item.row.row_id,
+                "b_status": status_of(item.verdict).value,
                 "b_reply": item.reply[:1000],
                 "b_next": item.next_attempt_at,
-                "b_sent": now if item.status == MessageStatus.sent else None,
-                "b_inc": 0 if item.status == MessageStatus.suppressed else 1,
+                "b_sent": now if item.verdict is Verdict.SENT else None,
+                "b_inc": 0 if item.verdict is Verdict.SKIPPED else 1,
             }
             for item in attempts
         ],
@@ -177,12 +178,7 @@ async def record_attempts(session: AsyncSession, token: str, attempts: Sequence[
     await record_events(
         session,
         [
-            NewEvent(
-                _EVENT_OF[item.status],
-                email=item.to_email,
-                message_id=item.message_id,
-                data={"reply": item.reply[:1000]},
-            )
+            item.row.event(_EVENT_OF[status_of(item.verdict)], reply=item.reply[:1000])
             for item in attempts
         ],
     )
@@ -208,21 +204,19 @@ async def due(
 
 
 async def record_delivery(
-    session: AsyncSession,
-    updates: Sequence[tuple[int, MessageStatus | None, str]],
-    *,
-    events: bool = True,
+    session: AsyncSession, deliveries: Sequence[Delivery], *, events: bool = True
 ) -> None:
-    """The MTA's word on messages: (id, final status or None for a mere deferral, reply).
+    """The later word on messages: delivered, bounced or complained replaces the status where
+    `_REPLACEABLE` allows; a deferral or a deletion only refreshes the last reply (`sent`:
+    the MTA still holds, or dropped, the message).
 
-    Same shape as `ledger.record_delivery`. A deferral keeps the status (`sent`: the MTA
-    holds the message) and refreshes the last reply; both write an event with the reply,
-    unless `events` is off (the bounce service records its own, with the class).
-    Unknown ids are ignored (a message may have been deleted).
+    With `events`, each word but a deletion is also an event (the bounce service writes its
+    own, with the class, and turns them off). Unknown ids are ignored (a message may have
+    been deleted).
     """
-    if not updates:
+    if not deliveries:
         return
-    ids = sorted({row for row, _, _ in updates})
+    ids = sorted({item.row_id for item in deliveries})
     known = {
         row[0]: (row[1], MessageStatus(row[2]))
         for row in await session.execute(
@@ -231,22 +225,24 @@ async def record_delivery(
     }
     table = cast(sa.Table, Message.__table__)
     now = utcnow()
-    facts: list[NewEvent] = []
+    facts = []
     finals: list[dict[str, Any]] = []
     replies: list[dict[str, Any]] = []
-    for row, status, reply in updates:
-        if row not in known:
+    for item in deliveries:
+        if item.row_id not in known:
             continue
-        email, current = known[row]
-        data = {"reply": reply[:1000]}
-        if status is None:
-            replies.append({"b_id": row, "b_reply": reply[:1000]})
-            facts.append(NewEvent(EventKind.deferred, email=email, message_id=row, data=data))
-            continue
-        if current in _REPLACEABLE.get(status, ()):
-            finals.append({"b_id": row, "b_status": status.value, "b_reply": reply[:1000]})
-            known[row] = (email, status)
-        facts.append(NewEvent(_EVENT_OF[status], email=email, message_id=row, data=data))
+        email, current = known[item.row_id]
+        reply = item.reply[:1000]
+        if item.verdict not in _FINAL:
+            replies.append({"b_id": item.row_id, "b_reply": reply})
+        else:
+            status = status_of(item.verdict)
+            if current in _REPLACEABLE.get(status, ()):
+                finals.append({"b_id": item.row_id, "b_status": status.value, "b_reply": reply})
+                known[item.row_id] = (email, status)
+        if item.verdict is not Verdict.DELETED:
+            row = LedgerRow(Kind.MESSAGE, item.row_id, email)
+            facts.append(row.event(_EVENT_OF[status_of(item.verdict)], reply=reply))
     by_id = table.c.id == sa.bindparam("b_id")
     if finals:
         await session.execute(
@@ -266,6 +262,16 @@ async def record_delivery(
         )
     if events:
         await record_events(session, facts)
+
+
+async def ledger_rows(session: AsyncSession, ids: Sequence[int]) -> dict[int, LedgerRow]:
+    """Messages by id, as the rows reports and events name."""
+    if not ids:
+        return {}
+    rows = await session.execute(
+        sa.select(Message.id, Message.to_email).where(Message.id.in_(sorted(set(ids))))
+    )
+    return {int(row_id): LedgerRow(Kind.MESSAGE, int(row_id), email) for row_id, email in rows}
 
 
 async def timeline(session: AsyncSession, message_id: int) -> list[Event]:

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
 
 from app.core.jobs import MESSAGE_JOB_SIZE
 from app.mail import identity
 from app.mail.context import EngineContext
-from app.mail.result import Outcome, SendResult
+from app.mail.identity import Kind
+from app.mail.recording import Attempt, SendReport, Verdict
+from app.mail.retry import RetryPolicy
 from app.messages import repository
-from app.messages.repository import Attempt, Claimed
-from app.models import MessageStatus, utcnow
+from app.models import utcnow
 
 LEASE = timedelta(minutes=5)
 STRAGGLER_AGE = timedelta(seconds=5)
@@ -28,23 +28,13 @@ BATCH = MESSAGE_JOB_SIZE  # a job also takes other queued messages, up to this m
 SUPPRESSED_AT_SEND = "not sent: the address was suppressed after the message was accepted"
 
 
-@dataclass
-class MessagesReport:
-    """What one job did."""
-
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    skipped: int = 0
-
-
-async def send_messages(engine: EngineContext, message_ids: list[int]) -> MessagesReport:
+async def send_messages(engine: EngineContext, message_ids: list[int]) -> SendReport:
     """Send the due messages among `message_ids`, and other queued ones up to BATCH in all.
 
     Under a burst, the first job sends what later jobs were enqueued for; those find their
     rows taken (or sent) and return at once.
     """
-    report = MessagesReport()
+    report = SendReport()
     token = secrets.token_hex(8)
     async with engine.sessionmaker() as session:
         claimed = await repository.claim(
@@ -52,19 +42,14 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> Messag
         )
         await session.commit()
         blocked = await repository.suppressed_now(session, claimed)
-    report.skipped = len(set(message_ids) - {row.id for row in claimed}) + len(blocked)
+    report.skipped = len(set(message_ids) - {row.id for row in claimed})
     if blocked:
-        async with engine.sessionmaker() as session:
-            await repository.record_attempts(
-                session,
-                token,
-                [
-                    Attempt(row.id, MessageStatus.suppressed, SUPPRESSED_AT_SEND, row.to_email)
-                    for row in claimed
-                    if row.id in blocked
-                ],
-            )
-            await session.commit()
+        skipped = [
+            Attempt(row.row, Verdict.SKIPPED, SUPPRESSED_AT_SEND)
+            for row in claimed
+            if row.id in blocked
+        ]
+        await _record(engine, skipped, token, report)
         claimed = [row for row in claimed if row.id not in blocked]
     if not claimed:
         return report
@@ -74,36 +59,31 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> Messag
     results = await asyncio.gather(
         *(
             sender.send_one(
-                identity.verp_address(secret, row.id, settings.bounce_domain, kind="m"),
+                identity.verp_address(secret, row.id, settings.bounce_domain, Kind.MESSAGE),
                 row.to_email,
                 row.mime,
             )
             for row in claimed
         )
     )
+    policy = RetryPolicy.for_messages(settings)
+    now = utcnow()
     attempts = [
-        _attempt(engine, row, result, report) for row, result in zip(claimed, results, strict=True)
+        policy.judge(row.row, row.attempts, result, now)
+        for row, result in zip(claimed, results, strict=True)
     ]
-    async with engine.sessionmaker() as session:
-        await repository.record_attempts(session, token, attempts)
-        await session.commit()
+    await _record(engine, attempts, token, report)
     return report
 
 
-def _attempt(
-    engine: EngineContext, row: Claimed, result: SendResult, report: MessagesReport
-) -> Attempt:
-    reply = result.describe()
-    if result.outcome is Outcome.DELIVERED:
-        report.sent += 1
-        return Attempt(row.id, MessageStatus.sent, reply, row.to_email)
-    settings = engine.settings
-    if result.outcome is Outcome.TEMPORARY and row.attempts + 1 < settings.message_max_attempts:
-        report.deferred += 1
-        wait = timedelta(seconds=settings.message_retry_base * 2**row.attempts)
-        return Attempt(row.id, MessageStatus.deferred, reply, row.to_email, utcnow() + wait)
-    report.failed += 1
-    return Attempt(row.id, MessageStatus.failed, reply, row.to_email)
+async def _record(
+    engine: EngineContext, attempts: list[Attempt], lease: str, report: SendReport
+) -> None:
+    for attempt in attempts:
+        report.count(attempt.verdict)
+    async with engine.sessionmaker() as session:
+        await repository.record_attempts(session, attempts, lease=lease)
+        await session.commit()
 
 
 async def due_messages(engine: EngineContext) -> list[int]:

@@ -16,6 +16,8 @@ from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity, templates
 from app.mail.identity import SiteIdentity
+from app.mail.recording import Delivery, LedgerRow
+from app.mail.rendering import RenderedMessage
 from app.messages import content, repository
 from app.models import (
     Event,
@@ -75,8 +77,8 @@ class Prepared:
     """A validated, rendered request, ready to be stored."""
 
     request: MessageRequest
-    envelope: content.Envelope
-    recipients: list[tuple[str, str, content.Rendered]]
+    frame: content.MessageFrame
+    recipients: list[tuple[str, str, RenderedMessage]]
     """(mailbox as given, normalised address, rendered content)"""
 
 
@@ -93,14 +95,13 @@ async def prepare(
     With `dry_build`, also build the first message with a stand-in id, so that a bad address
     or header fails this request alone (a batch item) rather than `store`, which fails all.
     """
-    source = await _content(session, request)
-    content.compile_content(source)
+    parts = content.compile_content(await _content(session, request))
     files = content.decode_attachments(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
         settings.message_max_attachment_bytes,
     )
     tag = request.tags[0] if request.tags else "api"
-    envelope = content.Envelope(
+    frame = content.MessageFrame(
         sender=request.from_,
         recipient="",
         reply_to=request.reply_to,
@@ -111,14 +112,14 @@ async def prepare(
     )
     recipients = []
     for mailbox in request.recipients():
-        rendered = content.render(source, request.data, mailbox, settings.message_max_bytes)
+        rendered = content.render(parts, request.data, mailbox, settings.message_max_bytes)
         recipients.append((mailbox, _address(mailbox), rendered))
     if dry_build:
         first = recipients[0]
         content.check_buildable(
-            site, dataclasses.replace(envelope, recipient=first[0], attachments=()), first[2]
+            site, dataclasses.replace(frame, recipient=first[0], attachments=()), first[2]
         )
-    return Prepared(request, envelope, recipients)
+    return Prepared(request, frame, recipients)
 
 
 def _address(mailbox: str) -> str:
@@ -181,9 +182,9 @@ async def store(
                     NewEvent(EventKind.suppressed, row.to_email, message_id=row.id, data=data)
                 )
                 continue
-            envelope = dataclasses.replace(item.envelope, recipient=mailbox)
+            frame = dataclasses.replace(item.frame, recipient=mailbox)
             try:
-                mime = content.build(site, row.id, envelope, rendered)
+                mime = content.build(site, row.id, frame, rendered)
             except ValueError as exc:
                 raise Invalid(f"the message cannot be built: {exc}") from None
             if len(mime) > settings.message_max_bytes:
@@ -298,3 +299,15 @@ async def unsubscribe_broadcast(session: AsyncSession, message: Message) -> None
 async def timeline(session: AsyncSession, message_id: int) -> list[Event]:
     """What happened to one message, oldest first."""
     return await repository.timeline(session, message_id)
+
+
+async def ledger_rows(session: AsyncSession, ids: Sequence[int]) -> dict[int, LedgerRow]:
+    """Messages by id, as the rows a report or a delivery names."""
+    return await repository.ledger_rows(session, ids)
+
+
+async def record_delivery(
+    session: AsyncSession, deliveries: Sequence[Delivery], *, events: bool = True
+) -> None:
+    """Record the MTA's or a report's word on messages (see `repository.record_delivery`)."""
+    await repository.record_delivery(session, deliveries, events=events)

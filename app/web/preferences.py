@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from app.audience import preferences as service
 from app.audience.unsubscribe import subscriber_for
 from app.core.http import SessionDep, SettingsDep
-from app.core.text import single_line
+from app.core.text import require_single_line
 from app.models import Subscriber
 from app.web import forms, pages
 
@@ -77,7 +77,7 @@ async def save(
         return pages.expired_form()
     raw_name = forms.text(form, "name").strip()
     try:
-        name = single_line(raw_name)
+        name = require_single_line(raw_name)
     except ValueError:
         name = None
     if name is None or len(name) > MAX_NAME:

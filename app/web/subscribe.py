@@ -16,7 +16,7 @@ from app.core.addresses import InvalidAddress, normalize_address
 from app.core.http import SessionDep, SettingsDep
 from app.core.jobs import enqueue_optin
 from app.core.ratelimit import RateLimiter
-from app.core.text import single_line
+from app.core.text import require_single_line
 from app.models import MailingList, OptIn
 from app.web import forms, pages
 
@@ -96,7 +96,7 @@ async def subscribe(
     error, address = "", ""
     try:
         address = normalize_address(email)
-        name = single_line(name)
+        name = require_single_line(name)
     except InvalidAddress as exc:
         error = f"Please check the address: {exc}."
     except ValueError:

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core import api_keys
 from app.core.settings import Settings
 from app.mail import identity
+from app.mail.identity import Kind
 from app.models import Send, SendStatus, Subscriber
 from tests.helpers.api import create_campaign, post_json
 
@@ -34,7 +35,9 @@ async def test_webhook_bounce_by_message_id_is_attributed_and_acted_on(
     client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
     campaign, row = await _ledger_row(client, sessionmaker, "gone@example.com")
-    message_id = identity.message_id(settings.effective_secret_key(), row, settings.mta_hostname)
+    message_id = identity.message_id(
+        settings.effective_secret_key(), row, settings.mta_hostname, Kind.CAMPAIGN
+    )
     created = await post_json(
         client,
         "/api/v1/bounces",
@@ -110,7 +113,7 @@ async def test_list_is_cursor_paginated_and_filtered(client: httpx.AsyncClient) 
 async def test_bad_input_gets_problem_documents_and_stores_nothing(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    forged = identity.message_id("another-secret", 1, settings.mta_hostname)
+    forged = identity.message_id("another-secret", 1, settings.mta_hostname, Kind.CAMPAIGN)
     cases = [
         ({}, 422),
         ({"email": "not-an-address"}, 422),
@@ -128,7 +131,9 @@ async def test_bad_input_gets_problem_documents_and_stores_nothing(
         assert response.status_code == status, (body, response.text)
         assert response.headers["content-type"].startswith("application/problem+json")
     # A well-signed Message-ID for a row that does not exist.
-    unknown = identity.message_id(settings.effective_secret_key(), 424242, settings.mta_hostname)
+    unknown = identity.message_id(
+        settings.effective_secret_key(), 424242, settings.mta_hostname, Kind.CAMPAIGN
+    )
     response = await client.post(
         "/api/v1/bounces", json={"email": "a@example.com", "message_id": unknown}
     )

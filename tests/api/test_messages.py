@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.address_hash import hashed_address
 from app.core.settings import Settings
 from app.mail import identity
+from app.mail.identity import Kind
 from app.models import Event, IdempotencyKey, Message, Suppression, utcnow
 from tests.helpers.api import post_json
 
@@ -51,7 +52,7 @@ async def test_a_message_is_stored_built_and_queued(
     assert parsed["Subject"] == "Receipt 42"
     assert parsed["To"] == "Bob <bob@example.com>"
     assert parsed["Message-ID"] == identity.message_id(
-        settings.secret_key, row.id, settings.mta_hostname, kind="m"
+        settings.secret_key, row.id, settings.mta_hostname, Kind.MESSAGE
     )
     assert parsed["List-Unsubscribe"] is None  # transactional stream
     body = parsed.get_body(("html",))

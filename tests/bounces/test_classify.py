@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.bounces.classify import BounceClass, Classifier, RulesError, Severity, split_reply
+from app.bounces.classify import BounceClass, BounceRulesError, Classifier, Severity, split_reply
 
 RULES = Classifier.load()
 
@@ -97,6 +97,6 @@ def test_a_broken_rules_file_is_refused_with_its_name(
 ) -> None:
     extra = tmp_path / "rules.toml"
     extra.write_text(content)
-    with pytest.raises(RulesError, match=r"rules\.toml") as info:
+    with pytest.raises(BounceRulesError, match=r"rules\.toml") as info:
         Classifier.load(extra)
     assert message in str(info.value)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.events import counts_by_kind
 from app.core.settings import Settings
 from app.mail import identity
+from app.mail.identity import Kind
 from app.models import (
     Bounce,
     Send,
@@ -285,7 +286,7 @@ async def test_forged_unknown_foreign_and_oversized_reports_change_nothing(
     row = rows["target@example.com"]
     genuine = _received(remote[1])["target@example.com"].mail_from
     message_id = identity.message_id(
-        mta_settings.effective_secret_key(), row.id, mta_settings.mta_hostname
+        mta_settings.effective_secret_key(), row.id, mta_settings.mta_hostname, Kind.CAMPAIGN
     )
 
     # A report for another domain is refused at RCPT.
@@ -298,7 +299,7 @@ async def test_forged_unknown_foreign_and_oversized_reports_change_nothing(
     assert (await _deliver_report(mta_settings, forged, report))[0] == 250
     # A well-signed token for a row that does not exist.
     unknown = identity.verp_address(
-        mta_settings.effective_secret_key(), 999_999, "bounces.warta.example"
+        mta_settings.effective_secret_key(), 999_999, "bounces.warta.example", Kind.CAMPAIGN
     )
     report = dsn(unknown, "target@example.com", "550 5.1.1 user unknown", "<a@b>")
     assert (await _deliver_report(mta_settings, unknown, report))[0] == 250

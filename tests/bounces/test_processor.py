@@ -17,6 +17,7 @@ from app.bounces.processor import LEASE, ReportProcessor
 from app.bounces.service import Policy
 from app.core.settings import Settings
 from app.mail import identity
+from app.mail.identity import Kind
 from app.models import Bounce, Campaign, MailingList, Send, SendStatus
 from tests.helpers.reports import dsn
 from workers.mta.inbound import InboundStore
@@ -80,7 +81,7 @@ async def test_two_processors_handle_each_report_once(
     store = InboundStore(tmp_path / "inbound")
     secret = settings.effective_secret_key()
     for send in sends:
-        verp = identity.verp_address(secret, send.id, settings.bounce_domain)
+        verp = identity.verp_address(secret, send.id, settings.bounce_domain, Kind.CAMPAIGN)
         await store.store("", [verp], dsn(verp, send.email, "552 5.2.2 mailbox full", "<x@y>"))
     first = _processor(settings, sessionmaker, tmp_path / "inbound")
     second = _processor(settings, sessionmaker, tmp_path / "inbound")
@@ -100,7 +101,7 @@ async def test_a_stale_claim_is_taken_over_and_a_fresh_one_is_left_alone(
     cur = tmp_path / "inbound" / "cur"
     processor = _processor(settings, sessionmaker, tmp_path / "inbound")
     for name, send in (("stale", stale_send), ("fresh", fresh_send)):
-        verp = identity.verp_address(secret, send.id, settings.bounce_domain)
+        verp = identity.verp_address(secret, send.id, settings.bounce_domain, Kind.CAMPAIGN)
         report = dsn(verp, send.email, "550 5.1.1 no such user", "<x@y>")
         (cur / f"{name}:2,").write_bytes(f"X-Warta-Rcpt-To: {verp}\r\n".encode() + report)
     old = time.time() - LEASE - 60

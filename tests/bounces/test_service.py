@@ -11,10 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audience import suppressions
 from app.audience.subscribers import add_confirmed
-from app.bounces import repository as repo
 from app.bounces import service as bounces
 from app.bounces.classify import classifier
 from app.core.settings import Settings
+from app.mail.recording import LedgerRow
 from app.models import (
     Bounce,
     Campaign,
@@ -31,13 +31,14 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
+from campaigns import delivery
 
 DAY1 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
 
 async def _campaign(
     sessionmaker: async_sessionmaker[AsyncSession], recipients: int, sent_at: datetime
-) -> tuple[int, list[repo.LedgerRow]]:
+) -> tuple[int, list[LedgerRow]]:
     """A running campaign with `recipients` sent ledger rows."""
     async with sessionmaker() as session:
         mailing_list = MailingList(name="news")
@@ -63,7 +64,7 @@ async def _campaign(
             for email in emails
         )
         await session.commit()
-        rows = await repo.campaign_rows(
+        rows = await delivery.ledger_rows(
             session,
             list(
                 (
@@ -76,7 +77,7 @@ async def _campaign(
         return campaign.id, sorted(rows.values(), key=lambda row: row.row_id)
 
 
-def _fact(row: repo.LedgerRow, reply: str, source: str = "dsn") -> bounces.Fact:
+def _fact(row: LedgerRow, reply: str, source: str = "dsn") -> bounces.Fact:
     return bounces.Fact(row.email, source, classifier().classify(reply), reply, reply, row)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.mail.identity import Kind
+from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
 from app.models import Campaign, Send, SendStatus
 from campaigns import ledger
 from tests.helpers.seeding import seed_campaign
@@ -17,7 +19,12 @@ async def test_the_mtas_final_word_survives_the_engines_later_sent(
     async with sessionmaker() as session:
         campaign = await session.get_one(Campaign, campaign_id)
         await ledger.freeze_audience(session, campaign)
-        ids = list((await session.scalars(sa.select(Send.id).order_by(Send.id))).all())
+        sends = (await session.scalars(sa.select(Send).order_by(Send.id))).all()
+        ids = [send.id for send in sends]
+        rows = [
+            LedgerRow(Kind.CAMPAIGN, send.id, send.email, campaign_id, send.subscriber_id)
+            for send in sends
+        ]
         await ledger.mark_sending(session, ids)
         await session.commit()
     # The MTA delivers and bounces within milliseconds, before the batch writes `sent`.
@@ -25,14 +32,14 @@ async def test_the_mtas_final_word_survives_the_engines_later_sent(
         await ledger.record_delivery(
             session,
             [
-                (ids[0], SendStatus.delivered, "250 2.0.0 ok from mx"),
-                (ids[1], SendStatus.bounced, "550 5.1.1 no such user"),
+                Delivery(ids[0], Verdict.DELIVERED, "250 2.0.0 ok from mx"),
+                Delivery(ids[1], Verdict.BOUNCED, "550 5.1.1 no such user"),
             ],
         )
         await session.commit()
     async with sessionmaker() as session:
-        await ledger.record(
-            session, [ledger.Outcome(row, SendStatus.sent, "250 queued as X") for row in ids]
+        await ledger.record_attempts(
+            session, [Attempt(row, Verdict.SENT, "250 queued as X") for row in rows]
         )
         await session.commit()
     async with sessionmaker() as session:

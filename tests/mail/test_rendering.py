@@ -17,8 +17,8 @@ from app.mail.rendering import (
     compile_campaign,
     html_to_text,
     render,
+    replace_line_breaks,
     sample_recipient,
-    single_line,
     validate,
 )
 from app.mail.sandbox import TemplateError, environment
@@ -130,7 +130,7 @@ def test_subject_is_a_single_line() -> None:
     campaign = compiled(subject="Hi {{ subscriber.name }}\n")
     rendered = render(campaign, recipient("Jane\r\nBcc: victim@example.com\x00\u2028x"))
     assert rendered.subject == "Hi Jane  Bcc: victim@example.com  x"
-    assert single_line(" a\tb\x0b\x85c\n") == "a\tb  c"
+    assert replace_line_breaks(" a\tb\x0b\x85c\n") == "a\tb  c"
 
 
 def test_syntax_errors_name_part_and_line() -> None:

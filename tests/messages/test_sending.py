@@ -13,6 +13,8 @@ from app.core.ratelimit import RateLimiter
 from app.core.settings import Settings
 from app.mail import identity
 from app.mail.context import EngineContext
+from app.mail.identity import Kind
+from app.mail.recording import Delivery, Verdict
 from app.mail.sender import SmtpSender
 from app.messages import repository
 from app.messages.sending import send_messages
@@ -56,12 +58,12 @@ async def test_a_message_reaches_the_mta_with_its_identity(
     (received,) = sink[1].snapshot()
     secret = engine_settings.secret_key
     assert received.mail_from == identity.verp_address(
-        secret, message_id, engine_settings.bounce_domain, kind="m"
+        secret, message_id, engine_settings.bounce_domain, Kind.MESSAGE
     )
-    assert identity.parse_verp(secret, received.mail_from) == ("m", message_id)
+    assert identity.parse_verp(secret, received.mail_from) == (Kind.MESSAGE, message_id)
     assert received.rcpt_tos == ("alice@example.com",)
     assert received.message_id == identity.message_id(
-        secret, message_id, engine_settings.mta_hostname, kind="m"
+        secret, message_id, engine_settings.mta_hostname, Kind.MESSAGE
     )
     shown = await _status(api, message_id)
     assert [e["kind"] for e in shown["events"]] == ["queued", "sent"]
@@ -172,11 +174,11 @@ async def test_record_delivery_moves_status_and_writes_the_timeline(
         await repository.record_delivery(
             session,
             [
-                (a, None, "451 4.2.0 mailbox busy"),
-                (a, MessageStatus.delivered, "250 2.0.0 queued as X"),
-                (b, MessageStatus.bounced, "550 5.1.1 unknown user"),
-                (b, MessageStatus.delivered, "250 late success is ignored"),
-                (10**9, MessageStatus.delivered, "unknown id is ignored"),
+                Delivery(a, Verdict.DEFERRED, "451 4.2.0 mailbox busy"),
+                Delivery(a, Verdict.DELIVERED, "250 2.0.0 queued as X"),
+                Delivery(b, Verdict.BOUNCED, "550 5.1.1 unknown user"),
+                Delivery(b, Verdict.DELIVERED, "250 late success is ignored"),
+                Delivery(10**9, Verdict.DELIVERED, "unknown id is ignored"),
             ],
         )
         await session.commit()

@@ -8,12 +8,14 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, StringConstraints
 
 from app.api.schemas.common import Address, DbId, ReadModel, Strict
-from app.core.text import no_nul, single_line
+from app.core.text import no_nul, require_single_line
 
 EnhancedStatus = Annotated[str, StringConstraints(pattern=r"^[245]\.\d{1,3}\.\d{1,3}$")]
 Diagnostic = Annotated[str, StringConstraints(max_length=2000), AfterValidator(no_nul)]
 MessageIdHeader = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=998), AfterValidator(single_line)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=998),
+    AfterValidator(require_single_line),
 ]
 FeedbackType = Annotated[str, StringConstraints(pattern=r"^[a-z-]{1,32}$")]
 

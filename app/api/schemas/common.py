@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.core.addresses import normalize_address
-from app.core.text import check_attributes, no_nul, single_line
+from app.core.text import check_attributes, no_nul, require_single_line
 
 
 class Strict(BaseModel):
@@ -24,7 +24,7 @@ class ReadModel(BaseModel):
 
 
 def _mailbox(value: str) -> str:
-    single_line(value)
+    require_single_line(value)
     parsed = getaddresses([value])
     name, address = parsed[0] if len(parsed) == 1 else ("", "")
     if not address or "," in value.replace(f'"{name}"', ""):
@@ -37,13 +37,15 @@ DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(single_line),
+    AfterValidator(require_single_line),
 ]
 OptionalName = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(single_line)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=200),
+    AfterValidator(require_single_line),
 ]
 Description = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(no_nul)]
-HeaderText = Annotated[str, StringConstraints(max_length=998), AfterValidator(single_line)]
+HeaderText = Annotated[str, StringConstraints(max_length=998), AfterValidator(require_single_line)]
 Body = Annotated[str, StringConstraints(max_length=500_000), AfterValidator(no_nul)]
 Address = Annotated[str, StringConstraints(max_length=320), AfterValidator(normalize_address)]
 Mailbox = Annotated[str, StringConstraints(max_length=400), AfterValidator(_mailbox)]

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from app.api.schemas.common import Attributes, Body, DbId, Mailbox, ReadModel
-from app.core.text import single_line
+from app.core.text import require_single_line
 from app.mail.mime import RESERVED_HEADERS
 from app.models import MessageStatus, MessageStream
 
@@ -62,7 +62,7 @@ def _headers(value: dict[str, str]) -> dict[str, str]:
         if lowered in seen:
             raise ValueError(f"header {name!r} is given twice")
         seen.add(lowered)
-        single_line(text)
+        require_single_line(text)
         if len(text) > 998:
             raise ValueError(f"header {name!r} is longer than 998 characters")
     return value

@@ -8,10 +8,10 @@ from typing import Annotated
 from pydantic import AfterValidator, StringConstraints
 
 from app.api.schemas.common import Address, ReadModel, Strict
-from app.core.text import single_line
+from app.core.text import require_single_line
 from app.models import SuppressionScope
 
-Reason = Annotated[str, StringConstraints(max_length=500), AfterValidator(single_line)]
+Reason = Annotated[str, StringConstraints(max_length=500), AfterValidator(require_single_line)]
 
 
 class SuppressionCreate(Strict):

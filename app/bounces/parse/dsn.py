@@ -16,7 +16,7 @@ DELAYED_ACTIONS = frozenset({"delayed"})
 
 
 @dataclass(frozen=True)
-class RecipientStatus:
+class DsnRecipient:
     """One recipient block of a DSN (or what a non-standard bounce says about a recipient)."""
 
     final_recipient: str
@@ -43,7 +43,7 @@ class DeliveryReport:
     """A parsed DSN: per-recipient status and the returned original's headers."""
 
     reporting_mta: str
-    recipients: list[RecipientStatus]
+    recipients: list[DsnRecipient]
     original: Message | None
 
 
@@ -82,13 +82,13 @@ def _blocks(part: Message) -> list[Message]:
     return [parser.parsestr(chunk) for chunk in chunks[: MAX_RECIPIENTS + 1]]
 
 
-def _recipient(block: Message) -> RecipientStatus | None:
+def _recipient(block: Message) -> DsnRecipient | None:
     final = address_field(header(block, "Final-Recipient"))
     original = address_field(header(block, "Original-Recipient"))
     if not final and not original:
         return None
     status = header(block, "Status", 32).split(" ")[0] if header(block, "Status") else ""
-    return RecipientStatus(
+    return DsnRecipient(
         final_recipient=final or original,
         original_recipient=original,
         action=header(block, "Action", 32).lower(),

@@ -12,7 +12,7 @@ from email.message import Message
 
 from flufl.bounce import all_failures
 
-from app.bounces.parse.dsn import RecipientStatus
+from app.bounces.parse.dsn import DsnRecipient
 from app.bounces.parse.mime import parts, text_of, too_many_parts
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ _REPLY_LINE = re.compile(r"\b([245]\d\d)[ -]+(?:#?\(?([245]\.\d{1,3}\.\d{1,3})\)
 _STATUS_ONLY = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b.*")
 
 
-def scan(message: Message) -> list[RecipientStatus]:
+def scan(message: Message) -> list[DsnRecipient]:
     """Failed (and delayed) recipients of a non-standard bounce; [] if none is recognised."""
     if too_many_parts(message):
         return []  # the detectors walk every part: a MIME bomb would cost seconds
@@ -71,7 +71,7 @@ def _body(message: Message) -> str:
     return "\n".join(texts)[:MAX_BODY]
 
 
-def _status(address: str, body: str, action: str) -> RecipientStatus:
+def _status(address: str, body: str, action: str) -> DsnRecipient:
     """The recipient with the first reply line after its mention (or anywhere) as diagnostic."""
     lower = body.lower()
     start = lower.find(address)
@@ -86,5 +86,5 @@ def _status(address: str, body: str, action: str) -> RecipientStatus:
                     (g for g in match.groups() if g and "." in g),
                     "",
                 )
-                return RecipientStatus(address, action=action, status=status, diagnostic=line)
-    return RecipientStatus(address, action=action)
+                return DsnRecipient(address, action=action, status=status, diagnostic=line)
+    return DsnRecipient(address, action=action)

@@ -11,7 +11,7 @@ from email.message import Message
 
 from app.bounces.parse.arf import FeedbackReport, parse_arf
 from app.bounces.parse.autoreply import is_auto_reply
-from app.bounces.parse.dsn import RecipientStatus, parse_dsn
+from app.bounces.parse.dsn import DsnRecipient, parse_dsn
 from app.bounces.parse.fallback import scan
 from app.bounces.parse.mime import (
     MAX_REPORT_BYTES,
@@ -43,7 +43,7 @@ class Report:
     """A parsed inbound message."""
 
     kind: ReportKind
-    recipients: list[RecipientStatus] = field(default_factory=list)
+    recipients: list[DsnRecipient] = field(default_factory=list)
     """For DSNs and bounces: per-recipient status (failed or delayed)."""
     feedback: FeedbackReport | None = None
     original: Message | None = None
@@ -51,7 +51,7 @@ class Report:
     defects: int = 0
 
     @property
-    def failures(self) -> list[RecipientStatus]:
+    def failures(self) -> list[DsnRecipient]:
         """Recipients the message will not reach."""
         return [item for item in self.recipients if item.failed]
 
