@@ -4,6 +4,9 @@ happened — for every recipient, on disk and (through an outcome sink) in the s
 
 A delivery reads as named steps: `_deliver` → `_deliver_domain` (route, shape, sign,
 transport) → `_settle` (remove, retry later, or expire).
+
+The agent hears of each message from the spool's committer (not from the SMTP session,
+which may be gone by then).
 """
 
 from __future__ import annotations
@@ -85,16 +88,34 @@ class DeliveryAgent:
         self.wants_dsn = wants_dsn
         self.stats = AgentStats()
         self._due: list[tuple[float, str, Envelope]] = []
+        # What the agent holds: queue ids in `_due`, and those being delivered right now.
+        self._scheduled: set[str] = set()
+        self._in_flight: set[str] = set()
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
         self._drops: dict[str, tuple[bool, str]] = {}
+        spool.add_listener(self.schedule)
 
     def schedule(self, envelope: Envelope) -> None:
-        """Queue an envelope for delivery at its `next_attempt_at`."""
+        """Queue an envelope for delivery at its `next_attempt_at`, unless already held.
+
+        The spool calls it for every commit; a message the agent already holds (scheduled
+        or being delivered) is left as it is, so a second call never delivers it twice.
+        """
+        if self.holds(envelope.queue_id):
+            return
+        self._push(envelope)
+
+    def holds(self, queue_id: str) -> bool:
+        """Whether the message is in the schedule or being delivered."""
+        return queue_id in self._scheduled or queue_id in self._in_flight
+
+    def _push(self, envelope: Envelope) -> None:
         if envelope.queue_id in self._drops:  # asked for while it was in flight: do it now
             envelope.next_attempt_at = self.clock()
         heapq.heappush(self._due, (envelope.next_attempt_at, envelope.queue_id, envelope))
+        self._scheduled.add(envelope.queue_id)
         self._wakeup.set()
 
     def start(self) -> None:
@@ -152,7 +173,12 @@ class DeliveryAgent:
             if candidate == queue_id:
                 del self._due[index]
                 heapq.heapify(self._due)
-                await self._drop(envelope, bounce=bounce, reason=reason)
+                self._scheduled.discard(queue_id)
+                self._in_flight.add(queue_id)  # held until removed
+                try:
+                    await self._drop(envelope, bounce=bounce, reason=reason)
+                finally:
+                    self._in_flight.discard(queue_id)
                 return True
         if self.spool.envelope_path(queue_id).exists():
             self._drops[queue_id] = (bounce, reason)
@@ -174,21 +200,30 @@ class DeliveryAgent:
             envelope = await self._next()
             if envelope is None:
                 continue
-            if envelope.queue_id in self._drops:
-                bounce, reason = self._drops.pop(envelope.queue_id)
-                await self._drop(envelope, bounce=bounce, reason=reason)
-                continue
             try:
-                await self._deliver(envelope)
-            except Exception:  # a bug must defer one message, never stop the agent
-                logger.exception("delivery of %s failed unexpectedly", envelope.queue_id)
-                envelope.next_attempt_at = self.clock() + self.retry.minimum
-                await self.spool.update(envelope)
-                self.schedule(envelope)
+                await self._attempt(envelope)
+            finally:
+                self._in_flight.discard(envelope.queue_id)
+
+    async def _attempt(self, envelope: Envelope) -> None:
+        if envelope.queue_id in self._drops:
+            bounce, reason = self._drops.pop(envelope.queue_id)
+            await self._drop(envelope, bounce=bounce, reason=reason)
+            return
+        try:
+            await self._deliver(envelope)
+        except Exception:  # a bug must defer one message, never stop the agent
+            logger.exception("delivery of %s failed unexpectedly", envelope.queue_id)
+            envelope.next_attempt_at = self.clock() + self.retry.minimum
+            await self.spool.update(envelope)
+            self._push(envelope)
 
     async def _next(self) -> Envelope | None:
         if self._due and self._due[0][0] <= self.clock():
-            return heapq.heappop(self._due)[2]
+            envelope = heapq.heappop(self._due)[2]
+            self._scheduled.discard(envelope.queue_id)
+            self._in_flight.add(envelope.queue_id)
+            return envelope
         wait = min(self._due[0][0] - self.clock(), 1.0) if self._due else 1.0
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
@@ -305,7 +340,7 @@ class DeliveryAgent:
             attempt, minimum=self.retry.minimum, maximum=self.retry.maximum
         )
         await self.spool.update(envelope)
-        self.schedule(envelope)
+        self._push(envelope)
         return failures
 
     async def _notify(self, envelope: Envelope, failures: list[Failure], original: bytes) -> None:
@@ -318,8 +353,7 @@ class DeliveryAgent:
             received_at=envelope.received_at,
         )
         notice = Envelope(mail_from="", recipients=[envelope.mail_from], message_id=message_id)
-        await self.spool.accept(notice, dsn)
-        self.schedule(notice)
+        await self.spool.accept(notice, dsn)  # its commit schedules it (see `schedule`)
 
     async def _report(self, envelope: Envelope, recipient: str, outcome: str, reply: str) -> None:
         if self.outcomes is not None:

@@ -106,7 +106,6 @@ class MtaService:
             spool,
             Networks.parse(settings.mta_trusted_networks),
             settings.mta_max_recipients,
-            on_queued=agent.schedule,
             shared=SharedMessageIds(redis, settings.mta_dedupe_window, instance_name())
             if redis is not None
             else None,

@@ -1,0 +1,136 @@
+"""The delivery agent delivers every message the spool commits, whatever becomes of the
+SMTP session that submitted it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections import Counter
+
+from redis.asyncio import Redis
+
+from app.core.settings import Settings
+from tests.helpers.api import eventually
+from tests.helpers.sinks import SinkHandler
+from workers.mta.dedupe import SharedMessageIds
+from workers.mta.service import MtaService
+
+SESSIONS = 24
+"""Clients that vanish mid-transaction: even ones close (FIN), odd ones reset (RST)."""
+
+
+def _message_id(n: int) -> str:
+    return f"<vanish-{n}@warta.example>"
+
+
+def _message(n: int) -> bytes:
+    return (
+        f"From: news@example.com\r\nTo: r{n}@example.com\r\nSubject: {n}\r\n"
+        f"Message-ID: {_message_id(n)}\r\n\r\nHello {n}\r\n"
+    ).encode()
+
+
+async def _reply(reader: asyncio.StreamReader) -> str:
+    """One (possibly multi-line) SMTP reply."""
+    while True:
+        line = (await reader.readline()).decode()
+        assert line, "the server closed the connection"
+        if line[3:4] != "-":
+            return line.strip()
+
+
+async def _until_data(address: str, n: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A session that has been told 354 for a message to r{n}@example.com."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await _reply(reader)
+    for command, code in (
+        ("EHLO client.example.com", "250"),
+        ("MAIL FROM:<news@example.com>", "250"),
+        (f"RCPT TO:<r{n}@example.com>", "250"),
+        ("DATA", "354"),
+    ):
+        writer.write(command.encode() + b"\r\n")
+        reply = await _reply(reader)
+        assert reply.startswith(code), (command, reply)
+    return reader, writer
+
+
+def _vanish(writer: asyncio.StreamWriter, reset: bool) -> None:
+    """Disconnect without reading the reply: a plain close (FIN), or a reset (RST)."""
+    if reset:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.close()
+
+
+async def _submit(address: str, n: int) -> str:
+    reader, writer = await _until_data(address, n)
+    writer.write(_message(n) + b".\r\n")
+    reply = await _reply(reader)
+    writer.write(b"QUIT\r\n")
+    writer.close()
+    return reply
+
+
+async def test_a_message_committed_after_its_client_vanished_is_delivered(
+    mta: MtaService, mta_settings: Settings, remote: tuple[str, SinkHandler]
+) -> None:
+    address = mta_settings.mta_submission
+    spool = mta.spool
+    # Hold each group commit open for a second, so that every client is gone (and its
+    # session cancelled) while the commit it waits for is still in progress.
+    spool.commit_delay = 1.0
+    sessions = [await _until_data(address, n) for n in range(SESSIONS)]
+    for n, (_, writer) in enumerate(sessions):
+        writer.write(_message(n) + b".\r\n")
+
+    async def all_spooling() -> bool:
+        return spool.waiting + spool.stats.accepted == SESSIONS
+
+    await eventually(all_spooling, within=10, what="every message handed to the spool")
+    for n, (_, writer) in enumerate(sessions):
+        _vanish(writer, reset=n % 2 == 1)
+
+    async def committed() -> bool:
+        return spool.waiting == 0
+
+    await eventually(committed, within=10, what="the commits")
+    spool.commit_delay = 0.0
+    # The message is durable, so the sender was owed a 250: it must be delivered.
+    assert spool.stats.accepted == SESSIONS
+    expected = {f"r{n}@example.com" for n in range(SESSIONS)}
+
+    async def all_delivered() -> bool:
+        return {item.rcpt_tos[0] for item in remote[1].snapshot()} == expected
+
+    await eventually(all_delivered, within=10, what="delivery of every committed message")
+
+    # A sibling instance would recognise each Message-ID too: recording it for them
+    # outlives the cancelled session as well.
+    sibling = SharedMessageIds(Redis.from_url(mta_settings.redis_url), 60, "sibling")
+
+    async def all_shared() -> bool:
+        return all([await sibling.seen(_message_id(n)) for n in range(SESSIONS)])
+
+    try:
+        await eventually(all_shared, within=10, what="every Message-ID shared")
+    finally:
+        await sibling.redis.aclose()
+
+    # The clients resubmit, as a sender does when it never got its reply: each is
+    # recognised as already queued and not delivered a second time.
+    replies = await asyncio.gather(*(_submit(address, n) for n in range(SESSIONS)))
+    assert all("already queued as" in reply for reply in replies), replies
+    assert spool.stats.accepted == SESSIONS
+
+    async def spool_empty() -> bool:
+        return not any(spool.messages.iterdir())
+
+    await eventually(spool_empty, within=10, what="an empty spool")
+    counts = Counter(item.rcpt_tos[0] for item in remote[1].snapshot())
+    assert set(counts) == expected
+    assert max(counts.values()) == 1
