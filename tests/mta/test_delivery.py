@@ -1,20 +1,29 @@
 """The delivery agent delivers every message the spool commits, whatever becomes of the
-SMTP session that submitted it."""
+SMTP session that submitted it, and its sweep finds any message it does not hold."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from app.core.settings import Settings
 from tests.helpers.api import eventually
 from tests.helpers.sinks import SinkHandler
 from workers.mta.dedupe import SharedMessageIds
+from workers.mta.delivery import DeliveryAgent
+from workers.mta.routing import Router, parse_host_port
 from workers.mta.service import MtaService
+from workers.mta.shaping import Shaping
+from workers.mta.spool import Envelope, Spool
+from workers.mta.transports import CaptureTransport, SmtpTransport
 
 SESSIONS = 24
 """Clients that vanish mid-transaction: even ones close (FIN), odd ones reset (RST)."""
@@ -107,6 +116,8 @@ async def test_a_message_committed_after_its_client_vanished_is_delivered(
     async def all_delivered() -> bool:
         return {item.rcpt_tos[0] for item in remote[1].snapshot()} == expected
 
+    # Well within the sweep interval (30 s by default): the commit itself must schedule.
+    assert mta_settings.mta_sweep_interval >= 30
     await eventually(all_delivered, within=10, what="delivery of every committed message")
 
     # A sibling instance would recognise each Message-ID too: recording it for them
@@ -134,3 +145,66 @@ async def test_a_message_committed_after_its_client_vanished_is_delivered(
     counts = Counter(item.rcpt_tos[0] for item in remote[1].snapshot())
     assert set(counts) == expected
     assert max(counts.values()) == 1
+
+
+@pytest.fixture
+async def agent(tmp_path: Path, remote: tuple[str, SinkHandler]) -> AsyncIterator[DeliveryAgent]:
+    """A delivery agent on its own spool, sweeping every 0.1 s, example.com to `remote`."""
+    spool = Spool(tmp_path / "spool")
+    agent = DeliveryAgent(
+        spool,
+        Router(transport_map={"example.com": parse_host_port(remote[0], 25)}),
+        Shaping(),
+        {
+            "capture": CaptureTransport(tmp_path / "maildir"),
+            "smtp": SmtpTransport(hostname="mta.example.com", tls="none"),
+        },
+        sweep_interval=0.1,
+    )
+    agent.start()
+    yield agent
+    await agent.drain(grace=5)
+    await spool.close()
+
+
+async def test_the_sweep_delivers_a_message_spooled_behind_the_agents_back(
+    agent: DeliveryAgent, remote: tuple[str, SinkHandler], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another spool object on the same directory: the agent hears nothing of this commit.
+    async with Spool(agent.spool.directory) as elsewhere:
+        queue_id = await elsewhere.accept(
+            Envelope("news@example.com", ["stray@example.com"]), _message(0)
+        )
+    assert not agent.holds(queue_id)
+
+    async def delivered() -> bool:
+        return [item.rcpt_tos for item in remote[1].snapshot()] == [("stray@example.com",)]
+
+    with caplog.at_level(logging.WARNING, logger="workers.mta.delivery"):
+        await eventually(delivered, within=10, what="the sweep's delivery")
+    assert any(
+        record.levelno == logging.WARNING and queue_id in record.getMessage()
+        for record in caplog.records
+    )
+    assert not agent.spool.envelope_path(queue_id).exists()
+
+
+async def test_the_sweep_leaves_alone_what_the_agent_holds(
+    agent: DeliveryAgent, remote: tuple[str, SinkHandler], caplog: pytest.LogCaptureFixture
+) -> None:
+    later = Envelope(
+        "news@example.com", ["later@example.com"], next_attempt_at=agent.clock() + 3600
+    )
+    await agent.spool.accept(later, _message(1))
+    now = Envelope("news@example.com", ["now@example.com"])
+    await agent.spool.accept(now, _message(2))
+    assert agent.holds(later.queue_id) and agent.holds(now.queue_id)
+
+    async def delivered() -> bool:
+        return [item.rcpt_tos for item in remote[1].snapshot()] == [("now@example.com",)]
+
+    with caplog.at_level(logging.WARNING, logger="workers.mta.delivery"):
+        await eventually(delivered, within=10, what="delivery of the due message")
+        assert await agent.sweep() == 0
+    assert agent.queued() == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -6,7 +6,8 @@ A delivery reads as named steps: `_deliver` → `_deliver_domain` (route, shape,
 transport) → `_settle` (remove, retry later, or expire).
 
 The agent hears of each message from the spool's committer (not from the SMTP session,
-which may be gone by then).
+which may be gone by then), and sweeps the spool every `sweep_interval` seconds for
+messages it does not hold: a safety net, so that no bug can strand a queued message.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
 from workers.mta.transports import Transport
+
+DEFAULT_SWEEP_INTERVAL = 30.0
+"""Seconds between sweeps of the spool for messages the agent does not hold."""
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class DeliveryAgent:
         clock: Callable[[], float] = time.time,
         hostname: str = "localhost",
         wants_dsn: Callable[[str], bool] = bool,
+        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
     ) -> None:
         self.spool = spool
         self.router = router
@@ -86,6 +91,7 @@ class DeliveryAgent:
         # Mail with a ledger row reports there; other mail (relayed) gets a DSN. Never
         # for the null sender: a bounce of a bounce would loop.
         self.wants_dsn = wants_dsn
+        self.sweep_interval = sweep_interval
         self.stats = AgentStats()
         self._due: list[tuple[float, str, Envelope]] = []
         # What the agent holds: queue ids in `_due`, and those being delivered right now.
@@ -94,6 +100,7 @@ class DeliveryAgent:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self._drops: dict[str, tuple[bool, str]] = {}
         spool.add_listener(self.schedule)
 
@@ -119,17 +126,53 @@ class DeliveryAgent:
         self._wakeup.set()
 
     def start(self) -> None:
-        """Recover the spool and start the delivery workers."""
+        """Recover the spool, start the delivery workers and the sweeper."""
         for envelope in self.spool.recover():
             self.schedule(envelope)
         self._workers = [
             asyncio.create_task(self._work(), name=f"delivery-{n}") for n in range(self.concurrency)
         ]
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="delivery-sweep")
+
+    async def sweep(self) -> int:
+        """Schedule every committed message in the spool that the agent does not hold.
+
+        Finding one means a bug elsewhere stranded it (hence the warning); returns how many.
+        """
+        found = 0
+        for queue_id in await self.spool.queued():
+            if self.holds(queue_id):
+                continue
+            try:
+                envelope = await self.spool.read_envelope(queue_id)
+            except ValueError:
+                logger.exception("spool sweep: envelope %s is unreadable", queue_id)
+                continue
+            if envelope is None or self.holds(queue_id):
+                continue  # removed, or scheduled, while it was being read
+            logger.warning(
+                "spool sweep: %s was queued but not scheduled for delivery; scheduling it now",
+                queue_id,
+            )
+            self.schedule(envelope)
+            found += 1
+        return found
+
+    async def _sweep_forever(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:  # the safety net must outlive a failing disk read
+                logger.exception("spool sweep failed")
 
     async def drain(self, grace: float = 30.0) -> None:
         """Stop taking messages, let deliveries in flight finish (within `grace`)."""
         self._stopping = True
         self._wakeup.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         _, pending = await asyncio.wait(self._workers, timeout=grace) if self._workers else ((), ())
         for task in pending:
             task.cancel()
@@ -174,7 +217,7 @@ class DeliveryAgent:
                 del self._due[index]
                 heapq.heapify(self._due)
                 self._scheduled.discard(queue_id)
-                self._in_flight.add(queue_id)  # held until removed
+                self._in_flight.add(queue_id)  # held until removed: the sweep must not see it
                 try:
                     await self._drop(envelope, bounce=bounce, reason=reason)
                 finally:

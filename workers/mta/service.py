@@ -76,6 +76,7 @@ class MtaService:
             ),
             hostname=settings.mta_hostname,
             wants_dsn=lambda sender: bool(sender) and parse_verp(secret, sender) is None,
+            sweep_interval=settings.mta_sweep_interval,
         )
         agent.start()
 
