@@ -161,6 +161,12 @@ class Settings(BaseSettings):
     mta_retry_min: int = Field(300, ge=1, description="Seconds before the first retry.")
     mta_retry_max: int = Field(4000, ge=1, description="Longest wait between tries, seconds.")
     mta_queue_lifetime: int = Field(432000, ge=1, description="Seconds before a message fails.")
+    mta_sweep_interval: float = Field(
+        30,
+        gt=0,
+        description="Seconds between the delivery agent's sweeps of the spool for queued "
+        "messages it does not hold (a safety net: each one found is logged as a warning).",
+    )
     dkim_dir: Path = Field(Path("var/dkim"), description="DKIM keys as <domain>/<selector>.pem.")
     send_rate: float = Field(
         0, ge=0, description="Messages per second for all workers; 0 = no cap."

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.api import eventually
 from tests.helpers.spooled import envelope, message
 from workers.mta.spool import (
     DEFAULT_DEDUPE_WINDOW,
@@ -296,3 +297,36 @@ def test_recover_after_sigkill_keeps_every_acknowledged_message(tmp_path: Path) 
         assert asyncio.run(spool.seen(f"<m{count}@warta.test>")) == queue_id
     assert sorted(p.stem for p in (tmp_path / "msg").iterdir()) == sorted(recovered)
     assert temp_files(tmp_path) == []
+
+
+async def test_a_commit_is_announced_though_its_waiter_was_cancelled(tmp_path: Path) -> None:
+    async with Spool(tmp_path, commit_delay=0.2) as spool:
+        announced: list[Envelope] = []
+        spool.add_listener(announced.append)
+        waiter = asyncio.create_task(spool.accept(envelope(1, "<m1@warta.test>"), message(1)))
+
+        async def waiting() -> bool:
+            return spool.waiting == 1
+
+        await eventually(waiting, within=5, what="the message waiting for its commit")
+        waiter.cancel()  # the SMTP session of a client that went away
+
+        async def committed() -> bool:
+            return spool.waiting == 0
+
+        await eventually(committed, within=5, what="the commit")
+        assert waiter.cancelled()
+        assert [e.queue_id for e in announced] == list(await spool.queued())
+        assert await spool.seen("<m1@warta.test>") == announced[0].queue_id
+
+
+async def test_queued_lists_only_committed_messages(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        first = await spool.accept(envelope(1), message(1))
+        second = await spool.accept(envelope(2), message(2))
+        assert sorted(await spool.queued()) == sorted([first, second])
+        read = await spool.read_envelope(first)
+        assert read is not None and read.queue_id == first
+        await spool.remove(first)
+        assert await spool.queued() == [second]
+        assert await spool.read_envelope(first) is None

@@ -4,6 +4,10 @@ happened — for every recipient, on disk and (through an outcome sink) in the s
 
 A delivery reads as named steps: `_deliver` → `_deliver_domain` (route, shape, sign,
 transport) → `_settle` (remove, retry later, or expire).
+
+The agent hears of each message from the spool's committer (not from the SMTP session,
+which may be gone by then), and sweeps the spool every `sweep_interval` seconds for
+messages it does not hold: a safety net, so that no bug can strand a queued message.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
 from workers.mta.transports import Transport
+
+DEFAULT_SWEEP_INTERVAL = 30.0
+"""Seconds between sweeps of the spool for messages the agent does not hold."""
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +76,7 @@ class DeliveryAgent:
         clock: Callable[[], float] = time.time,
         hostname: str = "localhost",
         wants_dsn: Callable[[str], bool] = bool,
+        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
     ) -> None:
         self.spool = spool
         self.router = router
@@ -83,32 +91,88 @@ class DeliveryAgent:
         # Mail with a ledger row reports there; other mail (relayed) gets a DSN. Never
         # for the null sender: a bounce of a bounce would loop.
         self.wants_dsn = wants_dsn
+        self.sweep_interval = sweep_interval
         self.stats = AgentStats()
         self._due: list[tuple[float, str, Envelope]] = []
+        # What the agent holds: queue ids in `_due`, and those being delivered right now.
+        self._scheduled: set[str] = set()
+        self._in_flight: set[str] = set()
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self._drops: dict[str, tuple[bool, str]] = {}
+        spool.add_listener(self.schedule)
 
     def schedule(self, envelope: Envelope) -> None:
-        """Queue an envelope for delivery at its `next_attempt_at`."""
+        """Queue an envelope for delivery at its `next_attempt_at`, unless already held.
+
+        The spool calls it for every commit; a message the agent already holds (scheduled
+        or being delivered) is left as it is, so a second call never delivers it twice.
+        """
+        if self.holds(envelope.queue_id):
+            return
+        self._push(envelope)
+
+    def holds(self, queue_id: str) -> bool:
+        """Whether the message is in the schedule or being delivered."""
+        return queue_id in self._scheduled or queue_id in self._in_flight
+
+    def _push(self, envelope: Envelope) -> None:
         if envelope.queue_id in self._drops:  # asked for while it was in flight: do it now
             envelope.next_attempt_at = self.clock()
         heapq.heappush(self._due, (envelope.next_attempt_at, envelope.queue_id, envelope))
+        self._scheduled.add(envelope.queue_id)
         self._wakeup.set()
 
     def start(self) -> None:
-        """Recover the spool and start the delivery workers."""
+        """Recover the spool, start the delivery workers and the sweeper."""
         for envelope in self.spool.recover():
             self.schedule(envelope)
         self._workers = [
             asyncio.create_task(self._work(), name=f"delivery-{n}") for n in range(self.concurrency)
         ]
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="delivery-sweep")
+
+    async def sweep(self) -> int:
+        """Schedule every committed message in the spool that the agent does not hold.
+
+        Finding one means a bug elsewhere stranded it (hence the warning); returns how many.
+        """
+        found = 0
+        for queue_id in await self.spool.queued():
+            if self.holds(queue_id):
+                continue
+            try:
+                envelope = await self.spool.read_envelope(queue_id)
+            except ValueError:
+                logger.exception("spool sweep: envelope %s is unreadable", queue_id)
+                continue
+            if envelope is None or self.holds(queue_id):
+                continue  # removed, or scheduled, while it was being read
+            logger.warning(
+                "spool sweep: %s was queued but not scheduled for delivery; scheduling it now",
+                queue_id,
+            )
+            self.schedule(envelope)
+            found += 1
+        return found
+
+    async def _sweep_forever(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:  # the safety net must outlive a failing disk read
+                logger.exception("spool sweep failed")
 
     async def drain(self, grace: float = 30.0) -> None:
         """Stop taking messages, let deliveries in flight finish (within `grace`)."""
         self._stopping = True
         self._wakeup.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         _, pending = await asyncio.wait(self._workers, timeout=grace) if self._workers else ((), ())
         for task in pending:
             task.cancel()
@@ -152,7 +216,12 @@ class DeliveryAgent:
             if candidate == queue_id:
                 del self._due[index]
                 heapq.heapify(self._due)
-                await self._drop(envelope, bounce=bounce, reason=reason)
+                self._scheduled.discard(queue_id)
+                self._in_flight.add(queue_id)  # held until removed: the sweep must not see it
+                try:
+                    await self._drop(envelope, bounce=bounce, reason=reason)
+                finally:
+                    self._in_flight.discard(queue_id)
                 return True
         if self.spool.envelope_path(queue_id).exists():
             self._drops[queue_id] = (bounce, reason)
@@ -174,21 +243,30 @@ class DeliveryAgent:
             envelope = await self._next()
             if envelope is None:
                 continue
-            if envelope.queue_id in self._drops:
-                bounce, reason = self._drops.pop(envelope.queue_id)
-                await self._drop(envelope, bounce=bounce, reason=reason)
-                continue
             try:
-                await self._deliver(envelope)
-            except Exception:  # a bug must defer one message, never stop the agent
-                logger.exception("delivery of %s failed unexpectedly", envelope.queue_id)
-                envelope.next_attempt_at = self.clock() + self.retry.minimum
-                await self.spool.update(envelope)
-                self.schedule(envelope)
+                await self._attempt(envelope)
+            finally:
+                self._in_flight.discard(envelope.queue_id)
+
+    async def _attempt(self, envelope: Envelope) -> None:
+        if envelope.queue_id in self._drops:
+            bounce, reason = self._drops.pop(envelope.queue_id)
+            await self._drop(envelope, bounce=bounce, reason=reason)
+            return
+        try:
+            await self._deliver(envelope)
+        except Exception:  # a bug must defer one message, never stop the agent
+            logger.exception("delivery of %s failed unexpectedly", envelope.queue_id)
+            envelope.next_attempt_at = self.clock() + self.retry.minimum
+            await self.spool.update(envelope)
+            self._push(envelope)
 
     async def _next(self) -> Envelope | None:
         if self._due and self._due[0][0] <= self.clock():
-            return heapq.heappop(self._due)[2]
+            envelope = heapq.heappop(self._due)[2]
+            self._scheduled.discard(envelope.queue_id)
+            self._in_flight.add(envelope.queue_id)
+            return envelope
         wait = min(self._due[0][0] - self.clock(), 1.0) if self._due else 1.0
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
@@ -305,7 +383,7 @@ class DeliveryAgent:
             attempt, minimum=self.retry.minimum, maximum=self.retry.maximum
         )
         await self.spool.update(envelope)
-        self.schedule(envelope)
+        self._push(envelope)
         return failures
 
     async def _notify(self, envelope: Envelope, failures: list[Failure], original: bytes) -> None:
@@ -318,8 +396,7 @@ class DeliveryAgent:
             received_at=envelope.received_at,
         )
         notice = Envelope(mail_from="", recipients=[envelope.mail_from], message_id=message_id)
-        await self.spool.accept(notice, dsn)
-        self.schedule(notice)
+        await self.spool.accept(notice, dsn)  # its commit schedules it (see `schedule`)
 
     async def _report(self, envelope: Envelope, recipient: str, outcome: str, reply: str) -> None:
         if self.outcomes is not None:

@@ -1,6 +1,11 @@
 """The MTA's SMTP listeners: submission (relays for trusted or authenticated clients) and
 inbound (accepts only the bounce domain). The protocol is aiosmtpd's; the decisions are here,
 returned as reply strings, and nothing is acknowledged before the spool has it on disk.
+
+What happens to a message once the spool has it does not depend on the client's session:
+the spool's committer hands it to the delivery agent, and recording its Message-ID for
+sibling instances is shielded from the session's cancellation (a client that disconnects
+after its final dot cancels the session's task).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.spool import Envelope as SpooledEnvelope
-from workers.mta.spool import Spool
+from workers.mta.spool import QueueId, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +87,26 @@ class Networks:
 
 
 class SubmissionHandler:
-    """Submission: only trusted networks or authenticated sessions may relay."""
+    """Submission: only trusted networks or authenticated sessions may relay.
+
+    Delivery of what it spools is the spool's listeners' business (the delivery agent
+    registers with the spool), so no session can strand a message it queued.
+    """
 
     def __init__(
         self,
         spool: Spool,
         trusted: Networks,
         max_recipients: int,
-        on_queued: Callable[[SpooledEnvelope], None] | None = None,
         shared: SharedMessageIds | None = None,
     ) -> None:
         self.spool = spool
         self.trusted = trusted
         self.max_recipients = max_recipients
-        self.on_queued = on_queued
         # Other instances' acceptances: a resubmission may reach any of them.
         self.shared = shared
+        # Spooling outlives a cancelled session; these references keep its task alive.
+        self._spooling: set[asyncio.Task[QueueId | None]] = set()
 
     def _allowed(self, session: Session) -> bool:
         peer = session.peer[0] if isinstance(session.peer, tuple) else session.peer
@@ -144,17 +153,25 @@ class SubmissionHandler:
             recipients=list(dict.fromkeys(envelope.rcpt_tos)),
             message_id=message_id,
         )
+        task = asyncio.create_task(self._spool(spooled, data))
+        self._spooling.add(task)
+        task.add_done_callback(self._spooling.discard)
+        # If the client goes away now, this session is cancelled but the task goes on.
+        queue_id = await asyncio.shield(task)
+        if queue_id is None:
+            return SPOOL_FAILED
+        return QUEUED.format(queue_id=queue_id)
+
+    async def _spool(self, spooled: SpooledEnvelope, data: bytes) -> QueueId | None:
+        """Spool durably and share the Message-ID; None if the spool could not take it."""
         try:
             queue_id = await self.spool.accept(spooled, data)
         except Exception:
             logger.exception("spooling failed")
-            return SPOOL_FAILED
-        if spooled.queue_id == queue_id:
-            if self.shared is not None and message_id is not None:
-                await self.shared.remember(message_id, queue_id)
-            if self.on_queued is not None:
-                self.on_queued(spooled)
-        return QUEUED.format(queue_id=queue_id)
+            return None
+        if spooled.queue_id == queue_id and spooled.message_id and self.shared is not None:
+            await self.shared.remember(spooled.message_id, queue_id)
+        return queue_id
 
     async def _seen(self, message_id: str) -> str | None:
         earlier = await self.spool.seen(message_id)

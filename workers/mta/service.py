@@ -76,6 +76,7 @@ class MtaService:
             ),
             hostname=settings.mta_hostname,
             wants_dsn=lambda sender: bool(sender) and parse_verp(secret, sender) is None,
+            sweep_interval=settings.mta_sweep_interval,
         )
         agent.start()
 
@@ -106,7 +107,6 @@ class MtaService:
             spool,
             Networks.parse(settings.mta_trusted_networks),
             settings.mta_max_recipients,
-            on_queued=agent.schedule,
             shared=SharedMessageIds(redis, settings.mta_dedupe_window, instance_name())
             if redis is not None
             else None,

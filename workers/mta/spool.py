@@ -16,6 +16,10 @@ Group commit (as Postfix and databases do it): concurrent ``accept`` calls queue
 files; one committer writes a whole batch, fsyncs each file and each directory once,
 then resolves every waiter. Nobody is answered before their files are durable, and many
 sessions share the cost of one fsync pass.
+
+The committer, not the accepting session, tells the spool's listeners (the delivery agent)
+that a message is durable: a session cancelled while its commit completes (the client
+disconnected) must not leave a queued message that nobody will deliver.
 """
 
 from __future__ import annotations
@@ -122,6 +126,10 @@ class Envelope:
             raise ValueError(f"malformed envelope: {exc}") from exc
 
 
+CommitListener = Callable[[Envelope], None]
+"""Called by the committer with each envelope as soon as its message is durable."""
+
+
 @dataclass
 class SpoolStats:
     """Group-commit figures for the metrics endpoint (spool fsync latency)."""
@@ -199,6 +207,7 @@ class Spool:
         *,
         clock: Callable[[], float] = time.time,
         dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
+        commit_delay: float = 0.0,
     ) -> None:
         self.directory = directory
         self.messages = directory / "msg"
@@ -208,6 +217,9 @@ class Spool:
         self.message_ids_log = directory / MESSAGE_IDS_LOG
         self.clock = clock
         self.dedupe_window = dedupe_window
+        # Seconds the committer lingers before writing a batch, gathering more messages
+        # (PostgreSQL's commit_delay). 0 in production; tests widen it to hold a commit open.
+        self.commit_delay = commit_delay
         self.stats = SpoolStats()
         self._temp_dirs = [self.temp / str(shard) for shard in range(IO_THREADS)]
         for folder in (self.messages, self.envelopes, self.corrupt, *self._temp_dirs):
@@ -215,6 +227,9 @@ class Spool:
         self._known: dict[str, tuple[QueueId, float]] = {}
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
         self._pending: list[_Pending] = []
+        # Accepted but not yet durable and announced: on disk perhaps, not yet queued.
+        self._uncommitted: set[QueueId] = set()
+        self._listeners: list[CommitListener] = []
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._closing = False
@@ -237,6 +252,15 @@ class Spool:
         return self.envelopes / f"{queue_id}.json"
 
     # -- accepting -------------------------------------------------------------------
+
+    def add_listener(self, listener: CommitListener) -> None:
+        """Call `listener` with every envelope once it is durable, whoever accepted it."""
+        self._listeners.append(listener)
+
+    @property
+    def waiting(self) -> int:
+        """Messages accepted whose commit has not completed yet."""
+        return len(self._uncommitted)
 
     async def accept(self, envelope: Envelope, data: bytes) -> QueueId:
         """Spool a message; return its queue id once message and envelope are durable.
@@ -263,6 +287,7 @@ class Spool:
             self._inflight[key] = future
             future.add_done_callback(lambda _: self._inflight.pop(key, None))
         self._pending.append(_Pending(envelope, data, future))
+        self._uncommitted.add(envelope.queue_id)
         self._wakeup.set()
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_forever(), name="spool-committer")
@@ -288,6 +313,8 @@ class Spool:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self.commit_delay > 0 and not self._closing:
+                await asyncio.sleep(self.commit_delay)
             while self._pending:
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
@@ -296,18 +323,31 @@ class Spool:
                 except Exception as exc:
                     logger.exception("spool commit of %d messages failed", len(batch))
                     for item in batch:
+                        self._uncommitted.discard(item.envelope.queue_id)
                         if not item.future.done():
                             item.future.set_exception(exc)
                     continue
                 for item in batch:
-                    envelope = item.envelope
-                    if envelope.message_id:
-                        key = normalise_message_id(envelope.message_id)
-                        self._known[key] = (envelope.queue_id, envelope.received_at)
-                    if not item.future.done():
-                        item.future.set_result(envelope.queue_id)
+                    self._committed(item)
             if self._closing:
                 return
+
+    def _committed(self, item: _Pending) -> None:
+        """Make a durable message known, announce it, then answer whoever waits for it."""
+        envelope = item.envelope
+        if envelope.message_id:
+            key = normalise_message_id(envelope.message_id)
+            self._known[key] = (envelope.queue_id, envelope.received_at)
+        # Announced here, in the committer, before the waiter hears of it: the waiting
+        # session may have been cancelled (its client gone) and would never pass it on.
+        for listener in self._listeners:
+            try:
+                listener(envelope)
+            except Exception:  # one listener's bug must not wedge every later commit
+                logger.exception("spool listener failed for %s", envelope.queue_id)
+        self._uncommitted.discard(envelope.queue_id)
+        if not item.future.done():
+            item.future.set_result(envelope.queue_id)
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Write a batch durably: files, one fsync pass, renames, directory fsyncs, ids log."""
@@ -399,6 +439,26 @@ class Spool:
     def load(self, queue_id: QueueId) -> bytes:
         """The message bytes of ``queue_id``."""
         return self.message_path(queue_id).read_bytes()
+
+    async def queued(self) -> list[QueueId]:
+        """Queue ids of every committed message on disk: a directory listing, nothing parsed."""
+        names = await asyncio.to_thread(os.listdir, self.envelopes)
+        # Checked after the listing, in the event loop: a message listed while its commit
+        # was still being announced is either still uncommitted here or announced by now.
+        return [
+            queue_id
+            for name in names
+            if name.endswith(".json")
+            and (queue_id := QueueId(name.removesuffix(".json"))) not in self._uncommitted
+        ]
+
+    async def read_envelope(self, queue_id: QueueId) -> Envelope | None:
+        """The envelope of ``queue_id`` as on disk; None once the message is gone."""
+        try:
+            raw = await asyncio.to_thread(self.envelope_path(queue_id).read_bytes)
+        except FileNotFoundError:
+            return None
+        return Envelope.from_json(raw)
 
     # -- start -----------------------------------------------------------------------
 

@@ -1,0 +1,210 @@
+"""The delivery agent delivers every message the spool commits, whatever becomes of the
+SMTP session that submitted it, and its sweep finds any message it does not hold."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app.core.settings import Settings
+from tests.helpers.api import eventually
+from tests.helpers.sinks import SinkHandler
+from workers.mta.dedupe import SharedMessageIds
+from workers.mta.delivery import DeliveryAgent
+from workers.mta.routing import Router, parse_host_port
+from workers.mta.service import MtaService
+from workers.mta.shaping import Shaping
+from workers.mta.spool import Envelope, Spool
+from workers.mta.transports import CaptureTransport, SmtpTransport
+
+SESSIONS = 24
+"""Clients that vanish mid-transaction: even ones close (FIN), odd ones reset (RST)."""
+
+
+def _message_id(n: int) -> str:
+    return f"<vanish-{n}@warta.example>"
+
+
+def _message(n: int) -> bytes:
+    return (
+        f"From: news@example.com\r\nTo: r{n}@example.com\r\nSubject: {n}\r\n"
+        f"Message-ID: {_message_id(n)}\r\n\r\nHello {n}\r\n"
+    ).encode()
+
+
+async def _reply(reader: asyncio.StreamReader) -> str:
+    """One (possibly multi-line) SMTP reply."""
+    while True:
+        line = (await reader.readline()).decode()
+        assert line, "the server closed the connection"
+        if line[3:4] != "-":
+            return line.strip()
+
+
+async def _until_data(address: str, n: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A session that has been told 354 for a message to r{n}@example.com."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    await _reply(reader)
+    for command, code in (
+        ("EHLO client.example.com", "250"),
+        ("MAIL FROM:<news@example.com>", "250"),
+        (f"RCPT TO:<r{n}@example.com>", "250"),
+        ("DATA", "354"),
+    ):
+        writer.write(command.encode() + b"\r\n")
+        reply = await _reply(reader)
+        assert reply.startswith(code), (command, reply)
+    return reader, writer
+
+
+def _vanish(writer: asyncio.StreamWriter, reset: bool) -> None:
+    """Disconnect without reading the reply: a plain close (FIN), or a reset (RST)."""
+    if reset:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.close()
+
+
+async def _submit(address: str, n: int) -> str:
+    reader, writer = await _until_data(address, n)
+    writer.write(_message(n) + b".\r\n")
+    reply = await _reply(reader)
+    writer.write(b"QUIT\r\n")
+    writer.close()
+    return reply
+
+
+async def test_a_message_committed_after_its_client_vanished_is_delivered(
+    mta: MtaService, mta_settings: Settings, remote: tuple[str, SinkHandler]
+) -> None:
+    address = mta_settings.mta_submission
+    spool = mta.spool
+    # Hold each group commit open for a second, so that every client is gone (and its
+    # session cancelled) while the commit it waits for is still in progress.
+    spool.commit_delay = 1.0
+    sessions = [await _until_data(address, n) for n in range(SESSIONS)]
+    for n, (_, writer) in enumerate(sessions):
+        writer.write(_message(n) + b".\r\n")
+
+    async def all_spooling() -> bool:
+        return spool.waiting + spool.stats.accepted == SESSIONS
+
+    await eventually(all_spooling, within=10, what="every message handed to the spool")
+    for n, (_, writer) in enumerate(sessions):
+        _vanish(writer, reset=n % 2 == 1)
+
+    async def committed() -> bool:
+        return spool.waiting == 0
+
+    await eventually(committed, within=10, what="the commits")
+    spool.commit_delay = 0.0
+    # The message is durable, so the sender was owed a 250: it must be delivered.
+    assert spool.stats.accepted == SESSIONS
+    expected = {f"r{n}@example.com" for n in range(SESSIONS)}
+
+    async def all_delivered() -> bool:
+        return {item.rcpt_tos[0] for item in remote[1].snapshot()} == expected
+
+    # Well within the sweep interval (30 s by default): the commit itself must schedule.
+    assert mta_settings.mta_sweep_interval >= 30
+    await eventually(all_delivered, within=10, what="delivery of every committed message")
+
+    # A sibling instance would recognise each Message-ID too: recording it for them
+    # outlives the cancelled session as well.
+    sibling = SharedMessageIds(Redis.from_url(mta_settings.redis_url), 60, "sibling")
+
+    async def all_shared() -> bool:
+        return all([await sibling.seen(_message_id(n)) for n in range(SESSIONS)])
+
+    try:
+        await eventually(all_shared, within=10, what="every Message-ID shared")
+    finally:
+        await sibling.redis.aclose()
+
+    # The clients resubmit, as a sender does when it never got its reply: each is
+    # recognised as already queued and not delivered a second time.
+    replies = await asyncio.gather(*(_submit(address, n) for n in range(SESSIONS)))
+    assert all("already queued as" in reply for reply in replies), replies
+    assert spool.stats.accepted == SESSIONS
+
+    async def spool_empty() -> bool:
+        return not any(spool.messages.iterdir())
+
+    await eventually(spool_empty, within=10, what="an empty spool")
+    counts = Counter(item.rcpt_tos[0] for item in remote[1].snapshot())
+    assert set(counts) == expected
+    assert max(counts.values()) == 1
+
+
+@pytest.fixture
+async def agent(tmp_path: Path, remote: tuple[str, SinkHandler]) -> AsyncIterator[DeliveryAgent]:
+    """A delivery agent on its own spool, sweeping every 0.1 s, example.com to `remote`."""
+    spool = Spool(tmp_path / "spool")
+    agent = DeliveryAgent(
+        spool,
+        Router(transport_map={"example.com": parse_host_port(remote[0], 25)}),
+        Shaping(),
+        {
+            "capture": CaptureTransport(tmp_path / "maildir"),
+            "smtp": SmtpTransport(hostname="mta.example.com", tls="none"),
+        },
+        sweep_interval=0.1,
+    )
+    agent.start()
+    yield agent
+    await agent.drain(grace=5)
+    await spool.close()
+
+
+async def test_the_sweep_delivers_a_message_spooled_behind_the_agents_back(
+    agent: DeliveryAgent, remote: tuple[str, SinkHandler], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another spool object on the same directory: the agent hears nothing of this commit.
+    async with Spool(agent.spool.directory) as elsewhere:
+        queue_id = await elsewhere.accept(
+            Envelope("news@example.com", ["stray@example.com"]), _message(0)
+        )
+    assert not agent.holds(queue_id)
+
+    async def delivered() -> bool:
+        return [item.rcpt_tos for item in remote[1].snapshot()] == [("stray@example.com",)]
+
+    with caplog.at_level(logging.WARNING, logger="workers.mta.delivery"):
+        await eventually(delivered, within=10, what="the sweep's delivery")
+    assert any(
+        record.levelno == logging.WARNING and queue_id in record.getMessage()
+        for record in caplog.records
+    )
+    assert not agent.spool.envelope_path(queue_id).exists()
+
+
+async def test_the_sweep_leaves_alone_what_the_agent_holds(
+    agent: DeliveryAgent, remote: tuple[str, SinkHandler], caplog: pytest.LogCaptureFixture
+) -> None:
+    later = Envelope(
+        "news@example.com", ["later@example.com"], next_attempt_at=agent.clock() + 3600
+    )
+    await agent.spool.accept(later, _message(1))
+    now = Envelope("news@example.com", ["now@example.com"])
+    await agent.spool.accept(now, _message(2))
+    assert agent.holds(later.queue_id) and agent.holds(now.queue_id)
+
+    async def delivered() -> bool:
+        return [item.rcpt_tos for item in remote[1].snapshot()] == [("now@example.com",)]
+
+    with caplog.at_level(logging.WARNING, logger="workers.mta.delivery"):
+        await eventually(delivered, within=10, what="delivery of the due message")
+        assert await agent.sweep() == 0
+    assert agent.queued() == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
