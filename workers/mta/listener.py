@@ -1,11 +1,12 @@
 """The MTA's SMTP listeners: submission (relays for trusted or authenticated clients) and
-inbound (accepts only the bounce domain). The protocol is aiosmtpd's; the decisions are here,
-returned as reply strings, and nothing is acknowledged before the spool has it on disk.
+inbound (accepts only the bounce domain). The protocol is `workers.mta.smtp_server`; the
+decisions are here, returned as reply strings, and nothing is acknowledged before the spool
+has it on disk.
 
 What happens to a message once the spool has it does not depend on the client's session:
 the spool's committer hands it to the delivery agent, and recording its Message-ID for
-sibling instances is shielded from the session's cancellation (a client that disconnects
-after its final dot cancels the session's task).
+sibling instances is shielded from cancellation (the protocol never cancels a handler, but
+a shutdown may).
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import ipaddress
 import logging
 import re
 import ssl
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from workers.mta.dedupe import SharedMessageIds
+from workers.mta.smtp_server import Authenticator, ServerConfig, Session, Transaction
+from workers.mta.smtp_server import serve as serve_smtp
 from workers.mta.spool import Envelope as SpooledEnvelope
 from workers.mta.spool import QueueId, Spool
 
@@ -37,7 +36,6 @@ NO_RECIPIENTS = "503 5.5.1 No valid recipients"
 BARE_LINE_ENDING = "550 5.6.0 Bare CR or LF in message: line endings must be CRLF (RFC 5321 2.3.8)"
 TOO_BIG = "552 5.3.4 Message too big"
 SPOOL_FAILED = "451 4.3.0 Temporary failure: message not queued, try again"
-TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try later"
 QUEUED = "250 2.0.0 OK: queued as {queue_id}"
 ALREADY_QUEUED = "250 2.0.0 OK: already queued as {queue_id}"
 
@@ -49,7 +47,7 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]{1,900}>)", re.IGNORECAS
 
 
 def null_sender(address: str) -> str:
-    """aiosmtpd reports the null reverse-path as "<>"; the spool stores it as ""."""
+    """The protocol reports the null reverse-path as "<>"; the spool stores it as ""."""
     return "" if address in ("<>", "") else address
 
 
@@ -113,20 +111,20 @@ class SubmissionHandler:
         return bool(session.authenticated) or peer in self.trusted
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self, session: Session, envelope: Transaction, address: str, options: list[str]
     ) -> str:
         """Refuse unauthenticated clients outside the trusted networks before any recipient."""
         if not self._allowed(session):
             return AUTH_REQUIRED
         if null_sender(address) and not _ADDRESS.match(address):
             return "553 5.1.7 Bad sender address syntax"
-        # Kept as "<>": aiosmtpd refuses RCPT (503) while mail_from is falsy.
+        # Kept as "<>": the protocol refuses RCPT (503) while mail_from is unset.
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self, session: Session, envelope: Transaction, address: str, options: list[str]
     ) -> str:
         """Check syntax and the recipient limit."""
         if not self._allowed(session):
@@ -139,9 +137,9 @@ class SubmissionHandler:
         envelope.rcpt_options.extend(options)
         return OK_RCPT
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, session: Session, envelope: Transaction) -> str:
         """Spool durably, then acknowledge; a Message-ID already queued is not stored twice."""
-        data = envelope.original_content or b""
+        data = envelope.content
         problem = check_content(data, envelope)
         if problem:
             return problem
@@ -180,7 +178,7 @@ class SubmissionHandler:
         return earlier
 
 
-def check_content(data: bytes, envelope: Envelope) -> str | None:
+def check_content(data: bytes, envelope: Transaction) -> str | None:
     """Refuse what must never be relayed: no recipients, bare CR/LF (smuggling vectors)."""
     if not envelope.rcpt_tos:
         return NO_RECIPIENTS
@@ -201,7 +199,7 @@ class InboundHandler:
         self.max_recipients = max_recipients
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self, session: Session, envelope: Transaction, address: str, options: list[str]
     ) -> str:
         """Accept only local parts at the bounce domain."""
         domain = address.rpartition("@")[2].lower()
@@ -212,9 +210,9 @@ class InboundHandler:
         envelope.rcpt_tos.append(address)
         return OK_RCPT
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, session: Session, envelope: Transaction) -> str:
         """Hand the report to the inbound processor (durable before 250)."""
-        data = envelope.original_content or b""
+        data = envelope.content
         problem = check_content(data, envelope)
         if problem:
             return problem
@@ -226,38 +224,6 @@ class InboundHandler:
         return "250 2.0.0 OK"
 
 
-class LimitedSMTP(SMTP):
-    """aiosmtpd's SMTP with a cap on concurrent connections per client address."""
-
-    def __init__(self, handler: Any, *, per_client: int, counts: Counter[str], **kwargs: Any):
-        super().__init__(handler, **kwargs)
-        self._per_client = per_client
-        self._counts = counts
-        self._counted: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Count the client; over the limit it gets 421 and is disconnected."""
-        peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        if self._counts[client] >= self._per_client:
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")
-            transport.close()
-            return
-        self._counts[client] += 1
-        self._counted = client
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        """Release the client's slot."""
-        if self._counted is not None:
-            self._counts[self._counted] -= 1
-            if self._counts[self._counted] <= 0:
-                del self._counts[self._counted]
-            self._counted = None
-            super().connection_lost(error)
-
-
 async def serve(
     handler: SubmissionHandler | InboundHandler,
     address: str,
@@ -267,33 +233,21 @@ async def serve(
     idle_timeout: float,
     per_client: int,
     tls_context: ssl.SSLContext | None = None,
-    authenticator: Any = None,
+    authenticator: Authenticator | None = None,
     reuse_port: bool = False,
 ) -> asyncio.Server:
     """Listen on `host:port` with the handler; close the returned server to stop.
 
     `reuse_port` lets sibling MTA processes share the port (the kernel balances them).
+    AUTH is offered only after STARTTLS.
     """
-    host, _, port = address.rpartition(":")
-    counts: Counter[str] = Counter()
-    loop = asyncio.get_running_loop()
-
-    def factory() -> LimitedSMTP:
-        return LimitedSMTP(
-            handler,
-            per_client=per_client,
-            counts=counts,
-            data_size_limit=max_message_size,
-            hostname=hostname,
-            timeout=idle_timeout,
-            enable_SMTPUTF8=True,
-            loop=loop,
-            tls_context=tls_context,
-            authenticator=authenticator,
-            auth_require_tls=True,
-            auth_required=False,
-        )
-
-    return await loop.create_server(
-        factory, host.strip("[]") or "127.0.0.1", int(port), reuse_port=reuse_port or None
+    config = ServerConfig(
+        hostname=hostname,
+        max_message_size=max_message_size,
+        idle_timeout=idle_timeout,
+        per_client=per_client,
+        tls_context=tls_context,
+        authenticator=authenticator,
+        auth_require_tls=True,
     )
+    return await serve_smtp(handler, address, config, reuse_port=reuse_port)
