@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,10 +32,19 @@ class BatchReport(SendReport):
     """What one run of a batch did, and why it stopped early if it did."""
 
     stopped: str = ""
+    unfinished: bool = False
+    """The slice ran out of time with rows left: the job must run again to send them."""
 
 
-async def send_batch(ctx: EngineContext, campaign_id: int, low: int, high: int) -> BatchReport:
-    """Send every row of the range that still needs an attempt; stop early on pause/cancel."""
+async def send_batch(
+    ctx: EngineContext, campaign_id: int, low: int, high: int, *, until: float = math.inf
+) -> BatchReport:
+    """Send every row of the range that still needs an attempt; stop early on pause/cancel.
+
+    `until` (a `time.monotonic()` deadline) ends the run between chunks: the job's lease is
+    short so that a dead worker's batch is picked up quickly, and a long batch (a slow rate)
+    is worked in slices that each fit in the lease.
+    """
     report = BatchReport()
     async with ctx.sessionmaker() as session:
         campaign = await session.get(Campaign, campaign_id)
@@ -46,6 +56,9 @@ async def send_batch(ctx: EngineContext, campaign_id: int, low: int, high: int) 
     chunk_size = _chunk_size(ctx, campaign)
     last_poll = 0.0
     for start in range(0, len(rows), chunk_size):
+        if time.monotonic() >= until:
+            report.unfinished = True
+            return report
         if time.monotonic() - last_poll >= STATUS_POLL_SECONDS:
             if (status := await _status(ctx, campaign_id)) != CampaignStatus.running:
                 report.stopped = f"campaign is {status}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 from typing import Any
 
+from arq import Retry
 from arq.connections import ArqRedis
 
 from app.audience.tasks import send_confirmation
@@ -71,8 +73,16 @@ async def reconcile(ctx: Ctx) -> int:
 
 
 async def send_batch(ctx: Ctx, campaign_id: int, low: int, high: int) -> dict[str, Any]:
-    """Send one ledger range of a campaign."""
-    report = await run_batch(_engine(ctx), campaign_id, low, high)
+    """Send one ledger range of a campaign, in a slice of half the job's lease.
+
+    A range not finished within the slice is handed back to the queue under the same job
+    id (arq's Retry), so the lease stays short and any worker continues where it stopped.
+    """
+    engine = _engine(ctx)
+    until = time.monotonic() + engine.settings.batch_timeout / 2
+    report = await run_batch(engine, campaign_id, low, high, until=until)
+    if report.unfinished:
+        raise Retry(defer=0)
     return asdict(report)
 
 

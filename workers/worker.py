@@ -27,6 +27,7 @@ from app.webhooks.dispatcher import WebhookDispatcher
 from workers import tasks
 
 logger = logging.getLogger(__name__)
+BATCH_MAX_TRIES = 1_000_000  # slices and retries of one batch; a slice is a try
 SHUTDOWN_GRACE = 10.0  # seconds running jobs get to finish before they are cancelled
 
 
@@ -69,7 +70,11 @@ def _logs_work(
 
 def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> list[Worker]:
     """The bulk worker (batches) and the priority worker (starts, tests, scheduler crons)."""
-    batch = func(tasks.send_batch, timeout=settings.batch_timeout, keep_result=0, max_tries=1000)
+    # The bulk worker's in-progress lease is arq's: the longest job timeout + 10 s. Batches
+    # run in slices of half that timeout (see tasks.send_batch), each slice one "try".
+    batch = func(
+        tasks.send_batch, timeout=settings.batch_timeout, keep_result=0, max_tries=BATCH_MAX_TRIES
+    )
     common: dict[str, Any] = {
         "redis_pool": pool,
         "ctx": ctx,

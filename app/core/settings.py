@@ -172,7 +172,11 @@ class Settings(BaseSettings):
         0, ge=0, description="Messages per second for all workers; 0 = no cap."
     )
     batch_timeout: int = Field(
-        600, ge=1, description="Seconds a batch job may run; a dead worker's batch resumes after."
+        20,
+        ge=2,
+        description="Lease of a batch job, seconds: a batch works in slices of half this and "
+        "hands the rest of its range back to the queue, so a batch whose worker died is "
+        "resumed by another worker within this plus 10 seconds.",
     )
     retry_base: float = Field(
         60, gt=0, description="Seconds before a deferred recipient is retried; doubles per try."

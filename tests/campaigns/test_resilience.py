@@ -134,3 +134,53 @@ async def test_global_rate_limit_is_never_exceeded(
         bisect.bisect_right(arrivals, start + 1.0) - index for index, start in enumerate(arrivals)
     )
     assert busiest <= rate * 1.1 + 1, f"{busiest} messages in one second for {rate}/s"
+
+
+@pytest.mark.timeout(180)
+async def test_two_of_two_workers_killed_a_third_resumes_their_batches_at_once(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    # Default lease: before batches worked in slices, a dead worker's batch waited for its
+    # 610-second arq lease to expire, so this campaign could not finish within the bound.
+    with smtp_sink(dedupe=True) as (address, sink):
+        engine = settings.model_copy(update={"mta_submission": address})
+        campaign_id, emails = await seed_campaign(sessionmaker, 3000, rate=300)
+        log = tmp_path / "workers.log"
+        with worker_process(engine, log) as first, worker_process(engine, log) as second:
+            await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
+            await _wait_for_received(sink, 600)
+            for worker in (first, second):
+                worker.send_signal(signal.SIGKILL)
+            for worker in (first, second):
+                worker.wait()
+        assert len(sink.snapshot()) < len(emails), "the workers finished before they died"
+        with worker_process(engine, log):
+            stats = await wait_for_status(api, campaign_id, "finished", within=60)
+    received = _recipients(sink)
+    assert set(received) == set(emails)
+    assert max(received.values()) == 1
+    assert stats["sent"] == len(emails)
+
+
+@pytest.mark.timeout(120)
+async def test_a_batch_longer_than_its_lease_is_sent_in_slices_once(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    with smtp_sink() as (address, sink):
+        engine = settings.model_copy(update={"mta_submission": address})
+        # 150 recipients at 30 msg/s: one 500-row batch needing ~5 s, slices of 1 s.
+        campaign_id, emails = await seed_campaign(sessionmaker, 150, rate=30)
+        log = tmp_path / "worker.log"
+        with worker_process(engine, log, WARTA_BATCH_TIMEOUT="2"):
+            await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
+            stats = await wait_for_status(api, campaign_id, "finished", within=60)
+    received = _recipients(sink)
+    assert set(received) == set(emails)
+    assert max(received.values()) == 1
+    assert stats["sent"] == len(emails)
