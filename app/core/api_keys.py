@@ -23,7 +23,12 @@ RESOURCES = (
     "bounces",
     "webhooks",
 )
-SCOPES = frozenset({"admin"} | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")})
+READ_ONLY_SCOPES = ("metrics:read",)
+"""Scopes with no write side: `metrics:read` lets a Prometheus scraper read /metrics only."""
+SCOPES = frozenset(
+    {"admin", *READ_ONLY_SCOPES}
+    | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")}
+)
 TOKEN_PREFIX = "wk_"
 _TOUCH_INTERVAL = timedelta(minutes=1)
 
