@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.api_keys import weakness
+
 WEAK_SECRETS = frozenset({"", "changethis", "secret", "changeme", "warta", "password"})
 MIN_SECRET_LENGTH = 32
 DNS_PORT = 53
@@ -60,7 +62,9 @@ class Settings(BaseSettings):
         "", description="Signs tokens and webhooks; generated into var/ in development."
     )
     bootstrap_api_key: str = Field(
-        "", description="If set, an admin API key with exactly this token exists after start."
+        "",
+        description="If set, an admin API key with exactly this token exists after start; at "
+        "least 32 random characters after an optional `wk_` (a shorter one is refused).",
     )
     mta_submission: str = Field("127.0.0.1:2587", description="host:port(s) the sender submits to.")
     mta_inbound: str = Field(
@@ -282,6 +286,13 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _check_bootstrap_key(cls, value: str) -> str:
+        if value and (reason := weakness(value)):
+            raise ValueError(reason)
+        return value
 
     @field_validator("webhook_dns_servers")
     @classmethod
