@@ -32,6 +32,8 @@ from app.core.settings import Settings, parse_dns_servers
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 USER_AGENT = "Warta-Webhooks/0.1"
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+"""The well-known NAT64 prefix (RFC 6052): the last 32 bits are the IPv4 address reached."""
 
 
 class UnsafeUrl(Invalid):
@@ -57,9 +59,12 @@ def check_shape(url: str) -> SplitResult:
 def is_public(address: IPAddress) -> bool:
     """Globally routable unicast: not private, loopback, link-local, multicast or reserved.
 
-    IPv6 forms that carry an IPv4 address (mapped, 6to4) are judged by that address too.
+    IPv6 forms that carry an IPv4 address (mapped, 6to4) are judged by that address too, and
+    NAT64 addresses (DNS64 answers on IPv6-only networks) by that address alone.
     """
     if isinstance(address, ipaddress.IPv6Address):
+        if address in NAT64:
+            return is_public(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is not None and not is_public(embedded):
             return False
@@ -111,10 +116,12 @@ class EgressGuard:
         return addresses
 
     async def check_url(self, url: str) -> str:
-        """The URL if its shape is acceptable and its host resolves to allowed addresses."""
+        """The URL if well formed and, unless private addresses are allowed, its host public."""
         parts = check_shape(url)
-        assert parts.hostname is not None
-        await self.resolve(parts.hostname)
+        # A quick answer when the endpoint is saved; every connection is checked again.
+        if not self.allow_private:
+            assert parts.hostname is not None
+            await self.resolve(parts.hostname)
         return url
 
     async def _lookup(self, host: str) -> list[IPAddress]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.webhooks.egress import EgressGuard, UnsafeUrl, webhook_client
+from app.webhooks.egress import EgressGuard, UnsafeUrl, is_public, webhook_client
 from tests.helpers.receivers import receiver
 from tests.helpers.scripted_dns import ScriptedDns
 from tests.helpers.tls import make_pki
@@ -69,3 +70,28 @@ async def test_without_dns_servers_the_system_resolver_answers_and_is_guarded_to
         async with webhook_client(EgressGuard(allow_private=True), 5.0) as http:
             assert (await http.post(url, content=b"{}")).status_code == 200
         assert len(local.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2606:2800:220:1::1", True),
+        ("64:ff9b::5db8:d822", True),  # NAT64 of a public IPv4 address (DNS64 networks)
+        ("2002:5db8:d822::", True),  # 6to4 of a public IPv4 address
+        ("10.1.2.3", False),
+        ("100.64.0.1", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("240.0.0.1", False),
+        ("ff02::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("64:ff9b::a00:1", False),
+        ("2002:7f00:1::", False),
+    ],
+)
+def test_public_means_globally_routable_unicast(address: str, public: bool) -> None:
+    assert is_public(ipaddress.ip_address(address)) is public
