@@ -48,12 +48,12 @@ async def test_commands_pipelined_behind_starttls_do_not_run_over_tls(tmp_path: 
         writer.write(b"EHLO client.example.com\r\n")
         while not (await reader.readline()).startswith(b"250 "):
             pass
-        writer.write(b"STARTTLS\r\nHELP\r\n")  # HELP is the injected, unencrypted command
+        writer.write(b"STARTTLS\r\nQUIT\r\n")  # QUIT is the injected, unencrypted command
         assert (await reader.readline()).startswith(b"220 ")
         await writer.start_tls(pki.client_context(), server_hostname="localhost")
         writer.write(b"NOOP\r\n")
         first = await asyncio.wait_for(reader.readline(), 10)
-        assert first == b"250 OK\r\n", first  # the answer to NOOP, not to the injected HELP
+        assert first.startswith(b"250 "), first  # the answer to NOOP, not 221 to the QUIT
         writer.close()
     finally:
         server.close()
