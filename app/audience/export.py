@@ -16,6 +16,18 @@ from app.models import Subscriber
 Sessionmaker = async_sessionmaker[AsyncSession]
 EXPORT_COLUMNS = ("email", "name", "status", "created_at", "updated_at", "attributes")
 EXPORT_BATCH_SIZE = 5000
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+"""Leading characters that make Excel, LibreOffice or Google Sheets read a cell as a formula."""
+
+
+def neutralise(cell: str) -> str:
+    """A cell a spreadsheet shows as text: a leading formula trigger gets a `'` before it.
+
+    OWASP's CSV-injection rule, applied to every cell, so `-5` becomes `'-5` too: Warta
+    cannot tell a number typed into a name from the start of a formula. The attributes
+    cell is a JSON object and always starts with `{`, so its values come out exactly.
+    """
+    return "'" + cell if cell.startswith(FORMULA_TRIGGERS) else cell
 
 
 def export_rows(
@@ -57,16 +69,15 @@ async def _export(
                 )
             ).all()
         for _, email, name, status, created_at, updated_at, attributes in batch:
-            writer.writerow(
-                (
-                    email,
-                    name,
-                    status,
-                    created_at.isoformat(),
-                    updated_at.isoformat(),
-                    json.dumps(attributes, ensure_ascii=False, separators=(",", ":")),
-                )
+            cells = (
+                email,
+                name,
+                status,
+                created_at.isoformat(),
+                updated_at.isoformat(),
+                json.dumps(attributes, ensure_ascii=False, separators=(",", ":")),
             )
+            writer.writerow([neutralise(cell) for cell in cells])
         # The header comes with the first batch: a caller that awaits the first part before
         # answering turns a failing query into an error status instead of a cut-off body.
         if text := _drain(buffer):

@@ -1,8 +1,18 @@
-"""API keys: issue, authenticate, scope checks; only SHA-256 hashes are stored."""
+"""API keys: issue, authenticate, scope checks; only SHA-256 hashes are stored.
+
+A token Warta makes is `wk_<public id>_<secret>`: eight hex characters that name the key
+(stored as `prefix`, safe to show) and 32 random bytes. Only the SHA-256 of the whole token
+is stored, unsalted and unpeppered on purpose: a 256-bit random secret cannot be guessed
+from its hash, as with GitHub's and Stripe's keys, and a pepper from WARTA_SECRET_KEY would
+tie every key to that secret, so rotating it (the only way to revoke mailed links) would
+revoke every API key too. Chosen tokens (WARTA_BOOTSTRAP_API_KEY) must carry at least 32
+characters after `wk_` for the same reason.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 
@@ -23,9 +33,52 @@ RESOURCES = (
     "bounces",
     "webhooks",
 )
-SCOPES = frozenset({"admin"} | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")})
+READ_ONLY_SCOPES = ("metrics:read",)
+"""Scopes with no write side: `metrics:read` lets a Prometheus scraper read /metrics only."""
+SCOPES = frozenset(
+    {"admin", *READ_ONLY_SCOPES}
+    | {f"{res}:{act}" for res in RESOURCES for act in ("read", "write")}
+)
 TOKEN_PREFIX = "wk_"
+SECRET_BYTES = 32
+MIN_CHOSEN_SECRET = 32
+"""Characters a chosen token needs after `wk_` (or `wk_<public id>_`)."""
+MIN_DISTINCT_CHARACTERS = 8
+"""A random 32-character token has far more; fewer means a repeated word, not randomness."""
+_PUBLIC_ID = re.compile(r"wk_[0-9a-f]{8}_")
 _TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+def new_token() -> str:
+    """A fresh `wk_<public id>_<secret>` token: 8 hex characters, then 32 random bytes."""
+    return f"{TOKEN_PREFIX}{secrets.token_hex(4)}_{secrets.token_urlsafe(SECRET_BYTES)}"
+
+
+def public_prefix(token: str) -> str:
+    """What may be stored and shown of a token: `wk_<public id>`, or "" if it has none.
+
+    Chosen tokens and those issued before revision 0007 have no public part.
+    """
+    found = _PUBLIC_ID.match(token)
+    return found.group()[:-1] if found else ""
+
+
+def weakness(token: str) -> str | None:
+    """Why a chosen token is too weak to be an API key, or None if it is strong enough."""
+    found = _PUBLIC_ID.match(token)
+    secret = token[found.end() :] if found else token.removeprefix(TOKEN_PREFIX)
+    advice = (
+        "generate one: python3 -c 'import secrets; "
+        f'print("{TOKEN_PREFIX}" + secrets.token_urlsafe({SECRET_BYTES}))\''
+    )
+    if len(secret) < MIN_CHOSEN_SECRET:
+        return (
+            f"an API key needs at least {MIN_CHOSEN_SECRET} random characters after "
+            f"'{TOKEN_PREFIX}' (this one has {len(secret)}); {advice}"
+        )
+    if len(set(secret)) < MIN_DISTINCT_CHARACTERS:
+        return f"an API key must be random, not a repeated word; {advice}"
+    return None
 
 
 def hash_token(token: str) -> str:
@@ -53,9 +106,12 @@ async def create_key(
     session: AsyncSession, name: str, scopes: list[str], token: str | None = None
 ) -> tuple[ApiKey, str]:
     """Store a new key; returns it with the token, which is never retrievable again."""
-    token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = token or new_token()
     key = ApiKey(
-        name=name, prefix=token[:10], token_hash=hash_token(token), scopes=check_scopes(scopes)
+        name=name,
+        prefix=public_prefix(token),
+        token_hash=hash_token(token),
+        scopes=check_scopes(scopes),
     )
     session.add(key)
     await session.flush()
@@ -77,8 +133,8 @@ async def authenticate(session: AsyncSession, token: str) -> ApiKey | None:
 
 async def ensure_key(session: AsyncSession, token: str, name: str) -> ApiKey:
     """Make sure an admin key with exactly this token exists (bootstrap and dev keys)."""
-    if len(token) < 16:
-        raise Invalid("a bootstrap API key must be at least 16 characters long")
+    if reason := weakness(token):
+        raise Invalid(reason)
     existing = await session.scalar(sa.select(ApiKey).where(ApiKey.token_hash == hash_token(token)))
     if existing is not None:
         existing.revoked_at = None

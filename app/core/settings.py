@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 from collections.abc import Callable
@@ -12,8 +13,11 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.api_keys import weakness
+
 WEAK_SECRETS = frozenset({"", "changethis", "secret", "changeme", "warta", "password"})
 MIN_SECRET_LENGTH = 32
+DNS_PORT = 53
 
 
 class SettingsError(ValueError):
@@ -58,7 +62,9 @@ class Settings(BaseSettings):
         "", description="Signs tokens and webhooks; generated into var/ in development."
     )
     bootstrap_api_key: str = Field(
-        "", description="If set, an admin API key with exactly this token exists after start."
+        "",
+        description="If set, an admin API key with exactly this token exists after start; at "
+        "least 32 random characters after an optional `wk_` (a shorter one is refused).",
     )
     mta_submission: str = Field("127.0.0.1:2587", description="host:port(s) the sender submits to.")
     mta_inbound: str = Field(
@@ -282,6 +288,13 @@ class Settings(BaseSettings):
         description="Allow webhook URLs on loopback, private and link-local addresses "
         "(refused by default against SSRF; tests and single-host setups turn it on).",
     )
+    webhook_dns_servers: str = Field(
+        "",
+        description="ip[:port],… ([ipv6]:port) that resolve webhook hosts; empty = the system "
+        "resolver. Each delivery resolves its host once, checks every address and connects "
+        "to a checked one, so an answer that changes between check and connection (DNS "
+        "rebinding) cannot reach a private address.",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -289,6 +302,19 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _check_bootstrap_key(cls, value: str) -> str:
+        if value and (reason := weakness(value)):
+            raise ValueError(reason)
+        return value
+
+    @field_validator("webhook_dns_servers")
+    @classmethod
+    def _check_dns_servers(cls, value: str) -> str:
+        parse_dns_servers(value)
+        return value
 
     @field_validator("public_url")
     @classmethod
@@ -326,6 +352,29 @@ class Settings(BaseSettings):
                 self.ensure_var_dir() / "secret_key", lambda: secrets.token_urlsafe(48)
             )
         return self._generated_secret
+
+
+def parse_dns_servers(text: str) -> list[tuple[str, int]]:
+    """`ip[:port],…` (IPv6 as `[ip]:port`) as (ip, port) pairs; empty means the system's."""
+    servers = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item.startswith("["):
+            host, closed, rest = item[1:].partition("]")
+            if not closed or (rest and not rest.startswith(":")):
+                raise ValueError(f"cannot read DNS server {item!r} as [ip]:port")
+            port_text = rest[1:]
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+        else:
+            host, port_text = item, ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"DNS server {item!r} is not an IP address") from None
+        if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+            raise ValueError(f"DNS server {item!r} has no valid port")
+        servers.append((host, int(port_text or DNS_PORT)))
+    return servers
 
 
 def persisted_token(path: Path, generate: Callable[[], str]) -> str:

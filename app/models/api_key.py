@@ -1,4 +1,4 @@
-"""API keys: only a hash of the token is stored."""
+"""API keys: only a hash of the token is stored, and its public id."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class ApiKey(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     prefix: Mapped[str] = mapped_column(sa.String(16))
+    """`wk_<public id>`, which is not part of the secret; "" for keys without one."""
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -25,14 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.settings import Settings
 from app.models import DeliveryStatus, Event, MessageStream, WebhookEndpoint, utcnow
 from app.webhooks import repository
-from app.webhooks.service import UnsafeUrl, check_url
+from app.webhooks.egress import EgressGuard, UnsafeUrl, check_shape, webhook_client
 
 logger = logging.getLogger(__name__)
 WALK_PAGE = 500
 SKIP_PAGE = 20_000
 MAX_PAGES_PER_TICK = 20
 SIGNATURE_HEADER = "Warta-Signature"
-USER_AGENT = "Warta-Webhooks/0.1"
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -84,10 +83,8 @@ class WebhookDispatcher:
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
-        self.client = client or httpx.AsyncClient(
-            timeout=settings.webhook_timeout,
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
+        self.client = client or webhook_client(
+            EgressGuard.from_settings(settings), settings.webhook_timeout
         )
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -200,9 +197,12 @@ class WebhookDispatcher:
     async def _post(
         self, item: repository.Due, stream: MessageStream | None
     ) -> tuple[int | None, str | None]:
-        """POST the event; (status code, None) on 2xx, else (code or None, the reason)."""
+        """POST the event; (status code, None) on 2xx, else (code or None, the reason).
+
+        The addresses are checked by the client's transport as it connects (egress.py).
+        """
         try:
-            await check_url(item.url, self.settings.webhook_allow_private)
+            check_shape(item.url)
         except UnsafeUrl as exc:
             return None, f"refused: {exc.detail}"
         body = json.dumps(payload(item.event, stream), separators=(",", ":")).encode()
@@ -214,6 +214,8 @@ class WebhookDispatcher:
         }
         try:
             response = await self.client.post(item.url, content=body, headers=headers)
+        except UnsafeUrl as exc:
+            return None, f"refused: {exc.detail}"
         except httpx.TimeoutException:
             return None, f"timeout after {self.settings.webhook_timeout:g} s"
         except httpx.HTTPError as exc:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import secrets
-import socket
 from typing import Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,51 +18,10 @@ from app.models import (
     WebhookEndpoint,
     utcnow,
 )
+from app.webhooks.egress import EgressGuard
 
 SECRET_PREFIX = "whsec_"
 EVENT_TYPES = frozenset(kind.value for kind in EventKind)
-
-
-class UnsafeUrl(Invalid):
-    """A webhook URL Warta refuses to call."""
-
-
-async def check_url(url: str, allow_private: bool) -> str:
-    """http(s) only; with `allow_private` off, hosts must resolve to public addresses only.
-
-    The check runs at creation and again before every delivery (DNS may change).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UnsafeUrl("a webhook URL must start with http:// or https://")
-    if not parts.hostname:
-        raise UnsafeUrl("the webhook URL has no host")
-    if parts.username or parts.password:
-        raise UnsafeUrl("the webhook URL may not carry a user name or password")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise UnsafeUrl("the webhook URL has an invalid port") from None
-    if not allow_private:
-        for address in await _addresses(parts.hostname):
-            if not address.is_global:
-                raise UnsafeUrl(
-                    f"{parts.hostname} resolves to {address}, which is not a public address "
-                    "(set WARTA_WEBHOOK_ALLOW_PRIVATE=true to allow it)"
-                )
-    return url
-
-
-async def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        raise UnsafeUrl(f"the webhook host {host} does not resolve") from None
-    return [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
 
 
 def check_event_types(kinds: list[str]) -> list[str]:
@@ -82,13 +37,13 @@ async def create(
     *,
     url: str,
     event_types: list[str],
-    allow_private: bool,
+    guard: EgressGuard,
     stream: MessageStream | None = None,
     campaign_id: int | None = None,
     description: str = "",
 ) -> WebhookEndpoint:
     """A new endpoint with a fresh secret."""
-    await check_url(url, allow_private)
+    await guard.check_url(url)
     if campaign_id is not None and await session.get(Campaign, campaign_id) is None:
         raise Invalid(f"campaign {campaign_id} does not exist")
     endpoint = WebhookEndpoint(
@@ -115,12 +70,12 @@ async def get(session: AsyncSession, endpoint_id: int) -> WebhookEndpoint:
 
 
 async def update(
-    session: AsyncSession, endpoint_id: int, changes: dict[str, Any], allow_private: bool
+    session: AsyncSession, endpoint_id: int, changes: dict[str, Any], guard: EgressGuard
 ) -> WebhookEndpoint:
     """Change an endpoint; `enabled: true` re-enables it and retries what it missed."""
     endpoint = await get(session, endpoint_id)
     if "url" in changes:
-        endpoint.url = await check_url(changes["url"], allow_private)
+        endpoint.url = await guard.check_url(changes["url"])
     if "event_types" in changes:
         endpoint.event_types = check_event_types(changes["event_types"])
     if "description" in changes:

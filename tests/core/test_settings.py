@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.core.settings import Settings
+from app.core.settings import Settings, parse_dns_servers
 
 
 def test_production_without_secret_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +67,16 @@ def test_unknown_log_settings_are_refused(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("WARTA_").lower()):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_webhook_dns_servers_are_ip_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARTA_WEBHOOK_DNS_SERVERS", "127.0.0.1:5353, [::1]:54, 9.9.9.9")
+    assert parse_dns_servers(Settings(_env_file=None).webhook_dns_servers) == [  # type: ignore[call-arg]
+        ("127.0.0.1", 5353),
+        ("::1", 54),
+        ("9.9.9.9", 53),
+    ]
+    for bad in ("dns.example.com", "1.2.3.4:0", "[::1", "1.2.3.4:x"):
+        monkeypatch.setenv("WARTA_WEBHOOK_DNS_SERVERS", bad)
+        with pytest.raises(ValidationError, match="webhook_dns_servers"):
+            Settings(_env_file=None)  # type: ignore[call-arg]

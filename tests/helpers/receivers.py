@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -67,12 +68,21 @@ class Receiver:
 
 
 @asynccontextmanager
-async def receiver(reply: Callable[[int], int] = lambda n: 200) -> AsyncIterator[Receiver]:
-    """A receiver listening on 127.0.0.1 (a free port) for the block."""
+async def receiver(
+    reply: Callable[[int], int] = lambda n: 200,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ssl.SSLContext | None = None,
+) -> AsyncIterator[Receiver]:
+    """A receiver listening on `host` (any 127.x; a free port unless given) for the block.
+
+    With `tls` it speaks HTTPS with that server context.
+    """
     handler = Receiver(reply)
-    server = await asyncio.start_server(handler._handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handler._handle, host, port, ssl=tls)
     port = server.sockets[0].getsockname()[1]
-    handler.url = f"http://127.0.0.1:{port}/hook"
+    handler.url = f"{'https' if tls else 'http'}://{host}:{port}/hook"
     try:
         yield handler
     finally:

@@ -215,6 +215,12 @@ async def test_webhook_api_refuses_bad_and_unsafe_urls(client: httpx.AsyncClient
         ({"url": "http://10.1.2.3/hook", "event_types": ["sent"]}, 422),
         ({"url": "http://[::1]/hook", "event_types": ["sent"]}, 422),
         ({"url": "http://169.254.169.254/latest", "event_types": ["sent"]}, 422),
+        # Multicast, and IPv6 forms that carry a private IPv4 address (6to4, NAT64, mapped).
+        ({"url": "http://224.0.0.1/hook", "event_types": ["sent"]}, 422),
+        ({"url": "http://[ff02::1]/hook", "event_types": ["sent"]}, 422),
+        ({"url": "http://[2002:7f00:1::]/hook", "event_types": ["sent"]}, 422),
+        ({"url": "http://[64:ff9b::a00:1]/hook", "event_types": ["sent"]}, 422),
+        ({"url": "http://[::ffff:10.0.0.1]/hook", "event_types": ["sent"]}, 422),
         ({"url": "http://user:pw@93.184.216.34/hook", "event_types": ["sent"]}, 422),
         ({"url": "https://93.184.216.34/hook", "event_types": ["exploded"]}, 422),
         ({"url": "https://93.184.216.34/hook", "event_types": []}, 422),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
+from app.api.deps import require
 from app.audience import subscribers as subscribers_service
 from app.core.http import SessionDep
 from campaigns import service as campaigns_service
@@ -27,9 +28,17 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(require("metrics:read"))],
+    responses={401: {"description": "No API key"}, 403: {"description": "Lacks metrics:read"}},
+)
 async def metrics(request: Request, session: SessionDep) -> PlainTextResponse:
-    """Campaigns by status, subscribers, and the MTA counters per instance."""
+    """Campaigns by status, subscribers, and the MTA counters per instance.
+
+    Needs an API key with `metrics:read` (or `admin`): the figures describe the business.
+    """
     lines = [
         "# HELP warta_campaigns Campaigns by status.",
         "# TYPE warta_campaigns gauge",

@@ -16,6 +16,7 @@ from app.api.schemas.webhooks import (
 from app.core.http import SessionDep, SettingsDep
 from app.models import DeliveryStatus
 from app.webhooks import service
+from app.webhooks.egress import EgressGuard
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 READ = [Depends(require("webhooks:read"))]
@@ -34,7 +35,7 @@ async def create_webhook(
         stream=body.stream,
         campaign_id=body.campaign_id,
         description=body.description,
-        allow_private=settings.webhook_allow_private,
+        guard=EgressGuard.from_settings(settings),
     )
     await session.commit()
     return WebhookCreated.model_validate(endpoint)
@@ -60,7 +61,8 @@ async def update_webhook(
 ) -> WebhookRead:
     """Change an endpoint; `{"enabled": true}` re-enables it and retries what it missed."""
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
-    endpoint = await service.update(session, webhook_id, changes, settings.webhook_allow_private)
+    guard = EgressGuard.from_settings(settings)
+    endpoint = await service.update(session, webhook_id, changes, guard)
     await session.commit()
     return WebhookRead.model_validate(endpoint)
 
