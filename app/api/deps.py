@@ -32,7 +32,8 @@ async def current_key(
         raise HTTPException(
             401, "the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}
         )
-    await session.commit()
+    if session.dirty:  # the once-a-minute last_used_at touch
+        await session.commit()
     return key
 
 

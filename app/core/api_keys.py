@@ -119,7 +119,11 @@ async def create_key(
 
 
 async def authenticate(session: AsyncSession, token: str) -> ApiKey | None:
-    """The live key for a token, touching `last_used_at` at most once a minute."""
+    """The live key for a token, touching `last_used_at` at most once a minute.
+
+    The touch is left unflushed: the caller commits only when there is one (`session.dirty`),
+    so most requests pay one SELECT for authentication and no write.
+    """
     key = await session.scalar(
         sa.select(ApiKey).where(ApiKey.token_hash == hash_token(token), ApiKey.revoked_at.is_(None))
     )
@@ -127,7 +131,6 @@ async def authenticate(session: AsyncSession, token: str) -> ApiKey | None:
         now = utcnow()
         if key.last_used_at is None or now - key.last_used_at > _TOUCH_INTERVAL:
             key.last_used_at = now
-            await session.flush()
     return key
 
 
