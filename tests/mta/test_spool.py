@@ -330,3 +330,25 @@ async def test_queued_lists_only_committed_messages(tmp_path: Path) -> None:
         await spool.remove(first)
         assert await spool.queued() == [second]
         assert await spool.read_envelope(first) is None
+
+
+async def test_a_message_id_log_that_cannot_be_written_still_acknowledges_and_dedupes(
+    tmp_path: Path,
+) -> None:
+    # A real write failure, no mock: the log's path is a directory, so appending to it fails
+    # with an OSError after the message files are already in place (as a full disk would).
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        spool.message_ids_log.unlink(missing_ok=True)
+        spool.message_ids_log.mkdir()
+        queue_id = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+        assert spool.message_path(queue_id).read_bytes() == message(1)
+        # The resubmission after the client's timeout is recognised, not queued again.
+        again = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+        assert again == queue_id
+        assert len(list(spool.messages.iterdir())) == 1
+        # Once the log can be written, the ids held in memory reach it with the next commit.
+        spool.message_ids_log.rmdir()
+        await spool.accept(envelope(2, "<m2@warta.test>"), message(2))
+    logged = [json.loads(line)["m"] for line in spool.message_ids_log.read_text().splitlines()]
+    assert logged == ["m1@warta.test", "m2@warta.test"]

@@ -225,6 +225,7 @@ class Spool:
         for folder in (self.messages, self.envelopes, self.corrupt, *self._temp_dirs):
             folder.mkdir(parents=True, exist_ok=True)
         self._known: dict[str, tuple[QueueId, float]] = {}
+        self._unlogged: list[Envelope] = []  # accepted, their ids not yet in the log
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
         self._pending: list[_Pending] = []
         # Accepted but not yet durable and announced: on disk perhaps, not yet queued.
@@ -391,14 +392,36 @@ class Spool:
         # The Message-ID log last: an id is never known unless its message is durable,
         # otherwise a resubmission after a crash would be acknowledged and then lost.
         entries = [item.envelope for item in batch if item.envelope.message_id]
-        if entries:
-            self._append_message_ids(entries)
+        if entries or self._unlogged:
+            self._log_message_ids(entries)
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.accepted += len(batch)
         self.stats.fsync_seconds_total += elapsed
         self.stats.last_fsync_seconds = elapsed
         self.stats.last_batch_size = len(batch)
+
+    def _log_message_ids(self, entries: list[Envelope]) -> None:
+        """Append the batch's Message-IDs; if that fails the batch is still acknowledged.
+
+        The messages are durably queued once renamed into place: answering 451 now would
+        make the client resubmit and the message go out twice. Their ids stay known in
+        memory, are appended with the next commit, and a restart rebuilds them from the
+        queued envelopes.
+        """
+        pending = self._unlogged + entries
+        try:
+            self._append_message_ids(pending)
+        except OSError as exc:
+            logger.error(
+                "spool: could not log %d Message-IDs (%s); they stay known in memory and "
+                "are appended with the next commit",
+                len(pending),
+                exc,
+            )
+            self._unlogged = pending
+        else:
+            self._unlogged = []
 
     def _append_message_ids(self, envelopes: Iterable[Envelope]) -> None:
         lines = b"".join(
