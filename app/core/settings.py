@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     mta_max_connections_per_client: int = Field(
         50, ge=1, description="Concurrent SMTP connections one client address may hold."
     )
+    mta_auth_max_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed SMTP AUTH attempts from one address, or for one login, before "
+        "further attempts are refused with 421 (counted in Redis across MTA processes).",
+    )
+    mta_auth_failure_window: float = Field(
+        600, gt=0, description="Seconds the SMTP AUTH failure count (and a lockout) lasts."
+    )
     mta_idle_timeout: float = Field(300, gt=0, description="Seconds an idle SMTP session lives.")
     mta_dedupe_window: float = Field(
         604_800, gt=0, description="Seconds a Message-ID is remembered to refuse a second copy."

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from workers.mta.dedupe import SharedMessageIds
-from workers.mta.smtp_server import Authenticator, ServerConfig, Session, Transaction
+from workers.mta.smtp_server import Authenticator, AuthGuard, ServerConfig, Session, Transaction
 from workers.mta.smtp_server import serve as serve_smtp
 from workers.mta.spool import Envelope as SpooledEnvelope
 from workers.mta.spool import QueueId, Spool
@@ -239,6 +239,7 @@ async def serve(
     per_client: int,
     tls_context: ssl.SSLContext | None = None,
     authenticator: Authenticator | None = None,
+    auth_guard: AuthGuard | None = None,
     reuse_port: bool = False,
 ) -> asyncio.Server:
     """Listen on `host:port` with the handler; close the returned server to stop.
@@ -254,5 +255,6 @@ async def serve(
         tls_context=tls_context,
         authenticator=authenticator,
         auth_require_tls=True,
+        auth_guard=auth_guard,
     )
     return await serve_smtp(handler, address, config, reuse_port=reuse_port)

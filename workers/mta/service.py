@@ -14,6 +14,7 @@ from app.core.database import create_engine, create_sessionmaker
 from app.core.settings import Settings
 from app.mail.identity import parse_verp
 from workers.mta.auth import ApiKeyAuthenticator
+from workers.mta.auth_throttle import AuthThrottle
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
 from workers.mta.dkim import DkimSigner
@@ -86,6 +87,10 @@ class MtaService:
             tls.load_cert_chain(settings.mta_tls_cert, settings.mta_tls_key or None)
         authenticator = ApiKeyAuthenticator(sessions)
         await authenticator.start()
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        throttle = AuthThrottle(
+            redis, settings.mta_auth_max_failures, settings.mta_auth_failure_window
+        )
 
         async def listen(
             handler: SubmissionHandler | InboundHandler, address: str, auth: bool
@@ -99,10 +104,10 @@ class MtaService:
                 per_client=settings.mta_max_connections_per_client,
                 tls_context=tls,
                 authenticator=authenticator if auth else None,
+                auth_guard=throttle if auth else None,
                 reuse_port=settings.mta_reuse_port,
             )
 
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         submission = SubmissionHandler(
             spool,
             Networks.parse(settings.mta_trusted_networks),

@@ -43,6 +43,7 @@ RECIPIENT_OK = "250 2.1.5 OK"
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_LOCKED = "421 4.7.0 Too many failed authentications; try again later"
 AUTH_ENCRYPTION = "538 5.7.11 Encryption required for requested authentication mechanism"
 TLS_READY = "220 2.0.0 Ready to start TLS"
 TIMEOUT = "421 4.4.2 {hostname} Error: timeout exceeded"
@@ -105,6 +106,16 @@ Authenticator = Callable[[str, str], bool]
 """(login, password) → whether the credentials may submit."""
 
 
+class AuthGuard(Protocol):
+    """Counts failed AUTH attempts and says when a client or login must wait."""
+
+    async def blocked(self, client: str, login: str | None) -> bool:
+        """Whether this address, or this login once given, is locked out for now."""
+
+    async def failed(self, client: str, login: str) -> None:
+        """Count one failed attempt."""
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Per-listener settings shared by its connections."""
@@ -116,6 +127,7 @@ class ServerConfig:
     tls_context: ssl.SSLContext | None = None
     authenticator: Authenticator | None = None
     auth_require_tls: bool = True
+    auth_guard: AuthGuard | None = None
 
 
 def _address(argument: str, prefix: str) -> tuple[str, list[str]] | None:
@@ -507,6 +519,10 @@ class SmtpProtocol(asyncio.Protocol):
             self._push("503 5.5.1 AUTH not permitted during a mail transaction")
             return False
         await self._settle()
+        guard = self.config.auth_guard
+        client = str(self.session.peer[0]) if isinstance(self.session.peer, tuple) else ""
+        if guard is not None and await guard.blocked(client, None):
+            return self._locked_out()
         mechanism, _, initial = argument.partition(" ")
         mechanism = mechanism.upper()
         if mechanism == "PLAIN":
@@ -519,12 +535,22 @@ class SmtpProtocol(asyncio.Protocol):
         if credentials is None:
             return False
         login, password = credentials
+        if guard is not None and await guard.blocked(client, login):
+            return self._locked_out()
         if authenticator(login, password):
             self.session.authenticated = True
             self.session.login = login
             self._push(AUTH_OK)
             return True
+        if guard is not None:
+            await guard.failed(client, login)
         self._push(AUTH_INVALID)
+        return False
+
+    def _locked_out(self) -> bool:
+        self._push(AUTH_LOCKED)
+        self._buffer.clear()
+        self._close()
         return False
 
     async def _challenge(self, prompt: bytes) -> str | None:
