@@ -14,7 +14,7 @@ from app.audience.segments import segment_filter
 from app.core.errors import Invalid
 from app.core.settings import Settings
 from app.mail.context import EngineContext
-from app.mail.identity import SiteIdentity, mailbox, site_identity
+from app.mail.identity import SiteIdentity, mailbox, preview_identity, site_identity
 from app.mail.rendering import (
     RenderedMessage,
     RenderError,
@@ -119,8 +119,9 @@ class Preview:
 async def preview(
     session: AsyncSession, settings: Settings, campaign: Campaign, subscriber: Subscriber | None
 ) -> Preview:
-    """Build the real message for `subscriber` (or a sample) and read it back."""
-    site = site_identity(settings)
+    """Build the message for `subscriber` (or a sample) and read it back; its links, tokens,
+    Message-ID and return path are signed with the preview-only secret, so none acts."""
+    site = preview_identity(site_identity(settings))
     try:
         prepared = await prepare_campaign(session, campaign, site)
         if subscriber is None:

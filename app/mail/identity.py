@@ -7,6 +7,7 @@ after a crash can be recognised) and HMAC-signed (nobody can forge one for anoth
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -177,6 +178,14 @@ class SiteIdentity:
     public_url: str
     hostname: str
     bounce_domain: str
+
+
+def preview_identity(site: SiteIdentity) -> SiteIdentity:
+    """The site with a secret only previews sign with: every token in a preview looks like
+    the real one and is refused everywhere (the pages, the processor check the real secret),
+    so a preview is no way to a subscriber's pages or to unsubscribe, track or bounce them."""
+    secret = hmac.new(site.secret.encode(), b"warta-preview-only", hashlib.sha256).hexdigest()
+    return dataclasses.replace(site, secret=secret)
 
 
 def site_identity(settings: Settings) -> SiteIdentity:
