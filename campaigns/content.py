@@ -13,9 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audience.segments import segment_filter
 from app.core.errors import Invalid
 from app.core.settings import Settings
+from app.mail.budget import run_off_loop
 from app.mail.context import EngineContext
 from app.mail.identity import SiteIdentity, mailbox, preview_identity, site_identity
 from app.mail.rendering import (
+    CompiledCampaign,
+    Recipient,
     RenderedMessage,
     RenderError,
     SubscriberView,
@@ -80,12 +83,12 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
     """Render for a sample and the first audience members; any failure is Invalid (422).
 
     This is where an undefined variable or a sandbox violation is caught: when the campaign
-    is scheduled, not half-way through the send.
+    is scheduled, not half-way through the send. The renders run off the event loop, within
+    one render budget (`app.mail.budget`).
     """
     site = site_identity(settings)
     try:
         prepared = await prepare_campaign(session, campaign, site)
-        validate(prepared.compiled)
     except (RenderError, TemplateError) as exc:
         raise Invalid(f"the campaign does not render: {exc}") from None
     segment = segment_filter(campaign.segment) if campaign.segment else None
@@ -95,13 +98,24 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
         .order_by(Subscriber.id)
         .limit(VALIDATION_SAMPLE)
     )
-    for member in members:
-        recipient = prepared.recipient(member.id, SubscriberView.from_model(member))
+    sample = [
+        (member.email, prepared.recipient(member.id, SubscriberView.from_model(member)))
+        for member in members
+    ]
+    await run_off_loop(_validate_all, prepared.compiled, sample)
+
+
+def _validate_all(compiled: CompiledCampaign, sample: list[tuple[str, Recipient]]) -> None:
+    try:
+        validate(compiled)
+    except (RenderError, TemplateError) as exc:
+        raise Invalid(f"the campaign does not render: {exc}") from None
+    for email_address, recipient in sample:
         try:
-            validate(prepared.compiled, recipient)
+            validate(compiled, recipient)
         except RenderError as exc:
             raise Invalid(
-                f"the campaign does not render for {member.email}: {exc} "
+                f"the campaign does not render for {email_address}: {exc} "
                 "(use the default filter for attributes some subscribers lack)"
             ) from None
 
@@ -131,7 +145,7 @@ async def preview(
             addressee = Addressee(
                 subscriber.id, subscriber.email, subscriber.name, dict(subscriber.attributes)
             )
-        data = prepared.build(0, addressee)
+        data = await run_off_loop(prepared.build, 0, addressee)
     except (RenderError, TemplateError) as exc:
         raise Invalid(f"the campaign does not render: {exc}") from None
     message = email.message_from_bytes(data, policy=email.policy.default)
@@ -166,7 +180,7 @@ async def web_view(
     prepared = await prepare_campaign(session, campaign, site_identity(settings))
     recipient = prepared.recipient(subscriber.id, SubscriberView.from_model(subscriber))
     try:
-        return render(prepared.compiled, recipient)
+        return await run_off_loop(render, prepared.compiled, recipient)
     except RenderError as exc:
         raise Invalid(f"the campaign does not render: {exc}") from None
 
