@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audience.segments import segment_filter
 from app.core.errors import Invalid
 from app.core.settings import Settings
-from app.mail.budget import run_off_loop
+from app.mail.budget import MAX_COMPILE_SECONDS, run_off_loop
 from app.mail.context import EngineContext
 from app.mail.identity import SiteIdentity, mailbox, preview_identity, site_identity
 from app.mail.rendering import (
@@ -65,11 +66,15 @@ async def prepare_campaign(
         )
     ).first()
     list_id, list_name = (first_list[0], first_list[1]) if first_list else (0, None)
+    # Off the event loop: compiling a large body takes seconds.
+    compiled = await run_off_loop(
+        functools.partial(compile_campaign, track=campaign.tracking),
+        _Source(campaign.id, campaign.name, subject, html, text),
+        seconds=MAX_COMPILE_SECONDS,
+    )
     return PreparedCampaign(
         campaign_id=campaign.id,
-        compiled=compile_campaign(
-            _Source(campaign.id, campaign.name, subject, html, text), track=campaign.tracking
-        ),
+        compiled=compiled,
         sender=mailbox(campaign.from_email),
         reply_to=mailbox(campaign.reply_to) if campaign.reply_to else None,
         list_name=list_name,

@@ -32,6 +32,9 @@ MAX_LOOP_ITERATIONS = 1_000_000
 MAX_PRODUCED = 40_000_000
 """Characters one render may produce through `{{ … }}`, counted each time they are emitted
 (text captured by `{% set %}` or a macro counts again where it is output)."""
+MAX_COMPILE_SECONDS = 30.0
+"""How long a request waits for templates to compile off the event loop: compiling cannot be
+interrupted, and a body of the largest size the API accepts takes a few seconds."""
 RENDER_THREADS = 4
 _GRACE = 1.0
 """Seconds past the deadline before a request stops waiting for a render thread (the
@@ -145,16 +148,22 @@ async def run_off_loop(
     context = contextvars.copy_context()
 
     def run() -> T:
-        with budget(max(0.0, deadline - time.monotonic())) as current:
+        left = deadline - time.monotonic()
+        if left <= 0:  # waited its whole budget for a free thread
+            raise _late(seconds)
+        with budget(left) as current:
             current.seconds = seconds
-            tick()  # waited its whole budget for a thread: refuse before starting
             return func(*args)
 
     future = asyncio.get_running_loop().run_in_executor(_threads(), context.run, run)
     try:
         return await asyncio.wait_for(future, seconds + _GRACE)
     except TimeoutError:
-        raise Invalid(
-            f"the template did not finish rendering within {seconds:g} s, "
-            "the time one render may take in the sandbox"
-        ) from None
+        raise _late(seconds) from None
+
+
+def _late(seconds: float) -> Invalid:
+    return Invalid(
+        f"the template did not finish rendering within {seconds:g} s, "
+        "the time one render may take in the sandbox"
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, MutableMapping
 from functools import lru_cache
-from types import MappingProxyType, TracebackType
+from types import CodeType, MappingProxyType, TracebackType
 from typing import Any, TypeVar, cast
 
 from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, nodes
@@ -26,6 +26,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from app.mail import guards
 from app.mail.budget import budget, counted, tick
 
+MAX_COMPILED_SIZE = 1_500_000
+"""Characters of the Python code a template compiles to (a 5 KB newsletter makes 10 KB; the
+largest body the API takes, 500 KB, stays under it unless it is mostly tags)."""
 _MAPPING_ATTRIBUTES = frozenset(dir(dict)) | frozenset(dir(MappingProxyType))
 _VIEW_FIELDS: dict[type, frozenset[str]] = {}
 
@@ -97,6 +100,17 @@ class CampaignSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+"})
     code_generator_class = GuardedCodeGenerator
     concat = staticmethod(guards.concat)
+
+    def _compile(self, source: str, filename: str) -> CodeType:
+        """Python's compiler holds the GIL for as long as it runs, even in a render thread:
+        refuse generated code it would need more than about half a second for."""
+        if len(source) > MAX_COMPILED_SIZE:
+            raise TemplateSyntaxError(
+                f"the template is too complex: compiled, it would exceed {MAX_COMPILED_SIZE:,} "
+                "characters (use fewer tags, or split it)",
+                lineno=1,
+            )
+        return super()._compile(source, filename)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=guards.finalize, **options)

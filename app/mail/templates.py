@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, Invalid, NotFound
-from app.mail.budget import run_off_loop
+from app.mail.budget import MAX_COMPILE_SECONDS, run_off_loop
 from app.mail.sandbox import TemplateError, probe
 from app.models import Campaign, Template
 
@@ -18,7 +18,9 @@ async def check_content(subject: str, html: str, text: str) -> None:
     """Compile each part in the sandbox, then probe it (`app.mail.sandbox.probe`) off the
     event loop: a syntax error, or a template that breaks a sandbox limit whatever the data,
     is Invalid naming the part, line and limit."""
-    await run_off_loop(_check_parts, subject, html, text)
+    # Compiling takes what it takes (bounded by the size of the source); each probe's render
+    # has a budget of its own.
+    await run_off_loop(_check_parts, subject, html, text, seconds=MAX_COMPILE_SECONDS)
 
 
 def _check_parts(subject: str, html: str, text: str) -> None:

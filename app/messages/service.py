@@ -15,7 +15,7 @@ from app.core.errors import DomainError, Invalid, NotFound
 from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity, templates
-from app.mail.budget import run_off_loop
+from app.mail.budget import MAX_COMPILE_SECONDS, run_off_loop
 from app.mail.identity import SiteIdentity
 from app.mail.recording import Delivery, LedgerRow
 from app.mail.rendering import CompiledParts, RenderedMessage
@@ -96,7 +96,8 @@ async def prepare(
     With `dry_build`, also build the first message with a stand-in id, so that a bad address
     or header fails this request alone (a batch item) rather than `store`, which fails all.
     """
-    parts = content.compile_content(await _content(session, request))
+    source = await _content(session, request)
+    parts = await run_off_loop(content.compile_content, source, seconds=MAX_COMPILE_SECONDS)
     files = content.decode_attachments(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
         settings.message_max_attachment_bytes,

@@ -138,3 +138,12 @@ async def test_renders_off_the_loop_leave_it_free_and_a_stuck_one_is_abandoned()
     # A thread stuck in one call (no sandbox hook to stop it): the caller stops waiting.
     with pytest.raises(Invalid, match=r"did not finish rendering within 0\.2 s"):
         await run_off_loop(time.sleep, 2.0, seconds=0.2)
+
+
+def test_a_template_too_complex_to_compile_quickly_is_refused() -> None:
+    # Python's compiler holds the GIL: 20,000 output tags would hold it for most of a second.
+    with pytest.raises(TemplateError, match=r"^text: line 1: the template is too complex"):
+        _compiled("{{ a }}" * 20_000)
+    with pytest.raises(TemplateError, match="too complex"):
+        probe("{{ a }}" * 20_000, "text")
+    _compiled("<p>static text</p>" * 25_000)  # 450 KB of text is no work to compile
