@@ -218,18 +218,22 @@ class ReportProcessor:
                 found.recipients or recipients,
                 reason,
             )
+        complaint = report.kind is ReportKind.complaint
         item = report.failures[0] if report.failures else None
+        if item is not None:
+            email, status, diagnostic = item.final_recipient, item.status, item.diagnostic
+        else:
+            email, status = (found.recipients or [""])[0], ""
+            diagnostic = f"feedback-type {report.feedback_type}" if complaint else ""
         await bounces.keep_unattributed(
             session,
             self.policy,
             bounces.Unattributed(
-                email=item.final_recipient if item else (found.recipients or [""])[0],
-                complaint=report.kind is ReportKind.complaint,
-                source="arf" if report.kind is ReportKind.complaint else report.kind.value,
-                status=item.status if item else "",
-                diagnostic=(item.diagnostic or item.status)
-                if item
-                else f"feedback-type {report.feedback_type}",
+                email=email,
+                complaint=complaint,
+                source="arf" if complaint else report.kind.value,
+                status=status,
+                diagnostic=diagnostic or status,
                 reason=reason,
                 raw=raw,
             ),

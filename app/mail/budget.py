@@ -1,7 +1,7 @@
 """What one render may spend: wall-clock time, loop iterations and characters produced.
 
-The sandbox's guards (`app.mail.sandbox`) refuse single operations that would allocate too
-much; a budget bounds what many small ones add up to. It lives in a context variable, set
+The guards (`app.mail.guards`) refuse single operations that would allocate too much; a
+budget bounds what many small ones add up to. It lives in a context variable, set
 around each render (`budget`), and is checked by the sandbox's hooks: every call, attribute
 and item lookup, binary operation, loop iteration and `{{ … }}` output. A template past a
 limit fails with `BudgetExceeded`, naming the limit.
