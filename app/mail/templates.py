@@ -14,13 +14,14 @@ from app.mail.sandbox import TemplateError, probe
 from app.models import Campaign, Template
 
 
-async def check_content(subject: str, html: str, text: str) -> None:
+async def check_content(subject: str | None, html: str | None, text: str | None) -> None:
     """Compile each part in the sandbox, then probe it (`app.mail.sandbox.probe`) off the
     event loop: a syntax error, or a template that breaks a sandbox limit whatever the data,
     is Invalid naming the part, line and limit."""
     # Compiling takes what it takes (bounded by the size of the source); each probe's render
     # has a budget of its own.
-    await run_off_loop(_check_parts, subject, html, text, seconds=MAX_COMPILE_SECONDS)
+    parts = (subject or "", html or "", text or "")  # a PATCH may send null
+    await run_off_loop(_check_parts, *parts, seconds=MAX_COMPILE_SECONDS)
 
 
 def _check_parts(subject: str, html: str, text: str) -> None:
