@@ -373,15 +373,14 @@ def lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
 
 
 def finalize(value: Any) -> Any:
-    """Every `{{ … }}` output: its size checked and counted against the render budget."""
+    """Every `{{ … }}` output: its size counted against the render budget (a string was
+    checked where it was made; anything else is sized as it would print)."""
     if isinstance(value, str):
         size = len(value)
-    elif isinstance(value, int):
-        size = value.bit_length() // 3 + 2
     else:
-        size = text_size(value)
-    if size > MAX_TEXT_LENGTH:
-        raise too_long("output")
+        size = value.bit_length() // 3 + 2 if isinstance(value, int) else text_size(value)
+        if size > MAX_TEXT_LENGTH:
+            raise too_long("output")
     current = CURRENT.get()
     if current is not None:
         current.produced += size
