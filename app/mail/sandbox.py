@@ -101,6 +101,11 @@ class CampaignSandbox(ImmutableSandboxedEnvironment):
     code_generator_class = GuardedCodeGenerator
     concat = staticmethod(guards.concat)
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(finalize=guards.finalize, **options)
+        self.globals["lipsum"] = guards.lipsum
+        self.filters = {name: guards.guarded_filter(name, f) for name, f in self.filters.items()}
+
     def _compile(self, source: str, filename: str) -> CodeType:
         """Python's compiler holds the GIL for as long as it runs, even in a render thread:
         refuse generated code it would need more than about half a second for."""
@@ -111,11 +116,6 @@ class CampaignSandbox(ImmutableSandboxedEnvironment):
                 lineno=1,
             )
         return super()._compile(source, filename)
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(finalize=guards.finalize, **options)
-        self.globals["lipsum"] = guards.lipsum
-        self.filters = {name: guards.guarded_filter(name, f) for name, f in self.filters.items()}
 
     @staticmethod
     def counted(iterable: Iterable[Any]) -> Iterable[Any]:
