@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -13,9 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audience.segments import segment_filter
 from app.core.errors import Invalid
 from app.core.settings import Settings
+from app.mail.budget import MAX_COMPILE_SECONDS, run_off_loop
 from app.mail.context import EngineContext
-from app.mail.identity import SiteIdentity, mailbox, site_identity
+from app.mail.identity import SiteIdentity, mailbox, preview_identity, site_identity
 from app.mail.rendering import (
+    CompiledCampaign,
+    Recipient,
     RenderedMessage,
     RenderError,
     SubscriberView,
@@ -62,11 +66,15 @@ async def prepare_campaign(
         )
     ).first()
     list_id, list_name = (first_list[0], first_list[1]) if first_list else (0, None)
+    # Off the event loop: compiling a large body takes seconds.
+    compiled = await run_off_loop(
+        functools.partial(compile_campaign, track=campaign.tracking),
+        _Source(campaign.id, campaign.name, subject, html, text),
+        seconds=MAX_COMPILE_SECONDS,
+    )
     return PreparedCampaign(
         campaign_id=campaign.id,
-        compiled=compile_campaign(
-            _Source(campaign.id, campaign.name, subject, html, text), track=campaign.tracking
-        ),
+        compiled=compiled,
         sender=mailbox(campaign.from_email),
         reply_to=mailbox(campaign.reply_to) if campaign.reply_to else None,
         list_name=list_name,
@@ -80,12 +88,12 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
     """Render for a sample and the first audience members; any failure is Invalid (422).
 
     This is where an undefined variable or a sandbox violation is caught: when the campaign
-    is scheduled, not half-way through the send.
+    is scheduled, not half-way through the send. The renders run off the event loop, within
+    one render budget (`app.mail.budget`).
     """
     site = site_identity(settings)
     try:
         prepared = await prepare_campaign(session, campaign, site)
-        validate(prepared.compiled)
     except (RenderError, TemplateError) as exc:
         raise Invalid(f"the campaign does not render: {exc}") from None
     segment = segment_filter(campaign.segment) if campaign.segment else None
@@ -95,13 +103,24 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
         .order_by(Subscriber.id)
         .limit(VALIDATION_SAMPLE)
     )
-    for member in members:
-        recipient = prepared.recipient(member.id, SubscriberView.from_model(member))
+    sample = [
+        (member.email, prepared.recipient(member.id, SubscriberView.from_model(member)))
+        for member in members
+    ]
+    await run_off_loop(_validate_all, prepared.compiled, sample)
+
+
+def _validate_all(compiled: CompiledCampaign, sample: list[tuple[str, Recipient]]) -> None:
+    try:
+        validate(compiled)
+    except (RenderError, TemplateError) as exc:
+        raise Invalid(f"the campaign does not render: {exc}") from None
+    for email_address, recipient in sample:
         try:
-            validate(prepared.compiled, recipient)
+            validate(compiled, recipient)
         except RenderError as exc:
             raise Invalid(
-                f"the campaign does not render for {member.email}: {exc} "
+                f"the campaign does not render for {email_address}: {exc} "
                 "(use the default filter for attributes some subscribers lack)"
             ) from None
 
@@ -119,8 +138,9 @@ class Preview:
 async def preview(
     session: AsyncSession, settings: Settings, campaign: Campaign, subscriber: Subscriber | None
 ) -> Preview:
-    """Build the real message for `subscriber` (or a sample) and read it back."""
-    site = site_identity(settings)
+    """Build the message for `subscriber` (or a sample) and read it back; its links, tokens,
+    Message-ID and return path are signed with the preview-only secret, so none acts."""
+    site = preview_identity(site_identity(settings))
     try:
         prepared = await prepare_campaign(session, campaign, site)
         if subscriber is None:
@@ -130,7 +150,7 @@ async def preview(
             addressee = Addressee(
                 subscriber.id, subscriber.email, subscriber.name, dict(subscriber.attributes)
             )
-        data = prepared.build(0, addressee)
+        data = await run_off_loop(prepared.build, 0, addressee)
     except (RenderError, TemplateError) as exc:
         raise Invalid(f"the campaign does not render: {exc}") from None
     message = email.message_from_bytes(data, policy=email.policy.default)
@@ -165,7 +185,7 @@ async def web_view(
     prepared = await prepare_campaign(session, campaign, site_identity(settings))
     recipient = prepared.recipient(subscriber.id, SubscriberView.from_model(subscriber))
     try:
-        return render(prepared.compiled, recipient)
+        return await run_off_loop(render, prepared.compiled, recipient)
     except RenderError as exc:
         raise Invalid(f"the campaign does not render: {exc}") from None
 

@@ -121,7 +121,7 @@ async def _validate(
         await templates_service.get_or_invalid(session, fields["template_id"])
     elif not (fields.get("html") or fields.get("text")):
         raise Invalid("a campaign needs content: a template_id, or html and/or text")
-    templates_service.check_content(
+    await templates_service.check_content(
         fields.get("subject", ""), fields.get("html", ""), fields.get("text", "")
     )
 

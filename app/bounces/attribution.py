@@ -1,17 +1,17 @@
-"""Which ledger row a report is about, as clues in order of trust.
+"""Which ledger row a report is about: only what Warta signed names one.
 
 1. the VERP token in the envelope recipient (signed, names the row), or the same token as
    the original's envelope sender (ARF's Original-Mail-From, the returned Return-Path);
-2. the signed Message-ID of the returned original;
-3. Warta's own headers in the returned original (Feedback-ID names the campaign);
-4. the reported recipient address alone (the latest ledger row for it).
-A VERP-shaped address among these whose signature does not verify marks the report forged:
-nothing is done for it, whatever else it says (a forger may quote a genuine message).
+2. the signed Message-ID of the returned original.
+Nothing else names a row: the reported address, `To` and `Feedback-ID` are whatever the
+sender of the report wrote, and anyone may mail the bounce domain. A report without a signed
+clue is unattributed (kept for an operator, acted on never). A VERP-shaped address among
+these whose signature does not verify marks the report forged: nothing is done for it,
+whatever else it says (a forger may quote a genuine message).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
@@ -21,7 +21,6 @@ from app.mail import identity
 from app.mail.identity import Kind
 
 VERP_PREFIX = "bounces+"
-_FEEDBACK_ID = re.compile(r"^\s*(\d{1,10}):campaign:warta\s*$")
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,9 @@ class Row:
 
 @dataclass(frozen=True)
 class Clues:
-    """What a report offers to find its row, best first; the service resolves them."""
+    """The row a report names (if a signed clue names one) and the addresses it reports."""
 
     row: Row | None
-    campaign_id: int | None
     recipients: list[str]
     forged: bool = False
 
@@ -64,22 +62,18 @@ def clues(
     recipients: list[str],
     senders: Sequence[str] = (),
 ) -> Clues:
-    """Gather every clue; `recipients` are the addresses the report names, `senders` the
+    """Gather the signed clues; `recipients` are the addresses the report names, `senders` the
     envelope senders it reports for the original (ARF's Original-Mail-From)."""
     returned = [address_field(header(original, "Return-Path"))] if original is not None else []
     row, forged = verp_row(secret, [*envelope_recipients, *senders, *returned])
     if forged:
-        return Clues(None, None, recipients, forged=True)
-    campaign_id = None
+        return Clues(None, recipients, forged=True)
     if original is not None:
         if row is None:
             parsed = identity.parse_message_id(secret, header(original, "Message-ID", 1000))
             if parsed is not None:
                 row = Row(parsed[0], parsed[1], "message-id")
-        match = _FEEDBACK_ID.match(header(original, "Feedback-ID", 200))
-        if match:
-            campaign_id = int(match.group(1))
         if not recipients:
             to = address_field(header(original, "To", 1000))
             recipients = [to] if to else []
-    return Clues(row, campaign_id, [r for r in recipients if r], forged)
+    return Clues(row, [r for r in recipients if r], forged)

@@ -27,7 +27,6 @@ from app.audience import unsubscribe as unsubscribe_service
 from app.bounces import service as bounces
 from app.bounces.attribution import Clues, clues
 from app.bounces.classify import Classifier
-from app.bounces.parse.dsn import DsnRecipient
 from app.bounces.parse.mime import MAX_REPORT_BYTES
 from app.bounces.parse.report import Report, ReportKind, parse_report
 from app.mail.recording import LedgerRow
@@ -161,79 +160,85 @@ class ReportProcessor:
             return Handled("delayed")
         senders = [report.feedback.original_mail_from] if report.feedback is not None else []
         found = clues(self.secret, recipients, report.original, report.addresses(), senders)
+        raw = data.decode("utf-8", "replace")
+        async with self.sessionmaker() as session:
+            row = None if found.forged else await self._row(session, found)
+            if row is None:
+                handled = await self._keep_unattributed(session, report, found, recipients, raw)
+            else:
+                facts = [self._fact(report, row, raw)]
+                await bounces.apply(session, self.policy, facts)
+                handled = Handled(report.kind.value, len(facts))
+            await session.commit()
+        return handled
+
+    async def _row(self, session: AsyncSession, found: Clues) -> LedgerRow | None:
+        """The row a signed clue names, if it exists."""
+        if found.row is None:
+            return None
+        row = await bounces.resolve(session, found.row.kind, found.row.row_id, "")
+        if row is None:
+            logger.warning(
+                "report names %s row %s, which does not exist", found.row.kind, found.row.row_id
+            )
+        return row
+
+    def _fact(self, report: Report, row: LedgerRow, raw: str) -> bounces.Fact:
+        """What the report says about the signed row: its complaint, or its recipient's
+        failure (the block for the row's address, else the first)."""
+        if report.kind is ReportKind.complaint:
+            feedback_type = report.feedback_type
+            diagnostic = f"feedback-type {feedback_type}"
+            return bounces.Fact(row.email, "arf", None, diagnostic, raw, row, feedback_type)
+        failures = report.failures
+        item = next((f for f in failures if f.final_recipient == row.email), failures[0])
+        classification = self.classifier.classify(item.diagnostic, item.status, permanent=True)
+        diagnostic = item.diagnostic or item.status
+        return bounces.Fact(row.email, report.kind.value, classification, diagnostic, raw, row)
+
+    async def _keep_unattributed(
+        self,
+        session: AsyncSession,
+        report: Report,
+        found: Clues,
+        recipients: list[str],
+        raw: str,
+    ) -> Handled:
+        """Record a report no signed clue ties to a row, for an operator; act on nothing."""
         if found.forged:
+            reason = "forged token"
             logger.warning(
                 "forged report ignored: envelope recipient %s has a bad signature", recipients
             )
-            return Handled("forged")
-        async with self.sessionmaker() as session:
-            facts = await self._facts(session, report, found, data)
-            if not facts:
-                logger.warning(
-                    "%s for %s names no ledger row Warta knows: ignored",
-                    report.kind,
-                    report.addresses() or recipients,
-                )
-                return Handled("unattributed")
-            await bounces.apply(session, self.policy, facts)
-            await session.commit()
-        return Handled(report.kind.value, len(facts))
-
-    async def _facts(
-        self, session: AsyncSession, report: Report, found: Clues, data: bytes
-    ) -> list[bounces.Fact]:
-        raw = data.decode("utf-8", "replace")
-        if report.kind is ReportKind.complaint:
-            return await self._complaint(session, report, found, raw)
-        return await self._bounces(session, report, found, raw)
-
-    async def _complaint(
-        self, session: AsyncSession, report: Report, found: Clues, raw: str
-    ) -> list[bounces.Fact]:
-        feedback = report.feedback
-        assert feedback is not None
-        row = await self._row(session, found, (found.recipients or [""])[0])
-        if row is None:
-            return []
-        diagnostic = f"feedback-type {feedback.feedback_type}"
-        return [bounces.Fact(row.email, "arf", None, diagnostic, raw, row, feedback.feedback_type)]
-
-    async def _bounces(
-        self, session: AsyncSession, report: Report, found: Clues, raw: str
-    ) -> list[bounces.Fact]:
-        """A signed row takes the recipient that matches it (or the first); without one,
-        each failed recipient is looked up by address."""
-        source = report.kind.value
-        failures = report.failures
-        if found.row is not None:
-            row = await self._row(session, found, "")
-            if row is None:
-                return []
-            item = next((f for f in failures if f.final_recipient == row.email), failures[0])
-            return [self._bounce(row.email, source, item, raw, row)]
-        facts = []
-        for item in failures:
-            row = await self._row(session, found, item.final_recipient)
-            if row is not None:
-                facts.append(self._bounce(row.email, source, item, raw, row))
-        return facts
-
-    async def _row(self, session: AsyncSession, found: Clues, email: str) -> LedgerRow | None:
-        if found.row is not None:
-            row = await bounces.resolve(session, found.row.kind, found.row.row_id, "")
-            if row is None:
-                logger.warning(
-                    "report names %s row %s, which does not exist", found.row.kind, found.row.row_id
-                )
-            return row
-        return await bounces.resolve(session, None, None, email, found.campaign_id)
-
-    def _bounce(
-        self, email: str, source: str, item: DsnRecipient, raw: str, row: LedgerRow
-    ) -> bounces.Fact:
-        classification = self.classifier.classify(item.diagnostic, item.status, permanent=True)
-        diagnostic = item.diagnostic or item.status
-        return bounces.Fact(email, source, classification, diagnostic, raw, row)
+        else:
+            reason = "unknown row" if found.row is not None else "no signed token"
+            logger.warning(
+                "%s for %s names no ledger row Warta knows (%s): kept, not acted on",
+                report.kind,
+                found.recipients or recipients,
+                reason,
+            )
+        complaint = report.kind is ReportKind.complaint
+        item = report.failures[0] if report.failures else None
+        if item is not None:
+            email, status, diagnostic = item.final_recipient, item.status, item.diagnostic
+        else:
+            email, status = (found.recipients or [""])[0], ""
+            diagnostic = f"feedback-type {report.feedback_type}" if complaint else ""
+        await bounces.keep_unattributed(
+            session,
+            self.policy,
+            bounces.Unattributed(
+                email=email,
+                complaint=complaint,
+                source="arf" if complaint else report.kind.value,
+                status=status,
+                diagnostic=diagnostic or status,
+                reason=reason,
+                raw=raw,
+            ),
+        )
+        return Handled("forged" if found.forged else "unattributed")
 
     async def _unsubscribe(self, address: str) -> Handled:
         token = address.partition("@")[0][len(UNSUBSCRIBE_PREFIX) :]

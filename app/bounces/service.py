@@ -91,11 +91,29 @@ class Fact:
         return self.classification is None
 
 
+UNATTRIBUTED = "unattributed"
+"""The start of the action of a report kept without acting: no signed clue named its row."""
+
+
+@dataclass(frozen=True)
+class Unattributed:
+    """An inbound report that names no row Warta signed: what it claims, and why it is not
+    trusted (`forged token`, `unknown row`, `no signed token`)."""
+
+    email: str
+    complaint: bool
+    source: str
+    status: str
+    diagnostic: str
+    reason: str
+    raw: str
+
+
 def _cut(text: str, limit: int) -> str:
-    """At most `limit` bytes of UTF-8, without NUL (PostgreSQL text cannot hold it)."""
-    text = text.replace("\x00", "\ufffd")
-    encoded = text.encode("utf-8", "replace")
-    return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore")
+    """At most `limit` bytes of UTF-8, without NUL (PostgreSQL text cannot hold it) or lone
+    surrogates (what undecodable header bytes become; no database driver can encode them)."""
+    encoded = text.replace("\x00", "\ufffd").encode("utf-8", "replace")
+    return encoded[:limit].decode("utf-8", "ignore")
 
 
 async def apply(
@@ -140,6 +158,25 @@ async def apply(
     for campaign_id in sorted({r.campaign_id for r in records if r.campaign_id is not None}):
         await guard(session, policy.guard, campaign_id, now)
     return records
+
+
+async def keep_unattributed(session: AsyncSession, policy: Policy, item: Unattributed) -> Bounce:
+    """Keep the report for an operator (`GET /api/v1/bounces`, action `unattributed: …`) and
+    do nothing else: no suppression, no status change, no event, no campaign named, so the
+    guard and the stats never count it (anyone can mail the bounce domain)."""
+    record = Bounce(
+        created_at=utcnow(),
+        email=_cut(item.email.lower(), 320)[:320],
+        kind="complaint" if item.complaint else "bounce",
+        source=item.source[:16],
+        status=_cut(item.status, 16)[:16],
+        diagnostic=_cut(item.diagnostic, 1000)[:1000],
+        action=f"{UNATTRIBUTED}: {item.reason}"[:64],
+        raw=_cut(item.raw, policy.raw_max_bytes),
+    )
+    session.add(record)
+    await session.flush()
+    return record
 
 
 def _record(

@@ -7,6 +7,7 @@ after a crash can be recognised) and HMAC-signed (nobody can forge one for anoth
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -20,7 +21,8 @@ from app.core.settings import Settings
 from app.mail.mime import Address
 
 _MAC_BYTES = 6
-_MESSAGE_ID = re.compile(r"^\s*<([a-z])(\d{1,18})\.([a-z2-7]{1,20})@[^<>\s]+>\s*$")
+_MESSAGE_ID = re.compile(r"^\s*<([a-z])(\d{1,18})\.([a-z2-7]{1,20})@[^<>\s]+>\s*$", re.ASCII)
+_MAX_ROW_DIGITS = 18
 
 
 class Kind(StrEnum):
@@ -48,6 +50,17 @@ def _mac(secret: str, purpose: str, payload: str, size: int = _MAC_BYTES) -> str
     return base64.b32encode(digest[:size]).decode().rstrip("=").lower()
 
 
+def _same(mac: str, expected: str) -> bool:
+    """Constant-time comparison; a MAC with a non-ASCII character (never one of ours, and one
+    `hmac.compare_digest` refuses with TypeError) is simply not the same."""
+    return mac.isascii() and hmac.compare_digest(mac, expected)
+
+
+def _row_number(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also accepts `²` (which `int` refuses) and Arabic-Indic digits."""
+    return 0 < len(text) <= _MAX_ROW_DIGITS and text.isascii() and text.isdigit()
+
+
 def message_id(secret: str, ledger_id: int, hostname: str, kind: Kind) -> str:
     """`<c123.mac@host>`: unique per ledger row, the same on every resubmission."""
     return f"<{kind}{ledger_id}.{_mac(secret, 'mid', f'{kind}{ledger_id}')}@{hostname}>"
@@ -60,7 +73,7 @@ def parse_message_id(secret: str, value: str) -> tuple[Kind, int] | None:
         return None
     letter, number, mac = match.groups()
     kind = _kind(letter)
-    if kind is None or not hmac.compare_digest(mac, _mac(secret, "mid", f"{letter}{number}")):
+    if kind is None or not _same(mac, _mac(secret, "mid", f"{letter}{number}")):
         return None
     return kind, int(number)
 
@@ -77,10 +90,10 @@ def parse_verp(secret: str, address: str) -> tuple[Kind, int] | None:
     if not local.startswith("bounces+"):
         return None
     payload, _, mac = local[len("bounces+") :].partition("-")
-    if len(payload) < 2 or not payload[1:].isdigit():
+    if not _row_number(payload[1:]):
         return None
     kind = _kind(payload[0])
-    if kind is None or not hmac.compare_digest(mac, _mac(secret, "verp", payload)):
+    if kind is None or not _same(mac, _mac(secret, "verp", payload)):
         return None
     return kind, int(payload[1:])
 
@@ -100,7 +113,7 @@ def read_link_token(secret: str, purpose: str, token: str) -> tuple[int, ...] | 
         parts = tuple(int(part) for part in payload.split("."))
     except (ValueError, UnicodeError):
         return None
-    if not hmac.compare_digest(mac, _mac(secret, purpose, payload, size=10)):
+    if not _same(mac, _mac(secret, purpose, payload, size=10)):
         return None
     return parts
 
@@ -152,7 +165,7 @@ def read_tracking_token(secret: str, purpose: str, token: str) -> tuple[int, ...
         parts = tuple(int(part) for part in payload.decode().split("."))
     except (ValueError, UnicodeError):
         return None
-    if not hmac.compare_digest(mac, _tracking_mac(secret, purpose, payload)):
+    if not _same(mac, _tracking_mac(secret, purpose, payload)):
         return None
     return parts
 
@@ -165,6 +178,14 @@ class SiteIdentity:
     public_url: str
     hostname: str
     bounce_domain: str
+
+
+def preview_identity(site: SiteIdentity) -> SiteIdentity:
+    """The site with a secret only previews sign with: every token in a preview looks like
+    the real one and is refused everywhere (the pages, the processor check the real secret),
+    so a preview is no way to a subscriber's pages or to unsubscribe, track or bounce them."""
+    secret = hmac.new(site.secret.encode(), b"warta-preview-only", hashlib.sha256).hexdigest()
+    return dataclasses.replace(site, secret=secret)
 
 
 def site_identity(settings: Settings) -> SiteIdentity:

@@ -19,7 +19,13 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from markupsafe import Markup
 
 from app.mail import tracking
-from app.mail.sandbox import TemplateError, environment, template_view
+from app.mail.budget import budget
+from app.mail.sandbox import (
+    TemplateError,
+    environment,
+    template_line,
+    template_view,
+)
 from app.models import Subscriber
 
 MAX_VALIDATE_OUTPUT = 5_000_000  # characters per part when validating a template
@@ -273,24 +279,30 @@ def _compile(source: str, part: str, *, html: bool) -> Template:
 
 
 def _render(template: Template, part: str, context: dict[str, Any], limit: int | None) -> str:
-    if limit is None:
-        try:
-            return template.render(context)
-        except Exception as exc:
-            raise _render_error(part, exc) from exc
-    chunks: list[str] = []
-    size = 0
+    """One part within a render budget of its own (`app.mail.budget`; an enclosing one's
+    deadline holds), refused past `limit` characters (MAX_VALIDATE_OUTPUT without one).
+
+    The chunks are collected before their size is known: what a template can make them add
+    up to is bounded by the budget (loop iterations, characters produced), and static text
+    repeated by a loop is the same object many times, not many copies.
+    """
+    limit = MAX_VALIDATE_OUTPUT if limit is None else limit
     try:
-        for chunk in template.generate(context):
-            size += len(chunk)
-            if size > limit:
-                raise OutputTooLarge(part, f"output exceeds {limit} characters")
-            chunks.append(chunk)
-    except RenderError:
-        raise
+        with budget():
+            chunks = _chunks(template, context)
     except Exception as exc:
         raise _render_error(part, exc) from exc
+    if sum(map(len, chunks)) > limit:
+        raise OutputTooLarge(part, f"output exceeds {limit} characters")
     return "".join(chunks)
+
+
+def _chunks(template: Template, context: dict[str, Any]) -> list[str]:
+    """Jinja's `Template.render` without the join, so that the caller can size it first."""
+    try:
+        return list(template.root_render_func(template.new_context(context)))
+    except Exception:
+        template.environment.handle_exception()  # raises it again with template line numbers
 
 
 def _context(campaign: CampaignView, recipient: Recipient) -> dict[str, Any]:
@@ -316,24 +328,13 @@ def _add_tracking(
 
 
 def _render_error(part: str, exc: Exception) -> RenderError:
-    line = _template_line(exc)
+    line = template_line(exc)
     where = f"line {line}: " if line else ""
     if isinstance(exc, SecurityError) or (isinstance(exc, OverflowError) and "sandbox" in str(exc)):
         return RenderError(part, f"{where}unsafe template: {exc}")
     if isinstance(exc, UndefinedError):
         return RenderError(part, f"{where}{exc}")
     return RenderError(part, f"{where}{type(exc).__name__}: {exc}")
-
-
-def _template_line(exc: BaseException) -> int | None:
-    """The template line of the innermost template frame in the traceback, if any."""
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
 
 
 # --- HTML to text ---------------------------------------------------------------------------

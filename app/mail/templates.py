@@ -1,4 +1,4 @@
-"""Templates: stored Jinja sources, syntax-checked on save."""
+"""Templates: stored Jinja sources, syntax-checked and probed for sandbox limits on save."""
 
 from __future__ import annotations
 
@@ -9,16 +9,26 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, Invalid, NotFound
-from app.mail.sandbox import TemplateError, check_syntax
+from app.mail.budget import MAX_COMPILE_SECONDS, run_off_loop
+from app.mail.sandbox import TemplateError, probe
 from app.models import Campaign, Template
 
 
-def check_content(subject: str, html: str, text: str) -> None:
-    """Compile each part in the sandbox; a syntax error is Invalid naming the part and line."""
+async def check_content(subject: str | None, html: str | None, text: str | None) -> None:
+    """Compile each part in the sandbox, then probe it (`app.mail.sandbox.probe`) off the
+    event loop: a syntax error, or a template that breaks a sandbox limit whatever the data,
+    is Invalid naming the part, line and limit."""
+    # Compiling takes what it takes (bounded by the size of the source); each probe's render
+    # has a budget of its own.
+    parts = (subject or "", html or "", text or "")  # a PATCH may send null
+    await run_off_loop(_check_parts, *parts, seconds=MAX_COMPILE_SECONDS)
+
+
+def _check_parts(subject: str, html: str, text: str) -> None:
     try:
-        check_syntax(subject, "subject")
-        check_syntax(html, "html", html=True)
-        check_syntax(text, "text")
+        probe(subject, "subject")
+        probe(html, "html", html=True)
+        probe(text, "text")
     except TemplateError as exc:
         raise Invalid(f"template error in {exc}") from None
 
@@ -33,7 +43,7 @@ async def get(session: AsyncSession, template_id: int) -> Template:
 
 async def create(session: AsyncSession, **fields: Any) -> Template:
     """A new template; a taken name is a Conflict."""
-    check_content(fields.get("subject", ""), fields.get("html", ""), fields.get("text", ""))
+    await check_content(fields.get("subject", ""), fields.get("html", ""), fields.get("text", ""))
     new = Template(**fields)
     session.add(new)
     await _flush_unique(session, fields["name"])
@@ -43,7 +53,7 @@ async def create(session: AsyncSession, **fields: Any) -> Template:
 async def update(session: AsyncSession, template_id: int, changes: dict[str, Any]) -> Template:
     """Apply changes after checking the resulting content compiles."""
     found = await get(session, template_id)
-    check_content(
+    await check_content(
         changes.get("subject", found.subject),
         changes.get("html", found.html),
         changes.get("text", found.text),

@@ -15,9 +15,10 @@ from app.core.errors import DomainError, Invalid, NotFound
 from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
 from app.mail import identity, templates
+from app.mail.budget import MAX_COMPILE_SECONDS, run_off_loop
 from app.mail.identity import SiteIdentity
 from app.mail.recording import Delivery, LedgerRow
-from app.mail.rendering import RenderedMessage
+from app.mail.rendering import CompiledParts, RenderedMessage
 from app.messages import content, repository
 from app.models import (
     Event,
@@ -95,7 +96,8 @@ async def prepare(
     With `dry_build`, also build the first message with a stand-in id, so that a bad address
     or header fails this request alone (a batch item) rather than `store`, which fails all.
     """
-    parts = content.compile_content(await _content(session, request))
+    source = await _content(session, request)
+    parts = await run_off_loop(content.compile_content, source, seconds=MAX_COMPILE_SECONDS)
     files = content.decode_attachments(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
         settings.message_max_attachment_bytes,
@@ -110,16 +112,25 @@ async def prepare(
         broadcast=request.stream == MessageStream.broadcast,
         feedback_id=f"{tag}:{request.stream.value}:warta",
     )
-    recipients = []
-    for mailbox in request.recipients():
-        rendered = content.render(parts, request.data, mailbox, settings.message_max_bytes)
-        recipients.append((mailbox, _address(mailbox), rendered))
+    # Off the event loop, within one render budget: a template bomb delays nobody else.
+    recipients = await run_off_loop(
+        _render_all, parts, request.data, request.recipients(), settings.message_max_bytes
+    )
     if dry_build:
         first = recipients[0]
         content.check_buildable(
             site, dataclasses.replace(frame, recipient=first[0], attachments=()), first[2]
         )
     return Prepared(request, frame, recipients)
+
+
+def _render_all(
+    parts: CompiledParts, data: dict[str, Any], mailboxes: list[str], cap: int
+) -> list[tuple[str, str, RenderedMessage]]:
+    return [
+        (mailbox, _address(mailbox), content.render(parts, data, mailbox, cap))
+        for mailbox in mailboxes
+    ]
 
 
 def _address(mailbox: str) -> str:

@@ -37,13 +37,18 @@ def valid(
 ) -> bool:
     """Whether `value` is a genuine, unexpired token for this form and state."""
     issued_text, _, mac = value.partition(".")
-    if not issued_text.isdigit() or len(issued_text) > 12:
+    if not ascii_digits(issued_text, 12) or not mac.isascii():
         return False
     issued = int(issued_text)
     age = (time.time() if now is None else now) - issued
     if not 0 <= age <= FORM_LIFETIME:
         return False
     return hmac.compare_digest(mac, _mac(secret, purpose, bound, state, issued))
+
+
+def ascii_digits(value: str, longest: int) -> bool:
+    """Up to `longest` ASCII digits: `str.isdigit` also accepts `²`, which `int` refuses."""
+    return 0 < len(value) <= longest and value.isascii() and value.isdigit()
 
 
 def text(form: FormData, name: str) -> str:

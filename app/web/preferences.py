@@ -86,7 +86,7 @@ async def save(
     wanted = {
         int(value)
         for key, value in form.multi_items()
-        if key == "list" and isinstance(value, str) and value.isdigit() and len(value) < 11
+        if key == "list" and isinstance(value, str) and forms.ascii_digits(value, 10)
     }
     await service.save(session, subscriber, name, wanted)
     await session.commit()

@@ -133,7 +133,7 @@ async def undo(
     if form is None:
         return pages.expired_form()
     state = forms.text(form, "lists")
-    list_ids = [int(part) for part in state.split(",") if part.isdigit()][:100]
+    list_ids = [int(part) for part in state.split(",") if forms.ascii_digits(part, 10)][:100]
     await service.undo(session, target, list_ids)
     await session.commit()
     names = ", ".join(await service.list_names(session, list_ids)) or "your lists"

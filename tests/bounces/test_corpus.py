@@ -146,7 +146,7 @@ def test_arf_abuse_report_is_a_complaint_attributed_by_the_returned_sender() -> 
     assert report.feedback.user_agent == "ExampleFBL/1.0"
     found = clues(SECRET, ["complaints@bounces.warta.test"], report.original, report.addresses())
     assert found.row is not None
-    assert (found.row.row_id, found.row.via, found.campaign_id) == (108, "verp", 7)
+    assert (found.row.row_id, found.row.via) == (108, "verp")
     assert found.recipients == ["heidi@example.net"]
 
 
@@ -187,3 +187,15 @@ def test_arf_attribution_by_original_mail_from_then_by_message_id() -> None:
     kept_id = kept_id.replace(b"Return-Path: <bounces+c108-rljjplyibi@bounces.warta.test>\n", b"")
     by_id = clues(SECRET, ["complaints@x"], parse_report(kept_id).original, [])
     assert by_id.row is not None and (by_id.row.row_id, by_id.row.via) == (108, "message-id")
+
+
+def test_only_signed_clues_name_a_row() -> None:
+    """Feedback-ID, To and the reported address are the report's word: they name no row."""
+    data = (CORPUS / "arf_abuse.eml").read_bytes()
+    data = data.replace(b"Message-ID: <c108.gthxwxbo3m@mta.warta.test>\n", b"")
+    data = data.replace(b"Return-Path: <bounces+c108-rljjplyibi@bounces.warta.test>\n", b"")
+    report = parse_report(data)
+    assert report.original is not None and report.original.get("Feedback-ID")
+    found = clues(SECRET, ["complaints@bounces.warta.test"], report.original, report.addresses())
+    assert found.row is None and not found.forged
+    assert found.recipients == ["heidi@example.net"]

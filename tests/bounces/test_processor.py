@@ -18,7 +18,16 @@ from app.bounces.service import Policy
 from app.core.settings import Settings
 from app.mail import identity
 from app.mail.identity import Kind
-from app.models import Bounce, Campaign, MailingList, Send, SendStatus
+from app.models import (
+    Bounce,
+    Campaign,
+    MailingList,
+    Send,
+    SendStatus,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+)
 from tests.helpers.reports import dsn
 from workers.mta.inbound import InboundStore
 
@@ -40,26 +49,6 @@ async def _rows(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> l
         session.add_all(sends)
         await session.commit()
         return sends
-
-
-async def _again(sessionmaker: async_sessionmaker[AsyncSession], sends: list[Send]) -> list[Send]:
-    """A later campaign to the same subscribers."""
-    async with sessionmaker() as session:
-        campaign = Campaign(name="again", subject="s", from_email="news@example.com")
-        session.add(campaign)
-        await session.flush()
-        later = [
-            Send(
-                campaign_id=campaign.id,
-                subscriber_id=send.subscriber_id,
-                email=send.email,
-                status=SendStatus.delivered,
-            )
-            for send in sends
-        ]
-        session.add_all(later)
-        await session.commit()
-        return later
 
 
 def _processor(
@@ -124,25 +113,42 @@ def _plain_dsn(recipient: str, original_headers: str) -> bytes:
     ).encode()
 
 
-async def test_without_a_token_the_feedback_id_then_the_address_find_the_row(
+async def test_without_a_signed_clue_a_report_is_kept_unattributed_and_acts_on_nothing(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     first = await _rows(sessionmaker, 2)
-    second = await _again(sessionmaker, first)
     processor = _processor(settings, sessionmaker, tmp_path / "inbound")
     email = first[0].email
-    # Warta's Feedback-ID names the earlier campaign: its row, not the latest one.
+    # Warta's Feedback-ID is no signature: anyone can write it (and trip the campaign guard).
     feedback = f"To: {email}\r\nFeedback-ID: {first[0].campaign_id}:campaign:warta\r\n"
-    assert (await processor.handle(_plain_dsn(email, feedback))).bounces == 1
-    # Nothing but the address: its latest ledger row.
-    other = first[1].email
-    assert (await processor.handle(_plain_dsn(other, f"To: {other}\r\n"))).bounces == 1
-    # An address Warta never mailed: nothing is done.
-    handled = await processor.handle(_plain_dsn("stranger@example.net", "To: x@example.net\r\n"))
+    handled = await processor.handle(_plain_dsn(email, feedback))
     assert (handled.kind, handled.bounces) == ("unattributed", 0)
+    # Nothing but the address, or an address Warta never mailed: the same.
+    for address in (first[1].email, "stranger@example.net"):
+        handled = await processor.handle(_plain_dsn(address, f"To: {address}\r\n"))
+        assert (handled.kind, handled.bounces) == ("unattributed", 0)
+    # The signed Message-ID of the returned original names the row.
+    secret = settings.effective_secret_key()
+    signed = identity.message_id(secret, first[1].id, settings.mta_hostname, Kind.CAMPAIGN)
+    quoted = f"To: {first[1].email}\r\nMessage-ID: {signed}\r\n"
+    assert (await processor.handle(_plain_dsn(first[1].email, quoted))).bounces == 1
     async with sessionmaker() as session:
-        found = sorted((await session.scalars(sa.select(Bounce.send_id))).all())
-    assert found == sorted([first[0].id, second[1].id])
+        kept = (await session.scalars(sa.select(Bounce).order_by(Bounce.id))).all()
+        statuses = dict((await session.execute(sa.select(Send.email, Send.status))).all())
+        suppressed = (await session.scalars(sa.select(Suppression.address))).all()
+        subscribers = dict(
+            (await session.execute(sa.select(Subscriber.email, Subscriber.status))).all()
+        )
+    assert [(b.email, b.action, b.campaign_id, b.subscriber_id, b.send_id) for b in kept[:3]] == [
+        (email, "unattributed: no signed token", None, None, None),
+        (first[1].email, "unattributed: no signed token", None, None, None),
+        ("stranger@example.net", "unattributed: no signed token", None, None, None),
+    ]
+    assert all("Final-Recipient" in b.raw and b.status == "5.1.1" for b in kept[:3])
+    assert (kept[3].send_id, kept[3].action) == (first[1].id, "suppressed")
+    assert statuses == {email: SendStatus.delivered, first[1].email: SendStatus.bounced}
+    assert suppressed == [first[1].email]
+    assert subscribers[email] is SubscriberStatus.enabled
 
 
 async def test_replies_and_auto_replies_are_kept_for_a_person(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import smtplib
 from email.utils import formatdate
+
+from app.core.settings import Settings
+from tests.helpers.api import eventually
 
 
 def dsn(verp: str, recipient: str, diagnostic: str, message_id: str, padding: int = 0) -> bytes:
@@ -45,3 +50,39 @@ def arf(recipient: str, original: bytes) -> bytes:
         + headers
         + b"\r\n\r\n--F--\r\n"
     )
+
+
+def smtp_transaction(
+    address: str, mail_from: str, recipients: list[str], data: bytes, *, utf8: bool = False
+) -> tuple[int, str]:
+    """One transaction; (code, reply) of RCPT if refused there, else of DATA. With `utf8`,
+    SMTPUTF8 is asked for (non-ASCII addresses)."""
+    host, _, port = address.rpartition(":")
+    with smtplib.SMTP(host, int(port), timeout=60) as client:
+        client.ehlo("mx.remote.example")
+        client.mail(mail_from, ["SMTPUTF8"] if utf8 else [])
+        for recipient in recipients:
+            code, reply = client.rcpt(recipient)
+            if code >= 400:
+                return code, reply.decode()
+        code, reply = client.data(data)
+        return code, reply.decode()
+
+
+async def deliver_report(
+    settings: Settings, recipient: str, data: bytes, *, utf8: bool = False
+) -> tuple[int, str]:
+    """Send a report to the MTA's inbound listener from the null sender, as MTAs do."""
+    return await asyncio.to_thread(
+        smtp_transaction, settings.mta_inbound, "", [recipient], data, utf8=utf8
+    )
+
+
+async def inbound_processed(settings: Settings) -> None:
+    """Wait until the bounce processor has handled (or set aside) every stored report."""
+    inbound = settings.var_dir / "inbound"
+
+    async def empty() -> bool:
+        return not any(list((inbound / sub).iterdir()) for sub in ("new", "cur"))
+
+    await eventually(empty, what="inbound Maildir processed")

@@ -42,3 +42,28 @@ def test_forged_or_foreign_names_are_refused() -> None:
     assert identity.parse_verp(SECRET, verp.replace("+m42", "+c42")) is None
     assert identity.parse_message_id(SECRET, "<x@y>") is None
     assert identity.parse_verp(SECRET, "someone@example.com") is None
+
+
+HOSTILE = ["²", "é", "\udcff", "\ufffd", "١٢", "1" * 5000]
+"""Unicode digits (`isdigit` is true, `int` may refuse), non-ASCII letters, a lone surrogate
+(what a bytes header decodes to with surrogateescape), and a number past int's digit limit."""
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_tokens_are_refused_without_an_error(value: str) -> None:
+    genuine = identity.link_token(SECRET, "unsubscribe", 1, 2)
+    body, _, mac = genuine.rpartition(".")
+    message_id, verp = EARLIER[Kind.CAMPAIGN]
+    for token in (f"{body}.{value}", f"{value}.{mac}", value, f"{body}.{mac[:-1]}{value}"):
+        assert identity.read_link_token(SECRET, "unsubscribe", token) is None
+        assert identity.read_tracking_token(SECRET, "click", token) is None
+    for address in (
+        f"bounces+c1-{value}@bounces.example",
+        f"bounces+c{value}-gr2bzcwbyq@bounces.example",
+        f"bounces+{value}@bounces.example",
+        verp.replace("gr2bzcwbyq", value),
+    ):
+        assert identity.parse_verp(SECRET, address) is None
+    for header in (f"<c{value}.jwinsfzpbu@mta.example>", f"<c42.{value}@mta.example>"):
+        assert identity.parse_message_id(SECRET, header) is None
+    assert identity.parse_message_id(SECRET, message_id) == (Kind.CAMPAIGN, 42)

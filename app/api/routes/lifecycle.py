@@ -6,12 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from app.api.deps import PathId, require
+from app.api.deps import CurrentKey, PathId, require
 from app.api.routes.campaigns import campaign_reads
 from app.api.schemas.campaigns import CampaignRead
 from app.api.schemas.lifecycle import CampaignPreview, CampaignStats, TestSend, TestSendResult
 from app.audience import subscribers as subscribers_service
 from app.bounces import service as bounces
+from app.core import api_keys
 from app.core.events import counts_by_kind
 from app.core.http import SessionDep, SettingsDep
 from app.core.jobs import enqueue_start, enqueue_test_send
@@ -20,6 +21,7 @@ from campaigns import service as campaigns_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
 READ = [Depends(require("campaigns:read"))]
+SUBSCRIBER_READ = "subscribers:read"
 WRITE = [Depends(require("campaigns:write"))]
 
 
@@ -102,9 +104,15 @@ async def preview(
     campaign_id: PathId,
     session: SessionDep,
     settings: SettingsDep,
+    key: CurrentKey,
     subscriber_id: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> CampaignPreview:
-    """The campaign as a subscriber (or a sample recipient) would receive it."""
+    """The campaign as a subscriber (with `subscribers:read` too) or a sample recipient would
+    receive it; its links and tokens are look-alikes that every page refuses."""
+    if subscriber_id is not None and not api_keys.allows(key.scopes, SUBSCRIBER_READ):
+        raise HTTPException(
+            403, f"a preview for a subscriber shows their data: it needs {SUBSCRIBER_READ!r} too"
+        )
     campaign = await campaigns_service.get(session, campaign_id)
     subscriber = await subscribers_service.get(session, subscriber_id) if subscriber_id else None
     built = await content.preview(session, settings, campaign, subscriber)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import re
 from dataclasses import dataclass
 from email.message import Message
 
 from app.bounces.parse.mime import address_field, embedded_headers, header, parts, text_of
 
+_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$", re.ASCII)
 MAX_RECIPIENTS = 100
 """Per-recipient blocks read from one report; a real DSN names a handful."""
 FAILED_ACTIONS = frozenset({"failed"})
 DELAYED_ACTIONS = frozenset({"delayed"})
+ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
+"""RFC 3464's actions; a block is read as one of them or not used."""
+_STATUS_ACTIONS = {"5": "failed", "4": "delayed", "2": "delivered"}
+"""What a block without a usable Action means, by the class of its Status."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,11 @@ class DeliveryReport:
     reporting_mta: str
     recipients: list[DsnRecipient]
     original: Message | None
+
+    @property
+    def usable(self) -> bool:
+        """Whether any recipient block says what happened (else: try the heuristics)."""
+        return any(item.action in ACTIONS for item in self.recipients)
 
 
 def parse_dsn(message: Message) -> DeliveryReport | None:
@@ -91,12 +102,29 @@ def _recipient(block: Message) -> DsnRecipient | None:
     return DsnRecipient(
         final_recipient=final or original,
         original_recipient=original,
-        action=header(block, "Action", 32).lower(),
+        action=_action(header(block, "Action", 32), status),
         status=status,
         diagnostic=_diagnostic(header(block, "Diagnostic-Code")),
         will_retry_until=header(block, "Will-Retry-Until", 100),
         remote_mta=header(block, "Remote-MTA", 300).partition(";")[2].strip(),
     )
+
+
+def _action(value: str, status: str) -> str:
+    """RFC 3464's action for what MTAs write: `failure` and opensmtpd's `error` as `failed`,
+    comments after the word dropped (as flufl.bounce reads them); without a recognisable
+    Action, the class of a well-formed Status decides ("" when neither says anything)."""
+    word = value.strip().lower()
+    if word.startswith(("fail", "error")):
+        return "failed"
+    if word.startswith("delay"):
+        return "delayed"
+    for action in ("delivered", "relayed", "expanded"):
+        if word.startswith(action):
+            return action
+    if _STATUS.match(status):
+        return _STATUS_ACTIONS[status[0]]
+    return ""
 
 
 def _diagnostic(value: str) -> str:

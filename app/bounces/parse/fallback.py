@@ -23,10 +23,17 @@ _REPLY_LINE = re.compile(r"\b([245]\d\d)[ -]+(?:#?\(?([245]\.\d{1,3}\.\d{1,3})\)
 _STATUS_ONLY = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b.*")
 
 
-def scan(message: Message) -> list[DsnRecipient]:
-    """Failed (and delayed) recipients of a non-standard bounce; [] if none is recognised."""
+def scan(message: Message, *, without_delivery_status: bool = False) -> list[DsnRecipient]:
+    """Failed (and delayed) recipients of a non-standard bounce; [] if none is recognised.
+
+    `without_delivery_status` drops the message's delivery-status parts first (they were
+    read and said nothing usable): flufl.bounce's DSN detector would otherwise answer with
+    their empty recipients and stop the detectors that read the rest.
+    """
     if too_many_parts(message):
         return []  # the detectors walk every part: a MIME bomb would cost seconds
+    if without_delivery_status:
+        _drop_delivery_status(message)
     try:
         temporary, permanent = all_failures(_bounded(message))
     except Exception:  # third-party heuristics over hostile input: never fatal
@@ -41,6 +48,18 @@ def scan(message: Message) -> list[DsnRecipient]:
         for address in sorted(_decode(temporary) - _decode(permanent))[:MAX_RECIPIENTS]
     ]
     return found
+
+
+def _drop_delivery_status(message: Message) -> None:
+    for part in parts(message):
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            kept = [
+                p
+                for p in payload
+                if not isinstance(p, Message) or p.get_content_type() != "message/delivery-status"
+            ]
+            part.set_payload(kept)
 
 
 def _bounded(message: Message) -> Message:

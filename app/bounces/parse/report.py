@@ -81,6 +81,11 @@ def parse_report(data: bytes, limit: int = MAX_REPORT_BYTES) -> Report:
     subject = header(message, "Subject", 300)
     defects = len(message.defects)
     if (dsn := parse_dsn(message)) is not None:
+        if not dsn.usable and (found := scan(message, without_delivery_status=True)):
+            # A delivery-status part that names no recipient or says nothing usable about
+            # any: what the heuristics read from the rest is better than nothing.
+            original = dsn.original or _original(message)
+            return Report(ReportKind.bounce, found, None, original, subject, defects)
         return Report(ReportKind.dsn, dsn.recipients, None, dsn.original, subject, defects)
     if (arf := parse_arf(message)) is not None:
         return Report(ReportKind.complaint, [], arf, arf.original, subject, defects)
