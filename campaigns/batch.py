@@ -56,7 +56,8 @@ async def send_batch(
     chunk_size = _chunk_size(ctx, campaign)
     last_poll = 0.0
     for start in range(0, len(rows), chunk_size):
-        if time.monotonic() >= until:
+        # At least one chunk per run, however slow the machine: a slice must make progress.
+        if start > 0 and time.monotonic() >= until:
             report.unfinished = True
             return report
         if time.monotonic() - last_poll >= STATUS_POLL_SECONDS:

@@ -49,8 +49,13 @@ async def test_two_limiters_share_one_rate(clients: tuple[Redis, Redis]) -> None
 
     assert sum(sent) == MESSAGES
     achieved = MESSAGES / elapsed
-    # The first batch leaves at once (burst = batch), so ideal is MESSAGES/(MESSAGES-BATCH)·R.
-    assert achieved == pytest.approx(RATE, rel=0.10), f"{achieved:.1f} msg/s over {elapsed:.3f} s"
+    # The first batch leaves at once (burst = batch), so the ceiling is MESSAGES/(MESSAGES-BATCH)·R.
+    # Two limiters never exceed the one rate together: that is the property, and it holds on a
+    # loaded machine too. The floor only catches a limiter that throttles far too hard (a busy
+    # machine slows the two loops down, so it cannot be tight without being a timing test).
+    ceiling = MESSAGES / (MESSAGES - BATCH) * RATE
+    assert achieved <= ceiling * 1.02, f"{achieved:.1f} msg/s over {elapsed:.3f} s"
+    assert achieved >= 0.5 * RATE, f"{achieved:.1f} msg/s over {elapsed:.3f} s"
 
 
 async def test_reservations_queue_up_at_the_rate(clients: tuple[Redis, Redis]) -> None:
