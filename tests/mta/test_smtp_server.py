@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import smtplib
 import ssl
 from collections.abc import AsyncIterator
@@ -213,6 +214,8 @@ async def test_commands_pipelined_behind_starttls_are_discarded(listener: Listen
         assert b"AUTH PLAIN LOGIN" in replies
     finally:
         writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 async def test_auth_needs_tls_and_right_credentials(listener: Listener) -> None:
@@ -271,6 +274,7 @@ async def test_an_idle_client_is_disconnected(tmp_path: Path) -> None:
         assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"421 4.4.2")
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
+        await writer.wait_closed()
     finally:
         server.close()
         await server.wait_closed()
