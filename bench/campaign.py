@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from bench import postfix
 from bench.postfix import Sink
@@ -101,7 +101,7 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
             async with sessionmaker() as session:
                 backend = int(await session.scalar(sa.text("select pg_backend_pid()")) or 0)
             client = redis.Redis.from_url(redis_server.url)
-            redis_pid = int(client.info("server")["process_id"])
+            redis_pid = int(cast(dict[str, Any], client.info("server"))["process_id"])
             client.close()
             yield Stack(
                 url, redis_server.url, sessionmaker, parent_pid(backend) or 0, redis_pid, tmp
@@ -276,7 +276,7 @@ async def _measure(
     clock: Callable[[], float] = lambda: time.perf_counter() - started  # noqa: E731
     at_sink = handed_over = None
     rss_early: dict[str, float] = {}
-    status, counts = "?", {}
+    status, counts = "?", dict[str, int]()
     next_ledger = 0.0
     while True:
         await asyncio.sleep(POLL)

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from bench.campaign import ledger, schedule, seed
 from bench.processes import ROOT, cpu_by_group, free_port, listening, process, warta
@@ -41,7 +42,7 @@ def _embedded_redis_pid(var: Path) -> int:
 
     client = redis.Redis(unix_socket_path=str(socket_path_for(var)))
     try:
-        return int(client.info("server")["process_id"])
+        return int(cast(dict[str, Any], client.info("server"))["process_id"])
     finally:
         client.close()
 

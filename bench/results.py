@@ -11,18 +11,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-ISSUE_FIGURES = (
-    "campaign",
-    "acceptance",
-    "relay",
-    "transactional-rate",
-    "transactional-latency",
-    "cpu",
-    "rss",
-    "resume",
-    "embedded",
-)
-"""The Performance issue's table, row by row (acceptance and relay may have two rows each)."""
+ISSUE_FIGURES = {
+    "campaign": "campaign end to end through `warta mta` vs Postfix (bench.pipeline_bench)",
+    "acceptance": "MTA acceptance with fsync, 10 sessions, vs Postfix (bench.mta_bench)",
+    "relay": "MTA relay to smtp-sink with DKIM vs Postfix unsigned (bench.mta_bench)",
+    "transactional-rate": "`POST /messages` accepted/s (bench.transactional_bench)",
+    "transactional-latency": "202 → sink p99 under a campaign (bench.transactional_bench)",
+    "cpu": "CPU per campaign message (bench.pipeline_bench)",
+    "rss": "worker and MTA peak RSS (bench.pipeline_bench)",
+    "resume": "SIGKILLed workers' batches resumed (bench.resume_bench)",
+    "embedded": "the embedded defaults, `make run` (bench.embedded_bench)",
+}
+"""The Performance issue's table, row by row (acceptance has two rows), in its order."""
 
 
 def load_average() -> float:
@@ -52,9 +52,8 @@ class Row:
 
 
 def _rank(row: Row, position: int) -> tuple[int, int]:
-    if row.key in ISSUE_FIGURES:
-        return ISSUE_FIGURES.index(row.key), position
-    return len(ISSUE_FIGURES), position
+    keys = list(ISSUE_FIGURES)
+    return (keys.index(row.key) if row.key in keys else len(keys)), position
 
 
 def _cell(text: str) -> str:
@@ -62,8 +61,19 @@ def _cell(text: str) -> str:
 
 
 def summary(rows: Iterable[Row], load: tuple[float, float]) -> str:
-    """The summary as a Markdown table (so it can be pasted into docs/performance.md)."""
-    ordered = [r for _, r in sorted(enumerate(rows), key=lambda item: _rank(item[1], item[0]))]
+    """The summary as a Markdown table (so it can be pasted into docs/performance.md).
+
+    Every figure of the issue's table gets a row: one that was not measured (its benchmark
+    failed or was left out) says so.
+    """
+    listed = list(rows)
+    measured = {row.key for row in listed}
+    listed += [
+        Row(name, "—", "not measured in this run", key=key)
+        for key, name in ISSUE_FIGURES.items()
+        if key not in measured
+    ]
+    ordered = [r for _, r in sorted(enumerate(listed), key=lambda item: _rank(item[1], item[0]))]
     lines = [
         f"load average (1 min): {load[0]:.2f} at the start, {load[1]:.2f} at the end; "
         f"{os.cpu_count()} cores",
@@ -72,10 +82,7 @@ def summary(rows: Iterable[Row], load: tuple[float, float]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in ordered:
-        cells = (row.figure, row.target, row.value, row.peer, row.verdict)
-        lines.append(
-            "| "
-            + " | ".join(_cell(c) for c in cells)
-            + f" | {row.load[0]:.1f} → {row.load[1]:.1f} |"
-        )
+        load_cell = f"{row.load[0]:.1f} → {row.load[1]:.1f}" if any(row.load) else "—"
+        cells = (row.figure, row.target, row.value, row.peer, row.verdict, load_cell)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)
