@@ -29,6 +29,7 @@ from bench.processes import (
     cpu_by_group,
     free_port,
     listening,
+    logged,
     parent_pid,
     process,
     tree_vm_hwm_mb,
@@ -39,6 +40,8 @@ from bench.profiling import Profile, Profiler
 MtaKind = Literal["warta", "postfix", "none"]
 SECRET = "bench-secret-" + "z" * 40
 POLL = 0.1
+WORKER_READY = "worker ready"
+"""What `warta worker` logs once it takes jobs."""
 LEDGER_POLL = 0.5
 HTML = (
     "<html><body><h1>Hello {{ subscriber.name }}</h1>"
@@ -246,9 +249,11 @@ async def run_leg(
             watched = {f"worker {i + 1}": p.pid for i, p in enumerate(procs)}
             if mta_pid:
                 watched["warta mta"] = mta_pid
+            for i, proc in enumerate(procs):
+                await logged(WORKER_READY, proc, tmp / f"worker{i}.log")
             for name, pid in watched.items():
                 profiler.attach(name, pid)
-            await asyncio.sleep(2)  # let the workers connect before the clock starts
+            await asyncio.sleep(1)  # let the workers poll their queues before the clock starts
             if mta == "warta":
                 procs.append(mta_proc)
             leg = await _measure(

@@ -78,6 +78,17 @@ async def listening(
             return
 
 
+async def logged(text: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    """Wait until `proc` has written `text` to its log (e.g. "worker ready")."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited ({proc.returncode}):\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no {text!r} in {log} after {timeout:.0f} s:\n{tail(log)}")
+        await asyncio.sleep(0.1)
+
+
 def start(args: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
     """Start a process with its stdout and stderr appended to `log`."""
     with log.open("ab") as out:

@@ -21,6 +21,9 @@ from pathlib import Path
 
 from bench.processes import BIN
 
+LAUNCHER = ("typer/", "click/", "<frozen ", "asyncio/runners.py", "uvloop/", "app/cli.py", "warta")
+"""Files of the frames every sample starts with (console script, CLI, event loop start-up):
+left out of the inclusive ranking, where they would fill the top at ~100 %."""
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 TOP = 12
 
@@ -35,6 +38,11 @@ def collapse(frame: str) -> str:
     """`send (aiosmtplib/smtp.py:123)` -> `send (aiosmtplib/smtp.py)`."""
     match = FRAME.match(frame.strip())
     return f"{match['function']} ({match['file']})" if match else frame.strip()
+
+
+def _launcher(frame: str) -> bool:
+    file = frame.rpartition(" (")[2].rstrip(")")
+    return file.startswith(LAUNCHER)
 
 
 @dataclass
@@ -68,10 +76,8 @@ class Profile:
         if not self.samples:
             return "    (no samples)"
         lines = [f"    {self.samples:,} samples; by inclusive time:"]
-        lines += [
-            f"      {n / self.samples:6.1%}  {frame}"
-            for frame, n in self.inclusive.most_common(top)
-        ]
+        inclusive = [(f, n) for f, n in self.inclusive.most_common() if not _launcher(f)]
+        lines += [f"      {n / self.samples:6.1%}  {frame}" for frame, n in inclusive[:top]]
         lines.append("    by self time:")
         lines += [
             f"      {n / self.samples:6.1%}  {frame}"

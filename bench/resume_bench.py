@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.campaign import ledger, schedule, seed, stack, start_mta
-from bench.processes import ROOT, free_port, listening, process, warta
+from bench.campaign import WORKER_READY, ledger, schedule, seed, stack, start_mta
+from bench.processes import ROOT, free_port, listening, logged, process, warta
 from bench.recording_sink import Arrivals
 from bench.results import Row
 
@@ -52,7 +52,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
         ):
             await listening(sink_port, sink, tmp / "sink.log")
             await listening(submission, mta, tmp / "mta.log")
-            await asyncio.sleep(2)  # let the workers connect
+            await logged(WORKER_READY, first, tmp / "worker1.log")
+            await logged(WORKER_READY, second, tmp / "worker2.log")
             await schedule(st.sessionmaker, campaign_id)
             while (arrived := Arrivals.read(arrivals_log).count) < args.kill_after:
                 if arrived >= recipients or mta.poll() is not None:
