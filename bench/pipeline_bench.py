@@ -60,26 +60,26 @@ def _peer_total(leg: Leg) -> float:
 
 def _print_leg(name: str, leg: Leg) -> None:
     def seconds(value: float | None) -> str:
-        return f"{value:.1f} s" if value is not None else "never"
+        return f"after {value:.1f} s" if value is not None else "not yet"
 
     print(
         f"  {name}: {leg.recipients:,} recipients in {leg.elapsed:.1f} s = {leg.rate:,.0f} msg/s "
-        f"(all handed over {seconds(leg.handed_over)}, all at the sink {seconds(leg.at_sink)})"
+        f"(campaign finished {seconds(leg.handed_over)}, all at the sink {seconds(leg.at_sink)})"
     )
     print(f"    ledger: {leg.counts}")
     print("    CPU per message over the run (/proc utime+stime, children included):")
     for group in leg.cpu:
-        print(f"      {group:<28} {leg.ms(group):6.2f} ms  ({leg.cpu[group]:6.1f} s)")
+        print(f"      {group:<31} {leg.ms(group):6.2f} ms  ({leg.cpu[group]:6.1f} s)")
     total = _warta_total(leg) if leg.mta == "warta" else _peer_total(leg)
     label = "Warta + PostgreSQL + Redis" if leg.mta == "warta" else "workers + Postfix + PG + Redis"
-    print(f"      {label:<28} {total:6.2f} ms")
+    print(f"      {label:<31} {total:6.2f} ms")
     print(
-        f"      {'(bench driver, not counted)':<28} {leg.driver_cpu / leg.recipients * 1000:6.2f} ms"
+        f"      {'(bench driver, not counted)':<31} {leg.driver_cpu / leg.recipients * 1000:6.2f} ms"
     )
     if leg.rss_end:
         print("    peak RSS (VmHWM) after 10 % → at the end:")
         for name, end in leg.rss_end.items():
-            print(f"      {name:<28} {leg.rss_early.get(name, 0.0):6.0f} → {end:6.0f} MB")
+            print(f"      {name:<31} {leg.rss_early.get(name, 0.0):6.0f} → {end:6.0f} MB")
     sys.stdout.flush()
 
 
