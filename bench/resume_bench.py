@@ -10,18 +10,22 @@ delivered. The wait is capped (`--cap`, 700 s; 120 s with `--quick`): past it th
 is reported as "> cap" with what had arrived by then.
 
     python -m bench.resume_bench [--recipients 3000] [--kill-after 300] [--cap 700] [--quick]
+        [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.campaign import WORKER_READY, ledger, schedule, seed, stack, start_mta
 from bench.processes import ROOT, free_port, listening, logged, process, warta
@@ -87,6 +91,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
         f"  at the sink: {arrivals.count:,} messages for {len(arrivals.per_recipient):,} "
         f"recipients; missing {missing:,}, doubled {doubled:,}"
     )
+    if missing:
+        _explain_missing(tmp / "spool", set(arrivals.per_recipient), killed_at)
     if complete:
         seconds = arrivals.last - killed_at
         delivered = counts.get("delivered", 0)
@@ -114,6 +120,27 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
     )
 
 
+def _explain_missing(spool: Path, arrived: set[str], killed_at: float) -> None:
+    """Print which recipients missing at the sink are still queued in the MTA's spool."""
+    queued: dict[str, dict[str, Any]] = {}
+    for path in spool.rglob("*.json"):
+        if path.parent.name != "env":
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            envelope = json.loads(path.read_bytes())
+            for recipient in envelope["recipients"]:
+                if recipient not in arrived:
+                    queued[recipient] = envelope
+    print(f"  of the missing, {len(queued)} are queued in the MTA's spool:")
+    for recipient, envelope in sorted(queued.items())[:10]:
+        state = envelope["states"].get(recipient, {})
+        print(
+            f"    {recipient}: accepted {envelope['received_at'] - killed_at:+.1f} s after the "
+            f"kill, next attempt {envelope['next_attempt_at'] - killed_at:+.1f} s, "
+            f"{state.get('attempts', 0)} attempts, last reply {state.get('last_reply')!r}"
+        )
+
+
 def main(argv: list[str] | None = None) -> list[Row]:
     """Parse arguments and run the kill-and-resume once."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -121,6 +148,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--kill-after", type=int, default=KILL_AFTER)
     parser.add_argument("--cap", type=float, help=f"seconds; default {CAP:.0f}")
     parser.add_argument("--quick", action="store_true", help=f"cap at {QUICK_CAP:.0f} s")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spool)")
     args = parser.parse_args(argv if argv is not None else [])
     args.cap = args.cap or (QUICK_CAP if args.quick else CAP)
     sys.path.insert(0, str(ROOT))
@@ -128,7 +156,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     try:
         return [asyncio.run(_run(args, tmp))]
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"  logs and spool kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
