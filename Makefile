@@ -39,10 +39,10 @@ test: lint  ## lint, then the whole suite on SQLite and on PostgreSQL
 	WARTA_TEST_DB=postgresql $(BIN)/pytest
 
 # BENCH_FLAGS go to bench/run.py, e.g. BENCH_FLAGS="--recipients 100000" or "--only pipeline".
-bench: bench-deps  ## every benchmark (about 40 min), then one summary table (not part of `make test`)
+bench: bench-deps  ## every benchmark (about 30 min), then one summary table (not part of `make test`)
 	$(BIN)/python bench/run.py $(BENCH_FLAGS)
 
-bench-quick: bench-deps  ## the benchmarks at small sizes (about 10 min), for development
+bench-quick: bench-deps  ## the benchmarks at small sizes (about 6 min), for development
 	$(BIN)/python bench/run.py --quick $(BENCH_FLAGS)
 
 # PostgreSQL and Redis (the servers the benchmarks start), Postfix (the peer, smtp-source and

@@ -9,6 +9,7 @@ follow the file while the sink runs and count each recipient's messages afterwar
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import sys
@@ -48,24 +49,35 @@ class Arrivals:
 
     count: int
     per_recipient: Counter[str]
-    last: float
-    """Epoch time of the last arrival (0 if none)."""
+    times: list[float]
+    """Epoch time of each arrival, in order."""
+
+    @property
+    def last(self) -> float:
+        """Epoch time of the last arrival (0 if none)."""
+        return self.times[-1] if self.times else 0.0
+
+    def longest_pause(self, since: float, until: float | None = None) -> float:
+        """The longest time without an arrival between `since` and `until` (by default the
+        last arrival)."""
+        later = [since, *(t for t in self.times if t > since)]
+        later += [until] if until is not None else []
+        return max((b - a for a, b in itertools.pairwise(later)), default=0.0)
 
     @classmethod
     def read(cls, log: Path) -> Arrivals:
         """Parse the log (a partly written last line is ignored)."""
         per: Counter[str] = Counter()
-        last = 0.0
-        count = 0
+        times: list[float] = []
         text = log.read_text(errors="replace") if log.exists() else ""
         for line in text.splitlines():
             parts = line.split("\t")
             if len(parts) != 3:
                 continue
-            count += 1
             per[parts[1]] += 1
-            last = max(last, float(parts[0]))
-        return cls(count, per, last)
+            times.append(float(parts[0]))
+        times.sort()
+        return cls(len(times), per, times)
 
     @property
     def doubled(self) -> int:

@@ -76,6 +76,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
                     await asyncio.sleep(0.2)
                     arrivals = Arrivals.read(arrivals_log)
                 complete = len(arrivals.per_recipient) >= recipients
+                waited_until = time.time()
                 deadline = time.monotonic() + LEDGER_WAIT
                 status, counts = await ledger(st.sessionmaker, campaign_id)
                 while complete and counts.get("delivered", 0) < recipients:
@@ -91,6 +92,11 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
         f"  at the sink: {arrivals.count:,} messages for {len(arrivals.per_recipient):,} "
         f"recipients; missing {missing:,}, doubled {doubled:,}"
     )
+    pause = arrivals.longest_pause(killed_at, None if complete else waited_until)
+    last = arrivals.last - killed_at
+    print(
+        f"  after the kill: the sink waited at most {pause:.1f} s for a message; last {last:+.1f} s"
+    )
     if missing:
         _explain_missing(tmp / "spool", set(arrivals.per_recipient), killed_at)
     if complete:
@@ -105,7 +111,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
     else:
         value = (
             f"> {args.cap:.0f} s (the cap): {len(arrivals.per_recipient):,} of {recipients:,} at "
-            f"the sink by then, doubled {doubled}"
+            f"the sink by then (the last {last:.0f} s after the kill, after a {pause:.0f} s "
+            f"pause), doubled {doubled}"
         )
         met = False
         print(f"  kill → last message at the sink: more than {args.cap:.0f} s (the cap)")
