@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench.campaign import ledger, schedule, seed
-from bench.processes import ROOT, cpu_by_group, free_port, listening, process, warta
+from bench.processes import ROOT, cpu_by_group, free_port, listening, process, stop, warta
 from bench.results import Row
 
 TARGET = 500.0
@@ -45,6 +46,21 @@ def _embedded_redis_pid(var: Path) -> int:
         return int(cast(dict[str, Any], client.info("server"))["process_id"])
     finally:
         client.close()
+
+
+def _stop_embedded_redis(var: Path) -> None:
+    """Make sure the embedded Redis is gone before its directory is removed.
+
+    Its owner shuts it down on SIGTERM; if it is still there (the owner was killed, or did
+    not), say so and stop it, so that no redis-server outlives the benchmark.
+    """
+    from app.core.redis import ping, socket_path_for
+
+    if not ping(socket_path_for(var)):
+        return
+    pid = _embedded_redis_pid(var)
+    print(f"  !! the embedded Redis (pid {pid}) outlived the Warta processes; stopping it")
+    os.kill(pid, signal.SIGKILL)
 
 
 async def _run(recipients: int, split: bool, tmp: Path) -> Row:
@@ -98,8 +114,16 @@ async def _run(recipients: int, split: bool, tmp: Path) -> Row:
                     raise RuntimeError(f"not delivered after {TIMEOUT:.0f} s: {status} {counts}")
             elapsed = time.perf_counter() - started_at
             after = cpu_by_group(groups)
+            for name, proc in reversed(procs.items()):
+                stopping = time.perf_counter()
+                stop(proc)
+                print(
+                    f"  {name} stopped {time.perf_counter() - stopping:.1f} s after SIGTERM, "
+                    f"exit code {proc.returncode}"
+                )
     finally:
         await engine.dispose()
+        _stop_embedded_redis(tmp / "var")
     rate = recipients / elapsed
     mode = "`warta mta` + `warta worker`" if split else "`warta dev`"
     print(f"  {mode}, SQLite, embedded Redis, capture: ledger {counts}")
