@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # and the next target re-installs; otherwise an existing venv is reused as is.
 STAMP := $(VENV)/.installed-$(firstword $(shell cksum pyproject.toml))
 
-.PHONY: help venv install run lint test bench clean distclean
+.PHONY: help venv install run lint test bench bench-quick bench-deps clean distclean
 
 help:  ## list the targets
 	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,19 @@ test: lint  ## lint, then the whole suite on SQLite and on PostgreSQL
 	WARTA_TEST_DB=sqlite $(BIN)/pytest
 	WARTA_TEST_DB=postgresql $(BIN)/pytest
 
-bench: $(STAMP)  ## run the benchmarks (not part of `make test`)
-	$(BIN)/python bench/run.py
+# BENCH_FLAGS go to bench/run.py, e.g. BENCH_FLAGS="--recipients 100000" or "--only pipeline".
+bench: bench-deps  ## every benchmark (about 30 min), then one summary table (not part of `make test`)
+	$(BIN)/python bench/run.py $(BENCH_FLAGS)
+
+bench-quick: bench-deps  ## the benchmarks at small sizes (about 6 min), for development
+	$(BIN)/python bench/run.py --quick $(BENCH_FLAGS)
+
+# PostgreSQL and Redis (the servers the benchmarks start), Postfix (the peer, smtp-source and
+# smtp-sink; the system instance is kept from starting) and py-spy (for --profile).
+bench-deps: $(STAMP)
+	bash scripts/ensure-system-deps.sh
+	bash bench/ensure-postfix.sh
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet py-spy
 
 clean:  ## remove caches and build output (keeps .venv and var/)
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.results import Row
+
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = (20_000, 100_000)
-CASES = ((20_000, 0), (100_000, 0), (100_000, 1))
-"""(rows, lists): the memory comparison, the target case, the target case onto a list."""
+QUICK_ROWS = (4_000, 20_000)
 TARGETS = {"sqlite": 10_000, "postgresql": 20_000}
 CITIES = ("Oslo", "Lagos", "Lima", "Hanoi", "Quito", "Perth", "Tunis", "Riga")
 PLANS = ("free", "pro", "team")
@@ -132,30 +133,58 @@ def _child(backend: str, database_url: str, csv_path: Path, rows: int, lists: in
     return Result(**json.loads(output.stdout.strip().splitlines()[-1]))
 
 
-def main() -> list[Result]:
-    """Run every case and print the table."""
+def main(argv: list[str] | None = None) -> list[Row]:
+    """Run every case, print the table, and return the summary's rows."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS} rows")
+    args = parser.parse_args(argv if argv is not None else [])
+    sizes = QUICK_ROWS if args.quick else ROWS
+    # (rows, lists): the memory comparison, the target case, the target case onto a list.
+    cases = ((sizes[0], 0), (sizes[1], 0), (sizes[1], 1))
     sys.path.insert(0, str(ROOT))
     from tests.helpers.servers import PostgresServer
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="warta-bench-") as tmp:
         workdir = Path(tmp)
-        files = {rows: workdir / f"subscribers-{rows}.csv" for rows in ROWS}
+        files = {rows: workdir / f"subscribers-{rows}.csv" for rows in sizes}
         for rows, path in files.items():
             generate(path, rows)
-        for number, (rows, lists) in enumerate(CASES):
+        for number, (rows, lists) in enumerate(cases):
             url = f"sqlite+aiosqlite:///{workdir / f'bench-{number}.db'}"
             results.append(_child("sqlite", url, files[rows], rows, lists))
         durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
         with PostgresServer(settings=durable) as server:
-            for number, (rows, lists) in enumerate(CASES):
+            for number, (rows, lists) in enumerate(cases):
                 url = server.create_database(f"bench_{number}")
                 results.append(_child("postgresql", url, files[rows], rows, lists))
-    _print(results)
-    return results
+    _print(results, sizes)
+    return _rows(results, sizes)
 
 
-def _print(results: list[Result]) -> None:
+def _rows(results: list[Result], sizes: tuple[int, int]) -> list[Row]:
+    rows: list[Row] = []
+    for backend, target in TARGETS.items():
+        plain = next(
+            r for r in results if r.backend == backend and r.rows == sizes[1] and not r.lists
+        )
+        listed = next(r for r in results if r.backend == backend and r.lists)
+        small = next(r for r in results if r.backend == backend and r.rows == sizes[0])
+        rows.append(
+            Row(
+                f"CSV import, {sizes[1]:,} rows (email, name, 3 attributes), {backend}",
+                f"≥ {target:,} rows/s",
+                f"{plain.rate:,.0f} rows/s; {listed.rate:,.0f} rows/s onto a list; peak RSS "
+                f"{small.peak_rss_mb:.0f} MB at {sizes[0]:,} rows, {plain.peak_rss_mb:.0f} MB "
+                f"at {sizes[1]:,}",
+                "—",
+                plain.rate >= target,
+            )
+        )
+    return rows
+
+
+def _print(results: list[Result], sizes: tuple[int, int]) -> None:
     print("CSV import: email, name, 3 attributes; upsert by email; chunks of 5,000 rows")
     print(
         f"{'backend':<11} {'rows':>8} {'lists':>5} {'seconds':>8} {'rows/s':>8} "
@@ -173,11 +202,11 @@ def _print(results: list[Result]) -> None:
         )
     for backend in TARGETS:
         peaks = {r.rows: r.peak_rss_mb for r in results if r.backend == backend and not r.lists}
-        if len(peaks) == len(ROWS):
-            small, large = (peaks[rows] for rows in ROWS)
+        if len(peaks) == len(sizes):
+            small, large = (peaks[rows] for rows in sizes)
             print(
-                f"{backend}: peak RSS {small:.1f} MB at {ROWS[0]:,} rows, {large:.1f} MB at "
-                f"{ROWS[1]:,} rows ({large - small:+.1f} MB for {ROWS[1] // ROWS[0]}x the rows)"
+                f"{backend}: peak RSS {small:.1f} MB at {sizes[0]:,} rows, {large:.1f} MB at "
+                f"{sizes[1]:,} rows ({large - small:+.1f} MB for {sizes[1] // sizes[0]}x the rows)"
             )
 
 

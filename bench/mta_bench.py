@@ -32,110 +32,45 @@ figure every delivery also rewrites the envelope and DKIM-signs (RSA via `crypto
 canonicalisation and header handling in Python). With a new connection per message,
 connection setup in asyncio weighs more than in Postfix's pre-forked smtpd processes.
 The Postfix figures vary by up to 2x between runs on a shared machine; compare within one
-run.
+run. Below the table, the CPU per message of each server (all its processes, from /proc).
 
     python -m bench.mta_bench [--messages 4000] [--relay-messages 4000] [--sessions 10]
+        [--quick] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import postfix
+from bench.postfix import count_files
+from bench.processes import ROOT, cpu_by_group, free_port, process, tail, wait_port, warta
+from bench.results import Row
+
 SENDER = "a@example.com"
 RECIPIENT = "b@example.com"
-DOMAIN = "example.com"
+DOMAIN = postfix.DOMAIN
 SIZE = 5120
 SESSIONS = 10
 TARGET_RATIO = 1.0
-SBIN = Path("/usr/sbin")
-QUEUE_SUBDIRS = ("maildrop", "incoming", "active", "deferred", "hold")
-
-
-def _tool(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidate = SBIN / name
-    return str(candidate) if os.access(candidate, os.X_OK) else None
-
-
-def _free_port() -> int:
-    sys.path.insert(0, str(ROOT))
-    from tests.helpers.servers import free_port
-
-    return free_port()
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}):\n{_tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s:\n{_tail(log)}")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def _process(args: list[str], log: Path, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
-    try:
-        yield proc
-    finally:
-        _stop(proc)
+QUICK_MESSAGES = 1000
 
 
 def _smtp_source(port: int, messages: int, sessions: int, log: Path, reuse: bool = False) -> float:
-    """Send `messages` through `sessions` parallel sessions; return the wall time.
-
-    By default smtp-source opens a new connection per message; `reuse` (-d) keeps each
-    session's connection for the next message, as the campaign sender does.
-    """
-    tool = _tool("smtp-source")
-    assert tool is not None
-    args = [tool, "-s", str(sessions), "-m", str(messages), "-l", str(SIZE), "-c"]
-    args += ["-d"] if reuse else []
-    args += ["-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
-    started = time.perf_counter()
-    with log.open("ab") as out:
-        done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, timeout=600)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"smtp-source exited {done.returncode}:\n{_tail(log)}")
-    return elapsed
+    return postfix.smtp_source(
+        port, messages, sessions, log, size=SIZE, sender=SENDER, recipient=RECIPIENT, reuse=reuse
+    )
 
 
 def _wait_empty(count: Callable[[], int], what: str, timeout: float = 600) -> None:
@@ -144,10 +79,6 @@ def _wait_empty(count: Callable[[], int], what: str, timeout: float = 600) -> No
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: {count()} messages still queued after {timeout:.0f} s")
         time.sleep(0.02)
-
-
-def _files(directory: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(directory))
 
 
 # --- Warta -------------------------------------------------------------------------------
@@ -164,12 +95,14 @@ class Warta:
     @property
     def spooled(self) -> int:
         spool = self.tmp / "spool"
-        return _files(spool / "msg") + sum(_files(d / "msg") for d in spool.glob("instance-*"))
+        return count_files(spool / "msg") + sum(
+            count_files(d / "msg") for d in spool.glob("instance-*")
+        )
 
 
 def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
     tmp.mkdir(parents=True)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARTA_")}
     env.update(
         WARTA_DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 'warta.db'}",
@@ -178,7 +111,7 @@ def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
         WARTA_DKIM_DIR=str(tmp / "dkim"),
         WARTA_MTA_SPOOL_DIR=str(tmp / "spool"),
         WARTA_MTA_SUBMISSION=f"127.0.0.1:{port}",
-        WARTA_MTA_INBOUND=f"127.0.0.1:{_free_port()}",
+        WARTA_MTA_INBOUND=f"127.0.0.1:{free_port()}",
         WARTA_MTA_DELIVERY="mx",
         WARTA_MTA_TRANSPORT_MAP=json.dumps({DOMAIN: f"127.0.0.1:{next_hop}"}),
         WARTA_MTA_HOSTNAME="warta.bench.test",
@@ -190,9 +123,8 @@ def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
         from workers.mta.dkim import generate_key
 
         generate_key(tmp / "dkim", DOMAIN, "bench")
-    warta = str(Path(sys.executable).parent / "warta")
     subprocess.run(
-        [warta, "migrate"],
+        warta("migrate"),
         env=env,
         cwd=tmp,
         check=True,
@@ -202,161 +134,38 @@ def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
     return Warta(tmp, env, port)
 
 
-@contextlib.contextmanager
+@contextmanager
 def _warta(setup: Warta) -> Iterator[subprocess.Popen[bytes]]:
-    warta = str(Path(sys.executable).parent / "warta")
     log = setup.tmp / "mta.log"
-    with _process([warta, "mta"], log, env=setup.env, cwd=setup.tmp) as proc:
-        _wait_port(setup.port, proc, log, 60)
+    with process(warta("mta"), log, env=setup.env, cwd=setup.tmp) as proc:
+        wait_port(setup.port, proc, log, 60)
         yield proc
         if proc.poll() is not None:
-            raise RuntimeError(f"warta mta died:\n{_tail(log)}")
+            raise RuntimeError(f"warta mta died:\n{tail(log)}")
 
 
-# --- Postfix -----------------------------------------------------------------------------
-
-
-MASTER_CF = """\
-{port} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-proxywrite unix - - n -  1 proxymap
-smtp      unix  - - n -  - smtp
-relay     unix  - - n -  - smtp
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
-
-@dataclass
-class Postfix:
-    """A private Postfix instance: config, queue and data directories under one temp dir."""
-
-    tmp: Path
-    port: int
-
-    @property
-    def config(self) -> Path:
-        return self.tmp / "etc"
-
-    @property
-    def queued(self) -> int:
-        queue = self.tmp / "queue"
-        return sum(_files(queue / sub) for sub in QUEUE_SUBDIRS)
-
-
-def _postfix_available() -> str | None:
-    """None if a private Postfix can run here, else why not."""
-    missing = [t for t in ("postfix", "postconf", "smtp-source", "smtp-sink") if not _tool(t)]
-    if missing:
-        return f"not installed ({', '.join(missing)} missing)"
-    if os.geteuid() != 0:
-        return "needs root to start a private instance"
-    return None
-
-
-@contextlib.contextmanager
-def _postfix(tmp: Path, next_hop: int) -> Iterator[Postfix]:
-    tmp.mkdir(parents=True)
-    instance = Postfix(tmp, _free_port())
-    etc, queue, data = instance.config, tmp / "queue", tmp / "data"
-    for directory in (etc, queue, data):
-        directory.mkdir()
-    shutil.chown(data, "postfix")
-    (etc / "master.cf").write_text(MASTER_CF.format(port=f"127.0.0.1:{instance.port}"))
-    (etc / "main.cf").write_text(
-        "\n".join(
-            [
-                "compatibility_level = 3.6",
-                f"queue_directory = {queue}",
-                f"data_directory = {data}",
-                "mail_owner = postfix",
-                "setgid_group = postdrop",
-                f"maillog_file = {tmp / 'maillog'}",
-                f"maillog_file_prefixes = /var, /dev/stdout, {tmp}",
-                "myhostname = postfix.bench.test",
-                "mydomain = bench.test",
-                "myorigin = $myhostname",
-                "inet_interfaces = loopback-only",
-                "inet_protocols = ipv4",
-                "mydestination =",
-                f"relay_domains = {DOMAIN}",
-                "mynetworks = 127.0.0.0/8",
-                "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
-                f"transport_maps = inline:{{{DOMAIN}=smtp:[127.0.0.1]:{next_hop}}}",
-                "alias_maps =",
-                "alias_database =",
-                "local_recipient_maps =",
-                "biff = no",
-                "smtp_tls_security_level = none",
-                "smtpd_tls_security_level = none",
-                "",
-            ]
-        )
-    )
-    postfix = _tool("postfix")
-    assert postfix is not None
-    log = tmp / "postfix.log"
-    with log.open("ab") as out:
-        subprocess.run(
-            [postfix, "-c", str(etc), "start"], stdout=out, stderr=subprocess.STDOUT, check=True
-        )
-    try:
-        _wait_port(instance.port, None, log, 30)
-        yield instance
-    finally:
-        pid_file = queue / "pid" / "master.pid"
-        master = 0
-        with contextlib.suppress(OSError, ValueError):
-            master = int(pid_file.read_text().split()[0])
-        with log.open("ab") as out:
-            subprocess.run([postfix, "-c", str(etc), "stop"], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while master and time.monotonic() < deadline:
-            try:
-                os.kill(master, 0)  # `postfix stop` returns before the master has exited
-            except OSError:
-                break
-            time.sleep(0.1)
-
-
-# --- the two figures ---------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# --- the figures -------------------------------------------------------------------------
 
 
 @dataclass
 class Figure:
-    """One measured rate; for Warta also the MTA process's CPU time over the run."""
+    """One measured rate, and the CPU time of the server's processes over the run."""
 
     rate: float
     elapsed: float
-    cpu: float | None = None
+    cpu: float
+
+
+def _cpu(pid: int) -> float:
+    return cpu_by_group({"server": [pid]})["server"]
 
 
 def _accept_warta(tmp: Path, messages: int, sessions: int, reuse: bool) -> Figure:
-    setup = _warta_setup(tmp, next_hop=_free_port(), dkim=False)
+    setup = _warta_setup(tmp, next_hop=free_port(), dkim=False)
     with _warta(setup) as proc:
-        cpu = _cpu_seconds(proc.pid)
+        cpu = _cpu(proc.pid)
         elapsed = _smtp_source(setup.port, messages, sessions, tmp / "source.log", reuse)
-        cpu = _cpu_seconds(proc.pid) - cpu
+        cpu = _cpu(proc.pid) - cpu
         spooled = setup.spooled
     if spooled != messages:
         raise RuntimeError(f"Warta spooled {spooled} of {messages} messages")
@@ -364,134 +173,133 @@ def _accept_warta(tmp: Path, messages: int, sessions: int, reuse: bool) -> Figur
 
 
 def _accept_postfix(tmp: Path, messages: int, sessions: int, reuse: bool) -> Figure:
-    with _postfix(tmp, next_hop=_free_port()) as pf:
+    with postfix.instance(tmp, next_hop=free_port()) as pf:
+        cpu = _cpu(pf.master_pid)
         elapsed = _smtp_source(pf.port, messages, sessions, tmp / "source.log", reuse)
+        cpu = _cpu(pf.master_pid) - cpu
         # smtpd answers 250 only after cleanup fsynced the queue file, so all are queued.
         queued = pf.queued
     if queued != messages:
         raise RuntimeError(f"Postfix queued {queued} of {messages} messages")
-    return Figure(messages / elapsed, elapsed)
+    return Figure(messages / elapsed, elapsed, cpu)
 
 
 def _relay_warta(tmp: Path, sink: int, messages: int, sessions: int) -> Figure:
     setup = _warta_setup(tmp, next_hop=sink, dkim=True)
     with _warta(setup) as proc:
-        cpu = _cpu_seconds(proc.pid)
+        cpu = _cpu(proc.pid)
         started = time.perf_counter()
         _smtp_source(setup.port, messages, sessions, tmp / "source.log")
         _wait_empty(lambda: setup.spooled, "Warta")
         elapsed = time.perf_counter() - started
-        cpu = _cpu_seconds(proc.pid) - cpu
+        cpu = _cpu(proc.pid) - cpu
     return Figure(messages / elapsed, elapsed, cpu)
 
 
 def _relay_postfix(tmp: Path, sink: int, messages: int, sessions: int) -> Figure:
-    with _postfix(tmp, next_hop=sink) as pf:
+    with postfix.instance(tmp, next_hop=sink) as pf:
+        cpu = _cpu(pf.master_pid)
         started = time.perf_counter()
         _smtp_source(pf.port, messages, sessions, tmp / "source.log")
         _wait_empty(lambda: pf.queued, "Postfix")
         elapsed = time.perf_counter() - started
-    return Figure(messages / elapsed, elapsed)
+        cpu = _cpu(pf.master_pid) - cpu
+    return Figure(messages / elapsed, elapsed, cpu)
 
 
-@dataclass
-class Sink:
-    """`smtp-sink -c`: its running counters (`... mesg=N\\r`) tell how many it accepted."""
-
-    port: int
-    log: Path
-
-    @property
-    def accepted(self) -> int:
-        counters = self.log.read_bytes().replace(b"\r", b"\n").split()
-        found = [int(c[5:]) for c in counters if c.startswith(b"mesg=") and c[5:].isdigit()]
-        return found[-1] if found else 0
-
-
-@contextlib.contextmanager
-def _sink(tmp: Path) -> Iterator[Sink]:
-    tool = _tool("smtp-sink")
-    if tool is None:
-        raise RuntimeError("smtp-sink is not installed")
-    port = _free_port()
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    log = tmp / "sink.log"
-    with _process([tool, *user, "-c", f"127.0.0.1:{port}", "1000"], log) as proc:
-        _wait_port(port, proc, log, 10)
-        yield Sink(port, log)
-
-
-def _check_sink(sink: Sink, before: int, messages: int, who: str) -> None:
-    deadline = time.monotonic() + 5  # the counter is printed a moment after the 250
-    while sink.accepted - before < messages and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if (got := sink.accepted - before) != messages:
-        raise RuntimeError(f"{who}: the sink accepted {got} of {messages} messages")
-
-
-def _row(figure: str, warta: Figure, postfix: Figure | None) -> str:
+def _line(figure: str, warta: Figure, peer: Figure | None) -> str:
     w = f"{warta.rate:,.0f}"
-    if postfix is None:
+    if peer is None:
         return f"  {figure:<40} {w:>8} {'skipped':>8} {'-':>7}  -"
-    ratio = warta.rate / postfix.rate
+    ratio = warta.rate / peer.rate
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-    return f"  {figure:<40} {w:>8} {postfix.rate:>8,.0f} {ratio:>6.2f}x  {verdict}"
+    return f"  {figure:<40} {w:>8} {peer.rate:>8,.0f} {ratio:>6.2f}x  {verdict}"
 
 
-def _run(tmp: Path, messages: int, relay_messages: int, sessions: int) -> None:
-    if _tool("smtp-source") is None or _tool("smtp-sink") is None:
+def _row(key: str, figure: str, count: int, warta: Figure, peer: Figure | None) -> Row:
+    target = f"≥ {TARGET_RATIO:.1f}x Postfix"
+    if peer is None:
+        return Row(figure, target, f"{warta.rate:,.0f} msg/s", "Postfix skipped", None, key)
+    ratio = warta.rate / peer.rate
+    return Row(
+        f"{figure}, {count:,} x {SIZE:,} B",
+        target,
+        f"{warta.rate:,.0f} msg/s = {ratio:.2f}x Postfix",
+        f"Postfix {peer.rate:,.0f} msg/s",
+        ratio >= TARGET_RATIO,
+        key,
+    )
+
+
+def _run(tmp: Path, messages: int, relay_messages: int, sessions: int) -> list[Row]:
+    if postfix.tool("smtp-source") is None or postfix.tool("smtp-sink") is None:
         raise RuntimeError(
-            "smtp-source and smtp-sink (Postfix) are needed as client and sink: install "
-            "postfix (see issue 4, Benchmarks) and run again"
+            "smtp-source and smtp-sink (Postfix) are needed as client and sink: "
+            "`make bench` installs postfix"
         )
-    skip = _postfix_available()
+    skip = postfix.unavailable()
     if skip:
         print(f"  Postfix {skip}: measuring Warta alone, no comparison", flush=True)
     results: dict[str, tuple[Figure, Figure | None]] = {}
+    rows: list[Row] = []
 
     for reuse in (False, True):
         label = f"acceptance+fsync, {sessions} sess, " + ("reused conn" if reuse else "conn/msg")
         print(f"  {label}: {messages:,} x {SIZE} B …", flush=True)
-        warta = _accept_warta(tmp / f"accept-warta-{reuse}", messages, sessions, reuse)
-        postfix = None
+        warta_fig = _accept_warta(tmp / f"accept-warta-{reuse}", messages, sessions, reuse)
+        peer = None
         if not skip:
-            postfix = _accept_postfix(tmp / f"accept-postfix-{reuse}", messages, sessions, reuse)
-        results[label] = (warta, postfix)
+            peer = _accept_postfix(tmp / f"accept-postfix-{reuse}", messages, sessions, reuse)
+        results[label] = (warta_fig, peer)
+        figure = f"MTA acceptance with fsync, {sessions} sessions, " + (
+            "connections reused" if reuse else "new connection per message"
+        )
+        rows.append(_row("acceptance", figure, messages, warta_fig, peer))
 
     label = f"relay to smtp-sink, {sessions} sess (DKIM)"
     print(f"  {label}: {relay_messages:,} x {SIZE} B …", flush=True)
-    with _sink(tmp) as sink:
+    with postfix.sink(tmp) as sink:
         before = sink.accepted
-        warta = _relay_warta(tmp / "relay-warta", sink.port, relay_messages, sessions)
-        _check_sink(sink, before, relay_messages, "Warta")
-        postfix = None
+        warta_fig = _relay_warta(tmp / "relay-warta", sink.port, relay_messages, sessions)
+        sink.wait_for(before, relay_messages, "Warta")
+        peer = None
         if not skip:
             before = sink.accepted
-            postfix = _relay_postfix(tmp / "relay-postfix", sink.port, relay_messages, sessions)
-            _check_sink(sink, before, relay_messages, "Postfix")
-    results[label] = (warta, postfix)
+            peer = _relay_postfix(tmp / "relay-postfix", sink.port, relay_messages, sessions)
+            sink.wait_for(before, relay_messages, "Postfix")
+    results[label] = (warta_fig, peer)
+    figure = f"MTA relay to smtp-sink with DKIM (Postfix unsigned), {sessions} sessions"
+    rows.append(_row("relay", figure, relay_messages, warta_fig, peer))
 
     print(f"\n  {'figure (msg/s)':<40} {'Warta':>8} {'Postfix':>8} {'ratio':>7}  target ≥ 1.0x")
     for figure, (w, p) in results.items():
-        print(_row(figure, w, p))
-    print("\n  warta mta CPU (all threads) per run, of one core's time:")
-    for figure, (w, _) in results.items():
-        assert w.cpu is not None
-        print(f"    {figure:<40} {w.cpu:5.1f} s over {w.elapsed:5.1f} s = {w.cpu / w.elapsed:4.0%}")
+        print(_line(figure, w, p))
+    print("\n  CPU per message (all processes of the server, from /proc):")
+    for figure, (w, p) in results.items():
+        count = relay_messages if "relay" in figure else messages
+        peer_cpu = f", Postfix {p.cpu / count * 1000:.2f} ms" if p else ""
+        print(
+            f"    {figure:<40} warta mta {w.cpu / count * 1000:.2f} ms "
+            f"({w.cpu / w.elapsed:4.0%} of one core){peer_cpu}"
+        )
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[Row]:
     """Parse arguments and run both comparisons once."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=4000, help="acceptance messages")
     parser.add_argument("--relay-messages", type=int, default=4000, help="relay messages")
     parser.add_argument("--sessions", type=int, default=SESSIONS)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_MESSAGES:,} messages each")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args(argv if argv is not None else [])
+    if args.quick:
+        args.messages = args.relay_messages = QUICK_MESSAGES
     tmp = Path(tempfile.mkdtemp(prefix="warta-mta-bench-"))
     os.chmod(tmp, 0o755)  # smtp-sink and postfix daemons run unprivileged
     try:
-        _run(tmp, args.messages, args.relay_messages, args.sessions)
+        return _run(tmp, args.messages, args.relay_messages, args.sessions)
     finally:
         if args.keep:
             print(f"  logs kept in {tmp}")

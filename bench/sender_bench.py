@@ -19,6 +19,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from app.mail.sender import SmtpSender
+from bench.results import Row
 
 DEFAULT_MESSAGES = 10_000
 DEFAULT_CONNECTIONS = 10
@@ -119,14 +120,16 @@ def measure(messages: int, connections: int, size: int, sink: str) -> dict[str, 
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[Row]:
     """Print msg/s of `send_one` over pooled connections to an aiosmtpd sink."""
     parser = argparse.ArgumentParser(description="SMTP sender throughput against aiosmtpd.")
-    parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
+    parser.add_argument("--messages", type=int, help=f"default {DEFAULT_MESSAGES:,}")
+    parser.add_argument("--quick", action="store_true", help="2,000 messages")
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="message bytes")
     parser.add_argument("--sink", choices=("process", "thread"), default="process")
     args = parser.parse_args(argv if argv is not None else [])
+    args.messages = args.messages or (2000 if args.quick else DEFAULT_MESSAGES)
     figures = measure(args.messages, args.connections, args.size, args.sink)
     print(
         f"sender: {args.messages} messages of {figures['bytes']:.0f} B over "
@@ -136,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
         f"send_one             {figures['rate']:>9,.0f} msg/s  "
         f"({figures['elapsed']:.2f} s, {figures['delivered']:.0f} delivered)"
     )
+    return [
+        Row(
+            f"SMTP sender `send_one`, {args.connections} pooled connections → aiosmtpd sink",
+            "—",
+            f"{figures['rate']:,.0f} msg/s",
+        )
+    ]
 
 
 if __name__ == "__main__":

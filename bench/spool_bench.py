@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.results import Row
 from workers.mta.spool import Envelope, Spool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,17 +60,27 @@ async def _run(directory: Path, writers: int, size: int, seconds: float) -> tupl
     return accepted, elapsed
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[Row]:
     """Run the spool acceptance benchmark and print accepts/s and fsync latency."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--writers", type=int, default=DEFAULT_WRITERS)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
+    parser.add_argument("--quick", action="store_true", help="the same (it is short already)")
     args = parser.parse_args(argv if argv is not None else [])
     var = ROOT / "var"
     var.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="spool-bench-", dir=var) as directory:
-        asyncio.run(_run(Path(directory), args.writers, args.size, args.seconds))
+        accepted, elapsed = asyncio.run(
+            _run(Path(directory), args.writers, args.size, args.seconds)
+        )
+    return [
+        Row(
+            f"spool group commit, {args.writers} writers x {args.size:,} B",
+            "—",
+            f"{accepted / elapsed:,.0f} accepts/s",
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""The embedded defaults, as `make run` runs them: SQLite, embedded Redis, one worker, one MTA.
+
+`warta migrate` and `warta dev` run in a fresh directory with no WARTA_* settings but free
+ports (so a developer's own `make run` on this machine is not disturbed): the database is
+`var/warta.db` (SQLite), Redis is the embedded one under `var/`, and the MTA delivers in
+`capture` mode into `var/maildir`, unsigned, as a fresh checkout does. A campaign of 1,000
+recipients is seeded and scheduled; the figure is recipients / (schedule → the ledger shows
+all delivered). `--split` runs `warta mta` and `warta worker` as two processes sharing the
+embedded Redis instead of `warta dev`'s one. The CPU per message of the Warta process(es)
+and of the embedded Redis is printed beside it.
+
+    python -m bench.embedded_bench [--recipients 1000] [--split]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from bench.campaign import ledger, schedule, seed
+from bench.processes import ROOT, cpu_by_group, free_port, listening, process, stop, warta
+from bench.results import Row
+
+TARGET = 500.0
+RECIPIENTS = 1000
+TIMEOUT = 900.0
+
+
+def _embedded_redis_pid(var: Path) -> int:
+    import redis
+
+    from app.core.redis import socket_path_for
+
+    client = redis.Redis(unix_socket_path=str(socket_path_for(var)))
+    try:
+        return int(cast(dict[str, Any], client.info("server"))["process_id"])
+    finally:
+        client.close()
+
+
+def _stop_embedded_redis(var: Path) -> None:
+    """Make sure the embedded Redis is gone before its directory is removed.
+
+    Its owner shuts it down on SIGTERM; if it is still there (the owner was killed, or did
+    not), say so and stop it, so that no redis-server outlives the benchmark.
+    """
+    from app.core.redis import ping, socket_path_for
+
+    if not ping(socket_path_for(var)):
+        return
+    pid = _embedded_redis_pid(var)
+    print(f"  !! the embedded Redis (pid {pid}) outlived the Warta processes; stopping it")
+    os.kill(pid, signal.SIGKILL)
+
+
+async def _run(recipients: int, split: bool, tmp: Path) -> Row:
+    from app.core.database import create_engine, create_sessionmaker
+    from app.core.settings import Settings
+
+    submission, api = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARTA_")}
+    env.update(
+        WARTA_API_PORT=str(api),
+        WARTA_MTA_SUBMISSION=f"127.0.0.1:{submission}",
+        WARTA_MTA_INBOUND=f"127.0.0.1:{free_port()}",
+    )
+    subprocess.run(warta("migrate"), env=env, cwd=tmp, check=True, capture_output=True)
+    url = f"sqlite+aiosqlite:///{tmp / 'var' / 'warta.db'}"
+    engine = create_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        campaign_id = await seed(sessionmaker, recipients)
+        with contextlib.ExitStack() as started:
+            if split:
+                mta = started.enter_context(
+                    process(warta("mta"), tmp / "mta.log", env=env, cwd=tmp)
+                )
+                await listening(submission, mta, tmp / "mta.log")
+                worker = started.enter_context(
+                    process(warta("worker"), tmp / "worker.log", env=env, cwd=tmp)
+                )
+                procs = {"warta mta": mta, "warta worker": worker}
+            else:
+                dev = started.enter_context(
+                    process(warta("dev"), tmp / "dev.log", env=env, cwd=tmp)
+                )
+                await listening(api, dev, tmp / "dev.log")
+                await listening(submission, dev, tmp / "dev.log")
+                procs = {"warta dev": dev}
+            groups = {name: [proc.pid] for name, proc in procs.items()}
+            groups["embedded Redis"] = [_embedded_redis_pid(tmp / "var")]
+            await asyncio.sleep(2)  # let the worker connect before the clock starts
+            before = cpu_by_group(groups)
+            started_at = time.perf_counter()
+            await schedule(sessionmaker, campaign_id)
+            while True:
+                await asyncio.sleep(0.2)
+                status, counts = await ledger(sessionmaker, campaign_id)
+                if counts.get("delivered", 0) >= recipients:
+                    break
+                if any(proc.poll() is not None for proc in procs.values()):
+                    raise RuntimeError(f"a Warta process died; see the logs in {tmp}")
+                if time.perf_counter() - started_at > TIMEOUT:
+                    raise RuntimeError(f"not delivered after {TIMEOUT:.0f} s: {status} {counts}")
+            elapsed = time.perf_counter() - started_at
+            after = cpu_by_group(groups)
+            for name, proc in reversed(procs.items()):
+                stopping = time.perf_counter()
+                stop(proc)
+                print(
+                    f"  {name} stopped {time.perf_counter() - stopping:.1f} s after SIGTERM, "
+                    f"exit code {proc.returncode}"
+                )
+    finally:
+        await engine.dispose()
+        _stop_embedded_redis(tmp / "var")
+    rate = recipients / elapsed
+    mode = "`warta mta` + `warta worker`" if split else "`warta dev`"
+    print(f"  {mode}, SQLite, embedded Redis, capture: ledger {counts}")
+    print(f"  {recipients:,} recipients in {elapsed:.1f} s = {rate:,.0f} msg/s")
+    print(
+        "  CPU per message: "
+        + ", ".join(f"{g} {(after[g] - before[g]) / recipients * 1000:.2f} ms" for g in groups)
+    )
+    return Row(
+        f"the embedded defaults (`make run`: {mode}, SQLite, embedded Redis, capture Maildir), "
+        f"{recipients:,}-recipient campaign, until the ledger shows all delivered",
+        f"≥ {TARGET:,.0f} msg/s",
+        f"{rate:,.0f} msg/s",
+        "—",
+        rate >= TARGET,
+        "embedded",
+    )
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    """Parse arguments and run the campaign once."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipients", type=int, default=RECIPIENTS)
+    parser.add_argument("--split", action="store_true", help="warta mta + warta worker")
+    parser.add_argument("--quick", action="store_true", help="the same (it is small already)")
+    args = parser.parse_args(argv if argv is not None else [])
+    sys.path.insert(0, str(ROOT))
+    tmp = Path(tempfile.mkdtemp(prefix="warta-embedded-bench-"))
+    try:
+        return [asyncio.run(_run(args.recipients, args.split, tmp))]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
