@@ -39,7 +39,7 @@ test: lint  ## lint, then the whole suite on SQLite and on PostgreSQL
 	WARTA_TEST_DB=postgresql $(BIN)/pytest
 
 # BENCH_FLAGS go to bench/run.py, e.g. BENCH_FLAGS="--recipients 100000" or "--only pipeline".
-bench: bench-deps  ## every benchmark (about 30 min), then one summary table (not part of `make test`)
+bench: bench-deps  ## every benchmark (15–25 min), then one summary table (not part of `make test`)
 	$(BIN)/python bench/run.py $(BENCH_FLAGS)
 
 bench-quick: bench-deps  ## the benchmarks at small sizes (about 6 min), for development

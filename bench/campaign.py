@@ -192,6 +192,7 @@ class Leg:
 
     @property
     def rate(self) -> float:
+        """Recipients per second, schedule → done."""
         return self.recipients / self.elapsed
 
     def ms(self, group: str) -> float:
@@ -219,15 +220,14 @@ async def run_leg(
         campaign_id = await seed(st.sessionmaker, recipients)
         with contextlib.ExitStack() as started:
             groups: dict[str, list[int]] = {}
-            mta_pid = 0
+            mta_proc: subprocess.Popen[bytes] | None = None
             if mta == "warta":
                 submission = free_port()
                 mta_proc = started.enter_context(
                     start_mta(st, submission, sink.port, tmp / "mta.log")
                 )
                 await listening(submission, mta_proc, tmp / "mta.log")
-                mta_pid = mta_proc.pid
-                groups["warta mta"] = [mta_pid]
+                groups["warta mta"] = [mta_proc.pid]
             elif mta == "postfix":
                 instance = started.enter_context(postfix.instance(tmp / "postfix", sink.port))
                 submission = instance.port
@@ -247,17 +247,16 @@ async def run_leg(
             groups["smtp-sink"] = [sink.pid]
             profiler = Profiler(tmp, profile)
             watched = {f"worker {i + 1}": p.pid for i, p in enumerate(procs)}
-            if mta_pid:
-                watched["warta mta"] = mta_pid
+            if mta_proc is not None:
+                watched["warta mta"] = mta_proc.pid
             for i, proc in enumerate(procs):
                 await logged(WORKER_READY, proc, tmp / f"worker{i}.log")
             for name, pid in watched.items():
                 profiler.attach(name, pid)
             await asyncio.sleep(1)  # let the workers poll their queues before the clock starts
-            if mta == "warta":
-                procs.append(mta_proc)
+            alive = [*procs, *([mta_proc] if mta_proc is not None else [])]
             leg = await _measure(
-                st, campaign_id, recipients, sink, mta, groups, watched, procs, timeout
+                st, campaign_id, recipients, sink, mta, groups, watched, alive, timeout
             )
             leg.profiles = profiler.finish()
         return leg

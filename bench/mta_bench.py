@@ -74,11 +74,26 @@ def _smtp_source(port: int, messages: int, sessions: int, log: Path, reuse: bool
 
 
 def _wait_empty(count: Callable[[], int], what: str, timeout: float = 600) -> None:
+    """Wait until the queue reads empty twice in a row.
+
+    Twice, because a file that moves between queue directories while they are walked (Postfix's
+    incoming → active) can be missed by one walk, as it can be counted twice by another.
+    """
     deadline = time.monotonic() + timeout
-    while count() > 0:
+    empty = 0
+    while empty < 2:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: {count()} messages still queued after {timeout:.0f} s")
+        empty = empty + 1 if count() == 0 else 0
         time.sleep(0.02)
+
+
+def _settled_count(count: Callable[[], int], expected: int, timeout: float = 5) -> int:
+    """The count, read again (for up to `timeout` s) while it differs from `expected`."""
+    deadline = time.monotonic() + timeout
+    while (found := count()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 # --- Warta -------------------------------------------------------------------------------
@@ -177,8 +192,9 @@ def _accept_postfix(tmp: Path, messages: int, sessions: int, reuse: bool) -> Fig
         cpu = _cpu(pf.master_pid)
         elapsed = _smtp_source(pf.port, messages, sessions, tmp / "source.log", reuse)
         cpu = _cpu(pf.master_pid) - cpu
-        # smtpd answers 250 only after cleanup fsynced the queue file, so all are queued.
-        queued = pf.queued
+        # smtpd answers 250 only after cleanup fsynced the queue file, so all are queued;
+        # qmgr moves them between queue directories meanwhile, so a walk may miscount.
+        queued = _settled_count(lambda: pf.queued, messages)
     if queued != messages:
         raise RuntimeError(f"Postfix queued {queued} of {messages} messages")
     return Figure(messages / elapsed, elapsed, cpu)
