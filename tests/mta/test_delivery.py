@@ -212,3 +212,33 @@ async def test_the_sweep_leaves_alone_what_the_agent_holds(
         assert await agent.sweep() == 0
     assert agent.queued() == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_urgent_mail_is_delivered_before_a_backlog_of_bulk_mail(
+    tmp_path: Path, remote: tuple[str, SinkHandler]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    for n in range(20):
+        await spool.accept(Envelope("news@example.com", [f"bulk{n}@example.com"]), _message(n))
+    await spool.accept(Envelope("app@example.com", ["reset@example.com"]), _message(99))
+    agent = DeliveryAgent(
+        spool,
+        Router(transport_map={"example.com": parse_host_port(remote[0], 25)}),
+        Shaping(),
+        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        concurrency=1,  # one delivery at a time: the order at the sink is the agent's order
+        urgent=lambda sender: sender == "app@example.com",
+    )
+    agent.start()
+    try:
+
+        async def all_delivered() -> bool:
+            return len(remote[1].snapshot()) == 21
+
+        await eventually(all_delivered, within=30, what="the backlog delivered")
+    finally:
+        await agent.drain(grace=5)
+        await spool.close()
+    order = [item.rcpt_tos[0] for item in remote[1].snapshot()]
+    assert order[0] == "reset@example.com", order

@@ -77,6 +77,7 @@ class DeliveryAgent:
         hostname: str = "localhost",
         wants_dsn: Callable[[str], bool] = bool,
         sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+        urgent: Callable[[str], bool] = lambda sender: False,
     ) -> None:
         self.spool = spool
         self.router = router
@@ -92,8 +93,12 @@ class DeliveryAgent:
         # for the null sender: a bounce of a bounce would loop.
         self.wants_dsn = wants_dsn
         self.sweep_interval = sweep_interval
+        # Mail that must not wait behind bulk mail (a transactional message behind a
+        # million-recipient campaign): its own schedule, looked at first.
+        self.urgent = urgent
         self.stats = AgentStats()
         self._due: list[tuple[float, str, Envelope]] = []
+        self._express: list[tuple[float, str, Envelope]] = []
         # What the agent holds: queue ids in `_due`, and those being delivered right now.
         self._scheduled: set[str] = set()
         self._in_flight: set[str] = set()
@@ -121,7 +126,8 @@ class DeliveryAgent:
     def _push(self, envelope: Envelope) -> None:
         if envelope.queue_id in self._drops:  # asked for while it was in flight: do it now
             envelope.next_attempt_at = self.clock()
-        heapq.heappush(self._due, (envelope.next_attempt_at, envelope.queue_id, envelope))
+        heap = self._express if self.urgent(envelope.mail_from) else self._due
+        heapq.heappush(heap, (envelope.next_attempt_at, envelope.queue_id, envelope))
         self._scheduled.add(envelope.queue_id)
         self._wakeup.set()
 
@@ -182,27 +188,28 @@ class DeliveryAgent:
 
     def queued(self) -> int:
         """Messages waiting in this agent's schedule."""
-        return len(self._due)
+        return len(self._due) + len(self._express)
 
     def pending_envelopes(self) -> list[tuple[float, str, Envelope]]:
         """A copy of the schedule, for status snapshots."""
-        return list(self._due)
+        return self._express + self._due
 
     def flush(self, domain: str | None = None) -> int:
         """Make waiting messages (for `domain`, or all) due now, like `postqueue -f`."""
         now = self.clock()
         flushed = 0
-        entries = []
-        for _, queue_id, envelope in self._due:
-            concerned = domain is None or any(
-                r.rpartition("@")[2].lower() == domain.lower() for r in envelope.pending()
-            )
-            if concerned:
-                envelope.next_attempt_at = now
-                flushed += 1
-            entries.append((envelope.next_attempt_at, queue_id, envelope))
-        heapq.heapify(entries)
-        self._due = entries
+        for heap in (self._express, self._due):
+            entries = []
+            for _, queue_id, envelope in heap:
+                concerned = domain is None or any(
+                    r.rpartition("@")[2].lower() == domain.lower() for r in envelope.pending()
+                )
+                if concerned:
+                    envelope.next_attempt_at = now
+                    flushed += 1
+                entries.append((envelope.next_attempt_at, queue_id, envelope))
+            heapq.heapify(entries)
+            heap[:] = entries
         self._wakeup.set()
         return flushed
 
@@ -212,10 +219,10 @@ class DeliveryAgent:
         A message being delivered right now is dropped as soon as that attempt ends.
         Returns whether this instance holds the message.
         """
-        for index, (_, candidate, envelope) in enumerate(self._due):
-            if candidate == queue_id:
-                del self._due[index]
-                heapq.heapify(self._due)
+        for heap in (self._express, self._due):
+            found = self._take(heap, queue_id)
+            if found is not None:
+                envelope = found
                 self._scheduled.discard(queue_id)
                 self._in_flight.add(queue_id)  # held until removed: the sweep must not see it
                 try:
@@ -227,6 +234,15 @@ class DeliveryAgent:
             self._drops[queue_id] = (bounce, reason)
             return True
         return False
+
+    @staticmethod
+    def _take(heap: list[tuple[float, str, Envelope]], queue_id: str) -> Envelope | None:
+        for index, (_, candidate, envelope) in enumerate(heap):
+            if candidate == queue_id:
+                del heap[index]
+                heapq.heapify(heap)
+                return envelope
+        return None
 
     async def _drop(self, envelope: Envelope, *, bounce: bool, reason: str) -> None:
         failures = []
@@ -262,12 +278,15 @@ class DeliveryAgent:
             self._push(envelope)
 
     async def _next(self) -> Envelope | None:
-        if self._due and self._due[0][0] <= self.clock():
-            envelope = heapq.heappop(self._due)[2]
-            self._scheduled.discard(envelope.queue_id)
-            self._in_flight.add(envelope.queue_id)
-            return envelope
-        wait = min(self._due[0][0] - self.clock(), 1.0) if self._due else 1.0
+        now = self.clock()
+        for heap in (self._express, self._due):
+            if heap and heap[0][0] <= now:
+                envelope = heapq.heappop(heap)[2]
+                self._scheduled.discard(envelope.queue_id)
+                self._in_flight.add(envelope.queue_id)
+                return envelope
+        soonest = min((heap[0][0] for heap in (self._express, self._due) if heap), default=None)
+        wait = min(soonest - now, 1.0) if soonest is not None else 1.0
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), max(wait, 0.0))

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.database import create_engine, create_sessionmaker
 from app.core.settings import Settings
-from app.mail.identity import parse_verp
+from app.mail.identity import Kind, parse_verp
 from workers.mta.auth import ApiKeyAuthenticator
 from workers.mta.auth_throttle import AuthThrottle
 from workers.mta.dedupe import SharedMessageIds
@@ -77,6 +77,7 @@ class MtaService:
             ),
             hostname=settings.mta_hostname,
             wants_dsn=lambda sender: bool(sender) and parse_verp(secret, sender) is None,
+            urgent=lambda sender: _urgent(secret, sender),
             sweep_interval=settings.mta_sweep_interval,
         )
         agent.start()
@@ -142,3 +143,9 @@ class MtaService:
         await self.reporter.stop()
         await self.authenticator.stop()
         await self.engine.dispose()
+
+
+def _urgent(secret: str, sender: str) -> bool:
+    """Transactional, opt-in and test mail goes before campaign mail (and relayed mail)."""
+    parsed = parse_verp(secret, sender) if sender else None
+    return parsed is not None and parsed[0] is not Kind.CAMPAIGN
