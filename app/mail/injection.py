@@ -27,14 +27,12 @@ from typing import Self
 from app.core.settings import Settings
 from app.mail.result import SendResult
 from app.mail.sender import (
-    STATUS_BAD_ADDRESS,
-    STATUS_BAD_SENDER,
     STATUS_NO_SMTPUTF8,
     SenderClosedError,
     SmtpSender,
     SubmissionHost,
-    is_bare_address,
     parse_submission_hosts,
+    refuse_malformed,
 )
 
 logger = logging.getLogger(__name__)
@@ -148,15 +146,7 @@ class PipelinedSender:
             raise SenderClosedError("the sender is closed")
         if not recipients:
             return {}
-        if envelope_from and not is_bare_address(envelope_from):
-            bad_sender = SendResult.refused(f"bad sender {envelope_from!r}", STATUS_BAD_SENDER)
-            return dict.fromkeys(recipients, bad_sender)
-        refused = {
-            recipient: SendResult.refused(f"bad recipient {recipient!r}", STATUS_BAD_ADDRESS)
-            for recipient in recipients
-            if not is_bare_address(recipient)
-        }
-        sendable = [recipient for recipient in recipients if recipient not in refused]
+        refused, sendable = refuse_malformed(envelope_from, recipients)
         if not sendable:
             return refused
         future: asyncio.Future[dict[str, SendResult]] = asyncio.get_running_loop().create_future()

@@ -214,15 +214,7 @@ class SmtpSender:
             raise SenderClosedError("the sender is closed")
         if not recipients:
             return {}
-        if envelope_from and not is_bare_address(envelope_from):
-            bad_sender = SendResult.refused(f"bad sender {envelope_from!r}", STATUS_BAD_SENDER)
-            return dict.fromkeys(recipients, bad_sender)
-        refused = {
-            recipient: SendResult.refused(f"bad recipient {recipient!r}", STATUS_BAD_ADDRESS)
-            for recipient in recipients
-            if not is_bare_address(recipient)
-        }
-        sendable = [recipient for recipient in recipients if recipient not in refused]
+        refused, sendable = refuse_malformed(envelope_from, recipients)
         if not sendable:
             return refused
         results = await self._submit(envelope_from, sendable, message)
@@ -392,6 +384,24 @@ async def _greet(smtp: SMTP) -> None:
         await smtp.ehlo()
     except SMTPHeloError:
         await smtp.helo()
+
+
+def refuse_malformed(
+    envelope_from: str, recipients: Sequence[str]
+) -> tuple[dict[str, SendResult], list[str]]:
+    """Results for addresses that must not reach an SMTP command line, and the rest.
+
+    A malformed sender refuses every recipient; a malformed recipient only itself.
+    """
+    if envelope_from and not is_bare_address(envelope_from):
+        bad_sender = SendResult.refused(f"bad sender {envelope_from!r}", STATUS_BAD_SENDER)
+        return dict.fromkeys(recipients, bad_sender), []
+    refused = {
+        recipient: SendResult.refused(f"bad recipient {recipient!r}", STATUS_BAD_ADDRESS)
+        for recipient in recipients
+        if not is_bare_address(recipient)
+    }
+    return refused, [recipient for recipient in recipients if recipient not in refused]
 
 
 def is_bare_address(address: str) -> bool:
