@@ -257,13 +257,13 @@ class PipelinedSender:
     async def _exchange(self, session: _Session, items: list[_Item]) -> None:
         """One pipelined round: every item's commands written at once, replies read in order."""
         host = str(session.host)
-        sendable: list[_Item] = []
+        sendable: list[tuple[_Item, bytes]] = []
         for item in items:
             mail = self._mail_command(session, item)
             if isinstance(mail, SendResult):
                 item.future.set_result(dict.fromkeys(item.recipients, mail))
                 continue
-            sendable.append(item)
+            sendable.append((item, mail))
             if session.pipelining and session.chunking:
                 session.writer.write(
                     mail
@@ -272,12 +272,12 @@ class PipelinedSender:
                 )
                 session.writer.write(item.message)
         await session.writer.drain()
-        for item in sendable:
+        for item, mail in sendable:
             session.transactions += 1
             if session.pipelining and session.chunking:
                 results = await self._read_transaction(session, item, host)
             else:
-                results = await self._lockstep(session, item, host)
+                results = await self._lockstep(session, item, mail, host)
             item.future.set_result(results)
 
     async def _read_transaction(
@@ -288,10 +288,10 @@ class PipelinedSender:
         final = await self._reply(session)
         return self._results(item, mail, rcpts, final, host)
 
-    async def _lockstep(self, session: _Session, item: _Item, host: str) -> dict[str, SendResult]:
+    async def _lockstep(
+        self, session: _Session, item: _Item, mail_command: bytes, host: str
+    ) -> dict[str, SendResult]:
         """No PIPELINING or no CHUNKING: one command, one reply, and DATA with dot-stuffing."""
-        mail_command = self._mail_command(session, item)
-        assert isinstance(mail_command, bytes)
         session.writer.write(mail_command)
         mail = await self._reply(session)
         rcpts: list[tuple[int, str]] = []
