@@ -1,0 +1,109 @@
+"""Spare files: the spool reuses the inodes of removed files and rewritten envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.spooled import envelope, message
+from workers.mta.spares import SparePool, exchange
+from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
+
+
+def inodes(*directories: Path) -> set[int]:
+    return {path.stat().st_ino for directory in directories for path in directory.iterdir()}
+
+
+async def test_a_removed_message_s_files_carry_the_next_messages(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        first = [await spool.accept(envelope(n), message(n, 9_000)) for n in range(5)]
+        used = inodes(spool.messages, spool.envelopes)
+        for queue_id in first:
+            await spool.remove(queue_id)
+        assert inodes(spool.spares.directory) == used
+        assert list(spool.messages.iterdir()) == list(spool.envelopes.iterdir()) == []
+
+        # Shorter messages over longer spares: each file is cut to its new length.
+        second = [await spool.accept(envelope(n), message(n, 100)) for n in range(5, 10)]
+
+        assert inodes(spool.messages, spool.envelopes) == used
+        assert list(spool.spares.directory.iterdir()) == []
+        for n, queue_id in zip(range(5, 10), second, strict=True):
+            assert spool.load(queue_id) == message(n, 100)
+            stored = Envelope.from_json(spool.envelope_path(queue_id).read_bytes())
+            assert stored.queue_id == queue_id
+    recovered = Spool(tmp_path).recover()
+    assert sorted(e.queue_id for e in recovered) == sorted(second)
+
+
+async def test_a_rewritten_envelope_leaves_its_old_file_as_a_spare(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        before = spool.envelope_path(queue_id).stat().st_ino
+        env.states["a@example.com"].status = RecipientStatus.DELIVERED
+        env.next_attempt_at = 1234.0
+        await spool.update(env)
+        assert inodes(spool.spares.directory) == {before}
+        assert Envelope.from_json(spool.envelope_path(queue_id).read_bytes()) == env
+        # The next rewrite is written over that spare.
+        env.states["b@example.net"].attempts = 3
+        await spool.update(env)
+        assert spool.envelope_path(queue_id).stat().st_ino == before
+    [recovered] = Spool(tmp_path).recover()
+    assert recovered == env
+
+
+async def test_concurrent_rewrites_share_one_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Spool(tmp_path) as spool:
+        envelopes = [envelope(n) for n in range(20)]
+        ids: list[QueueId] = list(
+            await asyncio.gather(*(spool.accept(e, message(n)) for n, e in enumerate(envelopes)))
+        )
+        directory = str(spool.envelopes.resolve())
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def recording_fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        for n, env in enumerate(envelopes):
+            env.next_attempt_at = 1000.0 + n
+        await asyncio.gather(*(spool.update(env) for env in envelopes))
+        assert 1 <= synced.count(directory) < len(envelopes)
+        for n, queue_id in enumerate(ids):
+            stored = Envelope.from_json(spool.envelope_path(queue_id).read_bytes())
+            assert stored.next_attempt_at == 1000.0 + n
+
+
+def test_the_pool_is_bounded_and_unlinks_beyond_it(tmp_path: Path) -> None:
+    pool = SparePool(tmp_path / "spare", limit=2)
+    files = [tmp_path / f"f{n}" for n in range(3)]
+    for path in files:
+        path.write_bytes(b"x")
+        pool.retire(path)
+    assert len(pool) == 2
+    assert len(list(pool.directory.iterdir())) == 2
+    assert not any(path.exists() for path in files)
+    restarted = SparePool(tmp_path / "spare", limit=2)
+    restarted.load()
+    assert len(restarted) == 2
+
+
+def test_exchange_swaps_two_files_and_reports_a_missing_one(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"1")
+    second.write_bytes(b"2")
+    assert exchange(first, second)
+    assert (first.read_bytes(), second.read_bytes()) == (b"2", b"1")
+    assert not exchange(first, tmp_path / "missing")
+    assert first.read_bytes() == b"2"
