@@ -242,3 +242,41 @@ async def test_urgent_mail_is_delivered_before_a_backlog_of_bulk_mail(
         await spool.close()
     order = [item.rcpt_tos[0] for item in remote[1].snapshot()]
     assert order[0] == "reset@example.com", order
+
+
+async def test_a_backlog_beyond_the_schedule_waits_on_disk_and_is_all_delivered(
+    tmp_path: Path, remote: tuple[str, SinkHandler], caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    agent = DeliveryAgent(
+        spool,
+        Router(transport_map={"example.com": parse_host_port(remote[0], 25)}),
+        Shaping(),
+        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        max_held=4,
+        # Far beyond the test: the schedule must refill itself as it drains, not wait.
+        sweep_interval=3600,
+    )
+    later = Envelope("news@example.com", ["later@example.com"], next_attempt_at=1e12)
+    await spool.accept(later, _message(99))
+    # Committed before the agent runs: its commits schedule up to four, the rest stay on disk.
+    for n in range(10):
+        await spool.accept(Envelope("news@example.com", [f"r{n}@example.com"]), _message(n))
+    # The message deferred for later does not take a place in the schedule.
+    assert agent.queued() == 5
+    assert agent.holds(later.queue_id)
+    with caplog.at_level(logging.WARNING, logger="workers.mta.delivery"):
+        agent.start()
+        try:
+
+            async def all_delivered() -> bool:
+                return len(remote[1].snapshot()) == 10
+
+            await eventually(all_delivered, within=10, what="the whole backlog delivered")
+        finally:
+            await agent.drain(grace=5)
+            await spool.close()
+    counts = Counter(item.rcpt_tos[0] for item in remote[1].snapshot())
+    assert set(counts) == {f"r{n}@example.com" for n in range(10)}
+    assert max(counts.values()) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

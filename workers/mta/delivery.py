@@ -32,6 +32,11 @@ from workers.mta.transports import Transport
 
 DEFAULT_SWEEP_INTERVAL = 30.0
 """Seconds between sweeps of the spool for messages the agent does not hold."""
+DEFAULT_MAX_HELD = 10_000
+"""Messages due soon that the agent schedules in memory at most (Postfix's active queue
+limit): the rest wait on disk and are read back by the sweep as the schedule drains, so a
+backlog of a million messages does not hold a million envelopes (~800 bytes each) in
+memory. Messages deferred for later do not count: fresh mail must not wait behind them."""
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,7 @@ class DeliveryAgent:
         wants_dsn: Callable[[str], bool] = bool,
         sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
         urgent: Callable[[str], bool] = lambda sender: False,
+        max_held: int = DEFAULT_MAX_HELD,
     ) -> None:
         self.spool = spool
         self.router = router
@@ -96,11 +102,17 @@ class DeliveryAgent:
         # Mail that must not wait behind bulk mail (a transactional message behind a
         # million-recipient campaign): its own schedule, looked at first.
         self.urgent = urgent
+        self.max_held = max_held
+        # Committed messages were left on disk because the schedule was full: the sweep
+        # reads them back (early, through `_refill`, once the schedule is half empty).
+        self._spilled = False
+        self._refill = asyncio.Event()
         self.stats = AgentStats()
         self._due: list[tuple[float, str, Envelope]] = []
         self._express: list[tuple[float, str, Envelope]] = []
         # What the agent holds: queue ids in `_due`, and those being delivered right now.
         self._scheduled: set[str] = set()
+        self._later: set[str] = set()  # of those, the ones deferred beyond a sweep interval
         self._in_flight: set[str] = set()
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -117,7 +129,14 @@ class DeliveryAgent:
         """
         if self.holds(envelope.queue_id):
             return
+        if self._soon() >= self.max_held:
+            self._spilled = True  # durable on disk: the sweep schedules it when there is room
+            return
         self._push(envelope)
+
+    def _soon(self) -> int:
+        """Messages scheduled that were due within a sweep interval when scheduled."""
+        return len(self._scheduled) - len(self._later)
 
     def holds(self, queue_id: str) -> bool:
         """Whether the message is in the schedule or being delivered."""
@@ -129,6 +148,8 @@ class DeliveryAgent:
         heap = self._express if self.urgent(envelope.mail_from) else self._due
         heapq.heappush(heap, (envelope.next_attempt_at, envelope.queue_id, envelope))
         self._scheduled.add(envelope.queue_id)
+        if envelope.next_attempt_at > self.clock() + self.sweep_interval:
+            self._later.add(envelope.queue_id)
         self._wakeup.set()
 
     def start(self) -> None:
@@ -141,12 +162,19 @@ class DeliveryAgent:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="delivery-sweep")
 
     async def sweep(self) -> int:
-        """Schedule every committed message in the spool that the agent does not hold.
+        """Schedule committed messages in the spool that the agent does not hold, oldest first.
 
-        Finding one means a bug elsewhere stranded it (hence the warning); returns how many.
+        As many as the schedule has room for. Finding one is expected after the schedule
+        was full (a backlog spilled to disk); otherwise it means a bug elsewhere stranded it
+        (hence the warning). Returns how many it scheduled.
         """
+        spilled, self._spilled = self._spilled, False
+        room = self.max_held - self._soon()
+        candidates = await self.spool.oldest_queued(room, self.holds)
+        if spilled and len(candidates) >= room:
+            self._spilled = True  # perhaps more on disk: the next refill reads on
         found = 0
-        for queue_id in await self.spool.queued():
+        for queue_id in candidates:
             if self.holds(queue_id):
                 continue
             try:
@@ -156,17 +184,20 @@ class DeliveryAgent:
                 continue
             if envelope is None or self.holds(queue_id):
                 continue  # removed, or scheduled, while it was being read
-            logger.warning(
-                "spool sweep: %s was queued but not scheduled for delivery; scheduling it now",
-                queue_id,
-            )
-            self.schedule(envelope)
+            if not spilled:
+                logger.warning(
+                    "spool sweep: %s was queued but not scheduled for delivery; scheduling it now",
+                    queue_id,
+                )
+            self._push(envelope)
             found += 1
         return found
 
     async def _sweep_forever(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(self.sweep_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refill.wait(), self.sweep_interval)
+            self._refill.clear()
             try:
                 await self.sweep()
             except Exception:  # the safety net must outlive a failing disk read
@@ -224,6 +255,7 @@ class DeliveryAgent:
             if found is not None:
                 envelope = found
                 self._scheduled.discard(queue_id)
+                self._later.discard(queue_id)
                 self._in_flight.add(queue_id)  # held until removed: the sweep must not see it
                 try:
                     await self._drop(envelope, bounce=bounce, reason=reason)
@@ -283,7 +315,10 @@ class DeliveryAgent:
             if heap and heap[0][0] <= now:
                 envelope = heapq.heappop(heap)[2]
                 self._scheduled.discard(envelope.queue_id)
+                self._later.discard(envelope.queue_id)
                 self._in_flight.add(envelope.queue_id)
+                if self._spilled and self._soon() <= self.max_held // 2:
+                    self._refill.set()
                 return envelope
         soonest = min((heap[0][0] for heap in (self._express, self._due) if heap), default=None)
         wait = min(soonest - now, 1.0) if soonest is not None else 1.0
@@ -302,12 +337,16 @@ class DeliveryAgent:
         by_domain: dict[str, list[str]] = defaultdict(list)
         for recipient in envelope.pending():
             by_domain[recipient.rpartition("@")[2].lower()].append(recipient)
-        outcomes = await asyncio.gather(
-            *(
-                self._deliver_domain(envelope, domain, rcpts, data)
-                for domain, rcpts in by_domain.items()
+        if len(by_domain) == 1:  # the usual case: no task per domain, no gather
+            [(domain, rcpts)] = by_domain.items()
+            outcomes = [await self._deliver_domain(envelope, domain, rcpts, data)]
+        else:
+            outcomes = await asyncio.gather(
+                *(
+                    self._deliver_domain(envelope, domain, rcpts, data)
+                    for domain, rcpts in by_domain.items()
+                )
             )
-        )
         failures = [failure for domain_failures in outcomes for failure in domain_failures]
         failures += await self._settle(envelope)
         if failures and self.wants_dsn(envelope.mail_from):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ class RecipientStatus(StrEnum):
     FAILED = "failed"
 
 
-@dataclass
+@dataclass(slots=True)
 class RecipientState:
     """Delivery state of one recipient: status, the last remote reply and attempts made."""
 
@@ -75,7 +76,7 @@ class RecipientState:
     attempts: int = 0
 
 
-@dataclass
+@dataclass(slots=True)  # slots: the agent holds one per message it schedules
 class Envelope:
     """The SMTP envelope of a spooled message and the delivery state of each recipient.
 
@@ -604,6 +605,22 @@ class Spool:
             if name.endswith(".json")
             and (queue_id := QueueId(name.removesuffix(".json"))) not in self._uncommitted
         ]
+
+    async def oldest_queued(self, limit: int, skip: Callable[[str], bool]) -> list[QueueId]:
+        """The ``limit`` oldest committed messages on disk that ``skip`` does not rule out.
+
+        The directory is read as a stream and only ``limit`` ids are kept, so the memory
+        this takes does not grow with the length of the queue.
+        """
+
+        def scan() -> list[QueueId]:
+            with os.scandir(self.envelopes) as entries:
+                names = (entry.name for entry in entries)
+                ids = (QueueId(name[:-5]) for name in names if name.endswith(".json"))
+                wanted = (q for q in ids if q not in self._uncommitted and not skip(q))
+                return heapq.nsmallest(limit, wanted)
+
+        return await asyncio.to_thread(scan) if limit > 0 else []
 
     async def read_envelope(self, queue_id: QueueId) -> Envelope | None:
         """The envelope of ``queue_id`` as on disk; None once the message is gone."""
