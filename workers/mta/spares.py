@@ -75,10 +75,13 @@ class SparePool:
         return len(self._files)
 
     def load(self) -> None:
-        """Take up the files already in the directory (after a restart)."""
+        """Take up the files already in the directory (after a restart); unlink any extra."""
         self._files.clear()
-        for name in sorted(os.listdir(self.directory))[: self.limit]:
-            self._files.append(self.directory / name)
+        with os.scandir(self.directory) as entries:
+            files = sorted(entry.path for entry in entries if entry.is_file(follow_symlinks=False))
+        for path in files[self.limit :]:
+            os.unlink(path)
+        self._files.extend(Path(path) for path in files[: self.limit])
 
     def write(self, fallback: Path, data: bytes) -> tuple[Path, int]:
         """Write ``data`` over a spare (or into a new ``fallback``); its path and open fd.
