@@ -19,7 +19,11 @@ import itertools
 import os
 import secrets
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+
+Files = tuple[tuple[Path, bytes], ...]
+"""Files written together: (where to create it if no spare is free, content) each."""
 
 DEFAULT_LIMIT = 2048
 """Spare files kept at most (5 KB messages: ~10 MB of disk)."""
@@ -118,3 +122,50 @@ class SparePool:
                 return
             path = target
         self._files.append(path)
+
+
+def stage(spares: SparePool, groups: list[Files]) -> list[list[Path]]:
+    """Write every file over a spare (or a new file at its path), then fsync all and close.
+
+    Returns where each group's files were written; durable once it returns. All writes
+    come before the first fsync, so that the fsyncs find the data already under way.
+    """
+    written: list[list[tuple[Path, int]]] = []
+    try:
+        for files in groups:
+            written.append([])
+            for path, data in files:
+                written[-1].append(spares.write(path, data))
+        for group in written:
+            for _, fd in group:
+                os.fsync(fd)
+    finally:
+        for group in written:
+            for _, fd in group:
+                os.close(fd)
+    return [[path for path, _ in group] for group in written]
+
+
+def stage_parallel(
+    pool: ThreadPoolExecutor, lanes: int, spares: SparePool, groups: list[Files]
+) -> list[list[Path]]:
+    """`stage` every group of files, in parallel; where each file was written, in order.
+
+    The groups are dealt to at most `lanes` tasks, one of them run in this thread: the
+    concurrent fsyncs fold into fewer disk flushes, while a batch of one message costs no
+    hand-over between threads at all (each wakes a thread and contends for the GIL).
+    """
+    lanes = min(len(groups), lanes)
+    if lanes <= 1:
+        return stage(spares, groups)
+    tasks = [pool.submit(stage, spares, groups[lane::lanes]) for lane in range(1, lanes)]
+    try:
+        first = stage(spares, groups[0::lanes])
+    finally:
+        wait(tasks)
+    results = [first, *(task.result() for task in tasks)]  # the first failure fails all
+    out: list[list[Path]] = [[] for _ in groups]
+    for lane, lane_results in enumerate(results):
+        for index, paths in enumerate(lane_results):
+            out[lane + index * lanes] = paths
+    return out

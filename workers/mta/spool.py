@@ -36,13 +36,13 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NewType, Self
 
-from workers.mta.spares import SparePool, exchange, write_new
+from workers.mta.spares import SparePool, exchange, stage_parallel, write_new
 
 logger = logging.getLogger(__name__)
 
@@ -208,28 +208,6 @@ def write_atomically(path: Path, temp: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(temp, path)
     fsync_directory(path.parent)
-
-
-def _stage(spares: SparePool, groups: list[tuple[tuple[Path, bytes], ...]]) -> list[list[Path]]:
-    """Write every file over a spare (or a new file at its path), then fsync all and close.
-
-    Returns where each group's files were written; durable once it returns. All writes
-    come before the first fsync, so that the fsyncs find the data already under way.
-    """
-    written: list[list[tuple[Path, int]]] = []
-    try:
-        for files in groups:
-            written.append([])
-            for path, data in files:
-                written[-1].append(spares.write(path, data))
-        for group in written:
-            for _, fd in group:
-                os.fsync(fd)
-    finally:
-        for group in written:
-            for _, fd in group:
-                os.close(fd)
-    return [[path for path, _ in group] for group in written]
 
 
 class Spool:
@@ -413,11 +391,14 @@ class Spool:
         # per message instead of four, and the concurrent fsyncs still fold into one journal
         # commit. Creating a file holds its directory's lock, so the temporary files are
         # spread over several directories and their creations run in parallel.
-        sources = self._stage_all(
+        sources = stage_parallel(
+            self._io_pool,
+            IO_THREADS,
+            self.spares,
             [
                 ((temp_message, item.data), (temp_envelope, item.envelope.to_json()))
                 for item, (temp_message, _, temp_envelope, _) in zip(batch, written, strict=True)
-            ]
+            ],
         )
         # Messages before envelopes: an envelope on disk must always find its message.
         for (source_message, _), (_, message, _, _) in zip(sources, written, strict=True):
@@ -437,31 +418,6 @@ class Spool:
         self.stats.fsync_seconds_total += elapsed
         self.stats.last_fsync_seconds = elapsed
         self.stats.last_batch_size = len(batch)
-
-    def _stage_all(self, groups: list[tuple[tuple[Path, bytes], ...]]) -> list[list[Path]]:
-        """`_stage` every group of files, in parallel; where each file was written, in order.
-
-        The groups are dealt to at most IO_THREADS tasks, one of them run in this thread:
-        the concurrent fsyncs fold into fewer disk flushes, while a batch of one message costs
-        no hand-over between threads at all (each wakes a thread and contends for the GIL).
-        """
-        lanes = min(len(groups), IO_THREADS)
-        if lanes <= 1:
-            return _stage(self.spares, groups)
-        tasks = [
-            self._io_pool.submit(_stage, self.spares, groups[lane::lanes])
-            for lane in range(1, lanes)
-        ]
-        try:
-            first = _stage(self.spares, groups[0::lanes])
-        finally:
-            wait(tasks)
-        results = [first, *(task.result() for task in tasks)]  # the first failure fails all
-        out: list[list[Path]] = [[] for _ in groups]
-        for lane, lane_results in enumerate(results):
-            for index, paths in enumerate(lane_results):
-                out[lane + index * lanes] = paths
-        return out
 
     def _log_message_ids(self, entries: list[Envelope]) -> None:
         """Append the batch's Message-IDs; if that fails the batch is still acknowledged.
@@ -542,7 +498,10 @@ class Spool:
             for i, (queue_id, raw) in enumerate(envelopes)
         ]
         sources = [
-            paths[0] for paths in self._stage_all([((temp, raw),) for temp, _, raw in moves])
+            paths[0]
+            for paths in stage_parallel(
+                self._io_pool, IO_THREADS, self.spares, [((temp, raw),) for temp, _, raw in moves]
+            )
         ]
         # In batch order, so the latest of two rewrites of one envelope is the one that stays.
         # Swapped rather than renamed over: the old envelope's inode becomes a spare.
