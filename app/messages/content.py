@@ -14,6 +14,7 @@ import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import parseaddr
+from functools import lru_cache
 from typing import Any
 
 from app.core.errors import Invalid, TooLarge
@@ -67,30 +68,18 @@ class MessageFrame:
     feedback_id: str
 
 
-COMPILED_KEPT = 512
-_compiled: dict[tuple[str, str, str], CompiledParts] = {}
-"""Compiled once per distinct content: an application sends the same template again and
-again. Emptied when full (a dict's single operations are atomic: render threads share it)."""
-
-
-def compiled_before(content: Content) -> CompiledParts | None:
-    """The parts of content compiled before (a lookup, no work: no render thread needed)."""
-    return _compiled.get((content.subject, content.html, content.text))
+@lru_cache(maxsize=512)
+def _compiled(subject: str, html: str, text: str) -> CompiledParts:
+    """Compile once per distinct content: an application sends the same template again and again."""
+    return compile_parts(subject, html, text)
 
 
 def compile_content(content: Content) -> CompiledParts:
     """The compiled parts; a syntax error is a 422 before anything is stored."""
-    key = (content.subject, content.html, content.text)
-    if (parts := _compiled.get(key)) is not None:
-        return parts
     try:
-        parts = compile_parts(*key)
+        return _compiled(content.subject, content.html, content.text)
     except TemplateError as exc:
         raise Invalid(f"template error in {exc}") from None
-    if len(_compiled) >= COMPILED_KEPT:
-        _compiled.clear()
-    _compiled[key] = parts
-    return parts
 
 
 def render(parts: CompiledParts, data: dict[str, Any], to: str, cap: int) -> RenderedMessage:

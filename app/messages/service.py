@@ -97,9 +97,7 @@ async def prepare(
     or header fails this request alone (a batch item) rather than `store`, which fails all.
     """
     source = await _content(session, request)
-    parts = content.compiled_before(source) or await run_off_loop(
-        content.compile_content, source, seconds=MAX_COMPILE_SECONDS
-    )
+    parts = await run_off_loop(content.compile_content, source, seconds=MAX_COMPILE_SECONDS)
     files = content.decode_attachments(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
         settings.message_max_attachment_bytes,
