@@ -208,6 +208,7 @@ async def _measure(
         WARTA_API_RATE="0",
         WARTA_WORKER_BATCHES="8",
         WARTA_SENDER_CONNECTIONS="20",
+        **dict(item.split("=", 1) for item in args.env),
     )
 
     def begin(name: str, *cmd: str, **extra: str) -> subprocess.Popen[bytes]:
@@ -349,6 +350,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--requests", type=int, help="default 6000 (quick: 1000)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="WARTA_X=VALUE",
+        help="a setting for every Warta process (repeatable), e.g. WARTA_DATABASE_PRE_PING=false",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
