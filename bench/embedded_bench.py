@@ -9,7 +9,7 @@ all delivered). `--split` runs `warta mta` and `warta worker` as two processes s
 embedded Redis instead of `warta dev`'s one. The CPU per message of the Warta process(es)
 and of the embedded Redis is printed beside it.
 
-    python -m bench.embedded_bench [--recipients 1000] [--split]
+    python -m bench.embedded_bench [--recipients 1000] [--split] [--profile]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from bench.campaign import ledger, schedule, seed
 from bench.processes import ROOT, cpu_by_group, free_port, listening, process, stop, warta
+from bench.profiling import Profiler, print_profiles
 from bench.results import Row
 
 TARGET = 500.0
@@ -63,7 +64,7 @@ def _stop_embedded_redis(var: Path) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-async def _run(recipients: int, split: bool, tmp: Path) -> Row:
+async def _run(recipients: int, split: bool, tmp: Path, profile: bool = False) -> Row:
     from app.core.database import create_engine, create_sessionmaker
     from app.core.settings import Settings
 
@@ -101,6 +102,9 @@ async def _run(recipients: int, split: bool, tmp: Path) -> Row:
             groups["embedded Redis"] = [_embedded_redis_pid(tmp / "var")]
             await asyncio.sleep(2)  # let the worker connect before the clock starts
             before = cpu_by_group(groups)
+            profiler = Profiler(tmp, profile)
+            for name, proc in procs.items():
+                profiler.attach(name.replace(" ", "-"), proc.pid)
             started_at = time.perf_counter()
             await schedule(sessionmaker, campaign_id)
             while True:
@@ -114,6 +118,7 @@ async def _run(recipients: int, split: bool, tmp: Path) -> Row:
                     raise RuntimeError(f"not delivered after {TIMEOUT:.0f} s: {status} {counts}")
             elapsed = time.perf_counter() - started_at
             after = cpu_by_group(groups)
+            print_profiles(profiler.finish())
             for name, proc in reversed(procs.items()):
                 stopping = time.perf_counter()
                 stop(proc)
@@ -149,11 +154,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--recipients", type=int, default=RECIPIENTS)
     parser.add_argument("--split", action="store_true", help="warta mta + warta worker")
     parser.add_argument("--quick", action="store_true", help="the same (it is small already)")
+    parser.add_argument("--profile", action="store_true", help="record the processes with py-spy")
     args = parser.parse_args(argv if argv is not None else [])
     sys.path.insert(0, str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="warta-embedded-bench-"))
     try:
-        return [asyncio.run(_run(args.recipients, args.split, tmp))]
+        return [asyncio.run(_run(args.recipients, args.split, tmp, args.profile))]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -10,7 +10,7 @@ delivered. The wait is capped (`--cap`, 700 s; 120 s with `--quick`): past it th
 is reported as "> cap" with what had arrived by then.
 
     python -m bench.resume_bench [--recipients 3000] [--kill-after 300] [--cap 700] [--quick]
-        [--keep]
+        [--keep] [--env WARTA_BATCH_LEASE=6 ...]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
     async with stack(tmp) as st:
         campaign_id = await seed(st.sessionmaker, recipients)
         sink_cmd = [sys.executable, "-m", "bench.recording_sink", str(sink_port), str(arrivals_log)]
-        env = st.env(submission)
+        env = st.env(submission, **dict(item.split("=", 1) for item in args.env))
         with (
             process(sink_cmd, tmp / "sink.log", cwd=ROOT) as sink,
             start_mta(st, submission, sink_port, tmp / "mta.log") as mta,
@@ -156,6 +156,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--cap", type=float, help=f"seconds; default {CAP:.0f}")
     parser.add_argument("--quick", action="store_true", help=f"cap at {QUICK_CAP:.0f} s")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spool)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="WARTA_X=VALUE",
+        help="a setting for the workers (repeatable), e.g. WARTA_BATCH_TIMEOUT=2",
+    )
     args = parser.parse_args(argv if argv is not None else [])
     args.cap = args.cap or (QUICK_CAP if args.quick else CAP)
     sys.path.insert(0, str(ROOT))

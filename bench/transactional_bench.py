@@ -43,6 +43,7 @@ from typing import Any
 from bench import postfix
 from bench.campaign import stack
 from bench.processes import ROOT, cpu_by_group, free_port, listening, start, warta
+from bench.profiling import Profiler, print_profiles
 from bench.results import Row
 
 TOKEN = "wk_bench_transactional_0123456789abcdefghij"
@@ -207,6 +208,7 @@ async def _measure(
         WARTA_API_RATE="0",
         WARTA_WORKER_BATCHES="8",
         WARTA_SENDER_CONNECTIONS="20",
+        **dict(item.split("=", 1) for item in args.env),
     )
 
     def begin(name: str, *cmd: str, **extra: str) -> subprocess.Popen[bytes]:
@@ -233,7 +235,11 @@ async def _measure(
         "Redis": [st.redis_pid],
     }
     cpu_before = cpu_by_group(groups)
+    profiler = Profiler(tmp, args.profile)
+    for name, pid in [("api", procs[1].pid), ("worker", procs[-1].pid)]:
+        profiler.attach(name, pid)
     accepted, elapsed, other = await _rate(api_ports, args.requests, args.concurrency)
+    print_profiles(profiler.finish())
     rate = accepted / elapsed
     drain_started = time.perf_counter()
     total = await _count(sessionmaker)
@@ -344,6 +350,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--requests", type=int, help="default 6000 (quick: 1000)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="WARTA_X=VALUE",
+        help="a setting for every Warta process (repeatable), e.g. WARTA_DATABASE_PRE_PING=false",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the first API process and the worker with py-spy during the requests",
+    )
     parser.add_argument("--campaign", type=int, help="default 50000 (quick: 5000)")
     parser.add_argument("--probes", type=int, help="default 200 (quick: 60)")
     parser.add_argument("--quick", action="store_true", help="the smaller sizes")

@@ -109,8 +109,9 @@ async def _send_chunk(
             continue
         messages.append((row, tries, recipient, data))
     async with ctx.sessionmaker() as session:
-        await ledger.mark_sending(session, [row.row_id for row, *_ in messages])
+        claimed = await ledger.mark_sending(session, [row.row_id for row, *_ in messages])
         await session.commit()
+    messages = [message for message in messages if message[0].row_id in claimed]
     await ctx.pace(prepared.campaign_id, prepared.rate, len(messages))
     results = await asyncio.gather(
         *(

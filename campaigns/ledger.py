@@ -117,13 +117,21 @@ async def rows_to_send(
     return [(row[0], row[1], row[2], row[3]) for row in result]
 
 
-async def mark_sending(session: AsyncSession, send_ids: Sequence[int]) -> None:
-    """Claim rows just before their messages leave."""
-    await session.execute(
+async def mark_sending(session: AsyncSession, send_ids: Sequence[int]) -> set[int]:
+    """Claim rows just before their messages leave; returns the ids claimed.
+
+    A row the MTA settled since the batch read it (a dead worker's earlier submission was
+    delivered meanwhile) is not claimed: its final word must not turn back into `sending`.
+    """
+    if not send_ids:
+        return set()
+    claimed = await session.scalars(
         sa.update(Send)
-        .where(Send.id.in_(send_ids))
+        .where(Send.id.in_(send_ids), Send.status.not_in(SETTLED_BY_MTA))
         .values(status=SendStatus.sending, updated_at=utcnow())
+        .returning(Send.id)
     )
+    return set(claimed.all())
 
 
 def _by_id(**values: Any) -> sa.Update:

@@ -19,6 +19,7 @@ from app.models import Campaign, utcnow
 from campaigns import content, dispatch, lifecycle
 from campaigns.batch import send_batch as run_batch
 from campaigns.proofs import send_test_messages
+from workers.lease import LeaseLost, run_leased
 
 logger = logging.getLogger(__name__)
 Ctx = dict[str, Any]
@@ -76,11 +77,20 @@ async def send_batch(ctx: Ctx, campaign_id: int, low: int, high: int) -> dict[st
     """Send one ledger range of a campaign, in a slice of half the job's lease.
 
     A range not finished within the slice is handed back to the queue under the same job
-    id (arq's Retry), so the lease stays short and any worker continues where it stopped.
+    id (arq's Retry), so any worker continues where it stopped; while the slice works, a
+    heartbeat renews the job's short lease (workers.lease), so a dead worker's batch is
+    free again within WARTA_BATCH_LEASE seconds.
     """
     engine = _engine(ctx)
+    lease = engine.settings.batch_lease
     until = time.monotonic() + engine.settings.batch_timeout / 2
-    report = await run_batch(engine, campaign_id, low, high, until=until)
+    work = run_batch(engine, campaign_id, low, high, until=until)
+    try:
+        report = await run_leased(ctx["redis"], ctx["job_id"], lease, work)
+    except LeaseLost as exc:
+        # Another worker may hold the batch now: step aside for a lease, then check again.
+        logger.warning("%s; the batch steps aside for %.0f s", exc, lease)
+        raise Retry(defer=lease) from exc
     if report.unfinished:
         raise Retry(defer=0)
     return asdict(report)

@@ -70,8 +70,8 @@ def _logs_work(
 
 def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> list[Worker]:
     """The bulk worker (batches) and the priority worker (starts, tests, scheduler crons)."""
-    # The bulk worker's in-progress lease is arq's: the longest job timeout + 10 s. Batches
-    # run in slices of half that timeout (see tasks.send_batch), each slice one "try".
+    # Batches run in slices of half their timeout (see tasks.send_batch), each slice one
+    # "try", under a short lease that a heartbeat renews while the slice works.
     batch = func(
         tasks.send_batch, timeout=settings.batch_timeout, keep_result=0, max_tries=BATCH_MAX_TRIES
     )
@@ -88,13 +88,17 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
         func(tasks.send_optin_confirmation, timeout=60, keep_result=0),
         func(tasks.send_messages, timeout=120, keep_result=0, max_tries=1000),
     ]
+    bulk = Worker(
+        functions=[batch],
+        queue_name=BULK_QUEUE,
+        max_jobs=settings.worker_batches,
+        **common,
+    )
+    # A short lease instead of arq's (timeout + 10 s): each batch's heartbeat renews it
+    # (workers.lease), so only a dead worker's batches see it expire.
+    bulk.in_progress_timeout_s = settings.batch_lease
     return [
-        Worker(
-            functions=[batch],
-            queue_name=BULK_QUEUE,
-            max_jobs=settings.worker_batches,
-            **common,
-        ),
+        bulk,
         Worker(
             functions=priority_functions,
             queue_name=PRIORITY_QUEUE,

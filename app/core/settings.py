@@ -189,9 +189,8 @@ class Settings(BaseSettings):
     batch_timeout: int = Field(
         20,
         ge=2,
-        description="Lease of a batch job, seconds: a batch works in slices of half this and "
-        "hands the rest of its range back to the queue, so a batch whose worker died is "
-        "resumed by another worker within this plus 10 seconds.",
+        description="Timeout of a batch job, seconds: a batch works in slices of half this "
+        "and hands the rest of its range back to the queue (its lease is WARTA_BATCH_LEASE).",
     )
     retry_base: float = Field(
         60, gt=0, description="Seconds before a deferred recipient is retried; doubles per try."
@@ -303,6 +302,16 @@ class Settings(BaseSettings):
         "resolver. Each delivery resolves its host once, checks every address and connects "
         "to a checked one, so an answer that changes between check and connection (DNS "
         "rebinding) cannot reach a private address.",
+    )
+
+    # Performance (perf-api): the batch lease renewed by a heartbeat.
+    batch_lease: float = Field(
+        6.0,
+        ge=1.0,
+        le=300.0,
+        description="Seconds a running batch job's lease lasts: a heartbeat renews it every "
+        "third of this while the batch works, so a batch whose worker died is resumed by "
+        "another worker within about this long.",
     )
 
     @field_validator("log_level", "log_format", mode="before")

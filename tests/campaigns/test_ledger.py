@@ -52,3 +52,27 @@ async def test_the_mtas_final_word_survives_the_engines_later_sent(
         (SendStatus.bounced, "550 5.1.1 no such user", 1, True),
         (SendStatus.sent, "250 queued as X", 1, True),
     ]
+
+
+async def test_a_row_settled_after_the_batch_read_it_is_not_claimed_again(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # A dead worker's submission is delivered by the MTA while the worker that resumes the
+    # batch is between reading the range and claiming the chunk.
+    campaign_id, _ = await seed_campaign(sessionmaker, 2)
+    async with sessionmaker() as session:
+        campaign = await session.get_one(Campaign, campaign_id)
+        await ledger.freeze_audience(session, campaign)
+        ids = list(await session.scalars(sa.select(Send.id).order_by(Send.id)))
+        await ledger.mark_sending(session, ids)
+        await session.commit()
+    async with sessionmaker() as session:
+        await ledger.record_delivery(session, [Delivery(ids[0], Verdict.DELIVERED, "250 ok")])
+        await session.commit()
+    async with sessionmaker() as session:
+        claimed = await ledger.mark_sending(session, ids)
+        await session.commit()
+    async with sessionmaker() as session:
+        statuses = list(await session.scalars(sa.select(Send.status).order_by(Send.id)))
+    assert claimed == {ids[1]}
+    assert statuses == [SendStatus.delivered, SendStatus.sending]

@@ -165,6 +165,33 @@ async def test_two_of_two_workers_killed_a_third_resumes_their_batches_at_once(
     assert stats["sent"] == len(emails)
 
 
+@pytest.mark.timeout(150)
+async def test_a_dead_workers_long_slice_is_resumed_within_the_lease_not_the_timeout(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    api: httpx.AsyncClient,
+    tmp_path: Path,
+) -> None:
+    # Slices of 300 s: without a heartbeat the lease would be arq's timeout + 10 s (610 s).
+    slow = {"WARTA_BATCH_TIMEOUT": "600", "WARTA_BATCH_LEASE": "3"}
+    with smtp_sink(dedupe=True) as (address, sink):
+        engine = settings.model_copy(update={"mta_submission": address})
+        campaign_id, emails = await seed_campaign(sessionmaker, 1000, rate=60)
+        log = tmp_path / "workers.log"
+        with worker_process(engine, log, **slow) as first:
+            await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
+            await _wait_for_received(sink, 100)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        assert len(sink.snapshot()) < len(emails), "the worker finished before it died"
+        with worker_process(engine, log, **slow):
+            stats = await wait_for_status(api, campaign_id, "finished", within=75)
+    received = _recipients(sink)
+    assert set(received) == set(emails)
+    assert max(received.values()) == 1
+    assert stats["sent"] == len(emails)
+
+
 @pytest.mark.timeout(120)
 async def test_a_batch_longer_than_its_lease_is_sent_in_slices_once(
     settings: Settings,
