@@ -1,0 +1,162 @@
+"""`warta restore`: a backup back into an instance whose processes are stopped.
+
+The whole file is read and checked against its manifest into a staging directory before
+anything is replaced, so a damaged backup leaves the instance as it was. Then the
+database is loaded and migrated to the current schema, and the spools, keys and files are
+put in place.
+
+The spools come back with a Message-ID memory that is the union of every instance's: the
+Redis registry that shares them across instances at run time starts empty, and a worker
+resubmitting a message after the restore may reach any instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from app.backup import database
+from app.backup.bundle import Manifest, read_bundle
+from app.backup.crypto import Secret
+from app.backup.errors import BackupError, NotEmpty
+from app.backup.snapshot import SECRET_MEMBER, Progress, Trees
+from app.core.migrate import upgrade
+from app.core.settings import Settings
+from workers.mta.instances import instance_dir
+from workers.mta.snapshot import spool_directories
+from workers.mta.spool import MESSAGE_IDS_LOG, fsync_directory
+
+
+def restore(
+    settings: Settings,
+    source: BinaryIO,
+    secret: Secret | None,
+    *,
+    force: bool,
+    progress: Progress,
+    size: int | None = None,
+) -> tuple[Manifest, list[str]]:
+    """Restore the backup read from `source`; the manifest and warnings for the operator."""
+    progress.phase("checking the instance is empty")
+    if not force:
+        _refuse_if_not_empty(settings)
+    staging = settings.ensure_var_dir() / f".restore-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        progress.phase("reading and verifying the backup", size)
+
+        def destination(name: str) -> BinaryIO:
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("wb")
+
+        manifest = read_bundle(source, secret, destination, progress.advance)
+        progress.phase("loading the database")
+        member = next((m.name for m in manifest.members if m.name.startswith("database/")), None)
+        if member is None:
+            raise BackupError("the backup holds no database")
+        database.ensure_empty(settings.database_url, force=force)
+        database.load(settings.database_url, member, staging / member)
+        progress.phase("migrating to the current schema")
+        upgrade(settings.database_url)
+        progress.phase("putting spools and files in place")
+        _place_spools(settings, staging / "spool", force=force)
+        for prefix, directory in Trees.of(settings).items():
+            _place_tree(staging / prefix, directory)
+        warnings = _place_secret(settings, staging / SECRET_MEMBER)
+        os.sync()  # every file restored is durable before we say so
+        return manifest, warnings
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_if_not_empty(settings: Settings) -> None:
+    if full := database.tables_with_rows(settings.database_url):
+        raise NotEmpty(
+            f"the database holds data ({len(full)} tables with rows, e.g. {full[0]}); "
+            "restore into an empty instance, or pass --force to replace it"
+        )
+    for spool in spool_directories(settings.mta_spool_dir):
+        if any(name.endswith(".json") for name in os.listdir(spool / "env")):
+            raise NotEmpty(f"the spool {spool} holds queued mail; pass --force to replace it")
+    if settings.dkim_dir.is_dir() and any(p.is_file() for p in settings.dkim_dir.rglob("*")):
+        raise NotEmpty(f"{settings.dkim_dir} holds DKIM keys; pass --force to replace them")
+
+
+def _place_spools(settings: Settings, staged: Path, *, force: bool) -> None:
+    root = settings.mta_spool_dir
+    if force:  # the replaced instance's queue and memory go: the backup's come instead
+        for spool in spool_directories(root):
+            for folder in ("env", "msg"):
+                shutil.rmtree(spool / folder, ignore_errors=True)
+            (spool / MESSAGE_IDS_LOG).unlink(missing_ok=True)
+    restored: list[Path] = []
+    if staged.is_dir():
+        spools = {log.parent for log in staged.rglob(MESSAGE_IDS_LOG)}
+        spools |= {p.parent for p in staged.rglob("*") if p.name in ("env", "msg") and p.is_dir()}
+        for spool in sorted(spools):
+            target = root / spool.relative_to(staged)
+            for folder in ("msg", "env"):  # messages first: an envelope must find its message
+                _move_files(spool / folder, target / folder)
+            restored.append(target)
+    count = settings.mta_processes
+    owners = [root] if count == 1 else [instance_dir(root, i) for i in range(count)]
+    known = _union_of_message_ids(staged)
+    for spool in sorted({*restored, *owners}):
+        spool.mkdir(parents=True, exist_ok=True)
+        (spool / MESSAGE_IDS_LOG).write_bytes(known)
+
+
+def _union_of_message_ids(staged: Path) -> bytes:
+    """Every instance's Message-ID log in one, each id once: any instance knows them all."""
+    entries: dict[str, bytes] = {}
+    for log in sorted(staged.rglob(MESSAGE_IDS_LOG)) if staged.is_dir() else []:
+        for line in log.read_bytes().splitlines():
+            try:
+                entries.setdefault(str(json.loads(line)["m"]), line + b"\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+    return b"".join(entries.values())
+
+
+def _move_files(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        for path in source.iterdir():
+            shutil.move(path, target / path.name)
+    fsync_directory(target)
+
+
+def _place_tree(staged: Path, directory: Path) -> None:
+    if not staged.is_dir():
+        return
+    for path in sorted(staged.rglob("*")):
+        if path.is_file():
+            relative = PurePosixPath(path.relative_to(staged).as_posix())
+            target = directory.joinpath(*relative.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)
+
+
+def _place_secret(settings: Settings, staged: Path) -> list[str]:
+    if not staged.exists():
+        return ["the backup holds no secret key: links signed before it will not verify"]
+    secret = staged.read_bytes().strip()
+    if settings.secret_key:
+        if settings.secret_key.encode() != secret:
+            return [
+                "WARTA_SECRET_KEY differs from the backed-up secret: unsubscribe and "
+                "tracking links sent before the backup will not verify; set it to the "
+                "backup's secret (in the backup as member secret_key)"
+            ]
+        return []
+    path = settings.ensure_var_dir() / "secret_key"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(secret)
+    return []
