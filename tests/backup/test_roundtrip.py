@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.database import create_engine
 from app.core.migrate import alembic_config
-from tests.backup.conftest import Instance
+from tests.helpers.backup_instances import Instance
 from tests.helpers.seeding import seed_campaign
 from workers.mta.dkim import generate_key
 from workers.mta.spool import Envelope, Spool

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tests.backup.conftest import Instance
+from tests.helpers.backup_instances import Instance
 from tests.helpers.seeding import seed_campaign
 
 
@@ -21,7 +21,7 @@ async def seeded(source: Instance, sessionmaker: async_sessionmaker[AsyncSession
 async def _backup(instance: Instance, path: Path, *options: str) -> bytes:
     made = await asyncio.to_thread(instance.warta, "backup", str(path), *options)
     assert made.returncode == 0, made.stderr.decode()
-    return path.read_bytes()
+    return await asyncio.to_thread(path.read_bytes)
 
 
 async def _verify(instance: Instance, data: bytes, tmp_path: Path, *options: str) -> str:
