@@ -33,6 +33,8 @@ from workers.mta.snapshot import SpoolSnapshot, spool_directories, take
 SECRET_MEMBER = "secret_key"
 UPLOADS = "imports"
 """Under WARTA_VAR_DIR: uploaded CSV files (`POST /subscribers/import`)."""
+INBOUND = "inbound"
+"""Under WARTA_VAR_DIR: the Maildir of acknowledged inbound mail (DSNs, complaints, replies)."""
 
 
 class Progress(Protocol):
@@ -52,15 +54,22 @@ class Trees:
     dkim: Path
     uploads: Path
     archive: Path
+    inbound: Path
 
     @classmethod
     def of(cls, settings: Settings) -> Trees:
         """The directories the settings name."""
-        return cls(settings.dkim_dir, settings.var_dir / UPLOADS, archive_dir(settings))
+        var = settings.var_dir
+        return cls(settings.dkim_dir, var / UPLOADS, archive_dir(settings), var / INBOUND)
 
     def items(self) -> list[tuple[str, Path]]:
         """(member prefix, directory) pairs."""
-        return [("dkim", self.dkim), ("uploads", self.uploads), ("archive", self.archive)]
+        return [
+            ("dkim", self.dkim),
+            ("uploads", self.uploads),
+            ("archive", self.archive),
+            ("inbound", self.inbound),
+        ]
 
 
 def archive_dir(settings: Settings) -> Path:
@@ -144,9 +153,12 @@ def _tree(directory: Path) -> Iterator[tuple[str, Path, int]]:
     if not directory.is_dir():
         return
     for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if relative.parts[0] == "tmp":  # a Maildir's files being written, not yet delivered
+            continue
         with contextlib.suppress(FileNotFoundError):  # removed while we walk: not backed up
             if path.is_file() and not path.is_symlink():
-                yield path.relative_to(directory).as_posix(), path, path.stat().st_size
+                yield relative.as_posix(), path, path.stat().st_size
 
 
 def _secret_key(settings: Settings) -> bytes | None:

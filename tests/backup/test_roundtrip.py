@@ -32,6 +32,9 @@ async def _populate(instance: Instance, sessionmaker: async_sessionmaker[AsyncSe
     (instance.var / "imports" / "upload.csv").write_text("email\nsomeone@example.com\n")
     (instance.var / "archive").mkdir()
     (instance.var / "archive" / "2026-12-01.warc").write_bytes(b"archived bytes" * 100)
+    for folder, name in (("new", "1.delivered"), ("tmp", "2.being-written")):
+        (instance.var / "inbound" / folder).mkdir(parents=True)
+        (instance.var / "inbound" / folder / name).write_bytes(b"Subject: a DSN\r\n\r\n")
 
 
 async def _counts(url: str, instance: Instance) -> dict[str, int]:
@@ -95,6 +98,8 @@ async def test_backup_then_restore_into_a_fresh_instance_brings_everything_back(
     assert _files(fresh.dkim) == _files(source.dkim)
     assert _files(fresh.var / "imports") == _files(source.var / "imports")
     assert _files(fresh.var / "archive") == _files(source.var / "archive")
+    # Acknowledged inbound mail comes back; a file still being written is no message yet.
+    assert list(_files(fresh.var / "inbound")) == ["new/1.delivered"]
     # The fresh instance has no WARTA_SECRET_KEY: the backed-up one becomes its generated key.
     assert (fresh.var / "secret_key").read_text() == source.secret_key
 
