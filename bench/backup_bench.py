@@ -136,6 +136,9 @@ def _timed(command: list[str], env: dict[str, str] | None = None) -> float:
         raise RuntimeError(f"{command[0]} failed: {result.stderr.strip()[-500:]}")
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     print(f"    {Path(command[0]).name} {command[1]}: {elapsed:.1f} s wall, {cpu:.1f} s CPU")
+    for line in result.stderr.splitlines():  # the steps of a warta command, timed
+        if "app.backup" in line:
+            print(f"      {line.split(': ', 1)[-1]}")
     return elapsed
 
 

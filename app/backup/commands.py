@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
@@ -34,6 +36,7 @@ from app.core.settings import Settings, get_settings
 from workers.mta.spool import fsync_directory
 
 console = Console(stderr=True, soft_wrap=True)
+logger = logging.getLogger(__name__)
 DEFAULT_TARGET = "var/backups"
 PREFIX = "warta-"
 SUFFIXES = (".tar.zst", ".tar.zst.enc")
@@ -59,16 +62,28 @@ KeyFile = Annotated[
 
 
 class _Bar:
-    """Progress on stderr: one line per step, a bar where the step's size is known."""
+    """Progress on stderr: one line per step, a bar where the step's size is known.
+
+    Each step's duration is logged too (INFO), for logs where no bar is drawn (cron).
+    """
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.task: TaskID | None = None
+        self.current = ("", time.monotonic())
 
     def phase(self, description: str, total: int | None = None) -> None:
+        self.end()
+        self.task = self.progress.add_task(description, total=total)
+        self.current = (description, time.monotonic())
+
+    def end(self) -> None:
+        """Close the current step."""
         if self.task is not None:
             self.progress.update(self.task, completed=self.progress.tasks[-1].total or 0)
-        self.task = self.progress.add_task(description, total=total)
+            description, started = self.current
+            logger.info("%s: %.1f s", description, time.monotonic() - started)
+            self.task = None
 
     def advance(self, done: int) -> None:
         if self.task is not None:
@@ -85,7 +100,9 @@ def _progress() -> Iterator[_Bar]:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        yield _Bar(progress)
+        bar = _Bar(progress)
+        yield bar
+        bar.end()
 
 
 def _settings() -> Settings:

@@ -67,6 +67,9 @@ def server_major(url: str) -> int:
 
 def pg_program(name: str, major: int) -> tuple[str, int]:
     """(path, major version) of PostgreSQL program `name` best matching server `major`."""
+    own = PG_BIN_ROOT / str(major) / "bin" / name
+    if os.access(own, os.X_OK):  # Debian's layout: the server's own version, nothing to ask
+        return str(own), major
     found: list[tuple[str, int]] = []
     for candidate in [
         shutil.which(name),
@@ -214,6 +217,8 @@ def load(url: str, member: str, path: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f"{target.name}.restoring")
         shutil.copyfile(path, temporary)
+        with temporary.open("rb+") as copied:
+            os.fsync(copied.fileno())
         os.replace(temporary, target)
         return
     parsed = make_url(url)

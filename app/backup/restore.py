@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -27,7 +28,7 @@ from app.core.migrate import upgrade
 from app.core.settings import Settings
 from workers.mta.instances import instance_dir
 from workers.mta.snapshot import spool_directories
-from workers.mta.spool import MESSAGE_IDS_LOG, fsync_directory
+from workers.mta.spool import IO_THREADS, MESSAGE_IDS_LOG, fsync_directory
 
 
 def restore(
@@ -64,11 +65,11 @@ def restore(
         progress.phase("migrating to the current schema")
         upgrade(settings.database_url)
         progress.phase("putting spools and files in place")
-        _place_spools(settings, staging / "spool", force=force)
+        placed = _place_spools(settings, staging / "spool", force=force)
         for prefix, directory in Trees.of(settings).items():
-            _place_tree(staging / prefix, directory)
+            placed += _place_tree(staging / prefix, directory)
         warnings = _place_secret(settings, staging / SECRET_MEMBER)
-        os.sync()  # every file restored is durable before we say so
+        _make_durable(placed)  # every file restored is on disk before we say so
         return manifest, warnings
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -87,7 +88,7 @@ def _refuse_if_not_empty(settings: Settings) -> None:
         raise NotEmpty(f"{settings.dkim_dir} holds DKIM keys; pass --force to replace them")
 
 
-def _place_spools(settings: Settings, staged: Path, *, force: bool) -> None:
+def _place_spools(settings: Settings, staged: Path, *, force: bool) -> list[Path]:
     root = settings.mta_spool_dir
     if force:  # the replaced instance's queue and memory go: the backup's come instead
         for spool in spool_directories(root):
@@ -95,13 +96,14 @@ def _place_spools(settings: Settings, staged: Path, *, force: bool) -> None:
                 shutil.rmtree(spool / folder, ignore_errors=True)
             (spool / MESSAGE_IDS_LOG).unlink(missing_ok=True)
     restored: list[Path] = []
+    placed: list[Path] = []
     if staged.is_dir():
         spools = {log.parent for log in staged.rglob(MESSAGE_IDS_LOG)}
         spools |= {p.parent for p in staged.rglob("*") if p.name in ("env", "msg") and p.is_dir()}
         for spool in sorted(spools):
             target = root / spool.relative_to(staged)
-            for folder in ("msg", "env"):  # messages first: an envelope must find its message
-                _move_files(spool / folder, target / folder)
+            for folder in ("msg", "env"):
+                placed += _move_files(spool / folder, target / folder)
             restored.append(target)
     count = settings.mta_processes
     owners = [root] if count == 1 else [instance_dir(root, i) for i in range(count)]
@@ -109,6 +111,8 @@ def _place_spools(settings: Settings, staged: Path, *, force: bool) -> None:
     for spool in sorted({*restored, *owners}):
         spool.mkdir(parents=True, exist_ok=True)
         (spool / MESSAGE_IDS_LOG).write_bytes(known)
+        placed.append(spool / MESSAGE_IDS_LOG)
+    return placed
 
 
 def _union_of_message_ids(staged: Path) -> bytes:
@@ -123,23 +127,43 @@ def _union_of_message_ids(staged: Path) -> bytes:
     return b"".join(entries.values())
 
 
-def _move_files(source: Path, target: Path) -> None:
+def _move_files(source: Path, target: Path) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
+    placed = []
     if source.is_dir():
         for path in source.iterdir():
-            shutil.move(path, target / path.name)
-    fsync_directory(target)
+            placed.append(Path(shutil.move(path, target / path.name)))
+    return placed
 
 
-def _place_tree(staged: Path, directory: Path) -> None:
+def _place_tree(staged: Path, directory: Path) -> list[Path]:
     if not staged.is_dir():
-        return
+        return []
+    placed = []
     for path in sorted(staged.rglob("*")):
         if path.is_file():
             relative = PurePosixPath(path.relative_to(staged).as_posix())
             target = directory.joinpath(*relative.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(path, target)
+            placed.append(Path(shutil.move(path, target)))
+    return placed
+
+
+def _make_durable(paths: list[Path]) -> None:
+    """fsync every file, in parallel (the filesystem folds them into few journal commits),
+    then every directory holding one; the spool's envelopes are durable like its own."""
+
+    def sync(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(sync, paths))
+    for directory in sorted({path.parent for path in paths}):
+        fsync_directory(directory)
 
 
 def _place_secret(settings: Settings, staged: Path) -> list[str]:
