@@ -19,8 +19,9 @@ import re
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -32,6 +33,7 @@ from app.core.settings import Settings
 PG_DUMP_MEMBER = "database/postgresql.dump"
 SQLITE_MEMBER = "database/sqlite.db"
 PG_BIN_ROOT = Path("/usr/lib/postgresql")
+T = TypeVar("T")
 
 
 def backend(url: str) -> str:
@@ -40,6 +42,15 @@ def backend(url: str) -> str:
     if name not in ("postgresql", "sqlite"):
         raise BackupError(f"cannot back up a {name} database")
     return name
+
+
+def _reachable(run: Callable[[], T]) -> T:
+    """`run()`, with a database that cannot be reached or used as a one-line BackupError."""
+    try:
+        return run()
+    except sa.exc.SQLAlchemyError as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise BackupError(f"database: {lines[0] if lines else type(exc).__name__}") from None
 
 
 async def _scalar(url: str, query: str) -> Any:
@@ -55,14 +66,14 @@ def schema_revision(url: str) -> str | None:
     """The Alembic revision the database is at, None if it has none."""
     try:
         value = asyncio.run(_scalar(url, "SELECT version_num FROM alembic_version"))
-    except sa.exc.DBAPIError:
+    except sa.exc.DBAPIError:  # no alembic_version table: never migrated
         return None
     return str(value) if value is not None else None
 
 
 def server_major(url: str) -> int:
     """The PostgreSQL server's major version."""
-    return int(asyncio.run(_scalar(url, "SHOW server_version_num"))) // 10000
+    return int(_reachable(lambda: asyncio.run(_scalar(url, "SHOW server_version_num")))) // 10000
 
 
 def pg_program(name: str, major: int) -> tuple[str, int]:
@@ -158,7 +169,7 @@ def _sqlite_path(url: str) -> Path:
 
 def tables_with_rows(url: str) -> list[str]:
     """Tables of the database that hold at least one row (besides Alembic's own)."""
-    return asyncio.run(_tables_with_rows(url))
+    return _reachable(lambda: asyncio.run(_tables_with_rows(url)))
 
 
 async def _tables_with_rows(url: str) -> list[str]:
@@ -192,7 +203,7 @@ def ensure_empty(url: str, *, force: bool) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    asyncio.run(_clear_postgresql(url))
+    _reachable(lambda: asyncio.run(_clear_postgresql(url)))
 
 
 async def _clear_postgresql(url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -73,3 +74,16 @@ def test_spool_directories_finds_the_root_and_each_instance(tmp_path: Path) -> N
         tmp_path / "instance-0",
         tmp_path / "instance-1",
     ]
+
+
+def test_a_crashed_backups_links_are_removed_a_running_ones_kept(tmp_path: Path) -> None:
+    for folder in ("env", "msg"):
+        (tmp_path / folder).mkdir()
+    running = tmp_path / f".snapshot-{os.getpid()}-1"
+    crashed = tmp_path / ".snapshot-999999999-1"  # above any pid_max: no such process
+    for directory in (running, crashed):
+        directory.mkdir()
+    snapshot = take(tmp_path)
+    snapshot.discard()
+    assert running.is_dir()
+    assert not crashed.exists()

@@ -72,7 +72,8 @@ def spool_directories(root: Path) -> list[Path]:
 def take(spool: Path) -> SpoolSnapshot:
     """Snapshot `spool`: exclusive lock, hard links, the log's length, unlock."""
     for stale in spool.glob(f"{SNAPSHOT_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _alive(stale.name.removeprefix(SNAPSHOT_PREFIX).split("-")[0]):
+            shutil.rmtree(stale, ignore_errors=True)  # a crashed backup's; a running one's stays
     directory = spool / f"{SNAPSHOT_PREFIX}{os.getpid()}-{time.time_ns():x}"
     (directory / "msg").mkdir(parents=True)
     (directory / "env").mkdir()
@@ -90,6 +91,16 @@ def take(spool: Path) -> SpoolSnapshot:
     finally:
         os.close(fd)
     return SpoolSnapshot(spool, directory, taken_at, messages, log_bytes)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _link_queued(spool: Path, into: Path) -> int:
