@@ -18,7 +18,8 @@ no longer queued at the snapshot. After the restore:
 * mail queued at the snapshot is delivered by the restored MTA; mail accepted after the
   snapshot is sent again by the worker (the restored ledger does not call it sent);
 * so exactly the messages that reached a recipient's server before the disaster but were
-  not delivered-and-forgotten at the snapshot reach it a second time. Nothing in the
+  not delivered-and-forgotten at the snapshot (delivered after it, or between the remote
+  250 and the removal of the envelope) reach it a second time. Nothing in the
   backup records their delivery; only the remote side knows. That is the window, and the
   test asserts it message by message: two copies inside it, one everywhere else.
 """
