@@ -80,7 +80,8 @@ class _Bar:
     def end(self) -> None:
         """Close the current step."""
         if self.task is not None:
-            self.progress.update(self.task, completed=self.progress.tasks[-1].total or 0)
+            total = next(t.total for t in self.progress.tasks if t.id == self.task)
+            self.progress.update(self.task, completed=total or 0)
             description, started = self.current
             logger.info("%s: %.1f s", description, time.monotonic() - started)
             self.task = None
