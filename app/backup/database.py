@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import re
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +34,8 @@ from app.core.database import create_engine
 from app.core.settings import Settings
 
 PG_DUMP_MEMBER = "database/postgresql.dump"
+"""Followed by `.<part>`: the dump is streamed in parts, each a member of known size."""
+PART_BYTES = 32 << 20
 SQLITE_MEMBER = "database/sqlite.db"
 PG_BIN_ROOT = Path("/usr/lib/postgresql")
 T = TypeVar("T")
@@ -134,10 +139,61 @@ def _run(command: list[str], env: dict[str, str], what: str) -> None:
         raise BackupError(f"{what} failed: {detail[-1] if detail else result.returncode}")
 
 
-def dump(url: str, into: Path) -> tuple[str, dict[str, Any]]:
-    """Dump the database into the file `into`; (member name, facts for the manifest)."""
+@dataclass
+class Dump:
+    """A database dump under way: SQLite's finished copy, or pg_dump writing to a pipe."""
+
+    facts: dict[str, Any]
+    sqlite_copy: Path | None = None
+    pg_dump: subprocess.Popen[bytes] | None = None
+    errors: Path | None = None
+
+    def parts(self) -> Iterator[tuple[str, bytes]]:
+        """(member name, bytes) of PostgreSQL's dump in parts of PART_BYTES, as pg_dump writes.
+
+        A thread reads ahead (two parts at most), so pg_dump and the server keep dumping
+        while the previous part is compressed: the file is never staged on disk.
+        """
+        assert self.pg_dump is not None and self.pg_dump.stdout is not None
+        ahead: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=2)
+        stream = self.pg_dump.stdout
+
+        def read() -> None:
+            try:
+                while part := stream.read(PART_BYTES):
+                    ahead.put(part)
+                ahead.put(None)
+            except BaseException as exc:  # handed to the consumer, who raises it
+                ahead.put(exc)
+
+        threading.Thread(target=read, name="pg-dump-reader", daemon=True).start()
+        index = 0
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield f"{PG_DUMP_MEMBER}.{index:06d}", item
+            index += 1
+        if self.pg_dump.wait() != 0:
+            assert self.errors is not None
+            lines = self.errors.read_text(errors="replace").strip().splitlines()
+            raise BackupError(f"pg_dump failed: {lines[-1] if lines else self.pg_dump.returncode}")
+
+    def stop(self) -> None:
+        """End pg_dump if it still runs (the backup failed elsewhere)."""
+        if self.pg_dump is not None and self.pg_dump.poll() is None:
+            self.pg_dump.kill()
+            self.pg_dump.wait()
+
+
+def start_dump(url: str, staging: Path) -> Dump:
+    """Dump SQLite into `staging`, or start pg_dump writing its custom format to a pipe.
+
+    Either way the database's snapshot is taken before this returns: SQLite's copy is
+    done, and pg_dump's transaction has begun once it has written its first bytes.
+    """
     if backend(url) == "sqlite":
         path = _sqlite_path(url)
+        into = staging / "sqlite.db"
         source = sqlite3.connect(path)
         target = sqlite3.connect(into)
         try:
@@ -145,19 +201,22 @@ def dump(url: str, into: Path) -> tuple[str, dict[str, Any]]:
         finally:
             target.close()
             source.close()
-        return SQLITE_MEMBER, {"backend": "sqlite", "sqlite_version": sqlite3.sqlite_version}
+        return Dump({"backend": "sqlite", "sqlite_version": sqlite3.sqlite_version}, into)
     parsed = make_url(url)
     major = server_major(url)
     program, version = pg_program("pg_dump", major)
     args, env = _libpq(parsed)
-    command = [program, *args, "--format=custom", "--compress=0", "--no-sync", f"--file={into}"]
-    _run([*command, str(parsed.database)], env, "pg_dump")
-    return PG_DUMP_MEMBER, {
-        "backend": "postgresql",
-        "server_major": major,
-        "pg_dump": program,
-        "pg_dump_major": version,
-    }
+    errors = staging / "pg_dump.err"
+    with errors.open("wb") as err:
+        process = subprocess.Popen(  # noqa: S603 - PostgreSQL's own program, our arguments
+            [program, *args, "--format=custom", "--compress=0", str(parsed.database)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    facts: dict[str, Any] = {"backend": "postgresql", "server_major": major, "pg_dump": program}
+    return Dump(facts | {"pg_dump_major": version}, pg_dump=process, errors=errors)
 
 
 def _sqlite_path(url: str) -> Path:

@@ -51,15 +51,19 @@ def restore(
         progress.phase("reading and verifying the backup", size)
 
         def destination(name: str) -> BinaryIO:
+            if name.startswith(f"{database.PG_DUMP_MEMBER}."):  # the dump's parts, in order
+                name = database.PG_DUMP_MEMBER
             path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            return path.open("wb")
+            return path.open("ab")
 
         manifest = read_bundle(source, secret, destination, progress.advance)
         progress.phase("loading the database")
         member = next((m.name for m in manifest.members if m.name.startswith("database/")), None)
         if member is None:
             raise BackupError("the backup holds no database")
+        if member.startswith(database.PG_DUMP_MEMBER):
+            member = database.PG_DUMP_MEMBER
         database.ensure_empty(settings.database_url, force=force)
         database.load(settings.database_url, member, staging / member)
         progress.phase("migrating to the current schema")

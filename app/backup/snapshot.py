@@ -102,14 +102,21 @@ def make_backup(
     """Write a backup of the instance `settings` describe to `out`; the manifest written."""
     work = Path(tempfile.mkdtemp(prefix="warta-backup-", dir=staging))
     snapshots: list[SpoolSnapshot] = []
+    dump: database.Dump | None = None
     try:
         progress.phase("dumping the database")
-        member, facts = database.dump(settings.database_url, work / "database")
         revision = database.schema_revision(settings.database_url)
-        progress.phase("snapshotting the spools")
+        dump = database.start_dump(settings.database_url, work)
+        writer = BundleWriter(out, secret, progress.advance)
+        if dump.sqlite_copy is not None:
+            writer.add_file(database.SQLITE_MEMBER, dump.sqlite_copy)
+        else:
+            for name, part in dump.parts():
+                writer.add_bytes(name, part)
+        progress.phase("snapshotting the spools")  # after the dump: see the module docstring
         root = settings.mta_spool_dir
         snapshots = [take(spool) for spool in spool_directories(root)]
-        files = [(member, work / "database", (work / "database").stat().st_size)]
+        files = []
         for snapshot in snapshots:
             files += [
                 (spool_member(root, snapshot.spool, relative), path, size)
@@ -118,8 +125,7 @@ def make_backup(
         for prefix, directory in Trees.of(settings).items():
             files += [(f"{prefix}/{name}", path, size) for name, path, size in _tree(directory)]
         secret_key = _secret_key(settings)
-        progress.phase("writing the backup", sum(size for _, _, size in files))
-        writer = BundleWriter(out, secret, progress.advance)
+        progress.phase("writing spools and files", sum(size for _, _, size in files))
         for name, path, size in files:
             with contextlib.suppress(FileNotFoundError):  # an upload or archive file deleted
                 writer.add_file(name, path, size)  # since the listing; opened before written
@@ -129,7 +135,7 @@ def make_backup(
             created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             warta_version=warta_version(),
             schema_revision=revision,
-            database=facts,
+            database=dump.facts,
             spools=[
                 {
                     "path": spool_member(root, s.spool, "").removesuffix("/"),
@@ -143,6 +149,8 @@ def make_backup(
         )
         return writer.finish(manifest)
     finally:
+        if dump is not None:
+            dump.stop()
         for snapshot in snapshots:
             snapshot.discard()
         shutil.rmtree(work, ignore_errors=True)

@@ -5,14 +5,15 @@ of envelopes, then the Message-ID log. A copy taken between two of those steps c
 Message-ID whose envelope it missed: after a restore that message would be refused as a
 duplicate and never delivered. So every commit holds a shared `flock` on ``snapshot.lock``
 in the spool directory, and the snapshot takes it exclusively for its short phase: listing
-the envelopes and hard-linking them with their messages into a directory of its own, and
-noting how long the Message-ID log is. Hard links cost no copy, and they stay valid while
-the MTA goes on: it replaces envelopes by renaming new files over them and removes
-messages by unlinking, never writing into a file in place. The log is the exception (it is
-appended to), so only the length noted under the lock belongs to the snapshot.
+the queued envelopes and noting how long the Message-ID log is. The listed messages are
+then hard-linked, with the lock released, into a directory of the snapshot's own. Hard
+links cost no copy, and they stay valid while the MTA goes on: it replaces envelopes by
+renaming new files over them and removes messages by unlinking, never writing into a file
+in place. The log is the exception (it is appended to), so only the length noted under the
+lock belongs to the snapshot.
 
-Commits wait only while the links are made (about 10 µs a message); deliveries and removals
-never wait: an envelope whose message was removed meanwhile was delivered, and is left out.
+Commits wait only for one directory listing; deliveries and removals never wait: a listed
+message delivered and removed before it is linked is left out, as delivered.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def spool_directories(root: Path) -> list[Path]:
 
 
 def take(spool: Path) -> SpoolSnapshot:
-    """Snapshot `spool`: exclusive lock, hard links, the log's length, unlock."""
+    """Snapshot `spool`: under the lock list the queue and note the log; then hard-link."""
     for stale in spool.glob(f"{SNAPSHOT_PREFIX}*"):
         if not _alive(stale.name.removeprefix(SNAPSHOT_PREFIX).split("-")[0]):
             shutil.rmtree(stale, ignore_errors=True)  # a crashed backup's; a running one's stays
@@ -81,7 +82,7 @@ def take(spool: Path) -> SpoolSnapshot:
     try:
         with exclusive(fd):
             taken_at = time.time()
-            messages = _link_queued(spool, directory)
+            queued = os.listdir(spool / "env")
             log = spool / MESSAGE_IDS_LOG
             try:
                 log_bytes = log.stat().st_size
@@ -90,6 +91,10 @@ def take(spool: Path) -> SpoolSnapshot:
                 log_bytes = 0
     finally:
         os.close(fd)
+    # Linked after the lock is released: the listing fixed which messages belong to the
+    # snapshot. One delivered meanwhile has its files removed and is left out, as it would
+    # be a moment later; an envelope rewritten meanwhile is linked in its newer state.
+    messages = _link_queued(spool, directory, queued)
     return SpoolSnapshot(spool, directory, taken_at, messages, log_bytes)
 
 
@@ -103,9 +108,9 @@ def _alive(pid: str) -> bool:
     return True
 
 
-def _link_queued(spool: Path, into: Path) -> int:
+def _link_queued(spool: Path, into: Path, names: list[str]) -> int:
     linked = 0
-    for name in os.listdir(spool / "env"):
+    for name in names:
         if not name.endswith(".json"):
             continue
         message = f"{name.removesuffix('.json')}.eml"
