@@ -14,17 +14,19 @@ to the WAL meanwhile) and restored by putting the file in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import re
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -278,11 +280,8 @@ async def _clear_postgresql(url: str) -> None:
 
 def load(url: str, member: str, path: Path) -> None:
     """Restore the dump at `path` (backup member `member`) into the database at `url`."""
-    kind = backend(url)
-    if (kind == "sqlite") != (member == SQLITE_MEMBER):
-        made = "SQLite" if member == SQLITE_MEMBER else "PostgreSQL"
-        raise BackupError(f"the backup holds a {made} database, WARTA_DATABASE_URL is {kind}")
-    if kind == "sqlite":
+    _check_kind(url, member)
+    if backend(url) == "sqlite":
         target = _sqlite_path(url)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f"{target.name}.restoring")
@@ -291,8 +290,41 @@ def load(url: str, member: str, path: Path) -> None:
             os.fsync(copied.fileno())
         os.replace(temporary, target)
         return
+    with path.open("rb") as dump:
+        load_stream(url, lambda into: shutil.copyfileobj(dump, into, PART_BYTES))
+
+
+def _check_kind(url: str, member: str) -> None:
+    kind = backend(url)
+    if (kind == "sqlite") != (member == SQLITE_MEMBER):
+        made = "SQLite" if member == SQLITE_MEMBER else "PostgreSQL"
+        raise BackupError(f"the backup holds a {made} database, WARTA_DATABASE_URL is {kind}")
+
+
+def load_stream(url: str, feed: Callable[[IO[bytes]], None]) -> None:
+    """Restore a PostgreSQL dump that `feed` writes into pg_restore's standard input."""
     parsed = make_url(url)
     program, _ = pg_program("pg_restore", server_major(url))
     args, env = _libpq(parsed)
     command = [program, *args, "--no-owner", "--no-privileges", "--exit-on-error"]
-    _run([*command, f"--dbname={parsed.database}", str(path)], env, "pg_restore")
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(  # noqa: S603 - PostgreSQL's own program, our arguments
+            [*command, f"--dbname={parsed.database}"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        assert process.stdin is not None
+        try:
+            with contextlib.suppress(BrokenPipeError):  # pg_restore gave up: its error says why
+                feed(process.stdin)
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()  # also when feeding failed: pg_restore must not wait on
+            if process.wait() != 0:
+                errors.seek(0)
+                lines = errors.read().decode(errors="replace").strip().splitlines()
+                raise BackupError(
+                    f"pg_restore failed: {lines[-1] if lines else process.returncode}"
+                )

@@ -17,7 +17,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from app.backup import database
 from app.backup.bundle import Manifest, read_bundle
@@ -49,23 +49,35 @@ def restore(
     staging.mkdir()
     try:
         progress.phase("reading and verifying the backup", size)
+        # From a file, the dump is not staged: this pass checks it, a second one streams it
+        # into pg_restore. From a pipe it must be staged, there is no second pass.
+        stream_dump = source.seekable() and database.backend(settings.database_url) != "sqlite"
 
-        def destination(name: str) -> BinaryIO:
+        def destination(name: str) -> BinaryIO | None:
             if name.startswith(f"{database.PG_DUMP_MEMBER}."):  # the dump's parts, in order
+                if stream_dump:
+                    return None
                 name = database.PG_DUMP_MEMBER
             path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)
             return path.open("ab")
 
+        start = source.tell() if stream_dump else 0
         manifest = read_bundle(source, secret, destination, progress.advance)
-        progress.phase("loading the database")
+        progress.phase("loading the database", size if stream_dump else None)
         member = next((m.name for m in manifest.members if m.name.startswith("database/")), None)
         if member is None:
             raise BackupError("the backup holds no database")
-        if member.startswith(database.PG_DUMP_MEMBER):
-            member = database.PG_DUMP_MEMBER
         database.ensure_empty(settings.database_url, force=force)
-        database.load(settings.database_url, member, staging / member)
+        if stream_dump and member.startswith(database.PG_DUMP_MEMBER):
+            source.seek(start)
+            database.load_stream(
+                settings.database_url, lambda into: _dump_into(source, secret, into, progress)
+            )
+        else:
+            if member.startswith(database.PG_DUMP_MEMBER):
+                member = database.PG_DUMP_MEMBER
+            database.load(settings.database_url, member, staging / member)
         progress.phase("migrating to the current schema")
         upgrade(settings.database_url)
         progress.phase("putting spools and files in place")
@@ -77,6 +89,32 @@ def restore(
         return manifest, warnings
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class _Unclosed:
+    """pg_restore's input, handed out once per dump part: closing a part must not close it."""
+
+    def __init__(self, into: IO[bytes]) -> None:
+        self.into = into
+
+    def write(self, data: bytes) -> int:
+        return self.into.write(data)
+
+    def close(self) -> None:
+        """The part ends; the stream goes on."""
+
+
+def _dump_into(
+    source: BinaryIO, secret: Secret | None, into: IO[bytes], progress: Progress
+) -> None:
+    """Read the (already verified) backup again, writing the dump's parts into `into`."""
+
+    def destination(name: str) -> BinaryIO | None:
+        if name.startswith(f"{database.PG_DUMP_MEMBER}."):
+            return _Unclosed(into)  # type: ignore[return-value]
+        return None
+
+    read_bundle(source, secret, destination, progress.advance)
 
 
 def _refuse_if_not_empty(settings: Settings) -> None:

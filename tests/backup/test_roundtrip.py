@@ -137,13 +137,17 @@ async def test_restore_refuses_an_instance_holding_data_unless_forced(
     assert (await _counts(source.database_url, source))["subscribers"] == 10
 
 
-async def test_backup_streams_to_stdout(source: Instance, fresh: Instance, tmp_path: Path) -> None:
+async def test_backup_streams_to_stdout_and_restores_from_stdin(
+    source: Instance, fresh: Instance, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    await seed_campaign(sessionmaker, 40)
     made = await asyncio.to_thread(source.warta, "backup", "-")
     assert made.returncode == 0, made.stderr.decode()
     assert made.stdout[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
-    (tmp_path / "piped.tar.zst").write_bytes(made.stdout)
-    verified = await asyncio.to_thread(
-        fresh.warta, "verify-backup", str(tmp_path / "piped.tar.zst")
-    )
+    verified = await asyncio.to_thread(fresh.warta, "verify-backup", "-", stdin=made.stdout)
     assert verified.returncode == 0, verified.stderr.decode()
     assert "backup OK" in verified.stderr.decode()
+    # From a pipe the dump cannot be read twice: it is staged, then loaded.
+    restored = await asyncio.to_thread(fresh.warta, "restore", "-", stdin=made.stdout)
+    assert restored.returncode == 0, restored.stderr.decode()
+    assert (await _counts(fresh.database_url, fresh))["subscribers"] == 40

@@ -57,12 +57,15 @@ class Instance:
             _env_file=None,  # type: ignore[call-arg]
         )
 
-    def warta(self, *args: str, **extra: str) -> subprocess.CompletedProcess[bytes]:
+    def warta(
+        self, *args: str, stdin: bytes = b"", **extra: str
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run a `warta` command of this instance to its end; stdout kept as bytes."""
         return subprocess.run(
             [WARTA, *args],
             env=self.env(**extra),
             cwd=self.root,
+            input=stdin,
             capture_output=True,
             timeout=300,
             check=False,
