@@ -280,7 +280,7 @@ async def _clear_postgresql(url: str) -> None:
 
 def load(url: str, member: str, path: Path) -> None:
     """Restore the dump at `path` (backup member `member`) into the database at `url`."""
-    _check_kind(url, member)
+    check_kind(url, member)
     if backend(url) == "sqlite":
         target = _sqlite_path(url)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +294,8 @@ def load(url: str, member: str, path: Path) -> None:
         load_stream(url, lambda into: shutil.copyfileobj(dump, into, PART_BYTES))
 
 
-def _check_kind(url: str, member: str) -> None:
+def check_kind(url: str, member: str) -> None:
+    """Refuse a dump of one database kind for a database of the other."""
     kind = backend(url)
     if (kind == "sqlite") != (member == SQLITE_MEMBER):
         made = "SQLite" if member == SQLITE_MEMBER else "PostgreSQL"
@@ -316,15 +317,19 @@ def load_stream(url: str, feed: Callable[[IO[bytes]], None]) -> None:
             stderr=errors,
         )
         assert process.stdin is not None
+        failure: BaseException | None = None
         try:
-            with contextlib.suppress(BrokenPipeError):  # pg_restore gave up: its error says why
-                feed(process.stdin)
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                process.stdin.close()  # also when feeding failed: pg_restore must not wait on
-            if process.wait() != 0:
-                errors.seek(0)
-                lines = errors.read().decode(errors="replace").strip().splitlines()
-                raise BackupError(
-                    f"pg_restore failed: {lines[-1] if lines else process.returncode}"
-                )
+            feed(process.stdin)
+        except BrokenPipeError:
+            pass  # pg_restore gave up: its own error says why
+        except BaseException as exc:  # the feeder's reason beats pg_restore's broken input
+            failure = exc
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()  # also when feeding failed: pg_restore must not wait on
+        returncode = process.wait()
+        if failure is not None:
+            raise failure
+        if returncode != 0:
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").strip().splitlines()
+            raise BackupError(f"pg_restore failed: {lines[-1] if lines else returncode}")

@@ -12,6 +12,7 @@ resubmitting a message after the restore may reach any instance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,36 +49,10 @@ def restore(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        progress.phase("reading and verifying the backup", size)
-        # From a file, the dump is not staged: this pass checks it, a second one streams it
-        # into pg_restore. From a pipe it must be staged, there is no second pass.
-        stream_dump = source.seekable() and database.backend(settings.database_url) != "sqlite"
-
-        def destination(name: str) -> BinaryIO | None:
-            if name.startswith(f"{database.PG_DUMP_MEMBER}."):  # the dump's parts, in order
-                if stream_dump:
-                    return None
-                name = database.PG_DUMP_MEMBER
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return path.open("ab")
-
-        start = source.tell() if stream_dump else 0
-        manifest = read_bundle(source, secret, destination, progress.advance)
-        progress.phase("loading the database", size if stream_dump else None)
-        member = next((m.name for m in manifest.members if m.name.startswith("database/")), None)
-        if member is None:
-            raise BackupError("the backup holds no database")
-        database.ensure_empty(settings.database_url, force=force)
-        if stream_dump and member.startswith(database.PG_DUMP_MEMBER):
-            source.seek(start)
-            database.load_stream(
-                settings.database_url, lambda into: _dump_into(source, secret, into, progress)
-            )
+        if database.backend(settings.database_url) == "postgresql" and not force:
+            manifest = _load_while_verifying(settings, source, secret, staging, progress, size)
         else:
-            if member.startswith(database.PG_DUMP_MEMBER):
-                member = database.PG_DUMP_MEMBER
-            database.load(settings.database_url, member, staging / member)
+            manifest = _verify_then_load(settings, source, secret, staging, progress, size)
         progress.phase("migrating to the current schema")
         upgrade(settings.database_url)
         progress.phase("putting spools and files in place")
@@ -89,6 +64,94 @@ def restore(
         return manifest, warnings
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staged(staging: Path, name: str) -> BinaryIO:
+    if name.startswith(f"{database.PG_DUMP_MEMBER}."):  # the dump's parts, in order
+        name = database.PG_DUMP_MEMBER
+    path = staging / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
+
+
+def _database_member(manifest: Manifest) -> str:
+    member = next((m.name for m in manifest.members if m.name.startswith("database/")), None)
+    if member is None:
+        raise BackupError("the backup holds no database")
+    return database.PG_DUMP_MEMBER if member.startswith(database.PG_DUMP_MEMBER) else member
+
+
+def _load_while_verifying(
+    settings: Settings,
+    source: BinaryIO,
+    secret: Secret | None,
+    staging: Path,
+    progress: Progress,
+    size: int | None,
+) -> Manifest:
+    """Into an empty PostgreSQL: one pass, the dump streamed into pg_restore as it is read.
+
+    The manifest's check comes at the end; a backup that fails it has its database removed
+    again, so a damaged backup leaves the instance empty, as it was.
+    """
+    progress.phase("loading the database, verifying", size)
+    database.ensure_empty(settings.database_url, force=False)
+    read: list[Manifest] = []
+
+    def feed(into: IO[bytes]) -> None:
+        def destination(name: str) -> BinaryIO:
+            if name.startswith(f"{database.PG_DUMP_MEMBER}."):
+                return _Unclosed(into)  # type: ignore[return-value]
+            return _staged(staging, name)
+
+        read.append(read_bundle(source, secret, destination, progress.advance))
+
+    try:
+        database.load_stream(settings.database_url, feed)
+    except BackupError:
+        with contextlib.suppress(BackupError):  # never keep what an unverified backup loaded
+            database.ensure_empty(settings.database_url, force=True)
+        if read:  # the file was intact: say so if it is the wrong kind of database
+            database.check_kind(settings.database_url, _database_member(read[0]))
+        raise
+    return read[0]
+
+
+def _verify_then_load(
+    settings: Settings,
+    source: BinaryIO,
+    secret: Secret | None,
+    staging: Path,
+    progress: Progress,
+    size: int | None,
+) -> Manifest:
+    """Verify the whole backup, then replace the database: for --force and for SQLite.
+
+    From a file the PostgreSQL dump is read a second time into pg_restore; from a pipe,
+    which cannot be read twice, it is staged.
+    """
+    progress.phase("reading and verifying the backup", size)
+    stream_dump = source.seekable() and database.backend(settings.database_url) != "sqlite"
+
+    def destination(name: str) -> BinaryIO | None:
+        if stream_dump and name.startswith(f"{database.PG_DUMP_MEMBER}."):
+            return None
+        return _staged(staging, name)
+
+    start = source.tell() if stream_dump else 0
+    manifest = read_bundle(source, secret, destination, progress.advance)
+    progress.phase("loading the database", size if stream_dump else None)
+    member = _database_member(manifest)
+    database.check_kind(settings.database_url, member)
+    database.ensure_empty(settings.database_url, force=True)
+    if stream_dump:
+        source.seek(start)
+        database.load_stream(
+            settings.database_url, lambda into: _dump_into(source, secret, into, progress)
+        )
+    else:
+        database.load(settings.database_url, member, staging / member)
+    return manifest
 
 
 class _Unclosed:

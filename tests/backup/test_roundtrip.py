@@ -8,6 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.backup.database import tables_with_rows
 from app.core.database import create_engine
 from app.core.migrate import alembic_config
 from tests.helpers.backup_instances import Instance
@@ -151,3 +152,29 @@ async def test_backup_streams_to_stdout_and_restores_from_stdin(
     restored = await asyncio.to_thread(fresh.warta, "restore", "-", stdin=made.stdout)
     assert restored.returncode == 0, restored.stderr.decode()
     assert (await _counts(fresh.database_url, fresh))["subscribers"] == 40
+
+
+async def test_a_damaged_backup_leaves_an_empty_instance_empty(
+    source: Instance,
+    fresh: Instance,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+) -> None:
+    await seed_campaign(sessionmaker, 60)
+    backup = tmp_path / "whole.tar.zst"
+    made = await asyncio.to_thread(source.warta, "backup", str(backup))
+    assert made.returncode == 0, made.stderr.decode()
+    cut = tmp_path / "cut.tar.zst"
+    data = await asyncio.to_thread(backup.read_bytes)
+    # The manifest's end is gone: on PostgreSQL the dump was already streamed into
+    # pg_restore when the damage shows, and what it loaded must be removed again.
+    await asyncio.to_thread(cut.write_bytes, data[:-64])
+
+    refused = await asyncio.to_thread(fresh.warta, "restore", str(cut))
+    assert refused.returncode == 1
+    assert "truncated" in refused.stderr.decode()
+    assert await asyncio.to_thread(tables_with_rows, fresh.database_url) == []
+
+    restored = await asyncio.to_thread(fresh.warta, "restore", str(backup))
+    assert restored.returncode == 0, restored.stderr.decode()
+    assert (await _counts(fresh.database_url, fresh))["subscribers"] == 60
