@@ -1,9 +1,10 @@
 """`warta restore`: a backup back into an instance whose processes are stopped.
 
-The whole file is read and checked against its manifest into a staging directory before
-anything is replaced, so a damaged backup leaves the instance as it was. Then the
-database is loaded and migrated to the current schema, and the spools, keys and files are
-put in place.
+A damaged backup leaves the instance as it was. Into an empty PostgreSQL the dump streams
+into pg_restore while the file is read and checked (one pass; what a backup failing the
+check loaded is removed again); with --force, or for SQLite, the whole file is checked
+before the database is replaced. Then the database is migrated to the current schema, and
+the spools, keys and files, kept in a staging directory until then, are put in place.
 
 The spools come back with a Message-ID memory that is the union of every instance's: the
 Redis registry that shares them across instances at run time starts empty, and a worker
