@@ -27,6 +27,8 @@ from app.backup.errors import BackupError
 FORMAT = 1
 MANIFEST = "manifest.json"
 BUFFER = 1 << 20
+TAR_BUFFER = 64 << 10
+"""tarfile's own stream buffer: it re-copies the whole buffer on each write, keep it small."""
 ZSTD_LEVEL = 3
 """zstd's default: ~300 MB/s a core here; higher levels cost more time than they save bytes."""
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -110,7 +112,7 @@ class BundleWriter:
         self.tar = tarfile.open(  # noqa: SIM115 - closed by finish()
             fileobj=self.compressed,
             mode="w|",
-            bufsize=BUFFER,
+            bufsize=TAR_BUFFER,
             format=tarfile.PAX_FORMAT,
         )
         self.progress = progress
@@ -224,7 +226,7 @@ def read_bundle(
     seen: list[Member] = []
     manifest: Manifest | None = None
     try:
-        with tarfile.open(fileobj=decompressed, mode="r|", bufsize=BUFFER) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=decompressed, mode="r|", bufsize=TAR_BUFFER) as tar:  # type: ignore[call-overload]
             for info in tar:
                 if manifest is not None:
                     raise BackupError("the backup has members after its manifest")
