@@ -164,7 +164,7 @@ class _Decompressing:
                 break
             chunk = self.source.read(BUFFER)
             if not chunk:
-                raise BackupError("the backup is truncated: its compressed stream ends early")
+                raise BackupError("the backup is truncated or damaged: its compressed stream ends early")
             try:
                 more = self.decompressor.decompress(chunk)
             except zstandard.ZstdError as exc:
@@ -177,7 +177,13 @@ class _Decompressing:
         return data
 
     def ensure_end(self) -> None:
-        """Refuse bytes after the frame: a backup is one frame and nothing else."""
+        """Read the frame to its end (its checksum), and refuse anything after it.
+
+        The tar stream may end before the frame does: without this, a file missing only its
+        last bytes would pass.
+        """
+        while not self.decompressor.eof:
+            self.read(BUFFER)
         if self.decompressor.unused_data or self.source.read(1):
             raise BackupError("the backup has data after its end")
 
