@@ -164,7 +164,9 @@ class _Decompressing:
                 break
             chunk = self.source.read(BUFFER)
             if not chunk:
-                raise BackupError("the backup is truncated or damaged: its compressed stream ends early")
+                raise BackupError(
+                    "the backup is truncated or damaged: its compressed stream ends early"
+                )
             try:
                 more = self.decompressor.decompress(chunk)
             except zstandard.ZstdError as exc:
