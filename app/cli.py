@@ -509,3 +509,8 @@ def main() -> None:
     except (DomainError, SettingsError, OSError) as exc:
         console.print(f"[red]error:[/red] {_first_line(exc)}")
         sys.exit(1)
+
+
+from app.backup.commands import register as register_backup_commands  # noqa: E402
+
+register_backup_commands(cli)

@@ -108,3 +108,17 @@ def test_exchange_swaps_two_files_and_reports_a_missing_one(tmp_path: Path) -> N
     assert (first.read_bytes(), second.read_bytes()) == (b"2", b"1")
     assert not exchange(first, tmp_path / "missing")
     assert first.read_bytes() == b"2"
+
+
+async def test_a_message_a_snapshot_links_is_never_written_over(tmp_path: Path) -> None:
+    async with Spool(tmp_path / "spool") as spool:
+        spool.recover()
+        queue_id = await spool.accept(envelope(1), message(1, 2_000))
+        linked = tmp_path / "snapshot.eml"
+        os.link(spool.messages / f"{queue_id}.eml", linked)  # as workers.mta.snapshot does
+        await spool.remove(queue_id)
+        second = await spool.accept(envelope(2), message(2, 2_000))
+
+        assert linked.read_bytes() == message(1, 2_000)
+        assert spool.load(second) == message(2, 2_000)
+        assert linked.stat().st_nlink == 1  # the spool let go of it

@@ -101,6 +101,12 @@ class SparePool:
                 fd = os.open(spare, os.O_WRONLY)
             except FileNotFoundError:
                 continue  # removed by a person: take the next one
+            if os.fstat(fd).st_nlink > 1:
+                # A backup's snapshot holds a hard link to it (workers.mta.snapshot): writing
+                # over it would change the bytes in the backup. Let the snapshot keep it.
+                os.close(fd)
+                os.unlink(spare)
+                continue
             try:
                 _write_all(fd, data)
                 os.ftruncate(fd, len(data))

@@ -9,6 +9,7 @@ Layout under the spool directory::
                             by later ones instead of creating new files (see `spares`)
     corrupt/                envelopes whose message is missing, kept for a person to read
     message-ids.log         accepted Message-IDs with their time, one JSON object a line
+    snapshot.lock           commits hold it shared, a backup's snapshot exclusive (``snapshot``)
 
 A message is acknowledged only when its envelope exists, so the envelope is renamed into
 place after the message: an ``.eml`` without its ``.json`` was never acknowledged and is
@@ -42,6 +43,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NewType, Self
 
+from workers.mta import snapshot_lock
 from workers.mta.spares import SparePool, exchange, stage_parallel, write_new
 
 logger = logging.getLogger(__name__)
@@ -256,6 +258,7 @@ class Spool:
         self._updater: asyncio.Task[None] | None = None
         self._closing = False
         self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
+        self._snapshot_lock = snapshot_lock.open_lock(directory)  # see _commit_unless_snapshot
 
     async def __aenter__(self) -> Self:
         return self
@@ -334,6 +337,9 @@ class Spool:
         if self._remover is not None:
             await self._remover
         self._io_pool.shutdown()
+        if self._snapshot_lock >= 0:
+            os.close(self._snapshot_lock)
+            self._snapshot_lock = -1
 
     async def _commit_forever(self) -> None:
         while True:
@@ -345,7 +351,7 @@ class Spool:
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
                 try:
-                    await asyncio.to_thread(self._commit, batch)
+                    await asyncio.to_thread(self._commit_unless_snapshot, batch)
                 except Exception as exc:
                     logger.exception("spool commit of %d messages failed", len(batch))
                     for item in batch:
@@ -374,6 +380,11 @@ class Spool:
         self._uncommitted.discard(envelope.queue_id)
         if not item.future.done():
             item.future.set_result(envelope.queue_id)
+
+    def _commit_unless_snapshot(self, batch: list[_Pending]) -> None:
+        """Commit while no backup snapshots the spool: it must never see half a batch."""
+        with snapshot_lock.shared(self._snapshot_lock):
+            self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Write a batch durably: files, one fsync pass, renames, directory fsyncs, ids log."""
