@@ -1,0 +1,307 @@
+"""Keep the bytes of every message as built, and give them back by message or by recipient.
+
+A message is split at the end of its header block: the header block (unique per message:
+Message-ID, To, Date) is one frame; the body is stored once per SHA-256 within a day file
+and shared by every message that carries it. The index rows say where both frames are.
+What is stored is the message as Warta built it, before the MTA adds its DKIM-Signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.archive import dayfiles
+from app.archive.dayfiles import Frame
+from app.core.errors import DomainError, NotFound
+from app.core.settings import Settings
+from app.mail.context import EngineContext
+from app.mail.identity import Kind
+from app.mail.recording import LedgerRow
+from app.models import ArchiveCompaction, ArchivedBody, ArchivedMessage, utcnow
+
+logger = logging.getLogger(__name__)
+HEAD_END = b"\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """One message as built for sending, and whose it is."""
+
+    recipient: str
+    data: bytes
+    message_id: int | None = None
+    campaign_id: int | None = None
+    subscriber_id: int | None = None
+
+
+def split(data: bytes) -> tuple[bytes, bytes]:
+    """The header block (with its blank line) and the body; `head + body == data`."""
+    end = data.find(HEAD_END)
+    if end < 0:
+        return data, b""
+    return data[: end + len(HEAD_END)], data[end + len(HEAD_END) :]
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256, the archive's content key."""
+    return hashlib.sha256(data).hexdigest()
+
+
+async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]]) -> None:
+    """Archive messages as built, before they are submitted: (ledger row, MIME) pairs.
+
+    A transactional message is archived once (its bytes never change); a campaign message
+    built again for a retry replaces the earlier copy, since the new bytes are what is sent.
+    Mail goes out even when the archive cannot be written (disk full): the failure is logged
+    for the operator, and sending is what the caller is there for.
+    """
+    items = [
+        Built(
+            row.email,
+            data,
+            message_id=row.row_id if row.kind is Kind.MESSAGE else None,
+            campaign_id=row.campaign_id,
+            subscriber_id=row.subscriber_id,
+        )
+        for row, data in messages
+    ]
+    try:
+        await store(engine.sessionmaker, engine.settings, items)
+    except Exception:
+        logger.exception("archive: %d messages could not be archived", len(items))
+
+
+async def store(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, items: Sequence[Built]
+) -> None:
+    """Write the frames of `items` to today's day file, then their index rows."""
+    if not settings.archive_enabled or not items:
+        return
+    now = utcnow()
+    name = dayfiles.day_file(now)
+    async with sessionmaker() as session:
+        items = await _not_archived(session, items)
+        if not items:
+            return
+        pieces = [(item, *split(item.data)) for item in items]
+        body_keys = {sha256(body) for _, _, body in pieces}
+        known = await _bodies_in(session, name, body_keys)
+    new_bodies: dict[str, bytes] = {}
+    for _, _, body in pieces:
+        key = sha256(body)
+        if key not in known and key not in new_bodies:
+            new_bodies[key] = body
+    heads = [head for _, head, _ in pieces]
+    placed = await asyncio.to_thread(
+        _write, Path(settings.archive_dir), name, heads + list(new_bodies.values())
+    )
+    body_frames = dict(known)
+    body_frames.update(zip(new_bodies, placed[len(heads) :], strict=True))
+    rows = [
+        {
+            "message_id": item.message_id,
+            "campaign_id": item.campaign_id,
+            "subscriber_id": item.subscriber_id,
+            "recipient": item.recipient,
+            "path": frame.path,
+            "head_offset": frame.offset,
+            "head_length": frame.length,
+            "body_sha256": sha256(body),
+            "sha256": sha256(item.data),
+            "size": len(item.data),
+            "created_at": now,
+        }
+        for (item, _, body), frame in zip(pieces, placed, strict=True)
+    ]
+    bodies = [
+        {"sha256": key, "path": f.path, "offset": f.offset, "length": f.length, "created_at": now}
+        for key, f in body_frames.items()
+    ]
+    async with sessionmaker() as session:
+        await _upsert_bodies(session, bodies, replace=set(new_bodies))
+        await _upsert_messages(session, rows)
+        await session.commit()
+
+
+def _write(directory: Path, name: str, pieces: list[bytes]) -> list[Frame]:
+    return dayfiles.append(directory, name, dayfiles.compress(pieces))
+
+
+async def _not_archived(session: AsyncSession, items: Sequence[Built]) -> list[Built]:
+    """Transactional messages keep their bytes across retries: archive each one once."""
+    ids = [item.message_id for item in items if item.message_id is not None]
+    if not ids:
+        return list(items)
+    done = set(
+        (
+            await session.scalars(
+                sa.select(ArchivedMessage.message_id).where(ArchivedMessage.message_id.in_(ids))
+            )
+        ).all()
+    )
+    return [item for item in items if item.message_id is None or item.message_id not in done]
+
+
+async def _bodies_in(session: AsyncSession, name: str, keys: set[str]) -> dict[str, Frame]:
+    """Bodies already stored in today's file: only those are shared, so that an older day
+    file is never needed by a newer message (retention can then drop whole days)."""
+    rows = await session.execute(
+        sa.select(ArchivedBody.sha256, ArchivedBody.offset, ArchivedBody.length).where(
+            ArchivedBody.sha256.in_(sorted(keys)), ArchivedBody.path == name
+        )
+    )
+    return {key: Frame(name, offset, length) for key, offset, length in rows}
+
+
+def _insert(session: AsyncSession, table: sa.Table) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
+async def _upsert_bodies(
+    session: AsyncSession, rows: list[dict[str, Any]], *, replace: set[str]
+) -> None:
+    """New body frames replace the row (it may point at an older day); bodies reused from
+    today's file are inserted again only if the retention job removed them meanwhile."""
+    table = cast(sa.Table, ArchivedBody.__table__)
+    fresh = [row for row in rows if row["sha256"] in replace]
+    reused = [row for row in rows if row["sha256"] not in replace]
+    if fresh:
+        statement = _insert(session, table)
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["sha256"],
+                set_={
+                    "path": statement.excluded.path,
+                    "offset": statement.excluded.offset,
+                    "length": statement.excluded.length,
+                    "created_at": statement.excluded.created_at,
+                },
+            ),
+            fresh,
+        )
+    if reused:
+        await session.execute(_insert(session, table).on_conflict_do_nothing(), reused)
+
+
+async def _upsert_messages(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    table = cast(sa.Table, ArchivedMessage.__table__)
+    changed = ("path", "head_offset", "head_length", "body_sha256", "sha256", "size")
+    for keys, group in (
+        (["message_id"], [row for row in rows if row["message_id"] is not None]),
+        (["campaign_id", "subscriber_id"], [row for row in rows if row["message_id"] is None]),
+    ):
+        if not group:
+            continue
+        statement = _insert(session, table)
+        set_ = {column: getattr(statement.excluded, column) for column in changed}
+        set_["created_at"] = statement.excluded.created_at
+        await session.execute(
+            statement.on_conflict_do_update(index_elements=keys, set_=set_), group
+        )
+
+
+async def raw_message(session: AsyncSession, settings: Settings, message_id: int) -> bytes:
+    """The archived bytes of a transactional message, or NotFound."""
+    where = ArchivedMessage.message_id == message_id
+    return await _raw(session, settings, where, f"message {message_id}")
+
+
+async def raw_campaign_message(
+    session: AsyncSession, settings: Settings, campaign_id: int, subscriber_id: int
+) -> bytes:
+    """The archived bytes of a campaign's message to a subscriber, or NotFound."""
+    where = sa.and_(
+        ArchivedMessage.campaign_id == campaign_id, ArchivedMessage.subscriber_id == subscriber_id
+    )
+    return await _raw(
+        session, settings, where, f"the message of campaign {campaign_id} to {subscriber_id}"
+    )
+
+
+async def _raw(
+    session: AsyncSession, settings: Settings, where: sa.ColumnElement[bool], what: str
+) -> bytes:
+    # A compaction may move the frames between our read of the index and of the file:
+    # the second look sees the new place.
+    for attempt in range(2):
+        found = (
+            await session.execute(
+                sa.select(
+                    ArchivedMessage.path,
+                    ArchivedMessage.head_offset,
+                    ArchivedMessage.head_length,
+                    ArchivedMessage.sha256,
+                    ArchivedBody.path,
+                    ArchivedBody.offset,
+                    ArchivedBody.length,
+                )
+                .join(ArchivedBody, ArchivedBody.sha256 == ArchivedMessage.body_sha256)
+                .where(where)
+            )
+        ).first()
+        if found is None:
+            raise NotFound(f"{what} is not in the archive (never archived, expired or erased)")
+        head = Frame(found[0], found[1], found[2])
+        body = Frame(found[4], found[5], found[6])
+        try:
+            data = await asyncio.to_thread(_read, Path(settings.archive_dir), head, body)
+        except (OSError, ValueError, LookupError) as exc:  # zstandard.ZstdError is a ValueError
+            if attempt == 0:
+                session.expire_all()
+                await session.rollback()  # a fresh snapshot of the index
+                continue
+            raise ArchiveDamaged(f"{what}: the archived bytes cannot be read ({exc})") from exc
+        if sha256(data) == found[3]:
+            return data
+        if attempt == 0:
+            await session.rollback()
+            continue
+        raise ArchiveDamaged(f"{what}: the archived bytes do not match their SHA-256")
+    raise AssertionError("unreachable")
+
+
+def _read(directory: Path, head: Frame, body: Frame) -> bytes:
+    return dayfiles.read(directory, head) + dayfiles.read(directory, body)
+
+
+class ArchiveDamaged(DomainError):
+    """The index names bytes the day files no longer hold intact."""
+
+    status = 500
+    title = "Archived message unreadable"
+
+
+async def forget_subscriber(session: AsyncSession, subscriber_id: int, address: str) -> int:
+    """Erasure: drop every archived message to the subscriber (campaign or transactional).
+
+    The index rows go in the caller's transaction, so the bytes are unreachable at once;
+    each day file they were in is marked, and the retention job rewrites it without them.
+    """
+    where = sa.or_(
+        ArchivedMessage.subscriber_id == subscriber_id, ArchivedMessage.recipient == address
+    )
+    paths = set((await session.scalars(sa.select(ArchivedMessage.path).where(where))).all())
+    if not paths:
+        return 0
+    result = await session.execute(
+        sa.delete(ArchivedMessage).where(where).execution_options(synchronize_session=False)
+    )
+    table = cast(sa.Table, ArchiveCompaction.__table__)
+    await session.execute(
+        _insert(session, table).on_conflict_do_nothing(),
+        [{"path": path, "marked_at": utcnow()} for path in sorted(paths)],
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
