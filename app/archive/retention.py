@@ -84,7 +84,7 @@ async def enforce(
     report.removed["bodies"] = await _batches(
         sessionmaker, _orphan_bodies, now - BODY_GRACE, batch, deadline
     )
-    directory = Path(settings.archive_dir)
+    directory = settings.archive_directory()
     today = now.date()
     report.removed["compacted_files"] = await compaction.compact_marked(
         sessionmaker, directory, today

@@ -104,7 +104,7 @@ async def store(
             new_bodies[key] = body
     heads = [head for _, head, _ in pieces]
     placed = await asyncio.to_thread(
-        _write, Path(settings.archive_dir), name, heads + list(new_bodies.values())
+        _write, settings.archive_directory(), name, heads + list(new_bodies.values())
     )
     body_frames = dict(known)
     body_frames.update(zip(new_bodies, placed[len(heads) :], strict=True))
@@ -122,7 +122,7 @@ async def store(
             "size": len(item.data),
             "created_at": now,
         }
-        for (item, _, body), frame in zip(pieces, placed, strict=True)
+        for (item, _, body), frame in zip(pieces, placed[: len(heads)], strict=True)
     ]
     bodies = [
         {"sha256": key, "path": f.path, "offset": f.offset, "length": f.length, "created_at": now}
@@ -257,7 +257,7 @@ async def _raw(
         head = Frame(found[0], found[1], found[2])
         body = Frame(found[4], found[5], found[6])
         try:
-            data = await asyncio.to_thread(_read, Path(settings.archive_dir), head, body)
+            data = await asyncio.to_thread(_read, settings.archive_directory(), head, body)
         except (OSError, ValueError, LookupError) as exc:  # zstandard.ZstdError is a ValueError
             if attempt == 0:
                 session.expire_all()

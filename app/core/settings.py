@@ -309,9 +309,10 @@ class Settings(BaseSettings):
     archive_enabled: bool = Field(
         True, description="Keep the raw bytes of every message built for sending."
     )
-    archive_dir: Path = Field(
-        Path("var/archive"),
-        description="Day files of archived messages (`YYYY-MM-DD.zst`, zstd frames).",
+    archive_dir: Path | None = Field(
+        None,
+        description="Day files of archived messages (`YYYY-MM-DD.zst`, zstd frames); "
+        "empty = `archive` under WARTA_VAR_DIR (`var/archive`).",
     )
     retention_messages: int = Field(
         30, ge=0, description="Days an archived message is kept; 0 = forever."
@@ -346,6 +347,10 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower().endswith("d"):
             return value.strip()[:-1]
         return value
+
+    def archive_directory(self) -> Path:
+        """Where the archive's day files are."""
+        return self.archive_dir if self.archive_dir is not None else self.var_dir / "archive"
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
