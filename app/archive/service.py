@@ -94,15 +94,13 @@ async def store(
         items = await _not_archived(session, items)
         if not items:
             return
-        pieces = [(item, *split(item.data)) for item in items]
-        body_keys = {sha256(body) for _, _, body in pieces}
-        known = await _bodies_in(session, name, body_keys)
+        pieces = [_Piece.of(item) for item in items]
+        known = await _bodies_in(session, name, {piece.body_key for piece in pieces})
     new_bodies: dict[str, bytes] = {}
-    for _, _, body in pieces:
-        key = sha256(body)
-        if key not in known and key not in new_bodies:
-            new_bodies[key] = body
-    heads = [head for _, head, _ in pieces]
+    for piece in pieces:
+        if piece.body_key not in known and piece.body_key not in new_bodies:
+            new_bodies[piece.body_key] = piece.body
+    heads = [piece.head for piece in pieces]
     placed = await asyncio.to_thread(
         _write, settings.archive_directory(), name, heads + list(new_bodies.values())
     )
@@ -110,19 +108,19 @@ async def store(
     body_frames.update(zip(new_bodies, placed[len(heads) :], strict=True))
     rows = [
         {
-            "message_id": item.message_id,
-            "campaign_id": item.campaign_id,
-            "subscriber_id": item.subscriber_id,
-            "recipient": item.recipient,
+            "message_id": piece.item.message_id,
+            "campaign_id": piece.item.campaign_id,
+            "subscriber_id": piece.item.subscriber_id,
+            "recipient": piece.item.recipient,
             "path": frame.path,
             "head_offset": frame.offset,
             "head_length": frame.length,
-            "body_sha256": sha256(body),
-            "sha256": sha256(item.data),
-            "size": len(item.data),
+            "body_sha256": piece.body_key,
+            "sha256": piece.key,
+            "size": len(piece.item.data),
             "created_at": now,
         }
-        for (item, _, body), frame in zip(pieces, placed[: len(heads)], strict=True)
+        for piece, frame in zip(pieces, placed[: len(heads)], strict=True)
     ]
     bodies = [
         {"sha256": key, "path": f.path, "offset": f.offset, "length": f.length, "created_at": now}
@@ -132,6 +130,20 @@ async def store(
         await _upsert_bodies(session, bodies, replace=set(new_bodies))
         await _upsert_messages(session, rows)
         await session.commit()
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    item: Built
+    head: bytes
+    body: bytes
+    body_key: str
+    key: str
+
+    @classmethod
+    def of(cls, item: Built) -> _Piece:
+        head, body = split(item.data)
+        return cls(item, head, body, sha256(body), sha256(item.data))
 
 
 def _write(directory: Path, name: str, pieces: list[bytes]) -> list[Frame]:

@@ -58,7 +58,13 @@ async def seed(session: AsyncSession, now: datetime) -> None:
         session.add(Event(kind="sent", email="a@example.com", created_at=now - age))
     for age in ages(LIMITS["reports"]):
         session.add(
-            Bounce(email="a@example.com", kind="bounce", source="dsn", raw="report", created_at=now - age)
+            Bounce(
+                email="a@example.com",
+                kind="bounce",
+                source="dsn",
+                raw="report",
+                created_at=now - age,
+            )
         )
     for n, age in enumerate(ages(LIMITS["idempotency_keys"])):
         session.add(
@@ -130,12 +136,12 @@ async def test_retention_deletes_exactly_what_is_older_than_each_limit_under_loa
     async with sessionmaker() as session:
 
         async def oldest(column: sa.ColumnElement[datetime], *where: object) -> datetime:
-            value = await session.scalar(sa.select(sa.func.min(column)).where(*where))  # type: ignore[arg-type]
+            value = await session.scalar(sa.select(sa.func.min(column)).where(*where))
             assert isinstance(value, datetime)
             return value
 
         async def count(model: type, *where: object) -> int:
-            statement = sa.select(sa.func.count()).select_from(model).where(*where)  # type: ignore[arg-type]
+            statement = sa.select(sa.func.count()).select_from(model).where(*where)
             return int(await session.scalar(statement) or 0)
 
         def cutoff(days: int) -> datetime:

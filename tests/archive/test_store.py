@@ -45,7 +45,9 @@ async def test_identical_bodies_are_stored_once(
     )
     async with sessionmaker() as session:
         bodies = (await session.scalars(sa.select(ArchivedBody.sha256))).all()
-        assert sorted(bodies) == sorted({service.sha256(BODY), service.sha256(service.split(other)[1])})
+        assert sorted(bodies) == sorted(
+            {service.sha256(BODY), service.sha256(service.split(other)[1])}
+        )
         assert await service.raw_message(session, settings, 1) == first
         assert await service.raw_message(session, settings, 2) == second
         assert await service.raw_message(session, settings, 3) == other
