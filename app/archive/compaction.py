@@ -1,7 +1,7 @@
 """Day files after the fact: drop files nothing points at, rewrite files an erasure marked.
 
 A day file is only ever named by index rows created on its day (a body is shared only
-within the day file it is in), so "is this file still needed" is two indexed look-ups.
+within the day file it is in), so "is this file still needed" is one indexed look-up.
 A rewrite writes the kept frames to a new file (`2026-12-02.c1.zst`), moves the index rows
 to it in short transactions, and only then removes the old file: every committed index row
 names a file that exists, and a reader that raced the move looks again.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive import dayfiles
 from app.archive.dayfiles import Frame
-from app.models import ArchiveCompaction, ArchivedBody, ArchivedMessage
+from app.models import ArchiveCompaction, ArchivedMessage
 
 UPDATE_BATCH = 1000
 
@@ -59,15 +60,16 @@ def _past_files(directory: Path, today: date) -> list[Path]:
 async def _named(sessionmaker: async_sessionmaker[AsyncSession], name: str, day: date) -> bool:
     start, end = day_bounds(day)
     async with sessionmaker() as session:
-        for model in (ArchivedMessage, ArchivedBody):
-            found = await session.scalar(
-                sa.select(sa.literal(1))
-                .where(model.created_at >= start, model.created_at < end, model.path == name)
-                .limit(1)
+        found = await session.scalar(
+            sa.select(sa.literal(1))
+            .where(
+                ArchivedMessage.created_at >= start,
+                ArchivedMessage.created_at < end,
+                ArchivedMessage.path == name,
             )
-            if found is not None:
-                return True
-    return False
+            .limit(1)
+        )
+    return found is not None
 
 
 async def compact_marked(
@@ -99,47 +101,39 @@ async def compact(
     Returns the new file's name, or None when nothing was kept (the old file is removed).
     """
     old = directory / name
-    if not old.exists():
+    if not await asyncio.to_thread(old.exists):
         return None
     start, end = day_bounds(day)
     async with sessionmaker() as session:
-        heads = (
+        rows = (
             await session.execute(
                 sa.select(
-                    ArchivedMessage.id, ArchivedMessage.head_offset, ArchivedMessage.head_length
-                )
-                .where(
+                    ArchivedMessage.id,
+                    ArchivedMessage.head_offset,
+                    ArchivedMessage.head_length,
+                    ArchivedMessage.body_offset,
+                    ArchivedMessage.body_length,
+                ).where(
                     ArchivedMessage.created_at >= start,
                     ArchivedMessage.created_at < end,
                     ArchivedMessage.path == name,
                 )
-                .order_by(ArchivedMessage.head_offset)
             )
         ).all()
-        bodies = (
-            await session.execute(
-                sa.select(ArchivedBody.sha256, ArchivedBody.offset, ArchivedBody.length).where(
-                    ArchivedBody.created_at >= start,
-                    ArchivedBody.created_at < end,
-                    ArchivedBody.path == name,
-                )
-            )
-        ).all()
-    if not heads and not bodies:
-        old.unlink(missing_ok=True)
+    if not rows:
+        await asyncio.to_thread(old.unlink, missing_ok=True)
         return None
+    frames = {offset: length for _, offset, length, _, _ in rows}
+    frames.update({offset: length for _, _, _, offset, length in rows})
+    kept = [Frame(name, offset, frames[offset]) for offset in sorted(frames)]
     new_name = _next_generation(directory, name)
-    kept: list[tuple[str, Any, Frame]] = [
-        ("m", row_id, Frame(name, offset, length)) for row_id, offset, length in heads
-    ] + [("b", key, Frame(name, offset, length)) for key, offset, length in bodies]
-    kept.sort(key=lambda item: item[2].offset)
-    moved = await asyncio.to_thread(_rewrite, directory, name, new_name, [f for *_, f in kept])
-    for first in range(0, len(kept), UPDATE_BATCH):
-        chunk = list(zip(kept[first : first + UPDATE_BATCH], moved[first:], strict=False))
+    moved = await asyncio.to_thread(_rewrite, directory, name, new_name, kept)
+    place = {frame.offset: new.offset for frame, new in zip(kept, moved, strict=True)}
+    for first in range(0, len(rows), UPDATE_BATCH):
         async with sessionmaker() as session:
-            await _move_rows(session, name, new_name, chunk)
+            await _move_rows(session, name, new_name, place, rows[first : first + UPDATE_BATCH])
             await session.commit()
-    old.unlink(missing_ok=True)
+    await asyncio.to_thread(old.unlink, missing_ok=True)
     return new_name
 
 
@@ -175,43 +169,24 @@ def _rewrite(directory: Path, name: str, new_name: str, frames: list[Frame]) -> 
 
 
 async def _move_rows(
-    session: AsyncSession,
-    name: str,
-    new_name: str,
-    chunk: list[tuple[tuple[str, Any, Frame], Frame]],
+    session: AsyncSession, name: str, new_name: str, place: dict[int, int], rows: Sequence[Any]
 ) -> None:
-    messages = cast(sa.Table, ArchivedMessage.__table__)
-    bodies = cast(sa.Table, ArchivedBody.__table__)
-    heads = [
-        {"b_id": key, "b_old": old.offset, "b_offset": new.offset}
-        for (kind, key, old), new in chunk
-        if kind == "m"
-    ]
-    shared = [
-        {"b_key": key, "b_old": old.offset, "b_offset": new.offset}
-        for (kind, key, old), new in chunk
-        if kind == "b"
-    ]
+    table = cast(sa.Table, ArchivedMessage.__table__)
     # The old place is part of the condition: a row a retry moved meanwhile stays put.
-    if heads:
-        await session.execute(
-            sa.update(messages)
-            .where(
-                messages.c.id == sa.bindparam("b_id"),
-                messages.c.path == name,
-                messages.c.head_offset == sa.bindparam("b_old"),
-            )
-            .values(path=new_name, head_offset=sa.bindparam("b_offset")),
-            heads,
+    await session.execute(
+        sa.update(table)
+        .where(
+            table.c.id == sa.bindparam("b_id"),
+            table.c.path == name,
+            table.c.head_offset == sa.bindparam("b_old"),
         )
-    if shared:
-        await session.execute(
-            sa.update(bodies)
-            .where(
-                bodies.c.sha256 == sa.bindparam("b_key"),
-                bodies.c.path == name,
-                bodies.c.offset == sa.bindparam("b_old"),
-            )
-            .values(path=new_name, offset=sa.bindparam("b_offset")),
-            shared,
-        )
+        .values(
+            path=new_name,
+            head_offset=sa.bindparam("b_head"),
+            body_offset=sa.bindparam("b_body"),
+        ),
+        [
+            {"b_id": row_id, "b_old": head, "b_head": place[head], "b_body": place[body]}
+            for row_id, head, _, body, _ in rows
+        ],
+    )

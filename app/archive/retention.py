@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.archive import compaction
 from app.core.settings import Settings
 from app.models import (
-    ArchivedBody,
     ArchivedMessage,
     Bounce,
     DeliveryStatus,
@@ -29,8 +28,6 @@ from app.models import (
     utcnow,
 )
 
-BODY_GRACE = timedelta(hours=1)
-"""A body nothing names is kept this long: a writer may be about to name it again."""
 TIME_BUDGET = 50.0
 """Seconds one run may take; what is left waits for the next run."""
 
@@ -79,10 +76,6 @@ async def enforce(
     keys_days = max(settings.retention_idempotency_keys, settings.idempotency_ttl / 86_400)
     await run("idempotency_keys", keys_days if settings.retention_idempotency_keys else 0, _keys)
     await run("webhook_deliveries", settings.retention_webhook_deliveries, _deliveries)
-    # Bodies an erasure or the messages' expiry left unnamed, whatever the settings.
-    report.removed["bodies"] = await _batches(
-        sessionmaker, _orphan_bodies, now - BODY_GRACE, batch, deadline
-    )
     directory = settings.archive_directory()
     today = now.date()
     report.removed["compacted_files"] = await compaction.compact_marked(
@@ -173,23 +166,3 @@ async def _report_texts(session: AsyncSession, cutoff: datetime, batch: int) -> 
             .execution_options(synchronize_session=False)
         )
     return len(ids)
-
-
-async def _orphan_bodies(session: AsyncSession, cutoff: datetime, batch: int) -> int:
-    named = sa.exists().where(ArchivedMessage.body_sha256 == ArchivedBody.sha256)
-    keys = list(
-        (
-            await session.scalars(
-                sa.select(ArchivedBody.sha256)
-                .where(ArchivedBody.created_at < cutoff, ~named)
-                .limit(batch)
-            )
-        ).all()
-    )
-    if keys:
-        await session.execute(
-            sa.delete(ArchivedBody)
-            .where(ArchivedBody.sha256.in_(keys), ~named)
-            .execution_options(synchronize_session=False)
-        )
-    return len(keys)

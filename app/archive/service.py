@@ -2,7 +2,8 @@
 
 A message is split at the end of its header block: the header block (unique per message:
 Message-ID, To, Date) is one frame; the body is stored once per SHA-256 within a day file
-and shared by every message that carries it. The index rows say where both frames are.
+and shared by every message of that file that carries it. The index row of a message says
+where both its frames are.
 What is stored is the message as Warta built it, before the MTA adds its DKIM-Signature.
 """
 
@@ -28,7 +29,7 @@ from app.core.settings import Settings
 from app.mail.context import EngineContext
 from app.mail.identity import Kind
 from app.mail.recording import LedgerRow
-from app.models import ArchiveCompaction, ArchivedBody, ArchivedMessage, utcnow
+from app.models import ArchiveCompaction, ArchivedMessage, utcnow
 
 logger = logging.getLogger(__name__)
 HEAD_END = b"\r\n\r\n"
@@ -95,40 +96,35 @@ async def store(
         if not items:
             return
         pieces = [_Piece.of(item) for item in items]
-        known = await _bodies_in(session, name, {piece.body_key for piece in pieces})
-    new_bodies: dict[str, bytes] = {}
-    for piece in pieces:
-        if piece.body_key not in known and piece.body_key not in new_bodies:
-            new_bodies[piece.body_key] = piece.body
-    heads = [piece.head for piece in pieces]
-    placed = await asyncio.to_thread(
-        _write, settings.archive_directory(), name, heads + list(new_bodies.values())
-    )
-    body_frames = dict(known)
-    body_frames.update(zip(new_bodies, placed[len(heads) :], strict=True))
-    rows = [
-        {
-            "message_id": piece.item.message_id,
-            "campaign_id": piece.item.campaign_id,
-            "subscriber_id": piece.item.subscriber_id,
-            "recipient": piece.item.recipient,
-            "path": frame.path,
-            "head_offset": frame.offset,
-            "head_length": frame.length,
-            "body_sha256": piece.body_key,
-            "sha256": piece.key,
-            "size": len(piece.item.data),
-            "created_at": now,
-        }
-        for piece, frame in zip(pieces, placed[: len(heads)], strict=True)
-    ]
-    bodies = [
-        {"sha256": key, "path": f.path, "offset": f.offset, "length": f.length, "created_at": now}
-        for key, f in body_frames.items()
-    ]
-    async with sessionmaker() as session:
-        await _upsert_bodies(session, bodies, replace=set(new_bodies))
-        await _upsert_messages(session, rows)
+        bodies = await _bodies_in(session, name, {piece.body_key for piece in pieces})
+        new_bodies: dict[str, bytes] = {}
+        for piece in pieces:
+            if piece.body_key not in bodies and piece.body_key not in new_bodies:
+                new_bodies[piece.body_key] = piece.body
+        heads = [piece.head for piece in pieces]
+        placed = await asyncio.to_thread(
+            _write, settings.archive_directory(), name, heads + list(new_bodies.values())
+        )
+        bodies.update(zip(new_bodies, placed[len(heads) :], strict=True))
+        rows = [
+            {
+                "message_id": piece.item.message_id,
+                "campaign_id": piece.item.campaign_id,
+                "subscriber_id": piece.item.subscriber_id,
+                "recipient": piece.item.recipient,
+                "path": name,
+                "head_offset": head.offset,
+                "head_length": head.length,
+                "body_offset": bodies[piece.body_key].offset,
+                "body_length": bodies[piece.body_key].length,
+                "body_sha256": piece.body_key,
+                "sha256": piece.key,
+                "size": len(piece.item.data),
+                "created_at": now,
+            }
+            for piece, head in zip(pieces, placed[: len(heads)], strict=True)
+        ]
+        await _upsert(session, rows)
         await session.commit()
 
 
@@ -166,12 +162,13 @@ async def _not_archived(session: AsyncSession, items: Sequence[Built]) -> list[B
 
 
 async def _bodies_in(session: AsyncSession, name: str, keys: set[str]) -> dict[str, Frame]:
-    """Bodies already stored in today's file: only those are shared, so that an older day
-    file is never needed by a newer message (retention can then drop whole days)."""
+    """Bodies already in today's file, found through the messages that carry them. Only
+    those are shared, so that a newer message never needs an older day file (retention
+    can then drop whole days, and compaction rewrite one file at a time)."""
     rows = await session.execute(
-        sa.select(ArchivedBody.sha256, ArchivedBody.offset, ArchivedBody.length).where(
-            ArchivedBody.sha256.in_(sorted(keys)), ArchivedBody.path == name
-        )
+        sa.select(
+            ArchivedMessage.body_sha256, ArchivedMessage.body_offset, ArchivedMessage.body_length
+        ).where(ArchivedMessage.body_sha256.in_(sorted(keys)), ArchivedMessage.path == name)
     )
     return {key: Frame(name, offset, length) for key, offset, length in rows}
 
@@ -182,35 +179,20 @@ def _insert(session: AsyncSession, table: sa.Table) -> Any:
     return sqlite_insert(table)
 
 
-async def _upsert_bodies(
-    session: AsyncSession, rows: list[dict[str, Any]], *, replace: set[str]
-) -> None:
-    """New body frames replace the row (it may point at an older day); bodies reused from
-    today's file are inserted again only if the retention job removed them meanwhile."""
-    table = cast(sa.Table, ArchivedBody.__table__)
-    fresh = [row for row in rows if row["sha256"] in replace]
-    reused = [row for row in rows if row["sha256"] not in replace]
-    if fresh:
-        statement = _insert(session, table)
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["sha256"],
-                set_={
-                    "path": statement.excluded.path,
-                    "offset": statement.excluded.offset,
-                    "length": statement.excluded.length,
-                    "created_at": statement.excluded.created_at,
-                },
-            ),
-            fresh,
-        )
-    if reused:
-        await session.execute(_insert(session, table).on_conflict_do_nothing(), reused)
-
-
-async def _upsert_messages(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert the index rows; a campaign message archived again replaces its row."""
     table = cast(sa.Table, ArchivedMessage.__table__)
-    changed = ("path", "head_offset", "head_length", "body_sha256", "sha256", "size")
+    changed = (
+        "path",
+        "head_offset",
+        "head_length",
+        "body_offset",
+        "body_length",
+        "body_sha256",
+        "sha256",
+        "size",
+        "created_at",
+    )
     for keys, group in (
         (["message_id"], [row for row in rows if row["message_id"] is not None]),
         (["campaign_id", "subscriber_id"], [row for row in rows if row["message_id"] is None]),
@@ -219,7 +201,6 @@ async def _upsert_messages(session: AsyncSession, rows: list[dict[str, Any]]) ->
             continue
         statement = _insert(session, table)
         set_ = {column: getattr(statement.excluded, column) for column in changed}
-        set_["created_at"] = statement.excluded.created_at
         await session.execute(
             statement.on_conflict_do_update(index_elements=keys, set_=set_), group
         )
@@ -256,18 +237,15 @@ async def _raw(
                     ArchivedMessage.head_offset,
                     ArchivedMessage.head_length,
                     ArchivedMessage.sha256,
-                    ArchivedBody.path,
-                    ArchivedBody.offset,
-                    ArchivedBody.length,
-                )
-                .join(ArchivedBody, ArchivedBody.sha256 == ArchivedMessage.body_sha256)
-                .where(where)
+                    ArchivedMessage.body_offset,
+                    ArchivedMessage.body_length,
+                ).where(where)
             )
         ).first()
         if found is None:
             raise NotFound(f"{what} is not in the archive (never archived, expired or erased)")
         head = Frame(found[0], found[1], found[2])
-        body = Frame(found[4], found[5], found[6])
+        body = Frame(found[0], found[4], found[5])
         try:
             data = await asyncio.to_thread(_read, settings.archive_directory(), head, body)
         except (OSError, ValueError, LookupError) as exc:  # zstandard.ZstdError is a ValueError

@@ -1,7 +1,7 @@
 """All models, imported so that Base.metadata knows every table."""
 
 from app.models.api_key import ApiKey
-from app.models.archive import ArchiveCompaction, ArchivedBody, ArchivedMessage
+from app.models.archive import ArchiveCompaction, ArchivedMessage
 from app.models.base import Base, utcnow
 from app.models.bounce import Bounce, BounceScore
 from app.models.campaign import Campaign, CampaignLink, CampaignList, CampaignStatus
@@ -26,7 +26,6 @@ __all__ = [
     "SENDABLE_STATUSES",
     "ApiKey",
     "ArchiveCompaction",
-    "ArchivedBody",
     "ArchivedMessage",
     "Base",
     "Bounce",

@@ -16,11 +16,13 @@ from app.models.webhook import WebhookDelivery
 
 
 class ArchivedMessage(Base):
-    """One archived message: its header block's zstd frame, and the body it shares by hash.
+    """One archived message: where its header block's and its body's zstd frames are.
 
     A transactional message is keyed by `message_id`; a campaign message by
-    (`campaign_id`, `subscriber_id`). The bytes are the head frame's content followed by
-    the body's; `sha256` is of those bytes together, as built (before DKIM signing).
+    (`campaign_id`, `subscriber_id`). Both frames are in the day file `path`; messages of
+    that file with the same `body_sha256` share one body frame. The bytes are the head
+    frame's content followed by the body's; `sha256` is of those bytes together, as built
+    (before DKIM signing).
     """
 
     __tablename__ = "archived_messages"
@@ -32,7 +34,7 @@ class ArchivedMessage(Base):
         sa.Index("ix_archived_messages_created_at", "created_at"),
         sa.Index("ix_archived_messages_subscriber_id", "subscriber_id"),
         sa.Index("ix_archived_messages_recipient", "recipient"),
-        sa.Index("ix_archived_messages_body", "body_sha256"),
+        sa.Index("ix_archived_messages_body", "body_sha256", "path"),
     )
 
     id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)
@@ -44,21 +46,11 @@ class ArchivedMessage(Base):
     """The day file, relative to WARTA_ARCHIVE_DIR (`2026-12-02.zst`)."""
     head_offset: Mapped[int] = mapped_column(sa.BigInteger)
     head_length: Mapped[int]
+    body_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    body_length: Mapped[int]
     body_sha256: Mapped[str] = mapped_column(sa.String(64))
     sha256: Mapped[str] = mapped_column(sa.String(64))
     size: Mapped[int]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class ArchivedBody(Base):
-    """A message body (everything after the header block), stored once per content hash."""
-
-    __tablename__ = "archived_bodies"
-
-    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    path: Mapped[str] = mapped_column(sa.String(64))
-    offset: Mapped[int] = mapped_column(sa.BigInteger)
-    length: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

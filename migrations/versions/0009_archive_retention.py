@@ -1,4 +1,4 @@
-"""message archive: the index of archived messages and their shared bodies
+"""message archive: the index of archived messages, files to compact, retention indexes
 
 Revision ID: 0009
 Revises: 0007
@@ -34,6 +34,8 @@ def upgrade() -> None:
         sa.Column("path", sa.String(length=64), nullable=False),
         sa.Column("head_offset", sa.BigInteger(), nullable=False),
         sa.Column("head_length", sa.Integer(), nullable=False),
+        sa.Column("body_offset", sa.BigInteger(), nullable=False),
+        sa.Column("body_length", sa.Integer(), nullable=False),
         sa.Column("body_sha256", sa.String(length=64), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
@@ -53,15 +55,8 @@ def upgrade() -> None:
     op.create_index(
         "ix_archived_messages_recipient", "archived_messages", ["recipient"], unique=False
     )
-    op.create_index("ix_archived_messages_body", "archived_messages", ["body_sha256"], unique=False)
-    op.create_table(
-        "archived_bodies",
-        sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("path", sa.String(length=64), nullable=False),
-        sa.Column("offset", sa.BigInteger(), nullable=False),
-        sa.Column("length", sa.Integer(), nullable=False),
-        sa.Column("created_at", app.models.base.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("sha256", name=op.f("pk_archived_bodies")),
+    op.create_index(
+        "ix_archived_messages_body", "archived_messages", ["body_sha256", "path"], unique=False
     )
     op.create_table(
         "archive_compactions",
@@ -86,7 +81,6 @@ def downgrade() -> None:
     op.drop_index("ix_bounces_created_at", table_name="bounces")
     op.drop_index("ix_events_created_at", table_name="events")
     op.drop_table("archive_compactions")
-    op.drop_table("archived_bodies")
     op.drop_index("ix_archived_messages_body", table_name="archived_messages")
     op.drop_index("ix_archived_messages_recipient", table_name="archived_messages")
     op.drop_index("ix_archived_messages_subscriber_id", table_name="archived_messages")

@@ -48,6 +48,8 @@ async def seed(session: AsyncSession, now: datetime) -> None:
                 path="2000-01-01.zst",
                 head_offset=0,
                 head_length=1,
+                body_offset=1,
+                body_length=1,
                 body_sha256="0" * 64,
                 sha256="0" * 64,
                 size=1,
