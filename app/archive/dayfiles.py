@@ -31,6 +31,10 @@ class Frame:
     length: int
 
 
+class FrameError(ValueError):
+    """The bytes at a frame's place are not that frame (cut short, damaged, overwritten)."""
+
+
 def day_file(moment: datetime | date) -> str:
     """The name of the file that `moment`'s day appends to (UTC)."""
     day = moment.date() if isinstance(moment, datetime) else moment
@@ -101,8 +105,11 @@ def read(directory: Path, frame: Frame) -> bytes:
         file.seek(frame.offset)
         data = file.read(frame.length)
     if len(data) != frame.length:
-        raise OSError(f"{frame.path} ends before offset {frame.offset + frame.length}")
-    return zstandard.ZstdDecompressor().decompress(data)
+        raise FrameError(f"{frame.path} ends before offset {frame.offset + frame.length}")
+    try:
+        return zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as exc:
+        raise FrameError(f"{frame.path} at {frame.offset}: {exc}") from exc
 
 
 def read_raw(directory: Path, frames: Sequence[Frame]) -> list[bytes]:

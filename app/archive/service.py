@@ -248,7 +248,7 @@ async def _raw(
         body = Frame(found[0], found[4], found[5])
         try:
             data = await asyncio.to_thread(_read, settings.archive_directory(), head, body)
-        except (OSError, ValueError, LookupError) as exc:  # zstandard.ZstdError is a ValueError
+        except (OSError, dayfiles.FrameError) as exc:
             if attempt == 0:
                 session.expire_all()
                 await session.rollback()  # a fresh snapshot of the index

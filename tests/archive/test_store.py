@@ -154,3 +154,19 @@ async def test_nothing_is_archived_when_the_archive_is_off(
     off = settings.model_copy(update={"archive_enabled": False})
     await service.store(sessionmaker, off, [Built("a@example.com", message("a"), message_id=1)])
     assert not settings.archive_directory().exists()
+
+
+async def test_damaged_bytes_are_an_error_never_wrong_bytes(
+    client: httpx.AsyncClient,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+) -> None:
+    data = message("a@example.com")
+    await service.store(sessionmaker, settings, [Built("a@example.com", data, message_id=11)])
+    path = today_file(settings)
+    damaged = bytearray(path.read_bytes())
+    damaged[-6] ^= 0xFF  # inside the body frame: its checksum no longer matches
+    path.write_bytes(bytes(damaged))
+    response = await client.get("/api/v1/messages/11/raw")
+    assert response.status_code == 500
+    assert response.json()["title"] == "Archived message unreadable"
