@@ -28,11 +28,11 @@ class ArchivedMessage(Base):
     __tablename__ = "archived_messages"
     __table_args__ = (
         sa.UniqueConstraint("message_id", name="uq_archived_messages_message_id"),
+        # Subscriber first: the same index finds everything of one subscriber (erasure).
         sa.UniqueConstraint(
-            "campaign_id", "subscriber_id", name="uq_archived_messages_campaign_id"
+            "subscriber_id", "campaign_id", name="uq_archived_messages_subscriber_id"
         ),
         sa.Index("ix_archived_messages_created_at", "created_at"),
-        sa.Index("ix_archived_messages_subscriber_id", "subscriber_id"),
         sa.Index("ix_archived_messages_recipient", "recipient"),
         sa.Index("ix_archived_messages_body", "body_sha256", "path"),
     )

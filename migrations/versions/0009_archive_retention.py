@@ -43,14 +43,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_archived_messages")),
         sa.UniqueConstraint("message_id", name="uq_archived_messages_message_id"),
         sa.UniqueConstraint(
-            "campaign_id", "subscriber_id", name="uq_archived_messages_campaign_id"
+            "subscriber_id", "campaign_id", name="uq_archived_messages_subscriber_id"
         ),
     )
     op.create_index(
         "ix_archived_messages_created_at", "archived_messages", ["created_at"], unique=False
-    )
-    op.create_index(
-        "ix_archived_messages_subscriber_id", "archived_messages", ["subscriber_id"], unique=False
     )
     op.create_index(
         "ix_archived_messages_recipient", "archived_messages", ["recipient"], unique=False
@@ -83,6 +80,5 @@ def downgrade() -> None:
     op.drop_table("archive_compactions")
     op.drop_index("ix_archived_messages_body", table_name="archived_messages")
     op.drop_index("ix_archived_messages_recipient", table_name="archived_messages")
-    op.drop_index("ix_archived_messages_subscriber_id", table_name="archived_messages")
     op.drop_index("ix_archived_messages_created_at", table_name="archived_messages")
     op.drop_table("archived_messages")
