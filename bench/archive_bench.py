@@ -138,10 +138,7 @@ async def _sizes(count: int, tmp: Path) -> dict[str, float]:
             snapshot_total += sum(
                 len(compressor.compress(json.dumps(s).encode())) + 28 for s in snapshots
             )
-            items = [
-                Built(address, data, campaign_id=42, subscriber_id=sid)
-                for sid, address, data in built
-            ]
+            items = [Built(data, campaign_id=42, subscriber_id=sid) for sid, _, data in built]
             cpu_before, own_before, started = cpu_by_group(groups), _own_cpu(), time.perf_counter()
             await service.store(st.sessionmaker, settings, items)
             wall += time.perf_counter() - started

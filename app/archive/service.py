@@ -29,7 +29,7 @@ from app.core.settings import Settings
 from app.mail.context import EngineContext
 from app.mail.identity import Kind
 from app.mail.recording import LedgerRow
-from app.models import ArchiveCompaction, ArchivedMessage, utcnow
+from app.models import ArchiveCompaction, ArchivedMessage, Message, utcnow
 
 logger = logging.getLogger(__name__)
 HEAD_END = b"\r\n\r\n"
@@ -39,7 +39,6 @@ HEAD_END = b"\r\n\r\n"
 class Built:
     """One message as built for sending, and whose it is."""
 
-    recipient: str
     data: bytes
     message_id: int | None = None
     campaign_id: int | None = None
@@ -69,7 +68,6 @@ async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]
     """
     items = [
         Built(
-            row.email,
             data,
             message_id=row.row_id if row.kind is Kind.MESSAGE else None,
             campaign_id=row.campaign_id,
@@ -111,7 +109,6 @@ async def store(
                 "message_id": piece.item.message_id,
                 "campaign_id": piece.item.campaign_id,
                 "subscriber_id": piece.item.subscriber_id,
-                "recipient": piece.item.recipient,
                 "path": name,
                 "head_offset": head.offset,
                 "head_length": head.length,
@@ -280,8 +277,11 @@ async def forget_subscriber(session: AsyncSession, subscriber_id: int, address: 
     The index rows go in the caller's transaction, so the bytes are unreachable at once;
     each day file they were in is marked, and the retention job rewrites it without them.
     """
+    # Transactional messages are found through the messages table's index on the address.
+    to_address = sa.select(Message.id).where(Message.to_email == address)
     where = sa.or_(
-        ArchivedMessage.subscriber_id == subscriber_id, ArchivedMessage.recipient == address
+        ArchivedMessage.subscriber_id == subscriber_id,
+        ArchivedMessage.message_id.in_(to_address.scalar_subquery()),
     )
     paths = set((await session.scalars(sa.select(ArchivedMessage.path).where(where))).all())
     if not paths:

@@ -33,7 +33,6 @@ class ArchivedMessage(Base):
             "subscriber_id", "campaign_id", name="uq_archived_messages_subscriber_id"
         ),
         sa.Index("ix_archived_messages_created_at", "created_at"),
-        sa.Index("ix_archived_messages_recipient", "recipient"),
         sa.Index("ix_archived_messages_body", "body_sha256", "path"),
     )
 
@@ -41,7 +40,6 @@ class ArchivedMessage(Base):
     message_id: Mapped[int | None] = mapped_column(LedgerId)
     campaign_id: Mapped[int | None]
     subscriber_id: Mapped[int | None]
-    recipient: Mapped[str] = mapped_column(sa.String(320))
     path: Mapped[str] = mapped_column(sa.String(64))
     """The day file, relative to WARTA_ARCHIVE_DIR (`2026-12-02.zst`)."""
     head_offset: Mapped[int] = mapped_column(sa.BigInteger)

@@ -30,7 +30,6 @@ def upgrade() -> None:
         sa.Column("message_id", LEDGER_ID, nullable=True),
         sa.Column("campaign_id", sa.Integer(), nullable=True),
         sa.Column("subscriber_id", sa.Integer(), nullable=True),
-        sa.Column("recipient", sa.String(length=320), nullable=False),
         sa.Column("path", sa.String(length=64), nullable=False),
         sa.Column("head_offset", sa.BigInteger(), nullable=False),
         sa.Column("head_length", sa.Integer(), nullable=False),
@@ -48,9 +47,6 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_archived_messages_created_at", "archived_messages", ["created_at"], unique=False
-    )
-    op.create_index(
-        "ix_archived_messages_recipient", "archived_messages", ["recipient"], unique=False
     )
     op.create_index(
         "ix_archived_messages_body", "archived_messages", ["body_sha256", "path"], unique=False
@@ -79,6 +75,5 @@ def downgrade() -> None:
     op.drop_index("ix_events_created_at", table_name="events")
     op.drop_table("archive_compactions")
     op.drop_index("ix_archived_messages_body", table_name="archived_messages")
-    op.drop_index("ix_archived_messages_recipient", table_name="archived_messages")
     op.drop_index("ix_archived_messages_created_at", table_name="archived_messages")
     op.drop_table("archived_messages")

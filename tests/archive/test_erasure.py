@@ -14,7 +14,7 @@ from app.archive.service import Built
 from app.audience import preferences
 from app.core.errors import NotFound
 from app.core.settings import Settings
-from app.models import ArchiveCompaction, Subscriber, utcnow
+from app.models import ArchiveCompaction, Message, Subscriber, utcnow
 
 
 def message(to: str, secret: str) -> bytes:
@@ -37,16 +37,17 @@ async def test_erasure_removes_the_archived_messages_and_compaction_their_bytes(
     async with sessionmaker() as session:
         erased = Subscriber(email="gone@example.com", name="Gone")
         kept = Subscriber(email="stays@example.com", name="Stays")
-        session.add_all([erased, kept])
+        receipt = Message(from_email="shop@example.com", to_email="gone@example.com")
+        session.add_all([erased, kept, receipt])
         await session.commit()
-        erased_id, kept_id = erased.id, kept.id
+        erased_id, kept_id, receipt_id = erased.id, kept.id, receipt.id
     await service.store(
         sessionmaker,
         settings,
         [
-            Built("gone@example.com", message("gone@example.com", "ERASE-1"), None, 1, erased_id),
-            Built("gone@example.com", message("gone@example.com", "ERASE-2"), message_id=5),
-            Built("stays@example.com", message("stays@example.com", "KEEP-1"), None, 1, kept_id),
+            Built(message("gone@example.com", "ERASE-1"), campaign_id=1, subscriber_id=erased_id),
+            Built(message("gone@example.com", "ERASE-2"), message_id=receipt_id),
+            Built(message("stays@example.com", "KEEP-1"), campaign_id=1, subscriber_id=kept_id),
         ],
     )
     async with sessionmaker() as session:
@@ -57,7 +58,7 @@ async def test_erasure_removes_the_archived_messages_and_compaction_their_bytes(
     async with sessionmaker() as session:
         for read in (
             service.raw_campaign_message(session, settings, 1, erased_id),
-            service.raw_message(session, settings, 5),
+            service.raw_message(session, settings, receipt_id),
         ):
             try:
                 await read

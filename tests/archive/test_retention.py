@@ -44,7 +44,6 @@ async def seed(session: AsyncSession, now: datetime) -> None:
         session.add(
             ArchivedMessage(
                 message_id=n + 1,
-                recipient="a@example.com",
                 path="2000-01-01.zst",
                 head_offset=0,
                 head_length=1,

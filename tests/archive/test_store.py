@@ -36,12 +36,12 @@ async def test_identical_bodies_are_stored_once(
 ) -> None:
     first, second = message("a@example.com", mid="1"), message("b@example.com", mid="2")
     other = message("c@example.com", b"Something else entirely.\r\n", mid="3")
-    await service.store(sessionmaker, settings, [Built("a@example.com", first, message_id=1)])
+    await service.store(sessionmaker, settings, [Built(first, message_id=1)])
     size = today_file(settings).stat().st_size
     await service.store(
         sessionmaker,
         settings,
-        [Built("b@example.com", second, message_id=2), Built("c@example.com", other, message_id=3)],
+        [Built(second, message_id=2), Built(other, message_id=3)],
     )
     async with sessionmaker() as session:
         rows = await session.execute(
@@ -70,9 +70,9 @@ async def test_a_transactional_message_is_archived_once_and_a_campaign_resend_re
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
     data = message("a@example.com")
-    await service.store(sessionmaker, settings, [Built("a@example.com", data, message_id=7)])
+    await service.store(sessionmaker, settings, [Built(data, message_id=7)])
     size = today_file(settings).stat().st_size
-    await service.store(sessionmaker, settings, [Built("a@example.com", data, message_id=7)])
+    await service.store(sessionmaker, settings, [Built(data, message_id=7)])
     assert today_file(settings).stat().st_size == size
 
     first, again = message("s@example.com", mid="c1"), message("s@example.com", mid="c1-retry")
@@ -80,7 +80,7 @@ async def test_a_transactional_message_is_archived_once_and_a_campaign_resend_re
         await service.store(
             sessionmaker,
             settings,
-            [Built("s@example.com", data, campaign_id=3, subscriber_id=9)],
+            [Built(data, campaign_id=3, subscriber_id=9)],
         )
     async with sessionmaker() as session:
         assert await service.raw_campaign_message(session, settings, 3, 9) == again
@@ -125,8 +125,8 @@ async def test_the_raw_routes_answer_rfc822_or_a_problem(
         sessionmaker,
         settings,
         [
-            Built("a@example.com", data, message_id=11),
-            Built("a@example.com", data, campaign_id=5, subscriber_id=6),
+            Built(data, message_id=11),
+            Built(data, campaign_id=5, subscriber_id=6),
         ],
     )
     for path in ("/api/v1/messages/11/raw", "/api/v1/campaigns/5/sends/6/raw"):
@@ -152,7 +152,7 @@ async def test_nothing_is_archived_when_the_archive_is_off(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
     off = settings.model_copy(update={"archive_enabled": False})
-    await service.store(sessionmaker, off, [Built("a@example.com", message("a"), message_id=1)])
+    await service.store(sessionmaker, off, [Built(message("a"), message_id=1)])
     assert not settings.archive_directory().exists()
 
 
@@ -162,7 +162,7 @@ async def test_damaged_bytes_are_an_error_never_wrong_bytes(
     settings: Settings,
 ) -> None:
     data = message("a@example.com")
-    await service.store(sessionmaker, settings, [Built("a@example.com", data, message_id=11)])
+    await service.store(sessionmaker, settings, [Built(data, message_id=11)])
     path = today_file(settings)
     damaged = bytearray(path.read_bytes())
     damaged[-6] ^= 0xFF  # inside the body frame: its checksum no longer matches
