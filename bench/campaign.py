@@ -165,6 +165,7 @@ def worker_env(stack: Stack, submission: int) -> dict[str, str]:
         submission,
         WARTA_WORKER_BATCHES=os.environ.get("BENCH_BATCHES", "8"),
         WARTA_SENDER_CONNECTIONS=os.environ.get("BENCH_CONNECTIONS", "20"),
+        WARTA_ARCHIVE_ENABLED=os.environ.get("BENCH_ARCHIVE", "true"),
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from app.archive.service import keep as archive
 from app.mail.context import EngineContext
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, LedgerRow, SendReport, Verdict
@@ -108,6 +109,7 @@ async def _send_chunk(
             attempts.append(Attempt(row, Verdict.FAILED, f"render error: {exc}"[:1000]))
             continue
         messages.append((row, tries, recipient, data))
+    await archive(ctx, [(row, data) for row, _, _, data in messages])
     async with ctx.sessionmaker() as session:
         claimed = await ledger.mark_sending(session, [row.row_id for row, *_ in messages])
         await session.commit()

@@ -16,6 +16,7 @@ from arq.typing import WorkerCoroutine
 from arq.worker import Function, Worker, func
 from redis.asyncio import Redis
 
+from app.archive.retention import retention_job
 from app.core.database import create_engine, create_sessionmaker
 from app.core.jobs import BULK_QUEUE, PRIORITY_QUEUE
 from app.core.ratelimit import RateLimiter
@@ -116,6 +117,7 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
                     second=set(range(60)),
                     run_at_startup=True,
                 ),
+                cron(_logs_work(retention_job, "retention: %d rows removed"), minute={7, 37}),
                 cron(
                     _logs_work(tasks.purge_idempotency_keys, "%d expired Idempotency-Keys purged"),
                     minute=set(range(0, 60, 10)),

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.archive.service import forget_subscriber as forget_archived
 from app.audience import memberships
 from app.core.address_hash import ERASURE_SOURCE, hashed_address
 from app.models import (
@@ -105,7 +106,7 @@ async def erase(session: AsyncSession, subscriber: Subscriber) -> None:
     """GDPR erasure: remove the subscriber; keep the address only as a hashed suppression.
 
     Memberships go with the row (cascade); events and ledger rows lose the address; a
-    plain suppression of the address becomes the hashed one.
+    plain suppression of the address becomes the hashed one; archived messages are dropped.
     """
     address = subscriber.email
     hashed = hashed_address(address)
@@ -121,6 +122,7 @@ async def erase(session: AsyncSession, subscriber: Subscriber) -> None:
         .values(email=hashed)
         .execution_options(synchronize_session=False)
     )
+    await forget_archived(session, subscriber.id, address)
     await session.execute(sa.delete(Suppression).where(Suppression.address == address))
     exists = await session.scalar(sa.select(Suppression.id).where(Suppression.address == hashed))
     if exists is None:

@@ -314,6 +314,53 @@ class Settings(BaseSettings):
         "another worker within about this long.",
     )
 
+    # Message archive and retention (docs/archive.md)
+    archive_enabled: bool = Field(
+        True, description="Keep the raw bytes of every message built for sending."
+    )
+    archive_dir: Path | None = Field(
+        None,
+        description="Day files of archived messages (`YYYY-MM-DD.zst`, zstd frames); "
+        "empty = `archive` under WARTA_VAR_DIR (`var/archive`).",
+    )
+    retention_messages: int = Field(
+        30, ge=0, description="Days an archived message is kept; 0 = forever."
+    )
+    retention_events: int = Field(400, ge=0, description="Days an event is kept; 0 = forever.")
+    retention_reports: int = Field(
+        90, ge=0, description="Days the raw text of a bounce or complaint report is kept."
+    )
+    retention_idempotency_keys: int = Field(
+        1,
+        ge=0,
+        description="Days an Idempotency-Key is kept (never less than WARTA_IDEMPOTENCY_TTL).",
+    )
+    retention_webhook_deliveries: int = Field(
+        30, ge=0, description="Days a finished webhook delivery is kept; 0 = forever."
+    )
+    retention_batch: int = Field(
+        500, ge=1, le=100_000, description="Rows the retention job deletes per transaction."
+    )
+
+    @field_validator(
+        "retention_messages",
+        "retention_events",
+        "retention_reports",
+        "retention_idempotency_keys",
+        "retention_webhook_deliveries",
+        mode="before",
+    )
+    @classmethod
+    def _days(cls, value: object) -> object:
+        # `30d` as CONTRACT.md writes it, or a bare number of days.
+        if isinstance(value, str) and value.strip().lower().endswith("d"):
+            return value.strip()[:-1]
+        return value
+
+    def archive_directory(self) -> Path:
+        """Where the archive's day files are."""
+        return self.archive_dir if self.archive_dir is not None else self.var_dir / "archive"
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _fold_case(cls, value: object, info: ValidationInfo) -> object:

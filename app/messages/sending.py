@@ -12,6 +12,7 @@ import asyncio
 import secrets
 from datetime import timedelta
 
+from app.archive.service import keep as archive
 from app.core.jobs import MESSAGE_JOB_SIZE
 from app.mail import identity
 from app.mail.context import EngineContext
@@ -53,6 +54,7 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> SendRe
         claimed = [row for row in claimed if row.id not in blocked]
     if not claimed:
         return report
+    await archive(engine, [(row.row, row.mime) for row in claimed])
     settings = engine.settings
     secret = settings.effective_secret_key()
     sender = engine.priority_sender or engine.sender

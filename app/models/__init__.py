@@ -1,6 +1,7 @@
 """All models, imported so that Base.metadata knows every table."""
 
 from app.models.api_key import ApiKey
+from app.models.archive import ArchiveCompaction, ArchivedMessage
 from app.models.base import Base, utcnow
 from app.models.bounce import Bounce, BounceScore
 from app.models.campaign import Campaign, CampaignLink, CampaignList, CampaignStatus
@@ -24,6 +25,8 @@ __all__ = [
     "OPEN_STATUSES",
     "SENDABLE_STATUSES",
     "ApiKey",
+    "ArchiveCompaction",
+    "ArchivedMessage",
     "Base",
     "Bounce",
     "BounceScore",

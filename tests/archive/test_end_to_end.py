@@ -1,0 +1,96 @@
+"""What the archive holds is what the recipient's server got, minus the MTA's DKIM-Signature.
+
+A real worker submits to a real in-process MTA that signs with DKIM and delivers to a sink.
+The archive stores the message as Warta built it, before signing (docs/archive.md): the
+test removes the DKIM-Signature field(s) the MTA prepended and compares byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.settings import Settings
+from app.models import ArchivedMessage, Send
+from tests.helpers.api import eventually, wait_for_status
+from tests.helpers.seeding import seed_campaign
+from tests.helpers.sinks import SinkHandler
+from workers.mta.dkim import generate_key
+from workers.mta.service import MtaService
+
+# A DKIM-Signature field: its first line and every folded continuation line.
+DKIM_FIELD = re.compile(rb"\ADKIM-Signature:[^\r]*\r\n(?:[ \t][^\r]*\r\n)*", re.IGNORECASE)
+
+
+def without_dkim(data: bytes) -> bytes:
+    """The message minus the DKIM-Signature fields the MTA put in front of it."""
+    count = 0
+    while (match := DKIM_FIELD.match(data)) is not None:
+        data = data[match.end() :]
+        count += 1
+    assert count >= 1, "the MTA should have signed the message"
+    return data
+
+
+async def test_a_transactional_message_in_the_archive_is_what_the_sink_received(
+    mta_settings: Settings,
+    mta: MtaService,
+    api: httpx.AsyncClient,
+    worker: None,
+    remote: tuple[str, SinkHandler],
+) -> None:
+    generate_key(mta_settings.dkim_dir, "example.com", "sel1")
+    response = await api.post(
+        "/api/v1/messages",
+        json={
+            "from": "shop@example.com",
+            "to": "alice@example.com",
+            "subject": "Receipt for order {{ order }}",
+            "html": "<p>Thanks, order <b>{{ order }}</b> ✓</p>",
+            "text": "Thanks, order {{ order }} ✓",
+            "data": {"order": 42},
+        },
+    )
+    assert response.status_code == 202, response.text
+    message_id = response.json()["messages"][0]["id"]
+
+    async def delivered() -> bool:
+        return len(remote[1].snapshot()) == 1
+
+    await eventually(delivered, 30, "message at the remote MX")
+    (received,) = remote[1].snapshot()
+    raw = await api.get(f"/api/v1/messages/{message_id}/raw")
+    assert raw.status_code == 200
+    assert raw.headers["content-type"] == "message/rfc822"
+    assert raw.content == without_dkim(received.data)
+
+
+async def test_a_campaign_message_in_the_archive_is_what_the_sink_received(
+    mta_settings: Settings,
+    mta: MtaService,
+    api: httpx.AsyncClient,
+    worker: None,
+    remote: tuple[str, SinkHandler],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    generate_key(mta_settings.dkim_dir, "example.com", "sel1")
+    campaign_id, emails = await seed_campaign(sessionmaker, 3)
+    await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
+    await wait_for_status(api, campaign_id, "finished")
+
+    async def delivered() -> bool:
+        return len(remote[1].snapshot()) == 3
+
+    await eventually(delivered, 30, "three messages at the remote MX")
+    by_recipient = {item.rcpt_tos[0]: item.data for item in remote[1].snapshot()}
+    async with sessionmaker() as session:
+        rows = await session.execute(sa.select(Send.email, Send.subscriber_id))
+        subscribers = {email: subscriber_id for email, subscriber_id in rows}
+        assert await session.scalar(sa.select(sa.func.count()).select_from(ArchivedMessage)) == 3
+    for email in emails:
+        raw = await api.get(f"/api/v1/campaigns/{campaign_id}/sends/{subscribers[email]}/raw")
+        assert raw.status_code == 200, raw.text
+        assert raw.content == without_dkim(by_recipient[email])
