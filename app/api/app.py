@@ -22,6 +22,7 @@ from app.api.routes import (
     messages,
     metrics,
     public,
+    safety,
     subscribers,
     suppressions,
     templates,
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bounces,
         messages,
         webhooks,
+        safety,
     ):
         api.include_router(module.router)
     app.include_router(api)
