@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 GMAIL_CLIP_BYTES = 102 * 1024
 """Gmail shows "[Message clipped]" past this size, hiding the footer and its unsubscribe link."""
 MIN_TEXT_WORDS = 5
-MIN_CHARS_PER_IMAGE = 400
+MIN_CHARS_PER_IMAGE = 200
 """Below this much visible text per image, filters read a message as mostly pictures."""
 SHORTENERS = frozenset(
     {

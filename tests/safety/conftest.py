@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 
+import httpx
 import pytest
 
+from app.api.app import create_app
+from app.core.settings import Settings
 from tests.helpers.safety_servers import ClamdServer, SpamdServer
+
+MakeApi = Callable[[Settings], Awaitable[httpx.AsyncClient]]
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +45,22 @@ async def silent_daemon() -> AsyncIterator[str]:
         writer.close()
     server.close()
     await server.wait_closed()
+
+
+@pytest.fixture
+async def make_api() -> AsyncIterator[MakeApi]:
+    """Start the app with given settings (lifespan running); an admin client to it."""
+    async with AsyncExitStack() as stack:
+
+        async def start(settings: Settings) -> httpx.AsyncClient:
+            app = create_app(settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            return await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app),
+                    base_url="http://testserver",
+                    headers={"Authorization": f"Bearer {settings.bootstrap_api_key}"},
+                )
+            )
+
+        yield start
