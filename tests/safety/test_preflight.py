@@ -126,3 +126,29 @@ async def test_spamd_down_leaves_warta_rules_and_says_so(
 @pytest.mark.parametrize("path", ["/api/v1/campaigns/999/preflight"])
 async def test_preflight_of_a_missing_campaign_is_404(client: httpx.AsyncClient, path: str) -> None:
     assert (await client.get(path)).status_code == 404
+
+
+async def test_preview_and_template_saves_carry_a_preflight(client: httpx.AsyncClient) -> None:
+    campaign = await _campaign(client, SPAM_SUBJECT, SPAM_HTML)
+    preview = await client.get(f"/api/v1/campaigns/{campaign}/preview")
+    assert preview.status_code == 200, preview.text
+    assert "URL_SHORTENER" in {f["rule"] for f in preview.json()["preflight"]["findings"]}
+    stored = await client.get(f"/api/v1/campaigns/{campaign}/preflight", params={"stored": True})
+    assert stored.json()["context"] == "preview"
+
+    created = await post_json(
+        client, "/api/v1/templates",
+        {"name": "receipt", "subject": "YOUR RECEIPT {{ number }}!!!",
+         "html": '<p>{% for item in items %}{{ item }}{% endfor %}<img src="https://shop.example/logo.png"></p>'},
+    )  # fmt: skip
+    rules = {f["rule"] for f in created["preflight"]["findings"]}
+    assert {"SUBJECT_ALL_CAPS", "SUBJECT_EXCLAMATIONS", "IMAGE_ONLY"} <= rules
+    assert "NO_UNSUBSCRIBE_LINK" not in rules  # transactional mail needs none
+    changed = await client.patch(
+        f"/api/v1/templates/{created['id']}",
+        json={"subject": "Your receipt {{ number }}", "text": "Thank you for your order at our shop today."},
+    )  # fmt: skip
+    assert changed.status_code == 200, changed.text
+    rules = {f["rule"] for f in changed.json()["preflight"]["findings"]}
+    assert rules == {"IMAGE_ONLY"}
+    assert (await client.get(f"/api/v1/templates/{created['id']}")).json()["preflight"] is None

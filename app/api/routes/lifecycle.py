@@ -126,9 +126,12 @@ async def preview(
     campaign = await campaigns_service.get(session, campaign_id)
     subscriber = await subscribers_service.get(session, subscriber_id) if subscriber_id else None
     built = await content.preview(session, settings, campaign, subscriber)
+    report = await preflight.check(session, settings, campaign, "preview")
+    await session.commit()
     return CampaignPreview(
-        headers=built.headers, subject=built.subject, html=built.html, text=built.text
-    )
+        headers=built.headers, subject=built.subject, html=built.html, text=built.text,
+        preflight=PreflightRead.of(report),
+    )  # fmt: skip
 
 
 TEST_SEND_WAIT = 30.0
@@ -145,6 +148,8 @@ async def test_send(
     """Send the campaign to test addresses now, through the priority queue, and report replies."""
     campaign = await campaigns_service.get(session, campaign_id)
     await content.check_renders(session, settings, campaign)
+    report = await preflight.check(session, settings, campaign, "test")
+    await session.commit()
     pool = request.app.state.queue
     job = await enqueue_test_send(pool, campaign_id, body.addresses)
     try:
@@ -154,4 +159,4 @@ async def test_send(
             504,
             f"no worker sent the test within {TEST_SEND_WAIT:.0f} s; is `warta worker` running?",
         ) from None
-    return TestSendResult(replies=list(replies))
+    return TestSendResult(replies=list(replies), preflight=PreflightRead.of(report))
