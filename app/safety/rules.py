@@ -11,7 +11,9 @@ import email.policy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import Message
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
@@ -102,20 +104,19 @@ class _Html(HTMLParser):
 
 def check(raw: bytes, options: RuleOptions) -> list[Finding]:
     """Every Warta rule that fires on the message `raw`."""
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    text_part = message.get_body(("plain",))
-    html_part = message.get_body(("html",))
-    text = text_part.get_content() if isinstance(text_part, EmailMessage) else None
+    # compat32 parses no header it is not asked for: the default policy's header objects
+    # cost more than every rule together.
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    text, html_source, subject = _parts(message)
     html = _Html()
-    if isinstance(html_part, EmailMessage):
-        html.feed(html_part.get_content())
+    if html_source is not None:
+        html.feed(html_source)
         html.close()
     findings = [
-        *_text_part(text, html_part is not None),
+        *_text_part(text, html_source is not None),
         *_images(html),
         *_links(html, text or "", options),
-        *_subject(str(message.get("Subject", ""))),
+        *_subject(subject),
         *_size(len(raw)),
     ]
     body = f"{html.visible}\n{text or ''}"
@@ -136,6 +137,30 @@ def check(raw: bytes, options: RuleOptions) -> list[Finding]:
             )
         )  # fmt: skip
     return findings
+
+
+def _parts(message: Message) -> tuple[str | None, str | None, str]:
+    """The first text/plain and text/html bodies that are not attachments, and the subject."""
+    bodies: dict[str, str] = {}
+    for part in message.walk():
+        kind = part.get_content_type()
+        if kind not in ("text/plain", "text/html") or kind in bodies or part.is_multipart():
+            continue
+        if (part.get("Content-Disposition") or "").lower().startswith("attachment"):
+            continue
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes):
+            charset = part.get_content_charset() or "utf-8"
+            try:
+                bodies[kind] = payload.decode(charset, "replace")
+            except LookupError:
+                bodies[kind] = payload.decode("utf-8", "replace")
+    raw_subject = str(message.get("Subject", ""))
+    try:
+        subject = str(make_header(decode_header(raw_subject)))
+    except (HeaderParseError, LookupError, UnicodeError):
+        subject = raw_subject
+    return bodies.get("text/plain"), bodies.get("text/html"), subject
 
 
 def _warta(rule: str, score: float, message: str) -> Finding:
