@@ -17,6 +17,9 @@ from app.safety.spamd import SpamdClient, SpamdError, spamd_client
 logger = logging.getLogger(__name__)
 SPAMD_NOT_CONFIGURED = "not configured"
 SPAMD_SCORED = "scored"
+SPAMD_MAX_BYTES = 512 * 1024
+"""spamc's own limit: SpamAssassin is not asked about larger messages (they rarely are spam,
+and scoring them takes seconds)."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class PreflightReport:
     max_score: float
     passed: bool
     spamd: str
-    """`scored`, `not configured` (WARTA_SPAMD empty) or `unavailable: <why>`."""
+    """`scored`, `not configured` (WARTA_SPAMD empty), `unavailable: <why>` or `skipped: <why>`."""
     size_bytes: int
     findings: tuple[Finding, ...] = field(default=())
     seconds: float = 0.0
@@ -50,7 +53,9 @@ async def run(
     findings = [*rules.check(raw, options), *extra]
     client = spamd if spamd is not None else spamd_client(settings)
     status = SPAMD_NOT_CONFIGURED
-    if client is not None:
+    if client is not None and len(raw) > SPAMD_MAX_BYTES:
+        status = f"skipped: the message is over {SPAMD_MAX_BYTES // 1024} KB"
+    elif client is not None:
         try:
             verdict = await client.score(raw)
         except SpamdError as exc:

@@ -152,3 +152,27 @@ async def test_preview_and_template_saves_carry_a_preflight(client: httpx.AsyncC
     rules = {f["rule"] for f in changed.json()["preflight"]["findings"]}
     assert rules == {"IMAGE_ONLY"}
     assert (await client.get(f"/api/v1/templates/{created['id']}")).json()["preflight"] is None
+
+
+async def test_a_message_over_spamc_limit_is_not_sent_to_spamd(
+    settings: Settings, spamd_server: SpamdServer, make_api: MakeApi
+) -> None:
+    api = await make_api(settings.model_copy(update={"spamd": spamd_server.address}))
+    huge = NEWSLETTER_HTML.replace("</body>", "<p>" + "garden news " * 35_000 + "</p></body>")
+    campaign = await _campaign(api, "Garden club news for October", huge)
+    report = (await api.get(f"/api/v1/campaigns/{campaign}/preflight")).json()
+    assert report["spamd"] == "skipped: the message is over 512 KB"
+    assert [f["rule"] for f in report["findings"]] == ["GMAIL_CLIPPED"]
+
+
+async def test_stored_reports_go_with_their_campaign_and_template(
+    client: httpx.AsyncClient,
+) -> None:
+    campaign = await _campaign(client, SPAM_SUBJECT, SPAM_HTML)
+    assert (await client.get(f"/api/v1/campaigns/{campaign}/preflight")).status_code == 200
+    template = await post_json(client, "/api/v1/templates", {"name": "t", "text": "Hello there"})
+
+    assert (await client.delete(f"/api/v1/campaigns/{campaign}")).status_code == 204
+    assert (await client.delete(f"/api/v1/templates/{template['id']}")).status_code == 204
+    gone = await client.get(f"/api/v1/campaigns/{campaign}/preflight", params={"stored": True})
+    assert gone.status_code == 404
