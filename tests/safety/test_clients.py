@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from app.core.settings import Settings
 from app.safety.clamd import ClamdClient, ClamdError, ClamdUnavailable, MalwareVerdict
-from app.safety.spamd import SpamdClient, SpamdUnavailable
+from app.safety.daemon import DaemonAddress
+from app.safety.spamd import SpamdClient, SpamdError, SpamdUnavailable, parse_reply
 from tests.helpers.safety_servers import (
     TEST_MALWARE_MARKER,
     TEST_SIGNATURE_NAME,
@@ -94,3 +97,24 @@ async def test_clamd_down_is_unavailable() -> None:
 async def test_clamd_that_never_answers_times_out(silent_daemon: str) -> None:
     with pytest.raises(ClamdUnavailable, match=r"no answer within 0\.3 s"):
         await ClamdClient(silent_daemon, timeout=0.3).scan(b"data")
+
+
+def test_spamd_error_replies_and_garbage_are_errors_not_verdicts() -> None:
+    with pytest.raises(SpamdError, match="error 76: Bad header line"):
+        parse_reply(b"SPAMD/1.0 76 Bad header line: (Content-length mismatch)\r\n\r\n")
+    with pytest.raises(SpamdError, match="not a SPAMD reply"):
+        parse_reply(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:783", "[::1]:3310", "spamd.internal:783", "/run/clamd.ctl"]
+)
+def test_daemon_addresses_are_host_port_or_a_socket_path(value: str) -> None:
+    settings = Settings(spamd=value, clamd=value, _env_file=None)  # type: ignore[call-arg]
+    assert str(DaemonAddress.parse(settings.spamd)) == value
+
+
+@pytest.mark.parametrize("value", ["spamd", "127.0.0.1", "host:port", "relative/clamd.sock"])
+def test_other_daemon_addresses_are_refused_at_startup(value: str) -> None:
+    with pytest.raises(ValidationError, match="neither host:port nor an absolute socket path"):
+        Settings(clamd=value, _env_file=None)  # type: ignore[call-arg]
