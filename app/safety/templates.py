@@ -41,9 +41,15 @@ def sample_message(settings: Settings, template: Template) -> bytes:
     )
 
 
-async def check(session: AsyncSession, settings: Settings, template: Template) -> PreflightReport:
-    """Score the saved template and keep the report as its latest."""
-    raw = sample_message(settings, template)
+async def check(
+    session: AsyncSession, settings: Settings, template: Template
+) -> PreflightReport | None:
+    """Score the saved template and keep the report as its latest; None if its static
+    content cannot be built into a message alone (the save itself is never refused here)."""
+    try:
+        raw = sample_message(settings, template)
+    except ValueError:
+        return None
     report = await preflight.run(settings, raw, RuleOptions(require_unsubscribe=False))
     await records.save(session, report, context="save", template_id=template.id)
     return report

@@ -26,7 +26,7 @@ async def create_template(
     report = await template_preflight.check(session, settings, created)
     await session.commit()
     return TemplateRead.model_validate(created).model_copy(
-        update={"preflight": PreflightRead.of(report)}
+        update={"preflight": report and PreflightRead.of(report)}
     )
 
 
@@ -53,7 +53,7 @@ async def update_template(
     report = await template_preflight.check(session, settings, changed)
     await session.commit()
     return TemplateRead.model_validate(changed).model_copy(
-        update={"preflight": PreflightRead.of(report)}
+        update={"preflight": report and PreflightRead.of(report)}
     )
 
 
