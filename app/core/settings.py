@@ -401,6 +401,16 @@ class Settings(BaseSettings):
         description="Accept mail when clamd cannot answer (default: refuse it with 503).",
     )
 
+    @field_validator("sending_ips")
+    @classmethod
+    def _check_sending_ips(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} in WARTA_SENDING_IPS is not an IP address") from None
+        return value
+
     @field_validator("spamd", "clamd")
     @classmethod
     def _check_daemon_address(cls, value: str) -> str:

@@ -195,7 +195,12 @@ class DomainChecker:
         )  # fmt: skip
 
     async def _dkim(self, domain: str) -> DomainCheck:
-        keys = local_dkim_keys(self.settings.dkim_dir, domain)
+        try:
+            keys = local_dkim_keys(self.settings.dkim_dir, domain)
+        except (OSError, ValueError, TypeError) as exc:
+            return DomainCheck(
+                "dkim", "fail", f"a key under {self.settings.dkim_dir} is unreadable: {exc}"
+            )
         if not keys:
             return DomainCheck(
                 "dkim", "fail",

@@ -118,3 +118,9 @@ def test_daemon_addresses_are_host_port_or_a_socket_path(value: str) -> None:
 def test_other_daemon_addresses_are_refused_at_startup(value: str) -> None:
     with pytest.raises(ValidationError, match="neither host:port nor an absolute socket path"):
         Settings(clamd=value, _env_file=None)  # type: ignore[call-arg]
+
+
+def test_sending_ips_must_be_addresses() -> None:
+    assert Settings(sending_ips="192.0.2.1, 2001:db8::1", _env_file=None).sending_ips  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match=r"'mta\.example' in WARTA_SENDING_IPS"):
+        Settings(sending_ips="192.0.2.1,mta.example", _env_file=None)  # type: ignore[call-arg]

@@ -192,3 +192,16 @@ def test_dkim_keygen_prints_every_record_a_new_domain_needs(tmp_path: Path) -> N
         "bounces.news.example. IN MX 10 mta.news.example.",
         '_dmarc.news.example. IN TXT "v=DMARC1; p=none; rua=mailto:postmaster@news.example"',
     ]
+
+
+async def test_an_unreadable_local_key_fails_the_dkim_check(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "keys" / "good.example").mkdir(parents=True)
+    (tmp_path / "keys" / "good.example" / "s1.pem").write_text("not a key")
+    with zone_dns(_zone("mta.good.example. 300 IN A 192.0.2.10")) as dns:
+        report = await DomainChecker(_settings(settings, dns, tmp_path / "keys", good=True)).check(
+            "good.example"
+        )
+    dkim = next(check for check in report.checks if check.name == "dkim")
+    assert dkim.status == "fail" and "unreadable" in dkim.detail
