@@ -51,6 +51,11 @@ class _Daemon:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        """The daemon's process id (0 when it is not running)."""
+        return self._process.pid if self._process is not None else 0
+
+    @property
     def address(self) -> str:
         """`host:port` as WARTA_SPAMD / WARTA_CLAMD take it."""
         return f"127.0.0.1:{self.port}"
