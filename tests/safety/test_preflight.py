@@ -176,3 +176,16 @@ async def test_stored_reports_go_with_their_campaign_and_template(
     assert (await client.delete(f"/api/v1/templates/{template['id']}")).status_code == 204
     gone = await client.get(f"/api/v1/campaigns/{campaign}/preflight", params={"stored": True})
     assert gone.status_code == 404
+
+
+async def test_a_test_send_answers_with_the_preflight(api: httpx.AsyncClient, worker: None) -> None:
+    campaign = await _campaign(api, SPAM_SUBJECT, SPAM_HTML)
+    response = await api.post(
+        f"/api/v1/campaigns/{campaign}/test", json={"addresses": ["qa@example.com"]}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["replies"]) == 1 and body["replies"][0].startswith("qa@example.com: ")
+    assert not body["preflight"]["passed"]  # a test send is never refused, only informed
+    stored = await api.get(f"/api/v1/campaigns/{campaign}/preflight", params={"stored": True})
+    assert stored.json()["context"] == "test"
