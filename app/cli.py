@@ -362,6 +362,9 @@ def dkim_keygen(
     except ValueError as exc:
         raise CommandFailed(str(exc)) from None
     typer.echo(record)
+    from app.safety.commands import print_sender_records
+
+    print_sender_records(settings, domain)
 
 
 @cli.command()

@@ -23,6 +23,7 @@ from app.api.routes import (
     metrics,
     public,
     raw_messages,
+    safety,
     subscribers,
     suppressions,
     templates,
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         messages,
         webhooks,
         raw_messages,
+        safety,
     ):
         api.include_router(module.router)
     app.include_router(api)

@@ -29,6 +29,7 @@ from app.models import (
     Suppression,
     SuppressionScope,
 )
+from app.safety import malware
 
 
 class FileSpec(Protocol):
@@ -102,6 +103,7 @@ async def prepare(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
         settings.message_max_attachment_bytes,
     )
+    await malware.check_attachments(settings, files)
     tag = request.tags[0] if request.tags else "api"
     frame = content.MessageFrame(
         sender=request.from_,

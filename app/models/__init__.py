@@ -15,6 +15,7 @@ from app.models.message import (
     MessageStatus,
     MessageStream,
 )
+from app.models.safety import PreflightRecord
 from app.models.send import OPEN_STATUSES, Send, SendStatus
 from app.models.subscriber import Subscriber, SubscriberStatus, Subscription, SubscriptionStatus
 from app.models.suppression import Suppression, SuppressionScope
@@ -47,6 +48,7 @@ __all__ = [
     "MessageStatus",
     "MessageStream",
     "OptIn",
+    "PreflightRecord",
     "Send",
     "SendStatus",
     "Subscriber",

@@ -10,13 +10,14 @@ from app.api.deps import CurrentKey, PathId, require
 from app.api.routes.campaigns import campaign_reads
 from app.api.schemas.campaigns import CampaignRead
 from app.api.schemas.lifecycle import CampaignPreview, CampaignStats, TestSend, TestSendResult
+from app.api.schemas.safety import PreflightRead, ScheduledCampaign
 from app.audience import subscribers as subscribers_service
 from app.bounces import service as bounces
 from app.core import api_keys
 from app.core.events import counts_by_kind
 from app.core.http import SessionDep, SettingsDep
 from app.core.jobs import enqueue_start, enqueue_test_send
-from campaigns import content, dispatch, lifecycle
+from campaigns import content, dispatch, lifecycle, preflight
 from campaigns import service as campaigns_service
 
 router = APIRouter(prefix="/campaigns", tags=["campaigns"])
@@ -40,12 +41,21 @@ async def _apply(
 
 @router.post("/{campaign_id}/schedule", dependencies=WRITE)
 async def schedule(
-    campaign_id: PathId, request: Request, session: SessionDep, settings: SettingsDep
-) -> CampaignRead:
-    """draft → scheduled: sends at `send_at`, or now if it is unset or past."""
+    campaign_id: PathId,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    force: Annotated[
+        bool, Query(description="Schedule despite a preflight score above the maximum.")
+    ] = False,
+) -> ScheduledCampaign:
+    """draft → scheduled: sends at `send_at`, or now if it is unset or past; 409 with the
+    preflight findings if its score is above WARTA_PREFLIGHT_MAX_SCORE and not `force`."""
     campaign = await campaigns_service.get(session, campaign_id)
     await content.check_renders(session, settings, campaign)
-    return await _apply(request, session, campaign_id, "schedule")
+    report = await preflight.gate(session, settings, campaign, force=force)
+    read = await _apply(request, session, campaign_id, "schedule")
+    return ScheduledCampaign(**read.model_dump(), preflight=PreflightRead.of(report))
 
 
 @router.post("/{campaign_id}/unschedule", dependencies=WRITE)
@@ -116,9 +126,12 @@ async def preview(
     campaign = await campaigns_service.get(session, campaign_id)
     subscriber = await subscribers_service.get(session, subscriber_id) if subscriber_id else None
     built = await content.preview(session, settings, campaign, subscriber)
+    report = await preflight.check(session, settings, campaign, "preview")
+    await session.commit()
     return CampaignPreview(
-        headers=built.headers, subject=built.subject, html=built.html, text=built.text
-    )
+        headers=built.headers, subject=built.subject, html=built.html, text=built.text,
+        preflight=PreflightRead.of(report),
+    )  # fmt: skip
 
 
 TEST_SEND_WAIT = 30.0
@@ -135,6 +148,8 @@ async def test_send(
     """Send the campaign to test addresses now, through the priority queue, and report replies."""
     campaign = await campaigns_service.get(session, campaign_id)
     await content.check_renders(session, settings, campaign)
+    report = await preflight.check(session, settings, campaign, "test")
+    await session.commit()
     pool = request.app.state.queue
     job = await enqueue_test_send(pool, campaign_id, body.addresses)
     try:
@@ -144,4 +159,4 @@ async def test_send(
             504,
             f"no worker sent the test within {TEST_SEND_WAIT:.0f} s; is `warta worker` running?",
         ) from None
-    return TestSendResult(replies=list(replies))
+    return TestSendResult(replies=list(replies), preflight=PreflightRead.of(report))

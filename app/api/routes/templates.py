@@ -6,9 +6,11 @@ from fastapi import APIRouter, Depends, Response
 
 from app.api.deps import PathId, require
 from app.api.pagination import Page, PageDep, make_page
+from app.api.schemas.safety import PreflightRead
 from app.api.schemas.templates import TemplateCreate, TemplateRead, TemplateUpdate
-from app.core.http import SessionDep
+from app.core.http import SessionDep, SettingsDep
 from app.mail import templates as service
+from app.safety import templates as template_preflight
 
 router = APIRouter(prefix="/templates", tags=["templates"])
 READ = [Depends(require("templates:read"))]
@@ -16,11 +18,16 @@ WRITE = [Depends(require("templates:write"))]
 
 
 @router.post("", status_code=201, dependencies=WRITE)
-async def create_template(body: TemplateCreate, session: SessionDep) -> TemplateRead:
-    """Create a template (its Jinja syntax is checked)."""
+async def create_template(
+    body: TemplateCreate, session: SessionDep, settings: SettingsDep
+) -> TemplateRead:
+    """Create a template (its Jinja syntax is checked; its content gets a preflight report)."""
     created = await service.create(session, **body.model_dump())
+    report = await template_preflight.check(session, settings, created)
     await session.commit()
-    return TemplateRead.model_validate(created)
+    return TemplateRead.model_validate(created).model_copy(
+        update={"preflight": report and PreflightRead.of(report)}
+    )
 
 
 @router.get("", dependencies=READ)
@@ -39,12 +46,15 @@ async def get_template(template_id: PathId, session: SessionDep) -> TemplateRead
 
 @router.patch("/{template_id}", dependencies=WRITE)
 async def update_template(
-    template_id: PathId, body: TemplateUpdate, session: SessionDep
+    template_id: PathId, body: TemplateUpdate, session: SessionDep, settings: SettingsDep
 ) -> TemplateRead:
-    """Change a template."""
+    """Change a template (and score its content again)."""
     changed = await service.update(session, template_id, body.model_dump(exclude_unset=True))
+    report = await template_preflight.check(session, settings, changed)
     await session.commit()
-    return TemplateRead.model_validate(changed)
+    return TemplateRead.model_validate(changed).model_copy(
+        update={"preflight": report and PreflightRead.of(report)}
+    )
 
 
 @router.delete("/{template_id}", status_code=204, dependencies=WRITE)

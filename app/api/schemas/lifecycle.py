@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from app.api.schemas.common import Address, ReadModel, Strict
+from app.api.schemas.safety import PreflightRead
 
 
 class CampaignStats(ReadModel):
@@ -44,6 +45,8 @@ class CampaignPreview(ReadModel):
     subject: str
     html: str | None
     text: str
+    preflight: PreflightRead | None = None
+    """The content preflight of the campaign (as a sample recipient receives it)."""
 
 
 class TestSend(Strict):
@@ -53,6 +56,7 @@ class TestSend(Strict):
 
 
 class TestSendResult(ReadModel):
-    """The MTA's reply for each test address."""
+    """The MTA's reply for each test address, and the campaign's content preflight."""
 
     replies: list[str]
+    preflight: PreflightRead | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from app.api.schemas.common import Body, HeaderText, Name, ReadModel, Strict
+from app.api.schemas.safety import PreflightRead
 
 
 class TemplateCreate(Strict):
@@ -35,3 +36,5 @@ class TemplateRead(ReadModel):
     text: str
     created_at: datetime
     updated_at: datetime
+    preflight: PreflightRead | None = None
+    """The content preflight, in the answer to a create or an update."""

@@ -1,0 +1,102 @@
+"""The outbound preflight: spamd's score and Warta's own rules on one built message."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from app.core.errors import Conflict
+from app.core.settings import Settings
+from app.safety import rules
+from app.safety.rules import Finding, RuleOptions
+from app.safety.spamd import SpamdClient, SpamdError, spamd_client
+
+logger = logging.getLogger(__name__)
+SPAMD_NOT_CONFIGURED = "not configured"
+SPAMD_SCORED = "scored"
+SPAMD_MAX_BYTES = 512 * 1024
+"""spamc's own limit: SpamAssassin is not asked about larger messages (they rarely are spam,
+and scoring them takes seconds)."""
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    """A message's score against WARTA_PREFLIGHT_MAX_SCORE and the reasons for it."""
+
+    score: float
+    max_score: float
+    passed: bool
+    spamd: str
+    """`scored`, `not configured` (WARTA_SPAMD empty), `unavailable: <why>` or `skipped: <why>`."""
+    size_bytes: int
+    findings: tuple[Finding, ...] = field(default=())
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (stored, and returned by the API)."""
+        return asdict(self)
+
+
+async def run(
+    settings: Settings,
+    raw: bytes,
+    options: RuleOptions,
+    *,
+    extra: Sequence[Finding] = (),
+    spamd: SpamdClient | None = None,
+) -> PreflightReport:
+    """Score `raw` with spamd (when configured) and Warta's rules, plus `extra` findings."""
+    started = time.perf_counter()
+    findings = [*rules.check(raw, options), *extra]
+    client = spamd if spamd is not None else spamd_client(settings)
+    status = SPAMD_NOT_CONFIGURED
+    if client is not None and len(raw) > SPAMD_MAX_BYTES:
+        status = f"skipped: the message is over {SPAMD_MAX_BYTES // 1024} KB"
+    elif client is not None:
+        try:
+            verdict = await client.score(raw)
+        except SpamdError as exc:
+            # A preflight is advice: spamd being down must not stop every campaign.
+            logger.warning("preflight without SpamAssassin: %s", exc)
+            status = f"unavailable: {exc.detail}"
+        else:
+            status = SPAMD_SCORED
+            findings += [
+                Finding("spamassassin", rule.name, rule.score, rule.description)
+                for rule in verdict.rules
+                if rule.score != 0
+            ]
+    score = rules.total(findings)
+    return PreflightReport(
+        score=score,
+        max_score=settings.preflight_max_score,
+        passed=score <= settings.preflight_max_score,
+        spamd=status,
+        size_bytes=len(raw),
+        findings=tuple(sorted(findings, key=lambda f: -f.score)),
+        seconds=round(time.perf_counter() - started, 4),
+    )
+
+
+class PreflightRefused(Conflict):
+    """The preflight score is above WARTA_PREFLIGHT_MAX_SCORE and the request did not force."""
+
+    def __init__(self, report: PreflightReport) -> None:
+        super().__init__(
+            f"preflight score {report.score:g} is above WARTA_PREFLIGHT_MAX_SCORE "
+            f"{report.max_score:g} (spamd: {report.spamd}); fix the findings listed in "
+            "`errors`, or schedule with ?force=true",
+            errors=[
+                {
+                    "loc": ["preflight", finding.source, finding.rule],
+                    "msg": finding.message,
+                    "type": "preflight",
+                    "score": finding.score,
+                }
+                for finding in report.findings
+            ],
+        )
+        self.report = report
