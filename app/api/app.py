@@ -17,6 +17,7 @@ from app.api.routes import (
     campaigns,
     health,
     imports,
+    inbound,
     lifecycle,
     lists,
     messages,
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bounces,
         messages,
         webhooks,
+        inbound,
     ):
         api.include_router(module.router)
     app.include_router(api)

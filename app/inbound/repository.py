@@ -1,0 +1,115 @@
+"""Queries of the inbound store: insert a message with its attachments, list with filters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import (
+    Campaign,
+    InboundAttachment,
+    InboundMessage,
+    InboundVerdict,
+    Message,
+    Subscriber,
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What `GET /inbound` narrows by; None means any."""
+
+    campaign_id: int | None = None
+    since: datetime | None = None
+    verdict: InboundVerdict | None = None
+    attributed: bool | None = None
+
+
+async def add(
+    session: AsyncSession, row: InboundMessage, attachments: list[InboundAttachment]
+) -> InboundMessage:
+    """Insert the message and its files; the row has its id afterwards."""
+    session.add(row)
+    await session.flush()
+    for attachment in attachments:
+        attachment.inbound_id = row.id
+    session.add_all(attachments)
+    await session.flush()
+    return row
+
+
+async def targets_exist(
+    session: AsyncSession,
+    campaign_id: int | None,
+    subscriber_id: int | None,
+    message_id: int | None,
+) -> bool:
+    """Whether every id named exists (a token may outlive what it names)."""
+    checks = [
+        (Campaign, campaign_id),
+        (Subscriber, subscriber_id),
+        (Message, message_id),
+    ]
+    for model, key in checks:
+        if key is not None and await session.get(model, key) is None:
+            return False
+    return True
+
+
+async def forward_address(session: AsyncSession, campaign_id: int) -> str | None:
+    """The campaign's reply forwarding address, if it has one."""
+    return await session.scalar(
+        sa.select(Campaign.reply_forward_to).where(Campaign.id == campaign_id)
+    )
+
+
+async def page(
+    session: AsyncSession, filters: Filters, after_id: int, limit: int
+) -> list[InboundMessage]:
+    """One page of messages, oldest first (keyset on id)."""
+    query = sa.select(InboundMessage).where(InboundMessage.id > after_id)
+    if filters.campaign_id is not None:
+        query = query.where(InboundMessage.campaign_id == filters.campaign_id)
+    if filters.since is not None:
+        query = query.where(InboundMessage.received_at >= filters.since)
+    if filters.verdict is not None:
+        query = query.where(InboundMessage.verdict == filters.verdict)
+    if filters.attributed is not None:
+        query = query.where(InboundMessage.attributed == filters.attributed)
+    rows = await session.scalars(query.order_by(InboundMessage.id).limit(limit))
+    return list(rows)
+
+
+async def get(session: AsyncSession, inbound_id: int) -> InboundMessage | None:
+    """One message by id."""
+    return await session.get(InboundMessage, inbound_id)
+
+
+async def attachments_of(session: AsyncSession, inbound_id: int) -> list[InboundAttachment]:
+    """The files of one message, in order."""
+    rows = await session.scalars(
+        sa.select(InboundAttachment)
+        .where(InboundAttachment.inbound_id == inbound_id)
+        .order_by(InboundAttachment.id)
+    )
+    return list(rows)
+
+
+async def attachment(
+    session: AsyncSession, inbound_id: int, attachment_id: int
+) -> InboundAttachment | None:
+    """One file of one message."""
+    row = await session.get(InboundAttachment, attachment_id)
+    return row if row is not None and row.inbound_id == inbound_id else None
+
+
+async def mark_forwarded(session: AsyncSession, inbound_id: int, address: str) -> None:
+    """Record where a message was forwarded."""
+    await session.execute(
+        sa.update(InboundMessage)
+        .where(InboundMessage.id == inbound_id)
+        .values(forwarded_to=address)
+    )
