@@ -95,9 +95,11 @@ def _text(part: Message) -> str:
         return ""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return payload.decode(charset, "replace")[:MAX_PART_CHARS]
+        text = payload.decode(charset, "replace")
     except LookupError:
-        return payload.decode("utf-8", "replace")[:MAX_PART_CHARS]
+        text = payload.decode("utf-8", "replace")
+    # Line ends as a reader's program expects them; the raw message keeps CRLF.
+    return text.replace("\r\n", "\n")[:MAX_PART_CHARS]
 
 
 def _header(message: Message, name: str) -> str:
