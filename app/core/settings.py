@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import socket
 from collections.abc import Callable
@@ -428,6 +429,52 @@ class Settings(BaseSettings):
                 self.ensure_var_dir() / "secret_key", lambda: secrets.token_urlsafe(48)
             )
         return self._generated_secret
+
+    # Content safety (app/safety): spamd and clamd, the outbound preflight, domain checks.
+    spamd: str = Field(
+        "",
+        description="host:port (or a socket path) of SpamAssassin's spamd, used by the "
+        "content preflight; empty = Warta's own rules only.",
+    )
+    spamd_timeout: float = Field(15, gt=0, description="Seconds spamd has to score a message.")
+    preflight_max_score: float = Field(
+        5.0,
+        description="A campaign whose preflight score (spamd's plus Warta's rules) is above "
+        "this is not scheduled unless the request says `force`.",
+    )
+    preflight_physical_address: str = Field(
+        "",
+        description="The postal address every campaign must show (CAN-SPAM); when set, a "
+        "body without it is a preflight finding. Empty = not required.",
+    )
+    preflight_domain_checks: bool = Field(
+        False,
+        description="Run the sender domain checks (SPF, DKIM, DMARC, MX, PTR) in the "
+        "schedule preflight; each failing authentication item then adds points.",
+    )
+    sending_ips: str = Field(
+        "",
+        description="Comma-separated addresses Warta's mail leaves from, checked against SPF "
+        "and PTR; empty = the addresses WARTA_MTA_HOSTNAME resolves to.",
+    )
+    clamd: str = Field(
+        "",
+        description="host:port or a socket path of ClamAV's clamd; transactional attachments "
+        "are scanned when set.",
+    )
+    clamd_timeout: float = Field(30, gt=0, description="Seconds clamd has to scan a message.")
+    clamd_fail_open: bool = Field(
+        False,
+        description="Accept mail when clamd cannot answer (default: refuse it with 503).",
+    )
+
+    @field_validator("spamd", "clamd")
+    @classmethod
+    def _check_daemon_address(cls, value: str) -> str:
+        host_port = r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]/\s]+):\d{1,5}"
+        if value and not (value.startswith("/") or re.fullmatch(host_port, value)):
+            raise ValueError(f"{value!r} is neither host:port nor an absolute socket path")
+        return value
 
 
 def parse_dns_servers(text: str) -> list[tuple[str, int]]:

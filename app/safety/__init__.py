@@ -1,0 +1,1 @@
+"""Content safety: spam scoring (spamd), malware scanning (clamd), preflight, sender domain checks."""
