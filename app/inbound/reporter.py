@@ -10,13 +10,8 @@ from app.core.resolver import make_resolver
 from app.core.settings import Settings
 from app.inbound.authentication import Authenticator
 from app.inbound.processor import Forwarding, ReplyProcessor
-from app.inbound.scanning import NoScanner, Scanner
+from app.inbound.scanning import DaemonScanner
 from app.inbound.service import Policy
-
-
-def scanner_from_settings(settings: Settings) -> Scanner:
-    """The scanners the settings configure (spamd and clamd once the safety clients land)."""
-    return NoScanner()
 
 
 class ReplyReporter:
@@ -36,7 +31,7 @@ class ReplyReporter:
             create_sessionmaker(self._engine),
             Policy.from_settings(settings),
             Authenticator(resolver),
-            scanner_from_settings(settings),
+            DaemonScanner.from_settings(settings),
             reports=reports,
             on_handover=on_handover,
             forwarding=Forwarding(settings.mta_submission, settings.reply_domain()),
