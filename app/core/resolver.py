@@ -16,14 +16,24 @@ class LookupFailed(Exception):
     """The DNS did not answer (timeout, SERVFAIL): a temporary error, not an empty answer."""
 
 
-def make_resolver(servers: Sequence[tuple[str, int]], timeout: float) -> dns.asyncresolver.Resolver:
-    """An async resolver asking `servers` (ip, port), or the system's when there are none."""
+CACHE_ENTRIES = 10_000
+
+
+def make_resolver(
+    servers: Sequence[tuple[str, int]], timeout: float, *, cache: bool = True
+) -> dns.asyncresolver.Resolver:
+    """An async resolver asking `servers` (ip, port), or the system's when there are none.
+
+    With `cache`, answers are kept for their TTL (replies come from a few large providers:
+    their SPF, DKIM and DMARC records are asked for again and again)."""
     if servers:
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in servers]
     else:
         resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = timeout
+    if cache:
+        resolver.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
     return resolver
 
 

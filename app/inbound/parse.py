@@ -7,6 +7,8 @@ import email
 import email.policy
 import hashlib
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.message import Message
 
 TRACE_NAMES = (b"return-path:", b"x-warta-rcpt-to:", b"x-warta-client:")
@@ -102,19 +104,28 @@ def _text(part: Message) -> str:
     return text.replace("\r\n", "\n")[:MAX_PART_CHARS]
 
 
-def _header(message: Message, name: str) -> str:
+def decoded(value: str) -> str:
+    """A header value with its RFC 2047 encoded words decoded, unfolded to one line."""
+    value = value.replace("\r\n", "").replace("\n", "")
+    if "=?" not in value:
+        return value
     try:
-        value = message.get(name)
-    except Exception:  # a header the policy cannot parse is kept empty, the raw keeps it
-        return ""
-    return str(value or "")[:MAX_HEADER_CHARS]
+        return str(make_header(decode_header(value)))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        return value  # undecodable: kept as sent, the raw message has it too
+
+
+def _header(message: Message, name: str) -> str:
+    value = message.get(name)
+    return decoded(str(value))[:MAX_HEADER_CHARS] if value is not None else ""
 
 
 def parse(data: bytes) -> Parsed:
     """Trace, headers, first text and HTML bodies, and attachments of a stored message."""
     trace, body = split_trace(data)
-    message = email.message_from_bytes(body, policy=email.policy.default)
-    headers = [(name, str(value)[:MAX_HEADER_CHARS]) for name, value in message.raw_items()]
+    # compat32: the fast parser; headers are decoded here, only those that are shown.
+    message = email.message_from_bytes(body, policy=email.policy.compat32)
+    headers = [(name, decoded(str(value))[:MAX_HEADER_CHARS]) for name, value in message.items()]
     text = html = ""
     attachments: list[Attachment] = []
     for part in message.walk():
@@ -130,7 +141,7 @@ def parse(data: bytes) -> Parsed:
             payload = part.get_payload(decode=True)
             attachments.append(
                 Attachment(
-                    filename=(part.get_filename() or "")[:255],
+                    filename=decoded(part.get_filename() or "")[:255],
                     content_type=content_type[:255],
                     content=payload if isinstance(payload, bytes) else b"",
                 )

@@ -32,6 +32,10 @@ from app.models import InboundMessage, InboundVerdict
 logger = logging.getLogger(__name__)
 LEASE = 600.0
 """Seconds after which another process may take over a claimed file."""
+BATCH = 64
+"""Files claimed and stored together (one transaction, one commit)."""
+CONCURRENCY = 16
+"""Files of a batch checked at once (DNS and clamd round trips overlap)."""
 _AUTO_REPLY_HEADERS = re.compile(
     rb"^(auto-submitted:[ \t]*(?!no\b)\S|x-autoreply:|x-autorespond:|x-auto-response-suppress:"
     rb"|precedence:[ \t]*(auto_reply|bulk|junk)\b|content-type:[ \t]*multipart/report)",
@@ -116,13 +120,22 @@ class ReplyProcessor:
             self._wake.clear()
 
     async def process_all(self) -> int:
-        """Handle every file that can be claimed now; returns how many were stored."""
-        count = 0
-        for path in await asyncio.to_thread(self._claimable):
-            claimed = await asyncio.to_thread(self._claim, path)
-            if claimed is not None and await self._process(claimed):
-                count += 1
-        return count
+        """Handle every file that can be claimed now, a batch at a time; returns how many
+        were stored. A batch is stored while the next one is checked."""
+        stored = 0
+        storing: asyncio.Task[int] | None = None
+        paths = await asyncio.to_thread(self._claimable)
+        try:
+            for start in range(0, len(paths), BATCH):
+                claimed = await asyncio.to_thread(self._claim_all, paths[start : start + BATCH])
+                ready = await self._check_all(claimed)
+                if storing is not None:
+                    stored += await storing
+                storing = asyncio.create_task(self._store(ready)) if ready else None
+        finally:
+            if storing is not None:
+                stored += await storing
+        return stored
 
     def _claimable(self) -> list[Path]:
         new = sorted((self.directory / "new").iterdir())
@@ -133,6 +146,9 @@ class ReplyProcessor:
                 if path.stat().st_mtime < cutoff:
                     stale.append(path)
         return new + stale
+
+    def _claim_all(self, paths: list[Path]) -> list[Path]:
+        return [claimed for path in paths if (claimed := self._claim(path)) is not None]
 
     def _claim(self, path: Path) -> Path | None:
         """Rename into cur/ under a fresh name; None if another process got there first."""
@@ -145,34 +161,51 @@ class ReplyProcessor:
         os.utime(target)
         return target
 
-    async def _process(self, path: Path) -> bool:
-        try:
-            data = await asyncio.to_thread(_read, path, self.max_bytes)
-            trace, message = split_trace(data)
-            if is_automatic(message, trace.mail_from):
-                await asyncio.to_thread(self._hand_over, path)
-                if self.on_handover is not None:
-                    self.on_handover()
-                return False
-            row = await self.handle(data)
-        except Exception:
-            logger.exception("could not store reply %s; it stays for a retry", path.name)
-            return False
-        await asyncio.to_thread(path.unlink, True)
-        if row.verdict is not InboundVerdict.clean:
-            logger.warning("inbound message %s quarantined as %s", row.id, row.verdict)
-        elif self.forwarding is not None and row.campaign_id is not None:
-            await self._forward(row, message)
-        return True
+    async def _check_all(self, paths: list[Path]) -> list[tuple[Path, service.Checked]]:
+        """The claimed files checked concurrently; those handed over or failing left out."""
+        limit = asyncio.Semaphore(CONCURRENCY)
+        contents = await asyncio.to_thread(_read_all, paths, self.max_bytes)
+        results = await asyncio.gather(
+            *(self._check(path, data, limit) for path, data in zip(paths, contents, strict=True))
+        )
+        return [(path, item) for path, item in zip(paths, results, strict=True) if item]
 
-    async def handle(self, data: bytes) -> InboundMessage:
-        """Store one reply (trace lines first) and commit."""
-        async with self.sessionmaker() as session:
-            row = await service.receive(
-                session, self.policy, self.authenticator, self.scanner, data
-            )
-            await session.commit()
-        return row
+    async def _store(self, ready: list[tuple[Path, service.Checked]]) -> int:
+        """Store a batch in one transaction (one commit, as the spool's group commit), then
+        delete the files and forward the clean replies."""
+        try:
+            async with self.sessionmaker() as session:
+                rows = await service.store(session, [item for _, item in ready])
+                await session.commit()
+        except Exception:
+            logger.exception("could not store %d replies; they stay for a retry", len(ready))
+            return 0
+        await asyncio.to_thread(_unlink_all, [path for path, _ in ready])
+        for row, (_, item) in zip(rows, ready, strict=True):
+            if row.verdict is not InboundVerdict.clean:
+                logger.warning("inbound message %s quarantined as %s", row.id, row.verdict)
+            elif self.forwarding is not None and row.campaign_id is not None:
+                await self._forward(row, item.parsed.message)
+        return len(rows)
+
+    async def _check(
+        self, path: Path, data: bytes | None, limit: asyncio.Semaphore
+    ) -> service.Checked | None:
+        """The checked reply; None if it was handed over or cannot be checked now."""
+        if data is None:
+            return None  # taken over by another process since the claim
+        async with limit:
+            try:
+                trace, message = split_trace(data)
+                if is_automatic(message, trace.mail_from):
+                    await asyncio.to_thread(self._hand_over, path)
+                    if self.on_handover is not None:
+                        self.on_handover()
+                    return None
+                return await service.check(self.policy, self.authenticator, self.scanner, data)
+            except Exception:
+                logger.exception("could not check reply %s; it stays for a retry", path.name)
+                return None
 
     def _hand_over(self, path: Path) -> None:
         """Move an automatic message to the bounce processor's Maildir (same file system)."""
@@ -195,6 +228,18 @@ class ReplyProcessor:
             await session.commit()
 
 
-def _read(path: Path, limit: int) -> bytes:
-    with path.open("rb") as file:
-        return file.read(limit)
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _read_all(paths: list[Path], limit: int) -> list[bytes | None]:
+    """The first `limit` bytes of each file (one thread hop for a batch)."""
+    contents: list[bytes | None] = []
+    for path in paths:
+        try:
+            with path.open("rb") as file:
+                contents.append(file.read(limit))
+        except FileNotFoundError:
+            contents.append(None)
+    return contents

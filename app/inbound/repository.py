@@ -29,16 +29,19 @@ class Filters:
 
 
 async def add(
-    session: AsyncSession, row: InboundMessage, attachments: list[InboundAttachment]
-) -> InboundMessage:
-    """Insert the message and its files; the row has its id afterwards."""
-    session.add(row)
+    session: AsyncSession, messages: list[tuple[InboundMessage, list[InboundAttachment]]]
+) -> None:
+    """Insert messages and their files (two flushes for the lot); rows have ids afterwards."""
+    session.add_all([row for row, _ in messages])
     await session.flush()
-    for attachment in attachments:
-        attachment.inbound_id = row.id
-    session.add_all(attachments)
-    await session.flush()
-    return row
+    files = []
+    for row, attachments in messages:
+        for attachment in attachments:
+            attachment.inbound_id = row.id
+            files.append(attachment)
+    if files:
+        session.add_all(files)
+        await session.flush()
 
 
 async def targets_exist(

@@ -1,8 +1,9 @@
 """The inbound store: a reply attributed by its signed token, checked, scanned, kept, and
 announced as an `inbound.received` event unless it is quarantined.
 
-A process reads as its steps (`receive`): parse, attribute, authenticate, scan, decide the
-verdict, store with the event. Forwarding happens after the commit (`forward.py`).
+A process reads as its steps: `check` (parse, attribute, authenticate, scan, decide the
+verdict; no database) and `store` (many at once, with their events, in one transaction).
+Forwarding happens after the commit (`forward.py`).
 """
 
 from __future__ import annotations
@@ -77,21 +78,21 @@ def verdict(policy: Policy, scan: ScanResult) -> InboundVerdict:
     return InboundVerdict.clean
 
 
-async def receive(
-    session: AsyncSession,
-    policy: Policy,
-    authenticator: Authenticator,
-    scanner: Scanner,
-    data: bytes,
-) -> InboundMessage:
-    """Store one reply as the MTA wrote it (trace lines first); flushes, the caller commits."""
+@dataclass(frozen=True)
+class Checked:
+    """One reply parsed, attributed, authenticated and scanned: ready to store."""
+
+    parsed: Parsed
+    row: InboundMessage
+    attachments: list[InboundAttachment]
+
+
+async def check(
+    policy: Policy, authenticator: Authenticator, scanner: Scanner, data: bytes
+) -> Checked:
+    """Everything about one reply that needs no database (the MTA's trace lines first)."""
     parsed = parse(data)
     attribution = attribute(policy.secret, parsed.trace.recipients)
-    target = attribution.target
-    if target is not None and not await repository.targets_exist(
-        session, target.campaign_id, target.subscriber_id, target.message_id
-    ):
-        attribution = Attribution("unknown")
     checks = await authenticator.verdicts(
         parsed.message,
         parsed.trace.client_ip,
@@ -101,10 +102,23 @@ async def receive(
     )
     scan = await scanner.scan(parsed.message)
     row = _row(policy, parsed, data, attribution, checks, scan)
-    await repository.add(session, row, _attachments(parsed))
-    if row.verdict is InboundVerdict.clean:
-        await record_events(session, [_event(row, parsed)])
-    return row
+    return Checked(parsed, row, _attachments(parsed))
+
+
+async def store(session: AsyncSession, checked: list[Checked]) -> list[InboundMessage]:
+    """Store checked replies with their events in the caller's transaction (flushes)."""
+    for item in checked:
+        row = item.row
+        if row.attributed and not await repository.targets_exist(
+            session, row.campaign_id, row.subscriber_id, row.message_id
+        ):
+            # The token is genuine but what it names is gone: keep the reply, unattributed.
+            row.attributed, row.attribution = False, "unknown"
+            row.campaign_id = row.subscriber_id = row.message_id = None
+    await repository.add(session, [(item.row, item.attachments) for item in checked])
+    clean = [item for item in checked if item.row.verdict is InboundVerdict.clean]
+    await record_events(session, [_event(item.row, item.parsed) for item in clean])
+    return [item.row for item in checked]
 
 
 def _row(
