@@ -44,22 +44,13 @@ async def add(
         await session.flush()
 
 
-async def targets_exist(
-    session: AsyncSession,
-    campaign_id: int | None,
-    subscriber_id: int | None,
-    message_id: int | None,
-) -> bool:
-    """Whether every id named exists (a token may outlive what it names)."""
-    checks = [
-        (Campaign, campaign_id),
-        (Subscriber, subscriber_id),
-        (Message, message_id),
-    ]
-    for model, key in checks:
-        if key is not None and await session.get(model, key) is None:
-            return False
-    return True
+async def existing_ids(
+    session: AsyncSession, model: type[Campaign] | type[Subscriber] | type[Message], ids: set[int]
+) -> set[int]:
+    """Which of `ids` exist in the model's table (one query; a token may outlive its row)."""
+    if not ids:
+        return set()
+    return set(await session.scalars(sa.select(model.id).where(model.id.in_(sorted(ids)))))
 
 
 async def forward_address(session: AsyncSession, campaign_id: int) -> str | None:

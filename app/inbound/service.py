@@ -24,7 +24,15 @@ from app.inbound.parse import Parsed, parse
 from app.inbound.repository import Filters
 from app.inbound.scanning import Scanner, ScanResult
 from app.mail.reply_address import ReplyTarget, is_reply_address, parse_reply_address
-from app.models import EventKind, InboundAttachment, InboundMessage, InboundVerdict
+from app.models import (
+    Campaign,
+    EventKind,
+    InboundAttachment,
+    InboundMessage,
+    InboundVerdict,
+    Message,
+    Subscriber,
+)
 
 EVENT_TEXT_CHARS = 20_000
 """Text carried in the webhook event; the API has all of it."""
@@ -107,10 +115,21 @@ async def check(
 
 async def store(session: AsyncSession, checked: list[Checked]) -> list[InboundMessage]:
     """Store checked replies with their events in the caller's transaction (flushes)."""
-    for item in checked:
-        row = item.row
-        if row.attributed and not await repository.targets_exist(
-            session, row.campaign_id, row.subscriber_id, row.message_id
+    rows = [item.row for item in checked if item.row.attributed]
+    campaigns = await repository.existing_ids(
+        session, Campaign, {r.campaign_id for r in rows if r.campaign_id is not None}
+    )
+    subscribers = await repository.existing_ids(
+        session, Subscriber, {r.subscriber_id for r in rows if r.subscriber_id is not None}
+    )
+    messages = await repository.existing_ids(
+        session, Message, {r.message_id for r in rows if r.message_id is not None}
+    )
+    for row in rows:
+        if (
+            (row.campaign_id is not None and row.campaign_id not in campaigns)
+            or (row.subscriber_id is not None and row.subscriber_id not in subscribers)
+            or (row.message_id is not None and row.message_id not in messages)
         ):
             # The token is genuine but what it names is gone: keep the reply, unattributed.
             row.attributed, row.attribution = False, "unknown"
