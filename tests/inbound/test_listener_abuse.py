@@ -14,6 +14,7 @@ from app.core.settings import Settings
 from tests.helpers.dns_zone import ZoneDns
 from tests.helpers.servers import free_port
 from tests.helpers.sinks import SinkHandler
+from workers.mta.abuse import dnsbl_name
 from workers.mta_process import start_mta
 
 MESSAGE = b"From: someone@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -179,3 +180,11 @@ async def test_mail_refused_during_the_session_is_never_bounced(
     var = Path(mta_settings.var_dir)
     for maildir in (var / "inbound" / "new", var / "replies" / "new"):
         assert not maildir.exists() or list(maildir.iterdir()) == []
+
+
+def test_dnsbl_names_reverse_the_address() -> None:
+    assert dnsbl_name("192.0.2.1", "bl.example") == "1.2.0.192.bl.example"
+    assert dnsbl_name("::ffff:192.0.2.1", "bl.example.") == "1.2.0.192.bl.example"
+    nibbles = "1.0.0.0." + "0." * 20 + "8.b.d.0.1.0.0.2"
+    assert dnsbl_name("2001:db8::1", "bl.example") == f"{nibbles}.bl.example"
+    assert dnsbl_name("not-an-ip", "bl.example") is None
