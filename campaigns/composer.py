@@ -9,6 +9,7 @@ from app.mail import identity
 from app.mail.identity import Kind, SiteIdentity
 from app.mail.mime import Address, OutgoingMessage, build_message
 from app.mail.rendering import CompiledCampaign, Recipient, SubscriberView, render
+from app.mail.reply_address import ReplyTarget, reply_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,16 @@ class PreparedCampaign:
     list_id: str
     rate: float
     site: SiteIdentity
+    track_replies: bool = False
+
+    def reply_to_for(self, subscriber_id: int) -> Address | None:
+        """The campaign's Reply-To, or with `track_replies` a signed reply address."""
+        if not self.track_replies:
+            return self.reply_to
+        target = ReplyTarget(campaign_id=self.campaign_id, subscriber_id=subscriber_id)
+        domain = self.site.inbound_domain or self.site.bounce_domain
+        name = (self.reply_to or self.sender).name
+        return Address(email=reply_address(self.site.secret, domain, target), name=name)
 
     def envelope_from(self, send_id: int) -> str:
         """The VERP return path naming the ledger row."""
@@ -133,7 +144,7 @@ class PreparedCampaign:
                 ),
                 text=rendered.text,
                 html=rendered.html,
-                reply_to=self.reply_to,
+                reply_to=self.reply_to_for(addressee.subscriber_id),
                 unsubscribe_url=urls["unsubscribe_url"],
                 unsubscribe_mailto=f"unsubscribe+{tokens['unsubscribe']}@{self.site.bounce_domain}",
                 one_click_unsubscribe=True,

@@ -81,6 +81,7 @@ async def prepare_campaign(
         list_id=f"list{list_id}.{site.hostname}",
         rate=campaign.rate or 0.0,
         site=site,
+        track_replies=campaign.track_replies,
     )
 
 

@@ -17,6 +17,7 @@ from app.api.routes import (
     campaigns,
     health,
     imports,
+    inbound,
     lifecycle,
     lists,
     messages,
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks,
         raw_messages,
         safety,
+        inbound,
     ):
         api.include_router(module.router)
     app.include_router(api)

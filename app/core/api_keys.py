@@ -32,6 +32,7 @@ RESOURCES = (
     "queue",
     "bounces",
     "webhooks",
+    "inbound",
 )
 READ_ONLY_SCOPES = ("metrics:read",)
 """Scopes with no write side: `metrics:read` lets a Prometheus scraper read /metrics only."""

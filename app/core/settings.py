@@ -401,6 +401,73 @@ class Settings(BaseSettings):
                 )
         return self
 
+    # --- Inbound mail (replies) and listener abuse controls (docs/inbound.md) ---
+    inbound_domain: str = Field(
+        "",
+        description="Domain of reply addresses (reply+<token>@…); empty = the bounce domain. "
+        "The inbound listener accepts mail for it and for the bounce domain.",
+    )
+    inbound_reply_streams: str = Field(
+        "",
+        description="Transactional streams whose messages get a signed Reply-To (comma list of "
+        "`transactional`, `broadcast`); campaigns opt in with `track_replies`.",
+    )
+    inbound_spam_threshold: float = Field(
+        5.0, description="A reply with a spamd score at or above this is quarantined."
+    )
+    inbound_dns_servers: str = Field(
+        "",
+        description="ip[:port],… for the SPF, DKIM and DMARC lookups of inbound mail and the "
+        "DNSBL queries; empty = WARTA_MTA_DNS_SERVERS, else the system resolver.",
+    )
+    inbound_dns_timeout: float = Field(
+        3.0, gt=0, description="Seconds one SPF/DKIM/DMARC/DNSBL lookup may take."
+    )
+    inbound_poll_interval: float = Field(
+        2.0, gt=0, description="Seconds between two looks at the replies Maildir."
+    )
+    mta_dnsbl: str = Field(
+        "",
+        description="DNSBL zones (comma list, e.g. zen.spamhaus.org) consulted for each inbound "
+        "client; a listed client is refused with 554 naming the zone.",
+    )
+    mta_inbound_connection_rate: float = Field(
+        0.0,
+        ge=0,
+        description="New inbound connections per second per client address, shared by every "
+        "MTA process through Redis; 0 = unlimited.",
+    )
+    mta_inbound_connection_burst: int = Field(
+        20, ge=1, description="Inbound connections a client may open at once after a pause."
+    )
+    mta_inbound_message_rate: float = Field(
+        0.0,
+        ge=0,
+        description="Inbound messages (MAIL commands) per second per client address, shared "
+        "through Redis; 0 = unlimited.",
+    )
+    mta_inbound_message_burst: int = Field(
+        50, ge=1, description="Inbound messages a client may send at once after a pause."
+    )
+
+    @field_validator("inbound_dns_servers")
+    @classmethod
+    def _check_inbound_dns_servers(cls, value: str) -> str:
+        parse_dns_servers(value)
+        return value
+
+    def reply_domain(self) -> str:
+        """Where replies are received: the inbound domain, else the bounce domain."""
+        return (self.inbound_domain or self.bounce_domain).lower()
+
+    def reply_streams(self) -> set[str]:
+        """The transactional streams whose messages carry a signed Reply-To."""
+        return {part.strip() for part in self.inbound_reply_streams.split(",") if part.strip()}
+
+    def inbound_resolvers(self) -> list[tuple[str, int]]:
+        """Nameservers for inbound checks; empty = the system resolver."""
+        return parse_dns_servers(self.inbound_dns_servers or self.mta_dns_servers)
+
     def ensure_var_dir(self) -> Path:
         """Create the local state directory if it does not exist yet."""
         self.var_dir.mkdir(parents=True, exist_ok=True)

@@ -178,6 +178,8 @@ class SiteIdentity:
     public_url: str
     hostname: str
     bounce_domain: str
+    inbound_domain: str = ""
+    """Where replies to signed reply addresses go (WARTA_INBOUND_DOMAIN or the bounce domain)."""
 
 
 def preview_identity(site: SiteIdentity) -> SiteIdentity:
@@ -195,6 +197,7 @@ def site_identity(settings: Settings) -> SiteIdentity:
         public_url=settings.public_url,
         hostname=settings.mta_hostname,
         bounce_domain=settings.bounce_domain,
+        inbound_domain=settings.reply_domain(),
     )
 
 

@@ -30,6 +30,7 @@ from app.mail.rendering import (
     render_parts,
     render_subject,
 )
+from app.mail.reply_address import ReplyTarget, reply_address
 from app.mail.sandbox import TemplateError
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe-broadcast"
@@ -66,6 +67,8 @@ class MessageFrame:
     attachments: tuple[FileAttachment, ...]
     broadcast: bool
     feedback_id: str
+    track_replies: bool = False
+    """Reply-To a signed reply address naming this message (WARTA_INBOUND_REPLY_STREAMS)."""
 
 
 @lru_cache(maxsize=512)
@@ -129,7 +132,7 @@ def build(site: SiteIdentity, row_id: int, frame: MessageFrame, rendered: Render
             message_id=identity.message_id(site.secret, row_id, site.hostname, Kind.MESSAGE),
             text=rendered.text,
             html=rendered.html,
-            reply_to=mailbox(frame.reply_to) if frame.reply_to else None,
+            reply_to=_reply_to(site, row_id, frame),
             unsubscribe_url=unsubscribe_url(site, row_id) if broadcast else None,
             one_click_unsubscribe=broadcast,
             feedback_id=frame.feedback_id,
@@ -139,6 +142,16 @@ def build(site: SiteIdentity, row_id: int, frame: MessageFrame, rendered: Render
     if not frame.attachments:
         return data
     return _with_attachments(data, frame.attachments)
+
+
+def _reply_to(site: SiteIdentity, row_id: int, frame: MessageFrame) -> Address | None:
+    given = mailbox(frame.reply_to) if frame.reply_to else None
+    if not frame.track_replies:
+        return given
+    address = reply_address(
+        site.secret, site.inbound_domain or site.bounce_domain, ReplyTarget(message_id=row_id)
+    )
+    return Address(email=address, name=(given or mailbox(frame.sender)).name)
 
 
 def _with_attachments(data: bytes, files: tuple[FileAttachment, ...]) -> bytes:

@@ -113,6 +113,7 @@ async def prepare(
         attachments=files,
         broadcast=request.stream == MessageStream.broadcast,
         feedback_id=f"{tag}:{request.stream.value}:warta",
+        track_replies=request.stream.value in settings.reply_streams(),
     )
     # Off the event loop, within one render budget: a template bomb delays nobody else.
     recipients = await run_off_loop(

@@ -7,6 +7,7 @@ from app.models.bounce import Bounce, BounceScore
 from app.models.campaign import Campaign, CampaignLink, CampaignList, CampaignStatus
 from app.models.event import Event, EventKind
 from app.models.import_job import ImportJob, ImportMode, ImportStatus
+from app.models.inbound import InboundAttachment, InboundMessage, InboundVerdict
 from app.models.mailing_list import MailingList, OptIn, Visibility
 from app.models.message import (
     SENDABLE_STATUSES,
@@ -43,6 +44,9 @@ __all__ = [
     "ImportJob",
     "ImportMode",
     "ImportStatus",
+    "InboundAttachment",
+    "InboundMessage",
+    "InboundVerdict",
     "MailingList",
     "Message",
     "MessageStatus",

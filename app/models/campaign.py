@@ -46,6 +46,10 @@ class Campaign(Timestamps, Base):
     rate: Mapped[float | None] = mapped_column(sa.Float)
     tracking: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     """Rewrite links for click tracking and add an open pixel (off by default)."""
+    track_replies: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    """Set Reply-To to a signed reply address so replies are stored and attributed."""
+    reply_forward_to: Mapped[str | None] = mapped_column(sa.String(320))
+    """Forward clean replies to this address (none by default)."""
     status_reason: Mapped[str] = mapped_column(sa.String(500), default="")
     audience_size: Mapped[int] = mapped_column(default=0)
     ledger_base: Mapped[int] = mapped_column(sa.BigInteger, default=0)

@@ -33,6 +33,7 @@ class EventKind(enum.StrEnum):
     unsubscribed = "unsubscribed"
     opened = "opened"
     clicked = "clicked"
+    inbound_received = "inbound.received"
 
 
 class Event(Base):

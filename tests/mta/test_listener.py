@@ -220,7 +220,7 @@ async def test_connections_per_client_are_limited(tmp_path: Path) -> None:
 async def test_inbound_accepts_only_the_bounce_domain() -> None:
     received: list[tuple[str, list[str], bytes]] = []
 
-    async def sink(mail_from: str, rcpts: list[str], data: bytes) -> None:
+    async def sink(mail_from: str, rcpts: list[str], data: bytes, **client: str) -> None:
         received.append((mail_from, rcpts, data))
 
     port = free_port()

@@ -16,9 +16,10 @@ import ipaddress
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from workers.mta.abuse import ClientGuard
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.smtp_server import Authenticator, AuthGuard, ServerConfig, Session, Transaction
 from workers.mta.smtp_server import serve as serve_smtp
@@ -192,23 +193,63 @@ def check_content(data: bytes, envelope: Transaction) -> str | None:
     return None
 
 
-InboundSink = Callable[[str, list[str], bytes], Awaitable[None]]
+class InboundSink(Protocol):
+    """Stores one accepted inbound message durably (the MTA's inbound store)."""
+
+    async def __call__(
+        self, mail_from: str, recipients: list[str], data: bytes, *, client_ip: str, helo: str
+    ) -> None:
+        """Keep the message; return only once it is on disk."""
+
+
+def _client_ip(session: Session) -> str:
+    return str(session.peer[0]) if isinstance(session.peer, tuple) else ""
 
 
 class InboundHandler:
-    """Inbound: mail for the bounce domain only (DSNs, complaints, replies); never a relay."""
+    """Inbound: mail for the bounce (and reply) domain only; never a relay.
 
-    def __init__(self, bounce_domain: str, sink: InboundSink, max_recipients: int) -> None:
+    With a `guard`, a client over its connection or message rate, or listed by a DNSBL, is
+    refused during the session: a refusal is a reply, never a bounce message (no backscatter).
+    """
+
+    def __init__(
+        self,
+        bounce_domain: str,
+        sink: InboundSink,
+        max_recipients: int,
+        *,
+        reply_domain: str = "",
+        guard: ClientGuard | None = None,
+    ) -> None:
         self.bounce_domain = bounce_domain.lower()
+        self.domains = {self.bounce_domain, (reply_domain or bounce_domain).lower()}
         self.sink = sink
         self.max_recipients = max_recipients
+        self.guard = guard
+
+    async def handle_CONNECT(self, session: Session) -> str | None:
+        """Turn a client away before the greeting (rate, DNSBL); None greets it."""
+        if self.guard is None:
+            return None
+        return await self.guard.on_connect(_client_ip(session))
+
+    async def handle_MAIL(
+        self, session: Session, envelope: Transaction, address: str, options: list[str]
+    ) -> str:
+        """Count the message against the client's rate."""
+        if self.guard is not None and (refusal := await self.guard.on_mail(_client_ip(session))):
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(
         self, session: Session, envelope: Transaction, address: str, options: list[str]
     ) -> str:
-        """Accept only local parts at the bounce domain."""
+        """Accept only local parts at the bounce (or reply) domain."""
         domain = address.rpartition("@")[2].lower()
-        if domain != self.bounce_domain:
+        if domain not in self.domains:
             return RELAY_DENIED.format(domain=self.bounce_domain)
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return TOO_MANY_RECIPIENTS
@@ -216,13 +257,19 @@ class InboundHandler:
         return OK_RCPT
 
     async def handle_DATA(self, session: Session, envelope: Transaction) -> str:
-        """Hand the report to the inbound processor (durable before 250)."""
+        """Hand the message to the inbound store (durable before 250)."""
         data = envelope.content
         problem = check_content(data, envelope)
         if problem:
             return problem
         try:
-            await self.sink(null_sender(envelope.mail_from or ""), list(envelope.rcpt_tos), data)
+            await self.sink(
+                null_sender(envelope.mail_from or ""),
+                list(envelope.rcpt_tos),
+                data,
+                client_ip=_client_ip(session),
+                helo=session.host_name or "",
+            )
         except Exception:
             logger.exception("inbound processing failed")
             return SPOOL_FAILED

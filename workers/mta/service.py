@@ -11,14 +11,17 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.database import create_engine, create_sessionmaker
+from app.core.ratelimit import RateLimiter
+from app.core.resolver import make_resolver
 from app.core.settings import Settings
 from app.mail.identity import Kind, parse_verp
+from workers.mta.abuse import RATE_PREFIX, ClientGuard, Dnsbl, Rate
 from workers.mta.auth import ApiKeyAuthenticator
 from workers.mta.auth_throttle import AuthThrottle
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
 from workers.mta.dkim import DkimSigner
-from workers.mta.inbound import InboundStore
+from workers.mta.inbound import InboundStore, ReplyListener
 from workers.mta.listener import InboundHandler, Networks, SubmissionHandler, serve
 from workers.mta.reporting import Reporter
 from workers.mta.routing import Router
@@ -41,13 +44,17 @@ class MtaService:
     engine: AsyncEngine
     authenticator: ApiKeyAuthenticator
     publisher: StatusPublisher | None = None
+    replies: ReplyListener | None = None
 
     @classmethod
-    async def start(cls, settings: Settings, reporter: Reporter) -> MtaService:
+    async def start(
+        cls, settings: Settings, reporter: Reporter, replies: ReplyListener | None = None
+    ) -> MtaService:
         """Recover the spool, start delivering, then open the listeners.
 
-        `reporter` hears every delivery outcome and every stored inbound message; the
-        process shell (`workers.mta_process.start_mta`) wires it to the domains.
+        `reporter` hears every delivery outcome and every stored inbound message, `replies`
+        every stored reply; the process shell (`workers.mta_process.start_mta`) wires them
+        to the domains.
         """
         var = settings.ensure_var_dir()
         engine = create_engine(settings)
@@ -117,10 +124,20 @@ class MtaService:
             if redis is not None
             else None,
         )
+        store = InboundStore(
+            var / "inbound",
+            reporter.inbound_stored,
+            replies=var / "replies" if replies is not None else None,
+            reply_domain=settings.reply_domain(),
+            bounce_domain=settings.bounce_domain,
+            on_reply=replies.reply_stored if replies is not None else None,
+        )
         inbound = InboundHandler(
             settings.bounce_domain,
-            InboundStore(var / "inbound", reporter.inbound_stored).store,
+            store.store,
             settings.mta_max_recipients,
+            reply_domain=settings.reply_domain() if replies is not None else "",
+            guard=_client_guard(settings, redis),
         )
         servers = [await listen(submission, a, True) for a in settings.mta_submission.split(",")]
         servers.append(await listen(inbound, settings.mta_inbound, False))
@@ -128,7 +145,7 @@ class MtaService:
         if redis is not None:
             publisher = StatusPublisher(redis, agent, spool)
             publisher.start()
-        return cls(spool, agent, servers, reporter, engine, authenticator, publisher)
+        return cls(spool, agent, servers, reporter, engine, authenticator, publisher, replies)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, finish deliveries in flight, keep the rest spooled."""
@@ -141,8 +158,22 @@ class MtaService:
         await self.agent.drain(grace)
         await self.spool.close()
         await self.reporter.stop()
+        if self.replies is not None:
+            await self.replies.stop()
         await self.authenticator.stop()
         await self.engine.dispose()
+
+
+def _client_guard(settings: Settings, redis: Redis | None) -> ClientGuard:
+    """The inbound listener's rate limits (shared through Redis) and DNSBL zones."""
+    zones = [zone for zone in settings.mta_dnsbl.split(",") if zone.strip()]
+    resolver = make_resolver(settings.inbound_resolvers(), settings.inbound_dns_timeout)
+    return ClientGuard(
+        RateLimiter(redis, prefix=RATE_PREFIX) if redis is not None else None,
+        Rate(settings.mta_inbound_connection_rate, settings.mta_inbound_connection_burst),
+        Rate(settings.mta_inbound_message_rate, settings.mta_inbound_message_burst),
+        Dnsbl(zones, resolver) if zones else None,
+    )
 
 
 def _urgent(secret: str, sender: str) -> bool:

@@ -1,7 +1,8 @@
 """The SMTP server protocol (RFC 5321) of the MTA's listeners: state machine only.
 
-Behaviour lives in a handler (`handle_MAIL`, `handle_RCPT`, `handle_DATA`, each returning
-a reply line), as in aiosmtpd, so the listener decides and this module only speaks SMTP.
+Behaviour lives in a handler (`handle_CONNECT`, `handle_MAIL`, `handle_RCPT`, `handle_DATA`,
+each returning a reply line), as in aiosmtpd, so the listener decides and this module only
+speaks SMTP.
 It exists for speed: commands and message data are read from one buffer per connection,
 and the end of DATA is found with `bytes.find` instead of line by line. PIPELINING,
 CHUNKING (BDAT), 8BITMIME, SMTPUTF8, SIZE, STARTTLS and AUTH PLAIN/LOGIN are supported.
@@ -187,7 +188,6 @@ class SmtpProtocol(asyncio.Protocol):
         self._counts[client] += 1
         self._counted = client
         self.session.peer = peer
-        self._push(GREETING.format(hostname=self.config.hostname))
         self._touch()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -363,9 +363,22 @@ class SmtpProtocol(asyncio.Protocol):
 
     # --- the session ---------------------------------------------------------------------
 
+    async def _greet(self) -> bool:
+        """Greet, unless the handler's `handle_CONNECT` turns the client away (its reply)."""
+        hook = getattr(self.handler, "handle_CONNECT", None)
+        refusal = await hook(self.session) if hook is not None else None
+        if refusal:
+            self._push(refusal)
+            return False
+        self._push(GREETING.format(hostname=self.config.hostname))
+        return True
+
     async def _run(self) -> None:
         errors = 0
         try:
+            if not await self._greet():
+                self._close()
+                return
             while True:
                 line = await self._line()
                 if line is None:

@@ -32,6 +32,10 @@ class CampaignCreate(Strict):
     tracking: bool = Field(
         False, description="Track opens (pixel) and clicks (signed redirects) of the HTML part."
     )
+    track_replies: bool = Field(
+        False, description="Reply-To a signed reply+ address: replies are stored and attributed."
+    )
+    reply_forward_to: Mailbox | None = Field(None, description="Forward clean replies here.")
 
 
 class CampaignUpdate(Strict):
@@ -49,6 +53,8 @@ class CampaignUpdate(Strict):
     send_at: datetime | None = None
     rate: float | None = Field(None, gt=0, le=100_000)
     tracking: bool = False
+    track_replies: bool = False
+    reply_forward_to: Mailbox | None = None
 
 
 class CampaignRead(ReadModel):
@@ -68,6 +74,8 @@ class CampaignRead(ReadModel):
     status_reason: str
     rate: float | None
     tracking: bool
+    track_replies: bool
+    reply_forward_to: str | None
     audience_size: int
     send_at: datetime | None
     started_at: datetime | None
