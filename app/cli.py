@@ -509,3 +509,8 @@ def main() -> None:
     except (DomainError, SettingsError, OSError) as exc:
         console.print(f"[red]error:[/red] {_first_line(exc)}")
         sys.exit(1)
+
+
+from app.admin.commands import create_user  # noqa: E402
+
+cli.command("create-user")(create_user)

@@ -2,7 +2,8 @@
 # Make sure the servers the test suite starts for itself are installed:
 # PostgreSQL (initdb, pg_ctl, postgres) and redis-server, plus Mail::DKIM (with
 # CryptX for Ed25519), the independent verifier of Warta's DKIM signatures, and
-# Debian's chromium, the real browser the public-page tests drive with Playwright.
+# Debian's chromium, the real browser the public-page tests drive with Playwright, and
+# node with npm, which install the console's front-end packages (`make assets`).
 # Idempotent, and a no-op costing milliseconds when all are present. Starts no daemons.
 set -euo pipefail
 
@@ -29,11 +30,16 @@ have_chromium() {
     [[ -x /usr/lib/chromium/chromium ]]
 }
 
+have_node() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
+}
+
 missing=()
 have_pg_server || missing+=(postgresql)
 have_redis_server || missing+=(redis-server)
 have_mail_dkim || missing+=(libmail-dkim-perl libcryptx-perl)
 have_chromium || missing+=(chromium)
+have_node || missing+=(nodejs npm)
 ((${#missing[@]} == 0)) && exit 0
 
 echo "ensure-system-deps: installing ${missing[*]}" >&2
@@ -74,3 +80,4 @@ have_pg_server || { echo "ensure-system-deps: PostgreSQL still missing" >&2; exi
 have_redis_server || { echo "ensure-system-deps: redis-server still missing" >&2; exit 1; }
 have_mail_dkim || { echo "ensure-system-deps: Mail::DKIM (libmail-dkim-perl) still missing" >&2; exit 1; }
 have_chromium || { echo "ensure-system-deps: chromium still missing" >&2; exit 1; }
+have_node || { echo "ensure-system-deps: node/npm still missing" >&2; exit 1; }

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from arq.connections import create_pool
 from fastapi import APIRouter, FastAPI
 
+from app import admin
 from app.api import problems
 from app.api.cors import PublicCors
 from app.api.limits import BodyLimit
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for pages in (unsubscribe, preferences, subscribe, archive, tracking_pages):
         app.include_router(pages.router)
     app.include_router(broadcast_unsubscribe.router)
+    admin.install(app)
     app.add_middleware(
         BodyLimit,
         default=settings.max_json_bytes,

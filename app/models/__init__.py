@@ -1,5 +1,6 @@
 """All models, imported so that Base.metadata knows every table."""
 
+from app.models.admin import AdminRole, AdminSession, AdminUser, AuditEntry, EventRollup
 from app.models.api_key import ApiKey
 from app.models.base import Base, utcnow
 from app.models.bounce import Bounce, BounceScore
@@ -23,7 +24,11 @@ from app.models.webhook import DeliveryStatus, EventCursor, WebhookDelivery, Web
 __all__ = [
     "OPEN_STATUSES",
     "SENDABLE_STATUSES",
+    "AdminRole",
+    "AdminSession",
+    "AdminUser",
     "ApiKey",
+    "AuditEntry",
     "Base",
     "Bounce",
     "BounceScore",
@@ -35,6 +40,7 @@ __all__ = [
     "Event",
     "EventCursor",
     "EventKind",
+    "EventRollup",
     "IdempotencyKey",
     "ImportJob",
     "ImportMode",

@@ -1,0 +1,25 @@
+"""The console's menu: each entry is shown only to roles whose scopes include its scope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.admin.roles import AUDIT_READ
+
+
+@dataclass(frozen=True)
+class NavItem:
+    """One menu entry."""
+
+    label: str
+    path: str
+    scope: str
+    """The scope a role needs to see the entry; "" for every signed-in user."""
+
+
+NAV: list[NavItem] = [
+    NavItem("Dashboard", "/admin/", "campaigns:read"),
+    NavItem("Audit log", "/admin/audit", AUDIT_READ),
+    NavItem("Account", "/admin/account", ""),
+]
+"""Pages append their entry here when they are registered (see docs/admin.md)."""
