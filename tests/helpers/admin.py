@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.admin import users
 from app.core.database import unit_of_work
-from app.models import AdminRole
+from app.core.events import NewEvent, record_events
+from app.models import (
+    AdminRole,
+    Campaign,
+    CampaignStatus,
+    EventKind,
+    Send,
+    SendStatus,
+    utcnow,
+)
 
 PASSWORD = "correct horse battery staple"
 ROLES = tuple(AdminRole)
@@ -91,3 +101,69 @@ async def assert_accessible(page: Page) -> None:
     """No serious or critical axe violation on the page."""
     found = await axe_violations(page)
     assert found == [], json.dumps(found, indent=2)
+
+
+async def seed_dashboard(
+    sessionmaker: async_sessionmaker[AsyncSession], today: date
+) -> dict[str, int]:
+    """30 days of events (through record_events, so the rollups fill as in production) and a
+    running campaign 60 % through its 1,000 recipients; returns what was recorded."""
+    totals: dict[str, int] = {}
+    async with unit_of_work(sessionmaker) as session:
+        campaign = Campaign(
+            name="Winter sale",
+            subject="Sale",
+            from_email="shop@example.com",
+            status=CampaignStatus.running,
+            audience_size=1000,
+        )
+        session.add(campaign)
+        await session.flush()
+        now = utcnow()
+        for i in range(1000):
+            done = i < 600
+            session.add(
+                Send(
+                    campaign_id=campaign.id,
+                    email=f"r{i}@example.com",
+                    status=SendStatus.delivered if done else SendStatus.pending,
+                    sent_at=now - timedelta(seconds=i % 8) if done else None,
+                )
+            )
+        for back in range(30):
+            day = datetime.combine(today - timedelta(days=back), time(12), tzinfo=UTC)
+            sent = 200 + 37 * (back % 7)
+            counts = {
+                EventKind.sent: sent,
+                EventKind.delivered: sent - 6 - back % 5,
+                EventKind.bounced: 3 + back % 5,
+                EventKind.complained: back % 3,
+                EventKind.unsubscribed: 1 + back % 4,
+            }
+            events = [
+                NewEvent(kind=kind, campaign_id=campaign.id, at=day)
+                for kind, n in counts.items()
+                for _ in range(n)
+            ]
+            opens = sent // 3
+            events += [
+                NewEvent(
+                    kind=EventKind.opened,
+                    campaign_id=campaign.id,
+                    at=day,
+                    data={"machine": j % 4 == 0},
+                )
+                for j in range(opens)
+            ]
+            events += [
+                NewEvent(
+                    kind=EventKind.clicked, campaign_id=campaign.id, at=day, data={"machine": False}
+                )
+                for _ in range(sent // 12)
+            ]
+            await record_events(session, events)
+            for event in events:
+                name = event.kind.value + ("_machine" if event.data.get("machine") else "")
+                totals[name] = totals.get(name, 0) + 1
+    totals["campaign_id"] = campaign.id
+    return totals
