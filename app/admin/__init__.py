@@ -11,10 +11,19 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from app.admin.deps import PREFIX, Refused, SignInRequired
-from app.admin.pages import account, audit_log, campaign_actions, dashboard, sign_in
+from app.admin.pages import (
+    account,
+    audit_log,
+    campaign_actions,
+    dashboard,
+    imports,
+    lists,
+    sign_in,
+    subscribers,
+)
 from app.admin.rendering import STATIC, render
 
-PAGES = (sign_in, account, dashboard, audit_log, campaign_actions)
+PAGES = (sign_in, account, dashboard, audit_log, campaign_actions, lists, subscribers, imports)
 """Every page module; each has `router` (built by `page_router()`). Add new pages here."""
 
 

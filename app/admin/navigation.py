@@ -19,6 +19,8 @@ class NavItem:
 
 NAV: list[NavItem] = [
     NavItem("Dashboard", "/admin/", "campaigns:read"),
+    NavItem("Lists", "/admin/lists", "lists:read"),
+    NavItem("Subscribers", "/admin/subscribers", "subscribers:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),
     NavItem("Account", "/admin/account", ""),
 ]

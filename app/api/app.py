@@ -39,7 +39,7 @@ from app.web import archive, broadcast_unsubscribe, preferences, subscribe, unsu
 from app.web import tracking as tracking_pages
 
 API_PREFIX = "/api/v1"
-UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import",)
+UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import", "/admin/imports")  # API and console CSV
 PUBLIC_PREFIX = f"{API_PREFIX}/public/"
 MESSAGE_PATHS = (f"{API_PREFIX}/messages", f"{API_PREFIX}/messages/batch")
 

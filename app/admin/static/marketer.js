@@ -1,0 +1,76 @@
+// Live parts of the marketer's pages (progressive enhancement: each page works without it).
+// - [data-poll]: poll a JSON route, copy its fields into [data-field] children and the
+//   <progress>; reload the page once the server says "done" (to render the final state).
+// - form[data-preview]: post the form to a JSON route as the user types, show the result.
+// No inline script anywhere (the CSP forbids it).
+"use strict";
+
+(function () {
+  if (!window.fetch) {
+    return;
+  }
+  const number = new Intl.NumberFormat();
+
+  function show(root, field, value) {
+    root.querySelectorAll('[data-field="' + field + '"]').forEach(function (node) {
+      const text = typeof value === "number" ? number.format(value) : String(value);
+      if (node.textContent !== text) {
+        node.textContent = text;
+      }
+    });
+  }
+
+  document.querySelectorAll("[data-poll]").forEach(function (root) {
+    if (root.dataset.done) {
+      return;
+    }
+    const bar = root.querySelector("progress");
+    function apply(data) {
+      Object.keys(data).forEach(function (key) { show(root, key, data[key]); });
+      if (bar && typeof data.percent === "number") {
+        bar.value = data.percent;
+        bar.textContent = data.percent + " %";
+      }
+      if (data.done) {
+        window.location.reload();
+        return true;
+      }
+      return false;
+    }
+    function poll() {
+      fetch(root.dataset.poll, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) { return response.ok ? response.json() : null; })
+        .then(function (data) { return data ? apply(data) : false; })
+        .catch(function () { return false; })
+        .then(function (finished) { if (!finished) { window.setTimeout(poll, 1000); } });
+    }
+    window.setTimeout(poll, 500);
+  });
+
+  document.querySelectorAll("form[data-preview]").forEach(function (form) {
+    const target = document.getElementById(form.dataset.previewTarget);
+    let timer = null;
+    let sent = 0;
+    function refresh() {
+      const mine = ++sent;
+      const body = new URLSearchParams(new FormData(form));
+      fetch(form.dataset.preview, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { Accept: "text/html", "X-CSRF-Token": form.elements.csrf.value },
+        body: body
+      })
+        .then(function (response) { return response.text(); })
+        .then(function (html) {
+          if (mine === sent && target) {
+            target.innerHTML = html;  // server-rendered and autoescaped by Jinja
+          }
+        })
+        .catch(function () { /* the next change tries again */ });
+    }
+    form.addEventListener("input", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(refresh, 400);
+    });
+  });
+}());
