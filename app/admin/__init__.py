@@ -15,15 +15,30 @@ from app.admin.pages import (
     account,
     audit_log,
     campaign_actions,
+    campaign_report,
+    campaigns,
     dashboard,
     imports,
     lists,
     sign_in,
     subscribers,
+    templates,
 )
 from app.admin.rendering import STATIC, render
 
-PAGES = (sign_in, account, dashboard, audit_log, campaign_actions, lists, subscribers, imports)
+PAGES = (
+    sign_in,
+    account,
+    dashboard,
+    audit_log,
+    lists,
+    subscribers,
+    imports,
+    templates,
+    campaigns,  # before campaign_actions: its /campaigns/{id}/{action} would shadow /send
+    campaign_report,
+    campaign_actions,
+)
 """Every page module; each has `router` (built by `page_router()`). Add new pages here."""
 
 

@@ -21,6 +21,8 @@ NAV: list[NavItem] = [
     NavItem("Dashboard", "/admin/", "campaigns:read"),
     NavItem("Lists", "/admin/lists", "lists:read"),
     NavItem("Subscribers", "/admin/subscribers", "subscribers:read"),
+    NavItem("Templates", "/admin/templates", "templates:read"),
+    NavItem("Campaigns", "/admin/campaigns", "campaigns:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),
     NavItem("Account", "/admin/account", ""),
 ]

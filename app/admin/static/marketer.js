@@ -1,7 +1,8 @@
 // Live parts of the marketer's pages (progressive enhancement: each page works without it).
 // - [data-poll]: poll a JSON route, copy its fields into [data-field] children and the
 //   <progress>; reload the page once the server says "done" (to render the final state).
-// - form[data-preview]: post the form to a JSON route as the user types, show the result.
+// - form[data-live-preview]: the template preview follows the typing.
+// - form[data-count]: the campaign's audience count follows the choices.
 // No inline script anywhere (the CSP forbids it).
 "use strict";
 
@@ -47,30 +48,43 @@
     window.setTimeout(poll, 500);
   });
 
-  document.querySelectorAll("form[data-preview]").forEach(function (form) {
-    const target = document.getElementById(form.dataset.previewTarget);
+  // The template editor: its Preview button posts the form into the preview frame; here
+  // the frame follows the typing (debounced), and shows the stored template on load.
+  document.querySelectorAll("form[data-live-preview]").forEach(function (form) {
+    const button = document.getElementById(form.dataset.livePreview);
+    let timer = null;
+    function refresh() { form.requestSubmit(button); }
+    form.addEventListener("input", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(refresh, 500);
+    });
+    refresh();
+  });
+
+  // The campaign's audience step: the count of who it would reach follows the choices.
+  document.querySelectorAll("form[data-count]").forEach(function (form) {
+    const target = document.getElementById(form.dataset.countTarget);
     let timer = null;
     let sent = 0;
     function refresh() {
       const mine = ++sent;
-      const body = new URLSearchParams(new FormData(form));
-      fetch(form.dataset.preview, {
+      fetch(form.dataset.count, {
         method: "POST",
         credentials: "same-origin",
-        headers: { Accept: "text/html", "X-CSRF-Token": form.elements.csrf.value },
-        body: body
+        headers: { Accept: "application/json", "X-CSRF-Token": form.elements.csrf.value },
+        body: new URLSearchParams(new FormData(form))
       })
-        .then(function (response) { return response.text(); })
-        .then(function (html) {
-          if (mine === sent && target) {
-            target.innerHTML = html;  // server-rendered and autoescaped by Jinja
-          }
-        })
+        .then(function (response) { return response.json(); })
+        .then(function (data) { if (mine === sent && target) { target.textContent = data.text; } })
         .catch(function () { /* the next change tries again */ });
     }
     form.addEventListener("input", function () {
       window.clearTimeout(timer);
-      timer = window.setTimeout(refresh, 400);
+      timer = window.setTimeout(refresh, 300);
+    });
+    form.addEventListener("change", function () {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(refresh, 300);
     });
   });
 }());
