@@ -12,7 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.models import AdminRole, Send, SendStatus, utcnow
 from tests.helpers.admin import SCREENSHOTS, assert_accessible, browser_sign_in, seed_dashboard
 
-PAGES = ("/admin/", "/admin/audit", "/admin/account")
+PAGES = (
+    "/admin/",
+    "/admin/audit",
+    "/admin/account",
+    "/admin/lists",
+    "/admin/subscribers",
+    "/admin/imports/new",
+    "/admin/templates",
+    "/admin/templates/new",
+    "/admin/campaigns",
+    "/admin/campaigns/new",
+)
 
 
 async def test_sign_in_page_is_accessible(
