@@ -6,6 +6,8 @@ missing session into the sign-in page and a refusal into an HTML page. See docs/
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -20,7 +22,7 @@ PAGES = (sign_in, account, dashboard, audit_log, campaign_actions)
 
 async def _sign_in_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SignInRequired)
-    return RedirectResponse(f"{PREFIX}/login?next={exc.next_path}", status_code=303)
+    return RedirectResponse(f"{PREFIX}/login?next={quote(exc.next_path)}", status_code=303)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:
