@@ -12,12 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from app.admin import pages
 from app.admin.deps import PREFIX, Refused, SignInRequired
-from app.admin.pages import account, audit_log, campaign_actions, dashboard, sign_in
 from app.admin.rendering import STATIC, render
-
-PAGES = (sign_in, account, dashboard, audit_log, campaign_actions)
-"""Every page module; each has `router` (built by `page_router()`). Add new pages here."""
 
 
 async def _sign_in_required(request: Request, exc: Exception) -> Response:
@@ -32,8 +29,8 @@ async def _refused(request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI) -> None:
     """Mount the console on `app`."""
-    app.include_router(sign_in.public)
-    for module in PAGES:
+    app.include_router(pages.sign_in.public)
+    for module in pages.ALL:
         app.include_router(module.router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="admin-static")
     app.add_exception_handler(SignInRequired, _sign_in_required)

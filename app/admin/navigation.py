@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.admin.roles import AUDIT_READ
+from app.admin.roles import AUDIT_READ, USERS_MANAGE
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class NavItem:
 NAV: list[NavItem] = [
     NavItem("Dashboard", "/admin/", "campaigns:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),
+    NavItem("Users", "/admin/users", USERS_MANAGE),
     NavItem("Account", "/admin/account", ""),
 ]
 """Pages append their entry here when they are registered (see docs/admin.md)."""

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.models import AdminRole, Send, SendStatus, utcnow
 from tests.helpers.admin import SCREENSHOTS, assert_accessible, browser_sign_in, seed_dashboard
 
-PAGES = ("/admin/", "/admin/audit", "/admin/account")
+PAGES = ("/admin/", "/admin/audit", "/admin/account", "/admin/users")
 
 
 async def test_sign_in_page_is_accessible(
