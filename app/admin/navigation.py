@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.admin.roles import AUDIT_READ
+from app.admin.roles import AUDIT_READ, USERS_MANAGE
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ NAV: list[NavItem] = [
     NavItem("Templates", "/admin/templates", "templates:read"),
     NavItem("Campaigns", "/admin/campaigns", "campaigns:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),
+    NavItem("Users", "/admin/users", USERS_MANAGE),
     NavItem("Account", "/admin/account", ""),
 ]
 """Pages append their entry here when they are registered (see docs/admin.md)."""

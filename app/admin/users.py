@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin import passwords, totp
-from app.core.errors import Conflict, Invalid
+from app.core.errors import Conflict, Invalid, NotFound
 from app.models import AdminRole, AdminUser, utcnow
 
 # The address is a login name here, not a mailbox Warta sends to: `admin@localhost` is fine.
@@ -83,3 +83,21 @@ async def enrol_totp(user: AdminUser, secret: str, code: str) -> bool:
 def disable_totp(user: AdminUser) -> None:
     """Turn the second factor off (password only from now on)."""
     user.totp_secret, user.totp_last_step = None, 0
+
+
+async def all_users(session: AsyncSession) -> list[AdminUser]:
+    """Every console user, by address."""
+    return list(await session.scalars(sa.select(AdminUser).order_by(AdminUser.email)))
+
+
+async def get_user(session: AsyncSession, user_id: int) -> AdminUser:
+    """One user, or NotFound."""
+    user = await session.get(AdminUser, user_id)
+    if user is None:
+        raise NotFound(f"console user {user_id} does not exist")
+    return user
+
+
+def set_disabled(user: AdminUser, disabled: bool) -> None:
+    """Disable (no sign-in, sessions stop working at once) or enable a user."""
+    user.disabled_at = utcnow() if disabled else None

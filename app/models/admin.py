@@ -79,7 +79,8 @@ class EventRollup(Base):
     """Events counted per UTC day, kind, campaign and machine verdict, kept as they arrive.
 
     `campaign_id` 0 stands for mail outside a campaign (a NULL would not collide in the
-    unique key). `shard` spreads one hot counter over a few rows, so concurrent workers
+    unique key) and -1 for all mail of the day, so a 30-day total reads a few hundred rows
+    however many campaigns ran. `shard` spreads one hot counter over a few rows, so concurrent workers
     recording the same campaign's `sent` events rarely wait on one row lock; readers sum.
     """
 

@@ -22,16 +22,25 @@ depends_on: str | Sequence[str] | None = None
 
 Moment = app.models.base.UTCDateTime(timezone=True)
 
+# Per campaign (0: outside campaigns), then all mail (-1), as app.core.event_rollups counts.
 BACKFILL = {
     "sqlite": """
         INSERT INTO event_rollups (day, kind, campaign_id, machine, shard, count)
         SELECT date(created_at), kind, coalesce(campaign_id, 0),
                coalesce(json_extract(data, '$.machine'), 0) != 0, 0, count(*)
         FROM events GROUP BY 1, 2, 3, 4
+        UNION ALL
+        SELECT date(created_at), kind, -1,
+               coalesce(json_extract(data, '$.machine'), 0) != 0, 0, count(*)
+        FROM events GROUP BY 1, 2, 3, 4
     """,
     "postgresql": """
         INSERT INTO event_rollups (day, kind, campaign_id, machine, shard, count)
         SELECT (created_at AT TIME ZONE 'UTC')::date, kind, coalesce(campaign_id, 0),
+               coalesce((data->>'machine')::boolean, false), 0, count(*)
+        FROM events GROUP BY 1, 2, 3, 4
+        UNION ALL
+        SELECT (created_at AT TIME ZONE 'UTC')::date, kind, -1,
                coalesce((data->>'machine')::boolean, false), 0, count(*)
         FROM events GROUP BY 1, 2, 3, 4
     """,

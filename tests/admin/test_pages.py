@@ -16,6 +16,7 @@ PAGES = (
     "/admin/",
     "/admin/audit",
     "/admin/account",
+    "/admin/users",
     "/admin/lists",
     "/admin/subscribers",
     "/admin/imports/new",
@@ -43,6 +44,9 @@ async def test_every_page_is_accessible_and_keyboard_reachable(
         await page.goto(f"{live_console}{path}")
         await expect(page.locator("h1")).to_be_visible()
         await assert_accessible(page)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        name = path.strip("/").replace("/", "-") or "home"
+        await page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
     # The first Tab lands on the skip link, which moves focus to the content.
     await page.keyboard.press("Tab")
     await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()

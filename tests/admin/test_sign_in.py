@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import AdminRole, AdminSession
+from app.models import AdminRole, AdminSession, utcnow
 from tests.helpers.admin import PASSWORD, csrf_of, email_of, sign_in, sign_in_response
 
 
@@ -130,3 +132,41 @@ async def test_viewer_cannot_reach_the_audit_log(console: httpx.AsyncClient) -> 
     response = await console.get("/admin/audit")
     assert response.status_code == 403
     assert "Not allowed" in response.text
+
+
+async def test_errors_on_console_paths_are_pages_and_the_api_keeps_problem_json(
+    console: httpx.AsyncClient,
+) -> None:
+    form = await console.get("/admin/login")
+    too_long = await console.post(
+        "/admin/login",
+        data={"email": "a" * 400, "password": "x", "csrf": csrf_of(form.text)},
+    )
+    assert too_long.status_code == 400
+    assert too_long.headers["content-type"].startswith("text/html")
+    assert "email" in too_long.text
+    missing = await console.get("/admin/no-such-page")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("text/html")
+    api = await console.get("/api/v1/no-such-route")
+    assert api.status_code == 404
+    assert api.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_idle_or_expired_session_no_longer_signs_in(
+    console: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    await sign_in(console, AdminRole.viewer)
+    assert (await console.get("/admin/")).status_code == 200
+    await session.execute(
+        sa.update(AdminSession).values(last_seen_at=utcnow() - timedelta(hours=9))
+    )
+    await session.commit()
+    assert (await console.get("/admin/")).status_code == 303
+    await session.execute(
+        sa.update(AdminSession).values(
+            last_seen_at=utcnow(), expires_at=utcnow() - timedelta(seconds=1)
+        )
+    )
+    await session.commit()
+    assert (await console.get("/admin/")).status_code == 303

@@ -12,7 +12,6 @@ from app.admin.deps import CurrentAdmin, page_router
 from app.admin.pages.sign_in import signed_out
 from app.admin.rendering import render
 from app.core.http import SessionDep, SettingsDep
-from app.models import AdminUser
 
 router = page_router()
 
@@ -48,7 +47,7 @@ async def enable_totp(
     code: Annotated[str, Form(max_length=16)],
 ) -> HTMLResponse:
     """Turn the second factor on once a code from the new key is right."""
-    user = await session.get_one(AdminUser, admin.user.id)
+    user = admin.user  # loaded by this request's session, so changes to it are saved
     if not await users.enrol_totp(user, secret, code):
         return await _page(admin, session, notice="That code was not right; try again.", status=400)
     await audit.record(session, user, "user.totp_on", f"user:{user.id}")
@@ -61,7 +60,7 @@ async def disable_totp(
     admin: CurrentAdmin, session: SessionDep, code: Annotated[str, Form(max_length=16)]
 ) -> HTMLResponse:
     """Turn the second factor off, proven with a current code."""
-    user = await session.get_one(AdminUser, admin.user.id)
+    user = admin.user
     if not user.totp_secret or totp.matching_step(user.totp_secret, code, 0) is None:
         return await _page(admin, session, notice="That code was not right.", status=400)
     users.disable_totp(user)

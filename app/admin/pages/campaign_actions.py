@@ -12,9 +12,8 @@ from fastapi import Form, Path, Request
 from fastapi.responses import RedirectResponse
 
 from app.admin import audit
-from app.admin.deps import CurrentAdmin, Refused, needs, page_router
+from app.admin.deps import CurrentAdmin, needs, page_router
 from app.admin.pages.sign_in import safe_next
-from app.core.errors import Conflict, NotFound
 from app.core.http import SessionDep
 from campaigns import dispatch, lifecycle
 
@@ -33,12 +32,7 @@ async def change_state(
     back: Annotated[str, Form(max_length=1024)] = "/admin/",
 ) -> RedirectResponse:
     """Apply the action, record it in the audit log, and go back to the page it came from."""
-    try:
-        campaign = await lifecycle.transition(session, campaign_id, action)
-    except NotFound:
-        raise Refused(404, "No such campaign", f"Campaign {campaign_id} does not exist.") from None
-    except Conflict as exc:
-        raise Refused(409, "Not possible now", str(exc)) from None
+    campaign = await lifecycle.transition(session, campaign_id, action)  # 404/409 as a page
     await audit.record(
         session,
         admin.user,

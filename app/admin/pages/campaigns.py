@@ -18,8 +18,8 @@ from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from app.admin import audit
-from app.admin.dashboard import duration
 from app.admin.deps import CurrentAdmin, Refused, SignedIn, needs, page_router
+from app.admin.overview import duration
 from app.admin.pages.forms import MAX_ID, DbId, after_rollback, refuse
 from app.admin.pages.templates import (
     EDITOR_CSP,

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from app.admin import dashboard as figures
+from app.admin import overview as figures
 from app.admin.charts import Series, Threshold, line_chart
 from app.admin.deps import CurrentAdmin, RedisDep, needs, page_router
 from app.admin.rendering import HEADERS, render

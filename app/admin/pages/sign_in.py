@@ -156,7 +156,6 @@ async def sign_out(
     request: Request, admin: CurrentAdmin, session: SessionDep, settings: SettingsDep
 ) -> RedirectResponse:
     """End this session."""
-    found = await session.merge(admin.session)
-    await sessions.revoke(session, found)
+    await sessions.revoke(session, admin.session)
     await session.commit()
     return signed_out(request, settings)

@@ -116,25 +116,25 @@ class Progress:
         }
 
 
+async def progress(session: AsyncSession, campaign_id: int) -> Progress:
+    """One campaign's progress from its ledger (the campaign page's live bar uses this too)."""
+    stats = await lifecycle.stats(session, campaign_id)
+    remaining = sum(stats.counts.get(s.value, 0) for s in OPEN_STATUSES)
+    return Progress(
+        id=campaign_id,
+        name=stats.campaign.name,
+        status=stats.campaign.status.value,
+        recipients=stats.recipients,
+        done=sum(stats.counts.values()) - remaining,
+        rate=stats.rate,
+        eta_seconds=stats.eta_seconds,
+    )
+
+
 async def running(session: AsyncSession) -> list[Progress]:
-    """Campaigns sending now, with progress, current rate and ETA (lifecycle.stats each)."""
-    found = []
-    for campaign in (await lifecycle.running_campaigns(session))[:RUNNING_SHOWN]:
-        stats = await lifecycle.stats(session, campaign.id)
-        remaining = sum(stats.counts.get(s.value, 0) for s in OPEN_STATUSES)
-        handled = sum(stats.counts.values()) - remaining
-        found.append(
-            Progress(
-                id=campaign.id,
-                name=campaign.name,
-                status=campaign.status.value,
-                recipients=stats.recipients,
-                done=handled,
-                rate=stats.rate,
-                eta_seconds=stats.eta_seconds,
-            )
-        )
-    return found
+    """Campaigns sending now, with progress, current rate and ETA."""
+    campaigns = (await lifecycle.running_campaigns(session))[:RUNNING_SHOWN]
+    return [await progress(session, campaign.id) for campaign in campaigns]
 
 
 @dataclass(frozen=True)
