@@ -16,10 +16,12 @@ from urllib.parse import quote
 
 from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, Field
 
 from app.admin import audit
 from app.admin.deps import CurrentAdmin, Refused, SignedIn, needs, page_router
 from app.admin.overview import duration
+from app.admin.pages import segment_builder
 from app.admin.pages.forms import MAX_ID, DbId, after_rollback, refuse
 from app.admin.pages.templates import (
     EDITOR_CSP,
@@ -170,7 +172,7 @@ async def campaign_page(
     if campaign.status is CampaignStatus.draft:
         context |= {
             "lists": (await lists_service.page(session, 0, SHOWN))[:SHOWN],
-            "segment": json.dumps(campaign.segment, indent=2) if campaign.segment else "",
+            **_builder(campaign.segment),
             "reach": await reach.audience_count(session, campaign) if targets else 0,
             "content_template": await templates_service.get(session, campaign.template_id)
             if campaign.template_id
@@ -187,14 +189,51 @@ async def campaign_page(
     return response
 
 
-def _audience_changes(list_ids: list[int], segment: str) -> dict[str, Any]:
-    parsed = None
-    if segment.strip():
-        try:
-            parsed = json.loads(segment)
-        except ValueError as exc:
-            raise Invalid(f"the segment is not JSON: {exc}") from None
-    return {"list_ids": list_ids, "segment": parsed}
+Many = Annotated[list[Annotated[str, Field(max_length=1000)]], Field(max_length=50)]
+
+
+class AudienceForm(BaseModel):
+    """The audience step as posted: lists, the builder's rows, or a segment typed as JSON."""
+
+    list_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field([], max_length=1000)
+    segment: str = Field("", max_length=100_000)
+    match: str = Field("all", max_length=8)
+    rule_subject: Many = []
+    rule_attribute: Many = []
+    rule_op: Many = []
+    rule_value: Many = []
+
+    def changes(self) -> dict[str, Any]:
+        """The draft's new lists and segment; JSON typed in the box wins over the builder."""
+        if self.segment.strip():
+            try:
+                parsed = json.loads(self.segment)
+            except ValueError as exc:
+                raise Invalid(f"the segment is not JSON: {exc}") from None
+        else:
+            rows = segment_builder.rows_from_form(
+                self.rule_subject, self.rule_attribute, self.rule_op, self.rule_value
+            )
+            parsed = segment_builder.to_segment(self.match, rows)
+        return {"list_ids": self.list_ids, "segment": parsed}
+
+
+AudienceDep = Annotated[AudienceForm, Form()]
+
+
+def _builder(segment: dict[str, Any] | None) -> dict[str, Any]:
+    """The builder's rows for a stored segment it can show; else the segment as JSON."""
+    shown = segment_builder.to_rows(segment)
+    match, rows = shown if shown is not None else ("all", [])
+    empty = max(segment_builder.ROWS_SHOWN - len(rows), 1)
+    return {
+        "segment": "" if shown is not None else json.dumps(segment, indent=2),
+        "segment_json": json.dumps(segment, indent=2) if segment else "(none)",
+        "match": match,
+        "rows": rows + [segment_builder.Row()] * empty,
+        "subjects": segment_builder.SUBJECTS,
+        "ops": segment_builder.OP_LABELS,
+    }
 
 
 @router.post("/campaigns/{campaign_id}/audience", dependencies=WRITE)
@@ -202,12 +241,11 @@ async def set_audience(
     campaign_id: DbId,
     admin: CurrentAdmin,
     session: SessionDep,
-    list_ids: Annotated[list[int], Form()] = [],  # noqa: B006 - FastAPI copies defaults
-    segment: Annotated[str, Form(max_length=100_000)] = "",
+    form: AudienceDep,
 ) -> RedirectResponse:
     """Step 2: the lists and the segment (audited)."""
     try:
-        changes = _audience_changes(list_ids, segment)
+        changes = form.changes()
         await service.update(session, campaign_id, dict(changes))
     except DomainError as exc:
         refuse(exc)
@@ -220,20 +258,21 @@ async def set_audience(
 async def count_audience(
     campaign_id: DbId,
     session: SessionDep,
-    list_ids: Annotated[list[int], Form()] = [],  # noqa: B006 - FastAPI copies defaults
-    segment: Annotated[str, Form(max_length=100_000)] = "",
+    form: AudienceDep,
 ) -> JSONResponse:
     """The live count: the choices applied to the draft in a transaction that is rolled
     back, so the count follows exactly the rules sending will (nothing is saved)."""
     try:
-        campaign = await service.update(session, campaign_id, _audience_changes(list_ids, segment))
-        count = await reach.audience_count(session, campaign) if list_ids else 0
+        changes = form.changes()
+        campaign = await service.update(session, campaign_id, dict(changes))
+        count = await reach.audience_count(session, campaign) if form.list_ids else 0
         text = f"{count:,} subscribers would receive it now."
+        segment = json.dumps(changes["segment"], indent=2) if changes["segment"] else "(none)"
     except DomainError as exc:
-        text = exc.detail
+        text, segment = exc.detail, ""
     finally:
         await session.rollback()
-    return JSONResponse({"text": text}, headers=HEADERS)
+    return JSONResponse({"text": text, "segment": segment}, headers=HEADERS)
 
 
 @router.get("/campaigns/{campaign_id}/preview", dependencies=READ)

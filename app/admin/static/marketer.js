@@ -61,6 +61,30 @@
     refresh();
   });
 
+  // The segment builder: "Add a condition" copies the last row, emptied, with new ids.
+  document.querySelectorAll("#add-rule").forEach(function (button) {
+    const rules = document.querySelector("#segment-builder .rules");
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      const rows = rules.querySelectorAll("[data-rule]");
+      const copy = rows[rows.length - 1].cloneNode(true);
+      const n = rows.length + 1;
+      copy.querySelectorAll("label").forEach(function (label) {
+        const id = label.htmlFor.replace(/-\d+$/, "-" + n);
+        label.htmlFor = id;
+        label.textContent = label.textContent.replace(/^Condition \d+/, "Condition " + n);
+      });
+      copy.querySelectorAll("input, select").forEach(function (control) {
+        control.id = control.id.replace(/-\d+$/, "-" + n);
+        if (control.tagName === "INPUT") {
+          control.value = "";
+        }
+      });
+      rules.appendChild(copy);
+      copy.querySelector("select").focus();
+    });
+  });
+
   // The campaign's audience step: the count of who it would reach follows the choices.
   document.querySelectorAll("form[data-count]").forEach(function (form) {
     const target = document.getElementById(form.dataset.countTarget);
@@ -75,7 +99,18 @@
         body: new URLSearchParams(new FormData(form))
       })
         .then(function (response) { return response.json(); })
-        .then(function (data) { if (mine === sent && target) { target.textContent = data.text; } })
+        .then(function (data) {
+          if (mine !== sent) {
+            return;
+          }
+          if (target) {
+            target.textContent = data.text;
+          }
+          const json = document.getElementById("segment-json");
+          if (json && data.segment) {
+            json.textContent = data.segment;
+          }
+        })
         .catch(function () { /* the next change tries again */ });
     }
     form.addEventListener("input", function () {
