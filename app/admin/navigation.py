@@ -23,6 +23,8 @@ NAV: list[NavItem] = [
     NavItem("Subscribers", "/admin/subscribers", "subscribers:read"),
     NavItem("Templates", "/admin/templates", "templates:read"),
     NavItem("Campaigns", "/admin/campaigns", "campaigns:read"),
+    NavItem("Bounces", "/admin/bounces", "bounces:read"),
+    NavItem("Suppressions", "/admin/suppressions", "suppressions:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),
     NavItem("Users", "/admin/users", USERS_MANAGE),
     NavItem("Account", "/admin/account", ""),

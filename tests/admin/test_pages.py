@@ -24,6 +24,8 @@ PAGES = (
     "/admin/templates/new",
     "/admin/campaigns",
     "/admin/campaigns/new",
+    "/admin/bounces",
+    "/admin/suppressions",
 )
 
 

@@ -12,6 +12,7 @@ from app.admin.pages import (
     campaign_report,
     campaigns,
     dashboard,
+    deliverability,
     imports,
     lists,
     sign_in,
@@ -32,6 +33,7 @@ ALL = (
     campaigns,  # before campaign_actions: its /campaigns/{id}/{action} would shadow /send
     campaign_report,
     campaign_actions,
+    deliverability,
     users,
 )
 """Every page module, mounted in this order. Add new pages here."""
