@@ -23,6 +23,7 @@ NAV: list[NavItem] = [
     NavItem("Subscribers", "/admin/subscribers", "subscribers:read"),
     NavItem("Templates", "/admin/templates", "templates:read"),
     NavItem("Campaigns", "/admin/campaigns", "campaigns:read"),
+    NavItem("Messages", "/admin/messages", "messages:read"),
     NavItem("Bounces", "/admin/bounces", "bounces:read"),
     NavItem("Suppressions", "/admin/suppressions", "suppressions:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),

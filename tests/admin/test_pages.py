@@ -24,6 +24,7 @@ PAGES = (
     "/admin/templates/new",
     "/admin/campaigns",
     "/admin/campaigns/new",
+    "/admin/messages",
     "/admin/bounces",
     "/admin/suppressions",
 )

@@ -15,6 +15,7 @@ from app.admin.pages import (
     deliverability,
     imports,
     lists,
+    messages,
     sign_in,
     subscribers,
     templates,
@@ -34,6 +35,7 @@ ALL = (
     campaign_report,
     campaign_actions,
     deliverability,
+    messages,
     users,
 )
 """Every page module, mounted in this order. Add new pages here."""
