@@ -27,6 +27,7 @@ PAGES = (
     "/admin/messages",
     "/admin/bounces",
     "/admin/suppressions",
+    "/admin/queue",
 )
 
 

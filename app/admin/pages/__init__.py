@@ -16,6 +16,7 @@ from app.admin.pages import (
     imports,
     lists,
     messages,
+    mta_queue,
     sign_in,
     subscribers,
     templates,
@@ -36,6 +37,7 @@ ALL = (
     campaign_actions,
     deliverability,
     messages,
+    mta_queue,
     users,
 )
 """Every page module, mounted in this order. Add new pages here."""
