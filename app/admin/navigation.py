@@ -26,6 +26,7 @@ NAV: list[NavItem] = [
     NavItem("Messages", "/admin/messages", "messages:read"),
     NavItem("Bounces", "/admin/bounces", "bounces:read"),
     NavItem("Suppressions", "/admin/suppressions", "suppressions:read"),
+    NavItem("Webhooks", "/admin/webhooks", "webhooks:read"),
     NavItem("MTA queue", "/admin/queue", "queue:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),
     NavItem("Users", "/admin/users", USERS_MANAGE),

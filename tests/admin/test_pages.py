@@ -28,6 +28,7 @@ PAGES = (
     "/admin/bounces",
     "/admin/suppressions",
     "/admin/queue",
+    "/admin/webhooks",
 )
 
 

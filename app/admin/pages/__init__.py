@@ -21,6 +21,7 @@ from app.admin.pages import (
     subscribers,
     templates,
     users,
+    webhooks,
 )
 
 ALL = (
@@ -38,6 +39,7 @@ ALL = (
     deliverability,
     messages,
     mta_queue,
+    webhooks,
     users,
 )
 """Every page module, mounted in this order. Add new pages here."""
