@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
@@ -153,12 +152,15 @@ async def create_campaign(
 
 @router.get("/campaigns/{campaign_id}", dependencies=READ)
 async def campaign_page(
-    campaign_id: DbId,
-    admin: CurrentAdmin,
-    session: SessionDep,
-    notice: Annotated[str, Query(max_length=500)] = "",
+    campaign_id: DbId, admin: CurrentAdmin, session: SessionDep
 ) -> HTMLResponse:
     """A draft's wizard, or a sending campaign's live progress."""
+    return await _campaign_page(campaign_id, admin, session)
+
+
+async def _campaign_page(
+    campaign_id: int, admin: SignedIn, session: SessionDep, notice: str = ""
+) -> HTMLResponse:
     campaign = await _campaign(session, campaign_id)
     stats = await lifecycle.stats(session, campaign_id)
     targets = (await service.list_ids(session, [campaign_id]))[campaign_id]
@@ -315,7 +317,7 @@ async def test_send(
     session: SessionDep,
     settings: SettingsDep,
     addresses: Annotated[str, Form(min_length=3, max_length=4000)],
-) -> RedirectResponse:
+) -> HTMLResponse:
     """Step 3: send the draft to test addresses now and show the MTA's replies (audited)."""
     wanted = [a.strip() for a in addresses.replace(",", "\n").splitlines() if a.strip()]
     if not wanted or len(wanted) > MAX_TEST_ADDRESSES:
@@ -336,8 +338,8 @@ async def test_send(
         raise Refused(
             504, "No worker answered", "No worker sent the test in 30 s; is `warta worker` running?"
         ) from None
-    said = quote(f"Test sent: {'; '.join(str(r) for r in replies)}"[:400])
-    return RedirectResponse(f"/admin/campaigns/{campaign_id}?notice={said}#test", status_code=303)
+    said = f"Test sent to {', '.join(wanted)}: {'; '.join(str(r) for r in replies)}"
+    return await _campaign_page(campaign_id, admin, session, notice=said[:1000])
 
 
 @router.post("/campaigns/{campaign_id}/send", dependencies=WRITE)
