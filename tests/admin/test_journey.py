@@ -118,6 +118,9 @@ async def test_the_marketers_journey(
 
     # A template: the syntax error is shown at its line, then fixed.
     await page.goto(f"{stack}/admin/templates/new")
+    preview = page.frame_locator("#preview-frame")
+    # The preview needs no name (it is not a save): it says at once what is missing.
+    await expect(preview.locator("body")).to_contain_text("neither an HTML nor a text body")
     await page.get_by_label("Name", exact=True).fill("Monthly")
     await page.get_by_label("Subject").fill("Hello {{ subscriber.name }}")
     await page.get_by_label("HTML").fill(BROKEN)
@@ -128,7 +131,6 @@ async def test_the_marketers_journey(
     await expect(error.locator(".faulty")).to_contain_text("{% if %}")
     await _checked(page)
     await page.get_by_label("HTML").fill(FIXED)
-    preview = page.frame_locator("#preview-frame")
     await expect(preview.locator("body")).to_contain_text("News of the month.")
     await page.get_by_role("button", name="Save").click()
     await page.wait_for_url("**/admin/templates/*?saved=1")
