@@ -1,9 +1,12 @@
 """Daily event counts kept as events arrive, so dashboards never scan the events table.
 
-`record_events` calls `add` in the same transaction as the insert, so a rolled-back batch
-counts nothing and a committed one counts exactly once. One batch becomes one upsert per
-(day, kind, campaign, machine) it touches: `INSERT … ON CONFLICT DO UPDATE SET count =
-count + excluded.count`, which SQLite (3.24+) and PostgreSQL both run atomically.
+`record_events` calls `add`, which only tallies the keys on the session. When that
+session commits, one `INSERT … ON CONFLICT DO UPDATE SET count = count + excluded.count`
+(atomic on SQLite 3.24+ and PostgreSQL) adds the transaction's tallies, in the same
+transaction: a rolled-back batch counts nothing, a committed one exactly once. Upserting
+at commit, all keys sorted, means every transaction locks rollup rows in one order (no
+deadlock however many `record_events` calls it made) and holds the locks only while it
+commits.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app.models import EventRollup
 
@@ -29,6 +34,8 @@ _KEY = ("day", "kind", "campaign_id", "machine", "shard")
 
 RollupKey = tuple[date, str, int, bool]
 """(UTC day, kind, campaign id or 0, machine verdict)."""
+_PENDING = "warta.event_rollups.pending"
+"""Where a session keeps the tallies of its open transaction (Session.info)."""
 
 
 def rollup_key(kind: str, at: datetime, campaign_id: int | None, data: dict[str, Any]) -> RollupKey:
@@ -37,19 +44,24 @@ def rollup_key(kind: str, at: datetime, campaign_id: int | None, data: dict[str,
     return day, kind, campaign_id or 0, bool(data.get("machine"))
 
 
-async def add(session: AsyncSession, keys: Iterable[RollupKey]) -> None:
-    """Count events into their rollup rows, in the caller's transaction."""
-    counts: Counter[RollupKey] = Counter()
+def add(session: AsyncSession, keys: Iterable[RollupKey]) -> None:
+    """Tally events for their rollup rows; written when `session` commits."""
+    pending: Counter[RollupKey] = session.sync_session.info.setdefault(_PENDING, Counter())
     for day, kind, campaign_id, machine in keys:
-        counts[(day, kind, campaign_id, machine)] += 1
-        counts[(day, kind, ALL_MAIL, machine)] += 1
-    if not counts:
+        pending[(day, kind, campaign_id, machine)] += 1
+        pending[(day, kind, ALL_MAIL, machine)] += 1
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    """Upsert the transaction's tallies (runs inside AsyncSession.commit's greenlet)."""
+    pending: Counter[RollupKey] | None = session.info.pop(_PENDING, None)
+    if not pending:
         return
     shard = random.randrange(SHARDS)
-    # Sorted so that two transactions touching the same rows lock them in the same order.
     rows = [
         {"day": d, "kind": k, "campaign_id": c, "machine": m, "shard": shard, "count": n}
-        for (d, k, c, m), n in sorted(counts.items())
+        for (d, k, c, m), n in sorted(pending.items())
     ]
     table = cast(sa.Table, EventRollup.__table__)
     dialect = session.get_bind().dialect.name
@@ -57,7 +69,14 @@ async def add(session: AsyncSession, keys: Iterable[RollupKey]) -> None:
     statement = insert.on_conflict_do_update(
         index_elements=list(_KEY), set_={"count": table.c["count"] + insert.excluded["count"]}
     )
-    await session.execute(statement, rows)
+    session.execute(statement, rows)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
+    """A transaction that ended without committing (rollback, close) counts nothing."""
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 async def daily(

@@ -50,7 +50,7 @@ async def record_events(session: AsyncSession, events: Sequence[NewEvent]) -> No
             for event in events
         ],
     )
-    await event_rollups.add(
+    event_rollups.add(
         session,
         (
             event_rollups.rollup_key(e.kind.value, e.at or now, e.campaign_id, e.data)

@@ -81,10 +81,16 @@ async def test_rollups_equal_a_direct_count_after_a_mix_of_events(
 
     # Concurrent transactions touching the same counters (row locks on PostgreSQL).
     await asyncio.gather(*(writer(rng.randint(0, 10**6)) for _ in range(4)))
-    # A rolled-back batch counts nothing, in either table.
+    # A rolled-back batch counts nothing, in either table; the session's next one counts.
     async with sessionmaker() as session:
         await record_events(session, _mixed_batch(rng, campaigns))
         await session.rollback()
+        await record_events(session, _mixed_batch(rng, campaigns))
+        await record_events(session, _mixed_batch(rng, campaigns))  # two calls, one commit
+        await session.commit()
+    # Nor does one whose session closed without committing.
+    async with sessionmaker() as session:
+        await record_events(session, _mixed_batch(rng, campaigns))
 
     async with sessionmaker() as session:
         rollups = await _rollup_totals(session)
