@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # and the next target re-installs; otherwise an existing venv is reused as is.
 STAMP := $(VENV)/.installed-$(firstword $(shell cksum pyproject.toml))
 
-.PHONY: help venv install run lint test bench bench-quick bench-deps clean distclean
+.PHONY: help venv install run lint test bench bench-quick bench-deps clean distclean assets
 
 help:  ## list the targets
 	@grep -E '^[a-z -]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,8 +35,17 @@ lint: $(STAMP)  ## ruff check, ruff format --check, mypy --strict, import-linter
 
 test: lint  ## lint, then the whole suite on SQLite and on PostgreSQL
 	bash scripts/ensure-system-deps.sh
+	$(MAKE) --no-print-directory assets
 	WARTA_TEST_DB=sqlite $(BIN)/pytest
 	WARTA_TEST_DB=postgresql $(BIN)/pytest
+
+# Front-end packages from the npm registry, pinned by package-lock.json (axe-core for the
+# console's accessibility tests); re-installed when the lockfile changes.
+assets: node_modules/.package-lock.json  ## npm ci: the console's front-end packages
+
+node_modules/.package-lock.json: package-lock.json package.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
 
 # BENCH_FLAGS go to bench/run.py, e.g. BENCH_FLAGS="--recipients 100000" or "--only pipeline".
 bench: bench-deps  ## every benchmark (15–25 min), then one summary table (not part of `make test`)

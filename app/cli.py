@@ -517,3 +517,6 @@ def main() -> None:
 from app.backup.commands import register as register_backup_commands  # noqa: E402
 
 register_backup_commands(cli)
+from app.admin.commands import create_user  # noqa: E402
+
+cli.command("create-user")(create_user)

@@ -3,7 +3,8 @@
 # PostgreSQL (initdb, pg_ctl, postgres) and redis-server, plus Mail::DKIM (with
 # CryptX for Ed25519), the independent verifier of Warta's DKIM signatures, and
 # Debian's chromium, the real browser the public-page tests drive with Playwright,
-# and SpamAssassin's spamd and ClamAV's clamd for the content-safety tests.
+# SpamAssassin's spamd and ClamAV's clamd for the content-safety tests, and node with
+# npm, which install the console's front-end packages (`make assets`).
 # Idempotent, and a no-op costing milliseconds when all are present. Starts no daemons.
 set -euo pipefail
 
@@ -38,6 +39,10 @@ have_clamd() {
     command -v clamd >/dev/null 2>&1 || [[ -x /usr/sbin/clamd ]]
 }
 
+have_node() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
+}
+
 missing=()
 have_pg_server || missing+=(postgresql)
 have_redis_server || missing+=(redis-server)
@@ -45,6 +50,7 @@ have_mail_dkim || missing+=(libmail-dkim-perl libcryptx-perl)
 have_chromium || missing+=(chromium)
 have_spamd || missing+=(spamd)
 have_clamd || missing+=(clamav-daemon)
+have_node || missing+=(nodejs npm)
 ((${#missing[@]} == 0)) && exit 0
 
 echo "ensure-system-deps: installing ${missing[*]}" >&2
@@ -87,3 +93,4 @@ have_mail_dkim || { echo "ensure-system-deps: Mail::DKIM (libmail-dkim-perl) sti
 have_chromium || { echo "ensure-system-deps: chromium still missing" >&2; exit 1; }
 have_spamd || { echo "ensure-system-deps: spamd (Debian package spamd) still missing" >&2; exit 1; }
 have_clamd || { echo "ensure-system-deps: clamd (clamav-daemon) still missing" >&2; exit 1; }
+have_node || { echo "ensure-system-deps: node/npm still missing" >&2; exit 1; }

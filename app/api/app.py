@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from arq.connections import create_pool
 from fastapi import APIRouter, FastAPI
 
+from app import admin
 from app.api import problems
 from app.api.cors import PublicCors
 from app.api.limits import BodyLimit
@@ -41,7 +42,7 @@ from app.web import archive, broadcast_unsubscribe, preferences, subscribe, unsu
 from app.web import tracking as tracking_pages
 
 API_PREFIX = "/api/v1"
-UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import",)
+UPLOAD_PATHS = (f"{API_PREFIX}/subscribers/import", "/admin/imports")  # API and console CSV
 PUBLIC_PREFIX = f"{API_PREFIX}/public/"
 MESSAGE_PATHS = (f"{API_PREFIX}/messages", f"{API_PREFIX}/messages/batch")
 
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for pages in (unsubscribe, preferences, subscribe, archive, tracking_pages):
         app.include_router(pages.router)
     app.include_router(broadcast_unsubscribe.router)
+    admin.install(app)
     app.add_middleware(
         BodyLimit,
         default=settings.max_json_bytes,

@@ -10,6 +10,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import event_rollups
 from app.models import Event, EventKind, utcnow
 
 
@@ -48,6 +49,13 @@ async def record_events(session: AsyncSession, events: Sequence[NewEvent]) -> No
             }
             for event in events
         ],
+    )
+    event_rollups.add(
+        session,
+        (
+            event_rollups.rollup_key(e.kind.value, e.at or now, e.campaign_id, e.data)
+            for e in events
+        ),
     )
 
 

@@ -304,6 +304,25 @@ class Settings(BaseSettings):
         "to a checked one, so an answer that changes between check and connection (DNS "
         "rebinding) cannot reach a private address.",
     )
+    # --- admin console (/admin): sessions and sign-in throttling (docs/admin.md) ---
+    admin_session_idle: int = Field(
+        8 * 3600, ge=60, description="Seconds a console session lives without a request."
+    )
+    admin_session_lifetime: int = Field(
+        7 * 86400, ge=60, description="Seconds a console session lives at most, used or not."
+    )
+    admin_login_max_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed sign-ins for one account within the window that lock it for the "
+        "rest of the window (counted in Redis, so shared by every API process).",
+    )
+    admin_login_ip_max_failures: int = Field(
+        50, ge=1, description="Failed sign-ins from one client address that lock the address."
+    )
+    admin_login_window: int = Field(
+        900, ge=1, description="Seconds failed sign-ins are remembered (and a lockout lasts)."
+    )
 
     # Performance (perf-api): the batch lease renewed by a heartbeat.
     batch_lease: float = Field(

@@ -1,5 +1,6 @@
 """All models, imported so that Base.metadata knows every table."""
 
+from app.models.admin import AdminRole, AdminSession, AdminUser, AuditEntry, EventRollup
 from app.models.api_key import ApiKey
 from app.models.archive import ArchiveCompaction, ArchivedMessage
 from app.models.base import Base, utcnow
@@ -26,9 +27,13 @@ from app.models.webhook import DeliveryStatus, EventCursor, WebhookDelivery, Web
 __all__ = [
     "OPEN_STATUSES",
     "SENDABLE_STATUSES",
+    "AdminRole",
+    "AdminSession",
+    "AdminUser",
     "ApiKey",
     "ArchiveCompaction",
     "ArchivedMessage",
+    "AuditEntry",
     "Base",
     "Bounce",
     "BounceScore",
@@ -40,6 +45,7 @@ __all__ = [
     "Event",
     "EventCursor",
     "EventKind",
+    "EventRollup",
     "IdempotencyKey",
     "ImportJob",
     "ImportMode",

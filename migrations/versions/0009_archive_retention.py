@@ -1,7 +1,7 @@
 """message archive: the index of archived messages, files to compact, retention indexes
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02
 
 The bytes live in day files under WARTA_ARCHIVE_DIR (docs/archive.md); these tables say
@@ -16,7 +16,7 @@ from alembic import op
 import app.models.base
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

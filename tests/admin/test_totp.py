@@ -1,0 +1,68 @@
+"""The optional second factor: enrolment proves the app's codes; then each code works once."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pyotp
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.admin import totp
+from app.models import AdminRole, AdminUser, AuditEntry
+from tests.helpers.admin import PASSWORD, email_of, sign_in, sign_in_response
+
+SECRET = re.compile(r'name="secret" value="([A-Z2-7]+)"')
+
+
+async def test_enrol_then_sign_in_needs_a_fresh_code(
+    console: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    token = await sign_in(console, AdminRole.owner)
+    page = (await console.get("/admin/account")).text
+    found = SECRET.search(page)
+    assert found, page
+    secret = found.group(1)
+    wrong = await console.post(
+        "/admin/account/totp", data={"csrf": token, "secret": secret, "code": "000000"}
+    )
+    assert wrong.status_code == 400
+    now = pyotp.TOTP(secret).now()
+    enrolled = await console.post(
+        "/admin/account/totp", data={"csrf": token, "secret": secret, "code": now}
+    )
+    assert enrolled.status_code == 200
+    assert "The second factor is on." in enrolled.text
+    user = await session.scalar(sa.select(AdminUser).where(AdminUser.role == AdminRole.owner))
+    assert user is not None and user.totp_secret == secret
+
+    console.cookies.clear()
+    without_code = await sign_in_response(console, email_of(AdminRole.owner))
+    assert without_code.status_code == 401
+    # The code used for enrolment cannot be replayed for sign-in.
+    replayed = await sign_in_response(console, email_of(AdminRole.owner), PASSWORD, now)
+    assert replayed.status_code == 401
+    # The next step's code (accepted for clock drift) signs in, once.
+    following = pyotp.TOTP(secret).at(time.time() + totp.STEP)
+    signed_in = await sign_in_response(console, email_of(AdminRole.owner), PASSWORD, following)
+    assert signed_in.status_code == 303, signed_in.text
+    console.cookies.clear()
+    again = await sign_in_response(console, email_of(AdminRole.owner), PASSWORD, following)
+    assert again.status_code == 401
+    actions = list(await session.scalars(sa.select(AuditEntry.action).order_by(AuditEntry.id)))
+    assert "user.totp_on" in actions
+
+
+def test_codes_of_the_neighbouring_steps_are_accepted_and_older_ones_not() -> None:
+    secret = totp.new_secret()
+    generator = pyotp.TOTP(secret)
+    now = 1_800_000_000.0
+    step = int(now // totp.STEP)
+    assert totp.matching_step(secret, generator.at(now), 0, now) == step
+    assert totp.matching_step(secret, generator.at(now - 30), 0, now) == step - 1
+    assert totp.matching_step(secret, generator.at(now + 30), 0, now) == step + 1
+    assert totp.matching_step(secret, generator.at(now - 90), 0, now) is None
+    assert totp.matching_step(secret, generator.at(now), step, now) is None  # used already
+    assert totp.matching_step(secret, "12345", 0, now) is None
