@@ -4,6 +4,9 @@ no suppression, no status change, no unsubscribe, no campaign paused by the guar
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -26,8 +29,10 @@ from tests.helpers.api import create_campaign, eventually, post_json, wait_for_s
 from tests.helpers.reports import arf, deliver_report, dsn, inbound_processed
 from tests.helpers.sinks import SinkHandler
 from workers.mta.service import MtaService
+from workers.worker import run_worker
 
 Sessions = async_sessionmaker[AsyncSession]
+StopWorker = Callable[[], Awaitable[None]]
 BOUNCES = "bounces.warta.example"
 
 
@@ -37,11 +42,27 @@ def mta_settings(mta_settings: Settings) -> Settings:
     return mta_settings.model_copy(update={"bounce_guard_min_sends": 1})
 
 
+@pytest.fixture
+async def worker(engine_settings: Settings) -> AsyncIterator[StopWorker]:
+    """A real worker the test can stop: its reconcile cron (every 5 s) would otherwise finish
+    the campaign `_running_campaign` sets back to running, in the middle of a test."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(engine_settings, engine_settings.redis_url, stop))
+
+    async def stop_worker() -> None:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    yield stop_worker
+    await stop_worker()
+
+
 async def _running_campaign(
-    api: httpx.AsyncClient, sessionmaker: Sessions, addresses: list[str]
+    api: httpx.AsyncClient, sessionmaker: Sessions, worker: StopWorker, addresses: list[str]
 ) -> tuple[int, dict[str, Send]]:
     """A campaign delivered to `addresses`, then set back to running as if still sending (the
-    guard only pauses a running campaign); its delivered ledger rows by address."""
+    guard only pauses a running campaign); its delivered ledger rows by address. The worker is
+    stopped first, so nothing finishes the campaign again while the test runs."""
     news = (await post_json(api, "/api/v1/lists", {"name": "news"}))["id"]
     for address in addresses:
         await post_json(api, "/api/v1/subscribers", {"email": address, "lists": [news]})
@@ -61,6 +82,7 @@ async def _running_campaign(
         )
 
     await eventually(delivered, what="the campaign delivered")
+    await worker()
     async with sessionmaker() as session:
         await session.execute(
             sa.update(Campaign).where(Campaign.id == campaign).values(status="running")
@@ -101,12 +123,14 @@ async def test_reports_without_a_signed_clue_change_nothing_and_are_kept_unattri
     mta: MtaService,
     mta_settings: Settings,
     api: httpx.AsyncClient,
-    worker: None,
+    worker: StopWorker,
     remote: tuple[str, SinkHandler],
     sessionmaker: Sessions,
 ) -> None:
     victim = "victim@example.com"
-    campaign, rows = await _running_campaign(api, sessionmaker, [victim, "other@example.com"])
+    campaign, rows = await _running_campaign(
+        api, sessionmaker, worker, [victim, "other@example.com"]
+    )
     row = rows[victim]
     before = await _state(sessionmaker, campaign)
     assert before["campaign"] is CampaignStatus.running
@@ -164,12 +188,12 @@ async def test_a_genuine_dsn_to_the_verp_address_still_bounces(
     mta: MtaService,
     mta_settings: Settings,
     api: httpx.AsyncClient,
-    worker: None,
+    worker: StopWorker,
     remote: tuple[str, SinkHandler],
     sessionmaker: Sessions,
 ) -> None:
     address = "gone@example.com"
-    campaign, rows = await _running_campaign(api, sessionmaker, [address])
+    campaign, rows = await _running_campaign(api, sessionmaker, worker, [address])
     original = remote[1].snapshot()[0]
     report = dsn(original.mail_from, address, "550 5.1.1 user unknown", original.message_id)
     assert (await deliver_report(mta_settings, original.mail_from, report))[0] == 250
@@ -186,12 +210,12 @@ async def test_a_non_ascii_verp_token_is_kept_unattributed_not_retried(
     mta: MtaService,
     mta_settings: Settings,
     api: httpx.AsyncClient,
-    worker: None,
+    worker: StopWorker,
     remote: tuple[str, SinkHandler],
     sessionmaker: Sessions,
 ) -> None:
     victim = "victim@example.com"
-    campaign, rows = await _running_campaign(api, sessionmaker, [victim])
+    campaign, rows = await _running_campaign(api, sessionmaker, worker, [victim])
     before = await _state(sessionmaker, campaign)
     for mac in ("éé", "²²²²²²²²²²"):
         for recipient in (
