@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.admin.roles import AUDIT_READ, USERS_MANAGE
+from app.core.api_keys import MANAGE_SCOPE
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ NAV: list[NavItem] = [
     NavItem("MTA queue", "/admin/queue", "queue:read"),
     NavItem("Audit log", "/admin/audit", AUDIT_READ),
     NavItem("Users", "/admin/users", USERS_MANAGE),
+    NavItem("API keys", "/admin/api-keys", MANAGE_SCOPE),
     NavItem("Account", "/admin/account", ""),
 ]
 """Pages append their entry here when they are registered (see docs/admin.md)."""

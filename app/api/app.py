@@ -13,6 +13,7 @@ from app import admin
 from app.api import problems
 from app.api.cors import PublicCors
 from app.api.limits import BodyLimit
+from app.api.routes import api_keys as api_key_routes
 from app.api.routes import (
     bounces,
     campaigns,
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raw_messages,
         safety,
         inbound,
+        api_key_routes,
     ):
         api.include_router(module.router)
     app.include_router(api)

@@ -19,7 +19,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import Invalid
+from app.core.errors import Invalid, NotFound
 from app.models import ApiKey, utcnow
 
 RESOURCES = (
@@ -48,6 +48,9 @@ MIN_DISTINCT_CHARACTERS = 8
 """A random 32-character token has far more; fewer means a repeated word, not randomness."""
 _PUBLIC_ID = re.compile(r"wk_[0-9a-f]{8}_")
 _TOUCH_INTERVAL = timedelta(minutes=1)
+MANAGE_SCOPE = "admin"
+"""Who may list, create and revoke keys: a key or a console role holding `admin`."""
+MAX_NAME = 200
 
 
 def new_token() -> str:
@@ -108,6 +111,11 @@ async def create_key(
 ) -> tuple[ApiKey, str]:
     """Store a new key; returns it with the token, which is never retrievable again."""
     token = token or new_token()
+    name = name.strip()
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise Invalid(f"a key needs a name of 1 to {MAX_NAME} printable characters on one line")
+    if not scopes:
+        raise Invalid("a key needs at least one scope")
     key = ApiKey(
         name=name,
         prefix=public_prefix(token),
@@ -156,3 +164,29 @@ async def submission_hashes(session: AsyncSession, scope: str) -> frozenset[str]
         sa.select(ApiKey.token_hash, ApiKey.scopes).where(ApiKey.revoked_at.is_(None))
     )
     return frozenset(token for token, scopes in rows if allows(scopes, scope))
+
+
+async def page(session: AsyncSession, after_id: int = 0, limit: int = 100) -> list[ApiKey]:
+    """Keys in id order after `after_id` (keyset), revoked ones included."""
+    query = sa.select(ApiKey).where(ApiKey.id > after_id).order_by(ApiKey.id).limit(limit)
+    return list(await session.scalars(query))
+
+
+async def get_key(session: AsyncSession, key_id: int) -> ApiKey:
+    """One key by id, or NotFound."""
+    key = await session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f"no API key {key_id}")
+    return key
+
+
+async def revoke(session: AsyncSession, key_id: int) -> ApiKey:
+    """Revoke a key for good: it stops authenticating at once. Revoking twice changes nothing.
+
+    The row is kept (name, prefix, dates) so the console and the audit log can still name it.
+    """
+    key = await get_key(session, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await session.flush()
+    return key

@@ -17,6 +17,7 @@ PAGES = (
     "/admin/audit",
     "/admin/account",
     "/admin/users",
+    "/admin/api-keys",
     "/admin/lists",
     "/admin/subscribers",
     "/admin/imports/new",

@@ -7,6 +7,7 @@ page).
 
 from app.admin.pages import (
     account,
+    api_keys,
     audit_log,
     campaign_actions,
     campaign_report,
@@ -41,5 +42,6 @@ ALL = (
     mta_queue,
     webhooks,
     users,
+    api_keys,
 )
 """Every page module, mounted in this order. Add new pages here."""
