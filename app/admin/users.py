@@ -51,9 +51,11 @@ class SignInCheck:
 
 
 async def check_credentials(
-    session: AsyncSession, email: str, password: str, code: str
+    session: AsyncSession, email: str, password: str, code: str, secret_key: str
 ) -> SignInCheck:
-    """Check password and (when enrolled) the TOTP code; the caller commits the used step."""
+    """Check password and (when enrolled) the TOTP code; the caller commits the used step.
+
+    `secret_key` opens the sealed TOTP secret (see app.admin.totp)."""
     user = await by_email(session, email) if len(email) <= 320 else None
     good = await passwords.verify(user.password_hash if user else None, password)
     if user is None or not good or user.disabled_at is not None:
@@ -61,7 +63,8 @@ async def check_credentials(
     if user.totp_secret:
         if not code:
             return SignInCheck(None, needs_code=True)
-        step = totp.matching_step(user.totp_secret, code, user.totp_last_step)
+        secret = totp.unseal(user.totp_secret, secret_key, user.id)
+        step = totp.matching_step(secret, code, user.totp_last_step) if secret else None
         if step is None:
             return SignInCheck(None, needs_code=True)
         user.totp_last_step = step
@@ -71,13 +74,20 @@ async def check_credentials(
     return SignInCheck(user)
 
 
-async def enrol_totp(user: AdminUser, secret: str, code: str) -> bool:
+async def enrol_totp(user: AdminUser, secret: str, code: str, secret_key: str) -> bool:
     """Turn the second factor on once the user proves their app shows the right codes."""
     step = totp.matching_step(secret, code, 0)
     if step is None:
         return False
-    user.totp_secret, user.totp_last_step = secret, step
+    user.totp_secret = totp.seal(secret, secret_key, user.id)
+    user.totp_last_step = step
     return True
+
+
+def totp_code_matches(user: AdminUser, code: str, secret_key: str) -> bool:
+    """Whether `code` is a current code of the user's second factor (to turn it off)."""
+    secret = totp.unseal(user.totp_secret, secret_key, user.id) if user.totp_secret else None
+    return secret is not None and totp.matching_step(secret, code, 0) is not None
 
 
 def disable_totp(user: AdminUser) -> None:

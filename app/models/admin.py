@@ -31,7 +31,7 @@ class AdminUser(Timestamps, Base):
     """Stored lower-cased: one address, one account."""
     role: Mapped[AdminRole] = mapped_column(enum_type(AdminRole, "admin_role"))
     password_hash: Mapped[str] = mapped_column(sa.String(200))
-    totp_secret: Mapped[str | None] = mapped_column(sa.String(64))
+    totp_secret: Mapped[str | None] = mapped_column(sa.String(128))
     """Base32 TOTP secret once the second factor is enrolled; None means password only."""
     totp_last_step: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     """The last accepted TOTP time step: a code is good once (no replay within its window)."""

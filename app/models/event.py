@@ -44,6 +44,7 @@ class Event(Base):
         sa.Index("ix_events_campaign_kind", "campaign_id", "kind"),
         sa.Index("ix_events_send_id", "send_id"),
         sa.Index("ix_events_message_id", "message_id"),
+        sa.Index("ix_events_subscriber_id", "subscriber_id"),
     )
 
     id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)

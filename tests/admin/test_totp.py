@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pyotp
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.admin import totp
+from app.core.database import create_engine
+from app.core.migrate import upgrade_async
+from app.core.settings import Settings, get_settings
 from app.models import AdminRole, AdminUser, AuditEntry
 from tests.helpers.admin import PASSWORD, email_of, sign_in, sign_in_response
+from tests.helpers.servers import PostgresServer
 
 SECRET = re.compile(r'name="secret" value="([A-Z2-7]+)"')
 
 
 async def test_enrol_then_sign_in_needs_a_fresh_code(
-    console: httpx.AsyncClient, session: AsyncSession
+    console: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
     token = await sign_in(console, AdminRole.owner)
     page = (await console.get("/admin/account")).text
@@ -36,7 +44,12 @@ async def test_enrol_then_sign_in_needs_a_fresh_code(
     assert enrolled.status_code == 200
     assert "The second factor is on." in enrolled.text
     user = await session.scalar(sa.select(AdminUser).where(AdminUser.role == AdminRole.owner))
-    assert user is not None and user.totp_secret == secret
+    assert user is not None and user.totp_secret is not None
+    # Stored sealed under a key derived from WARTA_SECRET_KEY, bound to the user.
+    assert secret not in user.totp_secret and user.totp_secret.startswith(totp.SEALED)
+    assert totp.unseal(user.totp_secret, settings.effective_secret_key(), user.id) == secret
+    assert totp.unseal(user.totp_secret, settings.effective_secret_key(), user.id + 1) is None
+    assert totp.unseal(user.totp_secret, "another secret key", user.id) is None
 
     console.cookies.clear()
     without_code = await sign_in_response(console, email_of(AdminRole.owner))
@@ -66,3 +79,44 @@ def test_codes_of_the_neighbouring_steps_are_accepted_and_older_ones_not() -> No
     assert totp.matching_step(secret, generator.at(now - 90), 0, now) is None
     assert totp.matching_step(secret, generator.at(now), step, now) is None  # used already
     assert totp.matching_step(secret, "12345", 0, now) is None
+
+
+async def test_0012_seals_the_secrets_stored_before_it(
+    postgres: PostgresServer | None,
+    tmp_path: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = (
+        postgres.create_database(f"totp_{uuid.uuid4().hex}")
+        if postgres is not None
+        else f"sqlite+aiosqlite:///{tmp_path / 'totp.db'}"
+    )
+    await upgrade_async(url, "0011")
+    secret = totp.new_secret()
+    engine = create_engine(settings.model_copy(update={"database_url": url}))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO admin_users (email, role, password_hash, totp_secret, "
+                    "totp_last_step, created_at, updated_at) VALUES ('old@example.com', "
+                    "'owner', 'x', :secret, 0, :now, :now)"
+                ),
+                {"secret": secret, "now": datetime.now(UTC).replace(tzinfo=None)},
+            )
+        # The migration seals with the app's key, as `warta migrate` reads it.
+        monkeypatch.setenv("WARTA_SECRET_KEY", settings.effective_secret_key())
+        get_settings.cache_clear()
+        try:
+            await upgrade_async(url, "head")
+        finally:
+            get_settings.cache_clear()
+        async with engine.connect() as connection:
+            user_id, stored = (
+                await connection.execute(sa.text("SELECT id, totp_secret FROM admin_users"))
+            ).one()
+    finally:
+        await engine.dispose()
+    assert stored.startswith(totp.SEALED) and secret not in stored
+    assert totp.unseal(stored, settings.effective_secret_key(), user_id) == secret

@@ -45,10 +45,11 @@ async def enable_totp(
     session: SessionDep,
     secret: Annotated[str, Form(min_length=16, max_length=64, pattern="^[A-Z2-7]+=*$")],
     code: Annotated[str, Form(max_length=16)],
+    settings: SettingsDep,
 ) -> HTMLResponse:
     """Turn the second factor on once a code from the new key is right."""
     user = admin.user  # loaded by this request's session, so changes to it are saved
-    if not await users.enrol_totp(user, secret, code):
+    if not await users.enrol_totp(user, secret, code, settings.effective_secret_key()):
         return await _page(admin, session, notice="That code was not right; try again.", status=400)
     await audit.record(session, user, "user.totp_on", f"user:{user.id}")
     await session.commit()
@@ -57,11 +58,14 @@ async def enable_totp(
 
 @router.post("/account/totp/disable")
 async def disable_totp(
-    admin: CurrentAdmin, session: SessionDep, code: Annotated[str, Form(max_length=16)]
+    admin: CurrentAdmin,
+    session: SessionDep,
+    code: Annotated[str, Form(max_length=16)],
+    settings: SettingsDep,
 ) -> HTMLResponse:
     """Turn the second factor off, proven with a current code."""
     user = admin.user
-    if not user.totp_secret or totp.matching_step(user.totp_secret, code, 0) is None:
+    if not users.totp_code_matches(user, code, settings.effective_secret_key()):
         return await _page(admin, session, notice="That code was not right.", status=400)
     users.disable_totp(user)
     await audit.record(session, user, "user.totp_off", f"user:{user.id}")

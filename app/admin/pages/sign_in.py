@@ -104,7 +104,9 @@ async def sign_in(
             email=email,
             next_path=next,
         )
-    checked = await users.check_credentials(session, email, password, code)
+    checked = await users.check_credentials(
+        session, email, password, code, settings.effective_secret_key()
+    )
     if checked.user is None:
         await throttle.failed(client, email)
         await session.rollback()
