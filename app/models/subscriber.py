@@ -31,6 +31,16 @@ class Subscriber(Timestamps, Base):
     """One address; `email` is stored normalised (lower case), so unique case-insensitively."""
 
     __tablename__ = "subscribers"
+    __table_args__ = (
+        # Search by part of the address (LIKE '%…%'); a trigram GIN index on PostgreSQL,
+        # a plain one on SQLite (see migration 0012).
+        sa.Index(
+            "ix_subscribers_email_trgm",
+            "email",
+            postgresql_using="gin",
+            postgresql_ops={"email": "gin_trgm_ops"},
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(sa.String(320), unique=True)

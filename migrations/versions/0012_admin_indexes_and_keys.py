@@ -1,4 +1,4 @@
-"""admin console at scale and at rest: events by subscriber; TOTP secrets sealed
+"""admin console at scale and at rest: events by subscriber, subscriber search; TOTP sealed
 
 Revision ID: 0012
 Revises: 0011
@@ -20,6 +20,19 @@ def upgrade() -> None:
     # The subscriber page (and GET /subscribers/{id}/export) reads a subscriber's events:
     # without it, one subscriber's timeline is a scan of the whole events table.
     op.create_index("ix_events_subscriber_id", "events", ["subscriber_id"])
+    # Subscriber search by part of the address (LIKE '%…%'): a trigram index answers it
+    # without reading every subscriber. pg_trgm ships with PostgreSQL and is a trusted
+    # extension (13+): the database's owner may create it. SQLite gets a plain index of the
+    # same name, so the models describe both.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    op.create_index(
+        "ix_subscribers_email_trgm",
+        "subscribers",
+        ["email"],
+        postgresql_using="gin",
+        postgresql_ops={"email": "gin_trgm_ops"},
+    )
     # A sealed TOTP secret (app.admin.totp.seal) is longer than the plain base32 one.
     with op.batch_alter_table("admin_users") as batch:
         batch.alter_column(
@@ -63,4 +76,5 @@ def downgrade() -> None:
         batch.alter_column(
             "totp_secret", existing_type=sa.String(128), type_=sa.String(64), nullable=True
         )
+    op.drop_index("ix_subscribers_email_trgm", table_name="subscribers")
     op.drop_index("ix_events_subscriber_id", table_name="events")

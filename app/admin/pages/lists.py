@@ -11,6 +11,7 @@ from app.admin import audit
 from app.admin.deps import CurrentAdmin, needs, page_router
 from app.admin.pages.forms import DbId, after_rollback, refuse
 from app.admin.rendering import render
+from app.audience import list_sizes
 from app.audience import lists as service
 from app.core.errors import DomainError
 from app.core.http import SessionDep
@@ -35,7 +36,8 @@ async def _page(
         title="Lists",
         current="/admin/lists",
         lists=found,
-        counts=await service.member_counts(session, [item.id for item in found]),
+        sizes=await list_sizes.member_counts(session, [item.id for item in found]),
+        exact_up_to=list_sizes.EXACT_UP_TO,
         can_write=admin.can("lists:write"),
         error=error,
     )
@@ -81,7 +83,7 @@ async def list_page(list_id: DbId, admin: CurrentAdmin, session: SessionDep) -> 
         title=f"List: {found.name}",
         current="/admin/lists",
         item=found,
-        counts=(await service.member_counts(session, [list_id]))[list_id],
+        sizes=await list_sizes.member_counts(session, [list_id]),
         can_write=admin.can("lists:write"),
     )
 
@@ -110,13 +112,15 @@ async def confirm_delete(list_id: DbId, admin: CurrentAdmin, session: SessionDep
         found = await service.get(session, list_id)
     except DomainError as exc:
         refuse(exc)
-    counts = (await service.member_counts(session, [list_id]))[list_id]
+    sizes = await list_sizes.member_counts(session, [list_id])
+    members = sum(sizes.counts[list_id].values())
+    about = "about " if list_id in sizes.estimated else ""
     return render(
         "confirm.html",
         admin,
         title=f"Delete the list {found.name}?",
         current="/admin/lists",
-        text=f"Its {sum(counts.values()):,} memberships are removed; the subscribers stay.",
+        text=f"Its {about}{members:,} memberships are removed; the subscribers stay.",
         action=f"/admin/lists/{list_id}/delete",
         button="Delete the list",
         back=f"/admin/lists/{list_id}",
