@@ -2,13 +2,15 @@
 
 A session ends when it is idle too long, reaches its lifetime, or is revoked (sign-out,
 sign-out everywhere); every check reads the row, so a revocation takes effect at once.
+Rows of sessions that ended more than KEEP_ENDED ago are deleted whenever someone signs in:
+sign-ins are what add rows, so the table stays as small as its live sessions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +20,8 @@ from app.models import AdminSession, AdminUser, utcnow
 
 TOKEN_BYTES = 32
 _TOUCH_INTERVAL = timedelta(minutes=1)
+KEEP_ENDED = timedelta(days=7)
+"""How long an ended session's row is kept (what the sessions list of a recent incident needs)."""
 
 
 def hash_token(token: str) -> str:
@@ -28,9 +32,12 @@ def hash_token(token: str) -> str:
 async def open_session(
     session: AsyncSession, user: AdminUser, settings: Settings, client: str
 ) -> str:
-    """Start a session for `user`; returns the cookie token (stored only as its hash)."""
+    """Start a session for `user`; returns the cookie token (stored only as its hash).
+
+    Ended sessions' old rows are pruned in the same transaction."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = utcnow()
+    await prune(session, settings, now)
     session.add(
         AdminSession(
             token_hash=hash_token(token),
@@ -43,6 +50,24 @@ async def open_session(
     )
     await session.flush()
     return token
+
+
+async def prune(session: AsyncSession, settings: Settings, now: datetime | None = None) -> int:
+    """Delete the rows of sessions that ended (expired, idle or revoked) more than
+    KEEP_ENDED ago; how many."""
+    before = (now or utcnow()) - KEEP_ENDED
+    result = await session.execute(
+        sa.delete(AdminSession)
+        .where(
+            sa.or_(
+                AdminSession.expires_at < before,
+                AdminSession.revoked_at < before,
+                AdminSession.last_seen_at < before - timedelta(seconds=settings.admin_session_idle),
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def lookup(
