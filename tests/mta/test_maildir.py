@@ -207,3 +207,33 @@ def test_every_acknowledged_message_survives_a_sigkill_mid_batch(tmp_path: Path)
     # Whatever reached new/ is whole: a file is renamed there only once it is written.
     for data in stored.values():
         assert data.endswith(b"x" * 20_000)
+
+
+@pytest.mark.parametrize("when", ["before its first pass", "during a pass"])
+async def test_waiters_hear_of_a_stopped_committer_instead_of_waiting_forever(
+    tmp_path: Path, when: str
+) -> None:
+    maildir = DurableMaildir(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+    commit = maildir._commit
+
+    def held_commit(messages: list[bytes]) -> list[Path]:
+        entered.set()
+        release.wait(30)
+        return commit(messages)
+
+    maildir._commit = held_commit  # type: ignore[method-assign]
+    waiters = [asyncio.create_task(maildir.store([MESSAGE])) for _ in range(20)]
+    await asyncio.sleep(0)  # the first store starts the committer, the others queue
+    if when == "during a pass":
+        assert await asyncio.to_thread(entered.wait, 30)
+    committer = maildir._committer
+    assert committer is not None
+    committer.cancel()
+    release.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 30)
+    stopped = [o for o in outcomes if isinstance(o, RuntimeError)]
+    assert len(stopped) == 20, outcomes  # none answered "stored" by a pass that did not report
+    [path] = await maildir.store([MESSAGE])  # a later store starts a new committer
+    assert path.read_bytes() == MESSAGE
+    await maildir.close()

@@ -65,6 +65,12 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _fail(items: list[_Pending], error: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
 class DurableMaildir:
     """Messages that survive a crash once `add` or `store` returns."""
 
@@ -76,6 +82,7 @@ class DurableMaildir:
             sub.mkdir(parents=True, exist_ok=True)
         self.stats = MaildirStats()
         self._pending: list[_Pending] = []
+        self._in_pass: list[_Pending] = []  # taken from _pending by the pass under way
         self._committer: asyncio.Task[None] | None = None
         self._io_pool: ThreadPoolExecutor | None = None
 
@@ -95,7 +102,16 @@ class DurableMaildir:
         self._pending.append(_Pending(messages, future))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending(), name="maildir-commit")
+            self._committer.add_done_callback(self._committer_ended)
         return await asyncio.shield(future)
+
+    def _committer_ended(self, task: asyncio.Task[None]) -> None:
+        # Cancelled (the loop is shutting down), perhaps before it ever ran: nobody may wait
+        # for a pass that will never report. Failed, not delivered: the spool keeps them.
+        if task.cancelled():
+            _fail([*self._in_pass, *self._pending], RuntimeError("the Maildir committer stopped"))
+            self._in_pass.clear()
+            self._pending.clear()
 
     async def close(self) -> None:
         """Finish the commits under way and release the writer threads."""
@@ -116,16 +132,17 @@ class DurableMaildir:
             ):
                 item = self._pending.pop(0)
                 batch.append(item)
+                self._in_pass.append(item)
                 count += len(item.messages)
             try:
                 paths = await asyncio.to_thread(
                     self._commit, [data for item in batch for data in item.messages]
                 )
             except Exception as exc:  # every waiter of the batch hears of it; none is lost
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                self._in_pass.clear()
+                _fail(batch, exc)
                 continue
+            self._in_pass.clear()  # (not when cancelled: `_committer_ended` fails them)
             start = 0
             for item in batch:
                 end = start + len(item.messages)
