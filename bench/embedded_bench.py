@@ -6,11 +6,14 @@ ports (so a developer's own `make run` on this machine is not disturbed): the da
 `capture` mode into `var/maildir`, unsigned, as a fresh checkout does. A campaign of 1,000
 recipients is seeded and scheduled as the API's `POST …/schedule` does it (the state change,
 then the start job enqueued at once; `--cron` leaves the start to the scheduler's cron, up to
-a second later); the figure is recipients / (schedule → the ledger shows all delivered). `--split` runs `warta mta` and `warta worker` as two processes sharing the
-embedded Redis instead of `warta dev`'s one. The CPU per message of the Warta process(es)
-and of the embedded Redis is printed beside it.
+a second later); the figure is recipients / (schedule → the ledger shows all delivered).
+`--split` runs `warta mta` and `warta worker` as two processes sharing the embedded Redis
+instead of `warta dev`'s one. The CPU per message of the Warta process(es) (user and system)
+and of the embedded Redis is printed beside it, with a timeline of the run's milestones.
+`--set WARTA_X=value` passes a setting (any environment variable) to the Warta processes:
+`--set PYTHONPATH=<another checkout>` runs that code under the same benchmark, for A/B.
 
-    python -m bench.embedded_bench [--recipients 1000] [--split] [--cron] [--profile]
+    python -m bench.embedded_bench [--recipients 1000] [--split] [--cron] [--set K=V] [--profile]
 """
 
 from __future__ import annotations
