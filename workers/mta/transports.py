@@ -8,7 +8,6 @@ after `messages_per_connection` messages; other next hops get the transport's de
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from pathlib import Path
 from typing import Protocol
@@ -55,18 +54,19 @@ class CaptureTransport:
         """Store with Return-Path and Delivered-To, as a local delivery agent would.
 
         Durable before it returns: the spool drops its copy once this reports delivered.
+        Concurrent deliveries share one fsync pass (the Maildir's group commit).
         """
-
-        def write() -> None:
-            for recipient in recipients:
-                trace = f"Return-Path: <{mail_from}>\r\nDelivered-To: {recipient}\r\n".encode()
-                self.maildir.add(trace + data)
-
-        await asyncio.to_thread(write)
+        await self.maildir.store(
+            [
+                f"Return-Path: <{mail_from}>\r\nDelivered-To: {recipient}\r\n".encode() + data
+                for recipient in recipients
+            ]
+        )
         return {recipient: SendResult.from_reply(250, CAPTURED[4:]) for recipient in recipients}
 
     async def aclose(self) -> None:
-        """Nothing to close."""
+        """Let the Maildir finish the commits under way."""
+        await self.maildir.close()
 
 
 class SmtpTransport:
