@@ -1,10 +1,9 @@
 """Keep the bytes of every message as built, and give them back by message or by recipient.
 
-A message is split at the end of its header block: the header block (unique per message:
-Message-ID, To, Date) is one frame; the body is stored once per SHA-256 within a day file
-and shared by every message of that file that carries it. The index row of a message says
-where both its frames are.
-What is stored is the message as Warta built it, before the MTA adds its DKIM-Signature.
+The messages of one batch go to today's day file as one zstd frame (`dayfiles.pack`): the
+index row of a message says which frame (offset and length in the file) and where in the
+frame's content the message is (start and size). What is stored is the message as Warta
+built it, before the MTA adds its DKIM-Signature.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from app.mail.recording import LedgerRow
 from app.models import ArchiveCompaction, ArchivedMessage, Message, utcnow
 
 logger = logging.getLogger(__name__)
-HEAD_END = b"\r\n\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +41,6 @@ class Built:
     message_id: int | None = None
     campaign_id: int | None = None
     subscriber_id: int | None = None
-
-
-def split(data: bytes) -> tuple[bytes, bytes]:
-    """The header block (with its blank line) and the body; `head + body == data`."""
-    end = data.find(HEAD_END)
-    if end < 0:
-        return data, b""
-    return data[: end + len(HEAD_END)], data[end + len(HEAD_END) :]
 
 
 def sha256(data: bytes) -> str:
@@ -84,7 +74,7 @@ async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]
 async def store(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, items: Sequence[Built]
 ) -> None:
-    """Write the frames of `items` to today's day file, then their index rows."""
+    """Write `items` to today's day file (one frame per batch), then their index rows."""
     if not settings.archive_enabled or not items:
         return
     now = utcnow()
@@ -93,54 +83,38 @@ async def store(
         items = await _not_archived(session, items)
         if not items:
             return
-        pieces = [_Piece.of(item) for item in items]
-        bodies = await _bodies_in(session, name, {piece.body_key for piece in pieces})
-        new_bodies: dict[str, bytes] = {}
-        for piece in pieces:
-            if piece.body_key not in bodies and piece.body_key not in new_bodies:
-                new_bodies[piece.body_key] = piece.body
-        heads = [piece.head for piece in pieces]
-        placed = await asyncio.to_thread(
-            _write, settings.archive_directory(), name, heads + list(new_bodies.values())
-        )
-        bodies.update(zip(new_bodies, placed[len(heads) :], strict=True))
+        # Hashing, compression and the append: one hop to a thread per batch.
+        placed = await asyncio.to_thread(_write, settings.archive_directory(), name, items)
         rows = [
             {
-                "message_id": piece.item.message_id,
-                "campaign_id": piece.item.campaign_id,
-                "subscriber_id": piece.item.subscriber_id,
+                "message_id": item.message_id,
+                "campaign_id": item.campaign_id,
+                "subscriber_id": item.subscriber_id,
                 "path": name,
-                "head_offset": head.offset,
-                "head_length": head.length,
-                "body_offset": bodies[piece.body_key].offset,
-                "body_length": bodies[piece.body_key].length,
-                "body_sha256": piece.body_key,
-                "sha256": piece.key,
-                "size": len(piece.item.data),
+                "frame_offset": frame.offset,
+                "frame_length": frame.length,
+                "start": start,
+                "size": len(item.data),
+                "sha256": key,
                 "created_at": now,
             }
-            for piece, head in zip(pieces, placed[: len(heads)], strict=True)
+            for item, (frame, start, key) in zip(items, placed, strict=True)
         ]
         await _upsert(session, rows)
         await session.commit()
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    item: Built
-    head: bytes
-    body: bytes
-    body_key: str
-    key: str
-
-    @classmethod
-    def of(cls, item: Built) -> _Piece:
-        head, body = split(item.data)
-        return cls(item, head, body, sha256(body), sha256(item.data))
-
-
-def _write(directory: Path, name: str, pieces: list[bytes]) -> list[Frame]:
-    return dayfiles.append(directory, name, dayfiles.compress(pieces))
+def _write(directory: Path, name: str, items: Sequence[Built]) -> list[tuple[Frame, int, str]]:
+    """(frame, start in it, SHA-256) of each item, appended to the day file."""
+    keys = [sha256(item.data) for item in items]
+    packed = dayfiles.pack([item.data for item in items])
+    frames = dayfiles.append(directory, name, [frame.data for frame in packed])
+    places = [
+        (frame, start)
+        for frame, packed_frame in zip(frames, packed, strict=True)
+        for start, _ in packed_frame.places
+    ]
+    return [(frame, start, key) for (frame, start), key in zip(places, keys, strict=True)]
 
 
 async def _not_archived(session: AsyncSession, items: Sequence[Built]) -> list[Built]:
@@ -158,18 +132,6 @@ async def _not_archived(session: AsyncSession, items: Sequence[Built]) -> list[B
     return [item for item in items if item.message_id is None or item.message_id not in done]
 
 
-async def _bodies_in(session: AsyncSession, name: str, keys: set[str]) -> dict[str, Frame]:
-    """Bodies already in today's file, found through the messages that carry them. Only
-    those are shared, so that a newer message never needs an older day file (retention
-    can then drop whole days, and compaction rewrite one file at a time)."""
-    rows = await session.execute(
-        sa.select(
-            ArchivedMessage.body_sha256, ArchivedMessage.body_offset, ArchivedMessage.body_length
-        ).where(ArchivedMessage.body_sha256.in_(sorted(keys)), ArchivedMessage.path == name)
-    )
-    return {key: Frame(name, offset, length) for key, offset, length in rows}
-
-
 def _insert(session: AsyncSession, table: sa.Table) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return pg_insert(table)
@@ -179,17 +141,7 @@ def _insert(session: AsyncSession, table: sa.Table) -> Any:
 async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Insert the index rows; a campaign message archived again replaces its row."""
     table = cast(sa.Table, ArchivedMessage.__table__)
-    changed = (
-        "path",
-        "head_offset",
-        "head_length",
-        "body_offset",
-        "body_length",
-        "body_sha256",
-        "sha256",
-        "size",
-        "created_at",
-    )
+    changed = ("path", "frame_offset", "frame_length", "start", "size", "sha256", "created_at")
     for keys, group in (
         (["message_id"], [row for row in rows if row["message_id"] is not None]),
         (["campaign_id", "subscriber_id"], [row for row in rows if row["message_id"] is None]),
@@ -231,20 +183,21 @@ async def _raw(
             await session.execute(
                 sa.select(
                     ArchivedMessage.path,
-                    ArchivedMessage.head_offset,
-                    ArchivedMessage.head_length,
+                    ArchivedMessage.frame_offset,
+                    ArchivedMessage.frame_length,
                     ArchivedMessage.sha256,
-                    ArchivedMessage.body_offset,
-                    ArchivedMessage.body_length,
+                    ArchivedMessage.start,
+                    ArchivedMessage.size,
                 ).where(where)
             )
         ).first()
         if found is None:
             raise NotFound(f"{what} is not in the archive (never archived, expired or erased)")
-        head = Frame(found[0], found[1], found[2])
-        body = Frame(found[0], found[4], found[5])
+        frame = Frame(found[0], found[1], found[2])
         try:
-            data = await asyncio.to_thread(_read, settings.archive_directory(), head, body)
+            data = await asyncio.to_thread(
+                _read, settings.archive_directory(), frame, found[4], found[5]
+            )
         except (OSError, dayfiles.FrameError) as exc:
             if attempt == 0:
                 session.expire_all()
@@ -260,8 +213,8 @@ async def _raw(
     raise AssertionError("unreachable")
 
 
-def _read(directory: Path, head: Frame, body: Frame) -> bytes:
-    return dayfiles.read(directory, head) + dayfiles.read(directory, body)
+def _read(directory: Path, frame: Frame, start: int, size: int) -> bytes:
+    return dayfiles.read(directory, frame)[start : start + size]
 
 
 class ArchiveDamaged(DomainError):
