@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ from app.core.settings import Settings
 from app.mail.context import EngineContext
 from app.mail.identity import Kind
 from app.mail.recording import LedgerRow
-from app.models import ArchiveCompaction, ArchivedMessage, Message, utcnow
+from app.models import ArchiveCompaction, ArchivedMessage, Message, Send, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,15 @@ async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
 async def raw_message(session: AsyncSession, settings: Settings, message_id: int) -> bytes:
     """The archived bytes of a transactional message, or NotFound."""
     where = ArchivedMessage.message_id == message_id
-    return await _raw(session, settings, where, f"message {message_id}")
+    what = f"message {message_id}"
+    try:
+        return await _raw(session, settings, where, what)
+    except NotFound:
+        created = await session.scalar(
+            sa.select(Message.created_at).where(Message.id == message_id)
+        )
+        _expired(settings, created, what)
+        raise
 
 
 async def raw_campaign_message(
@@ -168,9 +177,34 @@ async def raw_campaign_message(
     where = sa.and_(
         ArchivedMessage.campaign_id == campaign_id, ArchivedMessage.subscriber_id == subscriber_id
     )
-    return await _raw(
-        session, settings, where, f"the message of campaign {campaign_id} to {subscriber_id}"
-    )
+    what = f"the message of campaign {campaign_id} to subscriber {subscriber_id}"
+    try:
+        return await _raw(session, settings, where, what)
+    except NotFound:
+        sent = await session.scalar(
+            sa.select(sa.func.max(sa.func.coalesce(Send.sent_at, Send.updated_at))).where(
+                Send.campaign_id == campaign_id, Send.subscriber_id == subscriber_id
+            )
+        )
+        _expired(settings, sent, what)
+        raise
+
+
+def _expired(settings: Settings, sent: datetime | None, what: str) -> None:
+    """Raise Expired if a message that was sent is older than the archive keeps messages."""
+    days = settings.retention_messages
+    if sent is not None and days > 0 and sent < utcnow() - timedelta(days=days):
+        raise Expired(
+            f"{what} is older than the archive keeps messages "
+            f"(WARTA_RETENTION_MESSAGES = {days} days): its bytes were deleted"
+        )
+
+
+class Expired(DomainError):
+    """The message existed, but retention has deleted its bytes."""
+
+    status = 410
+    title = "Gone"
 
 
 async def _raw(
