@@ -28,6 +28,7 @@ from app.models import (
     WebhookDelivery,
     utcnow,
 )
+from app.models.archive import MIME_KEPT
 from app.models.message import SENDABLE_STATUSES
 
 TIME_BUDGET = 50.0
@@ -136,12 +137,13 @@ async def _archived_messages(session: AsyncSession, cutoff: datetime, batch: int
 async def _message_mime(session: AsyncSession, cutoff: datetime, batch: int) -> int:
     """A transactional message's built MIME goes with its archived copy; the row (status,
     addresses, subject, events) stays. One still to be sent (queued, deferred) keeps it."""
-    kept = sa.func.length(Message.mime) > 0  # the predicate of ix_messages_mime_created_at
     ids = list(
         (
             await session.scalars(
                 sa.select(Message.id)
-                .where(kept, Message.created_at < cutoff, Message.status.not_in(SENDABLE_STATUSES))
+                .where(
+                    MIME_KEPT, Message.created_at < cutoff, Message.status.not_in(SENDABLE_STATUSES)
+                )
                 .order_by(Message.created_at)
                 .limit(batch)
             )

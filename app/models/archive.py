@@ -59,6 +59,10 @@ class ArchiveCompaction(Base):
     marked_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+MIME_KEPT = sa.func.length(Message.mime) > sa.literal_column("0")
+"""A message still holding its MIME: the predicate of ix_messages_mime_created_at, written
+with a literal so that both databases can match a query's condition against it."""
+
 # Retention deletes the oldest rows of these tables in small batches: each needs its age
 # indexed. Declared here, beside the feature that needs them, rather than in each model.
 RETENTION_INDEXES = (
@@ -70,7 +74,7 @@ RETENTION_INDEXES = (
     sa.Index(
         "ix_messages_mime_created_at",
         Message.created_at,
-        postgresql_where=sa.func.length(Message.mime) > 0,
-        sqlite_where=sa.func.length(Message.mime) > 0,
+        postgresql_where=MIME_KEPT,
+        sqlite_where=MIME_KEPT,
     ),
 )
