@@ -57,7 +57,40 @@ async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]
     Mail goes out even when the archive cannot be written (disk full): the failure is logged
     for the operator, and sending is what the caller is there for.
     """
-    items = [
+    items = _items(messages)
+    try:
+        await store(engine.sessionmaker, engine.settings, items)
+    except Exception:
+        logger.exception("archive: %d messages could not be archived", len(items))
+
+
+IndexRows = list[dict[str, Any]]
+"""Index rows of messages already in a day file, for `add_index` to insert."""
+
+
+async def write(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]]) -> IndexRows:
+    """The first half of `keep` for a caller with a transaction of its own (a campaign batch
+    claiming its rows): write the messages to the day file; their index rows go into that
+    transaction with `add_index`. Nothing (and a logged error) if the file cannot be
+    written."""
+    items = _items(messages)
+    if not engine.settings.archive_enabled or not items:
+        return []
+    try:
+        return await _written(engine.settings, items)
+    except Exception:
+        logger.exception("archive: %d messages could not be archived", len(items))
+        return []
+
+
+async def add_index(session: AsyncSession, rows: IndexRows) -> None:
+    """Insert the index rows `write` returned, in the caller's transaction."""
+    if rows:
+        await _upsert(session, rows)
+
+
+def _items(messages: Sequence[tuple[LedgerRow, bytes]]) -> list[Built]:
+    return [
         Built(
             data,
             message_id=row.row_id if row.kind is Kind.MESSAGE else None,
@@ -66,10 +99,6 @@ async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]
         )
         for row, data in messages
     ]
-    try:
-        await store(engine.sessionmaker, engine.settings, items)
-    except Exception:
-        logger.exception("archive: %d messages could not be archived", len(items))
 
 
 async def store(
@@ -78,31 +107,35 @@ async def store(
     """Write `items` to today's day file (one frame per batch), then their index rows."""
     if not settings.archive_enabled or not items:
         return
-    now = utcnow()
-    name = dayfiles.day_file(now)
     async with sessionmaker() as session:
         items = await _not_archived(session, items)
         if not items:
             return
-        # Hashing, compression and the append: one hop to a thread per batch.
-        placed = await asyncio.to_thread(_write, settings.archive_directory(), name, items)
-        rows = [
-            {
-                "message_id": item.message_id,
-                "campaign_id": item.campaign_id,
-                "subscriber_id": item.subscriber_id,
-                "path": name,
-                "frame_offset": frame.offset,
-                "frame_length": frame.length,
-                "start": start,
-                "size": len(item.data),
-                "sha256": key,
-                "created_at": now,
-            }
-            for item, (frame, start, key) in zip(items, placed, strict=True)
-        ]
-        await _upsert(session, rows)
+        await _upsert(session, await _written(settings, items))
         await session.commit()
+
+
+async def _written(settings: Settings, items: Sequence[Built]) -> IndexRows:
+    """Append `items` to today's day file; their index rows."""
+    now = utcnow()
+    name = dayfiles.day_file(now)
+    # Hashing, compression and the append: one hop to a thread per batch.
+    placed = await asyncio.to_thread(_write, settings.archive_directory(), name, items)
+    return [
+        {
+            "message_id": item.message_id,
+            "campaign_id": item.campaign_id,
+            "subscriber_id": item.subscriber_id,
+            "path": name,
+            "frame_offset": frame.offset,
+            "frame_length": frame.length,
+            "start": start,
+            "size": len(item.data),
+            "sha256": key,
+            "created_at": now,
+        }
+        for item, (frame, start, key) in zip(items, placed, strict=True)
+    ]
 
 
 def _write(directory: Path, name: str, items: Sequence[Built]) -> list[tuple[Frame, int, str]]:
