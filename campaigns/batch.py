@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from app.archive.service import keep as archive
+from app.archive import service as archive
 from app.mail.context import EngineContext
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, LedgerRow, SendReport, Verdict
@@ -109,10 +109,8 @@ async def _send_chunk(
             attempts.append(Attempt(row, Verdict.FAILED, f"render error: {exc}"[:1000]))
             continue
         messages.append((row, tries, recipient, data))
-    await archive(ctx, [(row, data) for row, _, _, data in messages])
-    async with ctx.sessionmaker() as session:
-        claimed = await ledger.mark_sending(session, [row.row_id for row, *_ in messages])
-        await session.commit()
+    archived = await archive.write(ctx, [(row, data) for row, _, _, data in messages])
+    claimed = await _claim(ctx, [row.row_id for row, *_ in messages], archived)
     messages = [message for message in messages if message[0].row_id in claimed]
     await ctx.pace(prepared.campaign_id, prepared.rate, len(messages))
     results = await asyncio.gather(
@@ -130,6 +128,22 @@ async def _send_chunk(
     async with ctx.sessionmaker() as session:
         await ledger.record_attempts(session, attempts)
         await session.commit()
+
+
+async def _claim(ctx: EngineContext, send_ids: list[int], archived: archive.IndexRows) -> set[int]:
+    """Claim the rows, and index their archived messages in the same transaction (no
+    transaction of the archive's own per chunk). The archive never holds up sending: if its
+    rows cannot be written, the rows are claimed without them."""
+    async with ctx.sessionmaker() as session:
+        claimed = await ledger.mark_sending(session, send_ids)
+        try:
+            await archive.add_index(session, archived)
+        except Exception:
+            logger.exception("archive: %d messages could not be indexed", len(archived))
+            await session.rollback()
+            claimed = await ledger.mark_sending(session, send_ids)
+        await session.commit()
+    return claimed
 
 
 async def _eligible_recipients(

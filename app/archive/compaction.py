@@ -2,9 +2,10 @@
 
 A day file is only ever named by index rows created on its day (a body is shared only
 within the day file it is in), so "is this file still needed" is one indexed look-up.
-A rewrite writes the kept frames to a new file (`2026-12-02.c1.zst`), moves the index rows
-to it in short transactions, and only then removes the old file: every committed index row
-names a file that exists, and a reader that raced the move looks again.
+A rewrite writes the messages index rows still name to a new file (`2026-12-02.c1.zst`),
+each frame compressed again with only those messages, moves the index rows to it in short
+transactions, and only then removes the old file: every committed index row names a file
+that exists, and a reader that raced the move looks again.
 """
 
 from __future__ import annotations
@@ -109,10 +110,10 @@ async def compact(
             await session.execute(
                 sa.select(
                     ArchivedMessage.id,
-                    ArchivedMessage.head_offset,
-                    ArchivedMessage.head_length,
-                    ArchivedMessage.body_offset,
-                    ArchivedMessage.body_length,
+                    ArchivedMessage.frame_offset,
+                    ArchivedMessage.frame_length,
+                    ArchivedMessage.start,
+                    ArchivedMessage.size,
                 ).where(
                     ArchivedMessage.created_at >= start,
                     ArchivedMessage.created_at < end,
@@ -123,15 +124,14 @@ async def compact(
     if not rows:
         await asyncio.to_thread(old.unlink, missing_ok=True)
         return None
-    frames = {offset: length for _, offset, length, _, _ in rows}
-    frames.update({offset: length for _, _, _, offset, length in rows})
-    kept = [Frame(name, offset, frames[offset]) for offset in sorted(frames)]
+    named: dict[Frame, set[tuple[int, int]]] = {}
+    for _, offset, length, begin, size in rows:
+        named.setdefault(Frame(name, offset, length), set()).add((begin, size))
     new_name = _next_generation(directory, name)
-    moved = await asyncio.to_thread(_rewrite, directory, name, new_name, kept)
-    place = {frame.offset: new.offset for frame, new in zip(kept, moved, strict=True)}
+    moves = await asyncio.to_thread(_rewrite, directory, name, new_name, named)
     for first in range(0, len(rows), UPDATE_BATCH):
         async with sessionmaker() as session:
-            await _move_rows(session, name, new_name, place, rows[first : first + UPDATE_BATCH])
+            await _move_rows(session, name, new_name, moves, rows[first : first + UPDATE_BATCH])
             await session.commit()
     await asyncio.to_thread(old.unlink, missing_ok=True)
     return new_name
@@ -146,47 +146,76 @@ def _next_generation(directory: Path, name: str) -> str:
     return f"{day}.c{generation}{dayfiles.SUFFIX}"
 
 
-def _rewrite(directory: Path, name: str, new_name: str, frames: list[Frame]) -> list[Frame]:
-    """Write `frames` of `name` to `new_name` (fsynced, then renamed into place)."""
-    old = directory / name
-    with open(old, "rb") as source:
+Moves = dict[tuple[int, int], tuple[Frame, int]]
+"""(old frame offset, old start) → (new frame, new start)."""
+
+
+def _rewrite(
+    directory: Path, name: str, new_name: str, named: dict[Frame, set[tuple[int, int]]]
+) -> Moves:
+    """Write the named messages of `name` to `new_name` (fsynced, then renamed into place).
+
+    Each old frame becomes frames of only its named messages: nothing else survives.
+    """
+    with open(directory / name, "rb") as source:
         # Writers append to today's file only; this lock waits out one that started at
         # midnight on yesterday's file.
         fcntl.flock(source.fileno(), fcntl.LOCK_EX)
-        data = dayfiles.read_raw(directory, frames)
+        contents = [
+            (frame, dayfiles.read(directory, frame)) for frame in sorted(named, key=_offset)
+        ]
     temporary = directory / (new_name + ".tmp")
-    placed = []
+    moves: Moves = {}
     offset = 0
     with open(temporary, "wb") as target:
-        for piece in data:
-            target.write(piece)
-            placed.append(Frame(new_name, offset, len(piece)))
-            offset += len(piece)
+        for frame, content in contents:
+            kept = sorted(named[frame])
+            for packed in dayfiles.pack([content[begin : begin + size] for begin, size in kept]):
+                new = Frame(new_name, offset, len(packed.data))
+                for (old_start, _), (new_start, _) in zip(kept, packed.places, strict=False):
+                    moves[(frame.offset, old_start)] = (new, new_start)
+                kept = kept[len(packed.places) :]
+                target.write(packed.data)
+                offset += len(packed.data)
         target.flush()
         os.fsync(target.fileno())
     os.replace(temporary, directory / new_name)
-    return placed
+    return moves
+
+
+def _offset(frame: Frame) -> int:
+    return frame.offset
 
 
 async def _move_rows(
-    session: AsyncSession, name: str, new_name: str, place: dict[int, int], rows: Sequence[Any]
+    session: AsyncSession, name: str, new_name: str, moves: Moves, rows: Sequence[Any]
 ) -> None:
     table = cast(sa.Table, ArchivedMessage.__table__)
     # The old place is part of the condition: a row a retry moved meanwhile stays put.
+    params = []
+    for row_id, offset, _, begin, _ in rows:
+        new, new_start = moves[(offset, begin)]
+        params.append(
+            {
+                "b_id": row_id,
+                "b_old": offset,
+                "b_offset": new.offset,
+                "b_length": new.length,
+                "b_start": new_start,
+            }
+        )
     await session.execute(
         sa.update(table)
         .where(
             table.c.id == sa.bindparam("b_id"),
             table.c.path == name,
-            table.c.head_offset == sa.bindparam("b_old"),
+            table.c.frame_offset == sa.bindparam("b_old"),
         )
         .values(
             path=new_name,
-            head_offset=sa.bindparam("b_head"),
-            body_offset=sa.bindparam("b_body"),
+            frame_offset=sa.bindparam("b_offset"),
+            frame_length=sa.bindparam("b_length"),
+            start=sa.bindparam("b_start"),
         ),
-        [
-            {"b_id": row_id, "b_old": head, "b_head": place[head], "b_body": place[body]}
-            for row_id, head, _, body, _ in rows
-        ],
+        params,
     )

@@ -1,10 +1,14 @@
 """Day files: append-only concatenations of zstd frames, one file per UTC day.
 
-Each frame is a complete zstd frame (content size and checksum in its header), so a file
-is itself a valid `.zst` stream: `zstd -dc 2026-12-02.zst` prints every archived header
-block and body of the day in order, and `tail -c +$((offset+1)) FILE | head -c LENGTH |
-zstd -dc` one of them. Several processes append to the same file: each append holds an
-exclusive `flock` and writes at the end, and the offset is the file's size under the lock.
+A frame holds the messages of one batch, one after the other (up to FRAME_CONTENT bytes
+of them; a larger batch takes several frames): the messages of a campaign differ only in
+names, links and tokens, so one frame per batch compresses them ~9x better than a frame
+per message, and at a quarter of the CPU. Each frame is complete (content size and
+checksum in its header), so a file is itself a valid `.zst` stream: `zstd -dc
+2026-12-02.zst` prints every archived message of the day in order, and `tail -c
++$((offset+1)) FILE | head -c LENGTH | zstd -dc` one frame. Several processes append to the
+same file: each append holds an exclusive `flock` and writes at the end, and the offset is
+the file's size under the lock.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 import zstandard
 
 SUFFIX = ".zst"
-LEVEL = 3  # zstd's default: ~300 MB/s per core here, within a few % of level 9's ratio
+LEVEL = 3  # zstd's default; level 1 saves only ~10 % of the CPU of a batch frame
+FRAME_CONTENT = 2 << 20
+"""Bytes of messages per frame at most (level 3's window): a read decompresses no more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +55,34 @@ def day_of(name: str) -> date | None:
         return None
 
 
-def compress(pieces: Sequence[bytes]) -> list[bytes]:
-    """Each piece as a standalone zstd frame with its size and a checksum."""
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """One compressed frame, and where each of its messages is in its content."""
+
+    data: bytes
+    places: list[tuple[int, int]]
+    """(start, size) in the decompressed frame, one per message, in the order given."""
+
+
+def pack(messages: Sequence[bytes]) -> list[Packed]:
+    """The messages, in order, as frames of at most FRAME_CONTENT bytes of content each
+    (a larger message alone in its own frame)."""
     compressor = zstandard.ZstdCompressor(level=LEVEL, write_checksum=True)
-    return [compressor.compress(piece) for piece in pieces]
+    frames: list[Packed] = []
+    group: list[bytes] = []
+    size = 0
+    for message in [*messages, None]:
+        if group and (message is None or size + len(message) > FRAME_CONTENT):
+            places, start = [], 0
+            for piece in group:
+                places.append((start, len(piece)))
+                start += len(piece)
+            frames.append(Packed(compressor.compress(b"".join(group)), places))
+            group, size = [], 0
+        if message is not None:
+            group.append(message)
+            size += len(message)
+    return frames
 
 
 def append(directory: Path, name: str, frames: Sequence[bytes]) -> list[Frame]:
@@ -110,15 +140,3 @@ def read(directory: Path, frame: Frame) -> bytes:
         return zstandard.ZstdDecompressor().decompress(data)
     except zstandard.ZstdError as exc:
         raise FrameError(f"{frame.path} at {frame.offset}: {exc}") from exc
-
-
-def read_raw(directory: Path, frames: Sequence[Frame]) -> list[bytes]:
-    """The compressed frames themselves, from one file, in the order given."""
-    if not frames:
-        return []
-    out = []
-    with open(directory / frames[0].path, "rb") as file:
-        for frame in frames:
-            file.seek(frame.offset)
-            out.append(file.read(frame.length))
-    return out

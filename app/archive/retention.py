@@ -24,9 +24,12 @@ from app.models import (
     DeliveryStatus,
     Event,
     IdempotencyKey,
+    Message,
     WebhookDelivery,
     utcnow,
 )
+from app.models.archive import MIME_KEPT
+from app.models.message import SENDABLE_STATUSES
 
 TIME_BUDGET = 50.0
 """Seconds one run may take; what is left waits for the next run."""
@@ -71,6 +74,7 @@ async def enforce(
         report.removed[kind] = await _batches(sessionmaker, step, cutoff, batch, deadline)
 
     await run("messages", settings.retention_messages, _archived_messages)
+    await run("message_mime", settings.retention_messages, _message_mime)
     await run("events", settings.retention_events, _events)
     await run("reports", settings.retention_reports, _report_texts)
     keys_days = max(settings.retention_idempotency_keys, settings.idempotency_ttl / 86_400)
@@ -128,6 +132,31 @@ async def _archived_messages(session: AsyncSession, cutoff: datetime, batch: int
     return await _delete_oldest(
         session, ArchivedMessage, ArchivedMessage.id, [ArchivedMessage.created_at < cutoff], batch
     )
+
+
+async def _message_mime(session: AsyncSession, cutoff: datetime, batch: int) -> int:
+    """A transactional message's built MIME goes with its archived copy; the row (status,
+    addresses, subject, events) stays. One still to be sent (queued, deferred) keeps it."""
+    ids = list(
+        (
+            await session.scalars(
+                sa.select(Message.id)
+                .where(
+                    MIME_KEPT, Message.created_at < cutoff, Message.status.not_in(SENDABLE_STATUSES)
+                )
+                .order_by(Message.created_at)
+                .limit(batch)
+            )
+        ).all()
+    )
+    if ids:
+        await session.execute(
+            sa.update(Message)
+            .where(Message.id.in_(ids), Message.status.not_in(SENDABLE_STATUSES))
+            .values(mime=b"")
+            .execution_options(synchronize_session=False)
+        )
+    return len(ids)
 
 
 async def _events(session: AsyncSession, cutoff: datetime, batch: int) -> int:

@@ -1,23 +1,25 @@
 """Keep the bytes of every message as built, and give them back by message or by recipient.
 
-A message is split at the end of its header block: the header block (unique per message:
-Message-ID, To, Date) is one frame; the body is stored once per SHA-256 within a day file
-and shared by every message of that file that carries it. The index row of a message says
-where both its frames are.
-What is stored is the message as Warta built it, before the MTA adds its DKIM-Signature.
+The messages of one batch go to today's day file as one zstd frame (`dayfiles.pack`): the
+index row of a message says which frame (offset and length in the file) and where in the
+frame's content the message is (start and size). What is stored is the message as Warta
+built it, before the MTA adds its DKIM-Signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY as pg_array
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,10 +31,9 @@ from app.core.settings import Settings
 from app.mail.context import EngineContext
 from app.mail.identity import Kind
 from app.mail.recording import LedgerRow
-from app.models import ArchiveCompaction, ArchivedMessage, Message, utcnow
+from app.models import ArchiveCompaction, ArchivedMessage, Message, Send, utcnow
 
 logger = logging.getLogger(__name__)
-HEAD_END = b"\r\n\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +44,6 @@ class Built:
     message_id: int | None = None
     campaign_id: int | None = None
     subscriber_id: int | None = None
-
-
-def split(data: bytes) -> tuple[bytes, bytes]:
-    """The header block (with its blank line) and the body; `head + body == data`."""
-    end = data.find(HEAD_END)
-    if end < 0:
-        return data, b""
-    return data[: end + len(HEAD_END)], data[end + len(HEAD_END) :]
 
 
 def sha256(data: bytes) -> str:
@@ -66,7 +59,40 @@ async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]
     Mail goes out even when the archive cannot be written (disk full): the failure is logged
     for the operator, and sending is what the caller is there for.
     """
-    items = [
+    items = _items(messages)
+    try:
+        await store(engine.sessionmaker, engine.settings, items)
+    except Exception:
+        logger.exception("archive: %d messages could not be archived", len(items))
+
+
+IndexRows = list[dict[str, Any]]
+"""Index rows of messages already in a day file, for `add_index` to insert."""
+
+
+async def write(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]]) -> IndexRows:
+    """The first half of `keep` for a caller with a transaction of its own (a campaign batch
+    claiming its rows): write the messages to the day file; their index rows go into that
+    transaction with `add_index`. Nothing (and a logged error) if the file cannot be
+    written."""
+    items = _items(messages)
+    if not engine.settings.archive_enabled or not items:
+        return []
+    try:
+        return await _written(engine.settings, items)
+    except Exception:
+        logger.exception("archive: %d messages could not be archived", len(items))
+        return []
+
+
+async def add_index(session: AsyncSession, rows: IndexRows) -> None:
+    """Insert the index rows `write` returned, in the caller's transaction."""
+    if rows:
+        await _upsert(session, rows)
+
+
+def _items(messages: Sequence[tuple[LedgerRow, bytes]]) -> list[Built]:
+    return [
         Built(
             data,
             message_id=row.row_id if row.kind is Kind.MESSAGE else None,
@@ -75,72 +101,56 @@ async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]
         )
         for row, data in messages
     ]
-    try:
-        await store(engine.sessionmaker, engine.settings, items)
-    except Exception:
-        logger.exception("archive: %d messages could not be archived", len(items))
 
 
 async def store(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, items: Sequence[Built]
 ) -> None:
-    """Write the frames of `items` to today's day file, then their index rows."""
+    """Write `items` to today's day file (one frame per batch), then their index rows."""
     if not settings.archive_enabled or not items:
         return
-    now = utcnow()
-    name = dayfiles.day_file(now)
     async with sessionmaker() as session:
         items = await _not_archived(session, items)
         if not items:
             return
-        pieces = [_Piece.of(item) for item in items]
-        bodies = await _bodies_in(session, name, {piece.body_key for piece in pieces})
-        new_bodies: dict[str, bytes] = {}
-        for piece in pieces:
-            if piece.body_key not in bodies and piece.body_key not in new_bodies:
-                new_bodies[piece.body_key] = piece.body
-        heads = [piece.head for piece in pieces]
-        placed = await asyncio.to_thread(
-            _write, settings.archive_directory(), name, heads + list(new_bodies.values())
-        )
-        bodies.update(zip(new_bodies, placed[len(heads) :], strict=True))
-        rows = [
-            {
-                "message_id": piece.item.message_id,
-                "campaign_id": piece.item.campaign_id,
-                "subscriber_id": piece.item.subscriber_id,
-                "path": name,
-                "head_offset": head.offset,
-                "head_length": head.length,
-                "body_offset": bodies[piece.body_key].offset,
-                "body_length": bodies[piece.body_key].length,
-                "body_sha256": piece.body_key,
-                "sha256": piece.key,
-                "size": len(piece.item.data),
-                "created_at": now,
-            }
-            for piece, head in zip(pieces, placed[: len(heads)], strict=True)
-        ]
-        await _upsert(session, rows)
+        await _upsert(session, await _written(settings, items))
         await session.commit()
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    item: Built
-    head: bytes
-    body: bytes
-    body_key: str
-    key: str
+async def _written(settings: Settings, items: Sequence[Built]) -> IndexRows:
+    """Append `items` to today's day file; their index rows."""
+    now = utcnow()
+    name = dayfiles.day_file(now)
+    # Hashing, compression and the append: one hop to a thread per batch.
+    placed = await asyncio.to_thread(_write, settings.archive_directory(), name, items)
+    return [
+        {
+            "message_id": item.message_id,
+            "campaign_id": item.campaign_id,
+            "subscriber_id": item.subscriber_id,
+            "path": name,
+            "frame_offset": frame.offset,
+            "frame_length": frame.length,
+            "start": start,
+            "size": len(item.data),
+            "sha256": key,
+            "created_at": now,
+        }
+        for item, (frame, start, key) in zip(items, placed, strict=True)
+    ]
 
-    @classmethod
-    def of(cls, item: Built) -> _Piece:
-        head, body = split(item.data)
-        return cls(item, head, body, sha256(body), sha256(item.data))
 
-
-def _write(directory: Path, name: str, pieces: list[bytes]) -> list[Frame]:
-    return dayfiles.append(directory, name, dayfiles.compress(pieces))
+def _write(directory: Path, name: str, items: Sequence[Built]) -> list[tuple[Frame, int, str]]:
+    """(frame, start in it, SHA-256) of each item, appended to the day file."""
+    keys = [sha256(item.data) for item in items]
+    packed = dayfiles.pack([item.data for item in items])
+    frames = dayfiles.append(directory, name, [frame.data for frame in packed])
+    places = [
+        (frame, start)
+        for frame, packed_frame in zip(frames, packed, strict=True)
+        for start, _ in packed_frame.places
+    ]
+    return [(frame, start, key) for (frame, start), key in zip(places, keys, strict=True)]
 
 
 async def _not_archived(session: AsyncSession, items: Sequence[Built]) -> list[Built]:
@@ -158,55 +168,82 @@ async def _not_archived(session: AsyncSession, items: Sequence[Built]) -> list[B
     return [item for item in items if item.message_id is None or item.message_id not in done]
 
 
-async def _bodies_in(session: AsyncSession, name: str, keys: set[str]) -> dict[str, Frame]:
-    """Bodies already in today's file, found through the messages that carry them. Only
-    those are shared, so that a newer message never needs an older day file (retention
-    can then drop whole days, and compaction rewrite one file at a time)."""
-    rows = await session.execute(
-        sa.select(
-            ArchivedMessage.body_sha256, ArchivedMessage.body_offset, ArchivedMessage.body_length
-        ).where(ArchivedMessage.body_sha256.in_(sorted(keys)), ArchivedMessage.path == name)
-    )
-    return {key: Frame(name, offset, length) for key, offset, length in rows}
-
-
 def _insert(session: AsyncSession, table: sa.Table) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return pg_insert(table)
     return sqlite_insert(table)
 
 
+_CHANGED = ("path", "frame_offset", "frame_length", "start", "size", "sha256", "created_at")
+_PER_ROW = (
+    "message_id",
+    "campaign_id",
+    "subscriber_id",
+    "frame_offset",
+    "frame_length",
+    "start",
+    "size",
+    "sha256",
+)
+"""The columns that differ between the rows of one batch; `path` and `created_at` are the
+same for all of them."""
+
+
 async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Insert the index rows; a campaign message archived again replaces its row."""
-    table = cast(sa.Table, ArchivedMessage.__table__)
-    changed = (
-        "path",
-        "head_offset",
-        "head_length",
-        "body_offset",
-        "body_length",
-        "body_sha256",
-        "sha256",
-        "size",
-        "created_at",
-    )
+    postgresql = session.get_bind().dialect.name == "postgresql"
     for keys, group in (
-        (["message_id"], [row for row in rows if row["message_id"] is not None]),
-        (["campaign_id", "subscriber_id"], [row for row in rows if row["message_id"] is None]),
+        (("message_id",), [row for row in rows if row["message_id"] is not None]),
+        (("campaign_id", "subscriber_id"), [row for row in rows if row["message_id"] is None]),
     ):
-        if not group:
-            continue
-        statement = _insert(session, table)
-        set_ = {column: getattr(statement.excluded, column) for column in changed}
-        await session.execute(
-            statement.on_conflict_do_update(index_elements=keys, set_=set_), group
-        )
+        if group and postgresql:
+            await session.execute(_unnest_upsert(keys), _arrays(group))
+        elif group:
+            table = cast(sa.Table, ArchivedMessage.__table__)
+            statement = sqlite_insert(table)
+            set_ = {column: getattr(statement.excluded, column) for column in _CHANGED}
+            await session.execute(
+                statement.on_conflict_do_update(index_elements=keys, set_=set_), group
+            )
+
+
+@functools.cache
+def _unnest_upsert(keys: tuple[str, ...]) -> Any:
+    """PostgreSQL: the whole batch as one statement over arrays, one per column (`unnest`):
+    one execution instead of one per row, and the same statement every time."""
+    table = cast(sa.Table, ArchivedMessage.__table__)
+    arrays = [sa.bindparam(name, type_=pg_array(table.c[name].type)) for name in _PER_ROW]
+    batch = sa.func.unnest(*arrays).table_valued(*_PER_ROW).render_derived(name="batch")
+    rows = sa.select(
+        *(batch.c[name] for name in _PER_ROW),
+        sa.bindparam("path", type_=table.c.path.type),
+        sa.bindparam("created_at", type_=table.c.created_at.type),
+    )
+    statement = pg_insert(table).from_select([*_PER_ROW, "path", "created_at"], rows)
+    set_ = {column: statement.excluded[column] for column in _CHANGED}
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=set_)
+
+
+def _arrays(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    # The rows of one `_written` call: one day file, one instant.
+    values: dict[str, Any] = {name: [row[name] for row in rows] for name in _PER_ROW}
+    values["path"] = rows[0]["path"]
+    values["created_at"] = rows[0]["created_at"]
+    return values
 
 
 async def raw_message(session: AsyncSession, settings: Settings, message_id: int) -> bytes:
     """The archived bytes of a transactional message, or NotFound."""
     where = ArchivedMessage.message_id == message_id
-    return await _raw(session, settings, where, f"message {message_id}")
+    what = f"message {message_id}"
+    try:
+        return await _raw(session, settings, where, what)
+    except NotFound:
+        created = await session.scalar(
+            sa.select(Message.created_at).where(Message.id == message_id)
+        )
+        _expired(settings, created, what)
+        raise
 
 
 async def raw_campaign_message(
@@ -216,9 +253,34 @@ async def raw_campaign_message(
     where = sa.and_(
         ArchivedMessage.campaign_id == campaign_id, ArchivedMessage.subscriber_id == subscriber_id
     )
-    return await _raw(
-        session, settings, where, f"the message of campaign {campaign_id} to {subscriber_id}"
-    )
+    what = f"the message of campaign {campaign_id} to subscriber {subscriber_id}"
+    try:
+        return await _raw(session, settings, where, what)
+    except NotFound:
+        sent = await session.scalar(
+            sa.select(sa.func.max(sa.func.coalesce(Send.sent_at, Send.updated_at))).where(
+                Send.campaign_id == campaign_id, Send.subscriber_id == subscriber_id
+            )
+        )
+        _expired(settings, sent, what)
+        raise
+
+
+def _expired(settings: Settings, sent: datetime | None, what: str) -> None:
+    """Raise Expired if a message that was sent is older than the archive keeps messages."""
+    days = settings.retention_messages
+    if sent is not None and days > 0 and sent < utcnow() - timedelta(days=days):
+        raise Expired(
+            f"{what} is older than the archive keeps messages "
+            f"(WARTA_RETENTION_MESSAGES = {days} days): its bytes were deleted"
+        )
+
+
+class Expired(DomainError):
+    """The message existed, but retention has deleted its bytes."""
+
+    status = 410
+    title = "Gone"
 
 
 async def _raw(
@@ -231,20 +293,21 @@ async def _raw(
             await session.execute(
                 sa.select(
                     ArchivedMessage.path,
-                    ArchivedMessage.head_offset,
-                    ArchivedMessage.head_length,
+                    ArchivedMessage.frame_offset,
+                    ArchivedMessage.frame_length,
                     ArchivedMessage.sha256,
-                    ArchivedMessage.body_offset,
-                    ArchivedMessage.body_length,
+                    ArchivedMessage.start,
+                    ArchivedMessage.size,
                 ).where(where)
             )
         ).first()
         if found is None:
             raise NotFound(f"{what} is not in the archive (never archived, expired or erased)")
-        head = Frame(found[0], found[1], found[2])
-        body = Frame(found[0], found[4], found[5])
+        frame = Frame(found[0], found[1], found[2])
         try:
-            data = await asyncio.to_thread(_read, settings.archive_directory(), head, body)
+            data = await asyncio.to_thread(
+                _read, settings.archive_directory(), frame, found[4], found[5]
+            )
         except (OSError, dayfiles.FrameError) as exc:
             if attempt == 0:
                 session.expire_all()
@@ -260,8 +323,8 @@ async def _raw(
     raise AssertionError("unreachable")
 
 
-def _read(directory: Path, head: Frame, body: Frame) -> bytes:
-    return dayfiles.read(directory, head) + dayfiles.read(directory, body)
+def _read(directory: Path, frame: Frame, start: int, size: int) -> bytes:
+    return dayfiles.read(directory, frame)[start : start + size]
 
 
 class ArchiveDamaged(DomainError):

@@ -10,19 +10,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.models.base import Base, utcnow
 from app.models.bounce import Bounce
 from app.models.event import Event
-from app.models.message import IdempotencyKey
+from app.models.message import IdempotencyKey, Message
 from app.models.send import LedgerId
 from app.models.webhook import WebhookDelivery
 
 
 class ArchivedMessage(Base):
-    """One archived message: where its header block's and its body's zstd frames are.
+    """One archived message: the zstd frame it is in, and where in the frame's content.
 
     A transactional message is keyed by `message_id`; a campaign message by
-    (`campaign_id`, `subscriber_id`). Both frames are in the day file `path`; messages of
-    that file with the same `body_sha256` share one body frame. The bytes are the head
-    frame's content followed by the body's; `sha256` is of those bytes together, as built
-    (before DKIM signing).
+    (`campaign_id`, `subscriber_id`). The frame (the messages of one batch) is at
+    `frame_offset`, `frame_length` bytes long, in the day file `path`; the message is the
+    `size` bytes from `start` of its decompressed content; `sha256` is of those bytes, as
+    built (before DKIM signing).
     """
 
     __tablename__ = "archived_messages"
@@ -33,7 +33,6 @@ class ArchivedMessage(Base):
             "subscriber_id", "campaign_id", name="uq_archived_messages_subscriber_id"
         ),
         sa.Index("ix_archived_messages_created_at", "created_at"),
-        sa.Index("ix_archived_messages_body", "body_sha256", "path"),
     )
 
     id: Mapped[int] = mapped_column(LedgerId, primary_key=True, autoincrement=True)
@@ -42,11 +41,10 @@ class ArchivedMessage(Base):
     subscriber_id: Mapped[int | None]
     path: Mapped[str] = mapped_column(sa.String(64))
     """The day file, relative to WARTA_ARCHIVE_DIR (`2026-12-02.zst`)."""
-    head_offset: Mapped[int] = mapped_column(sa.BigInteger)
-    head_length: Mapped[int]
-    body_offset: Mapped[int] = mapped_column(sa.BigInteger)
-    body_length: Mapped[int]
-    body_sha256: Mapped[str] = mapped_column(sa.String(64))
+    frame_offset: Mapped[int] = mapped_column(sa.BigInteger)
+    frame_length: Mapped[int]
+    start: Mapped[int]
+    """Where the message begins in the frame's decompressed content."""
     sha256: Mapped[str] = mapped_column(sa.String(64))
     size: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -61,6 +59,10 @@ class ArchiveCompaction(Base):
     marked_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+MIME_KEPT = sa.func.length(Message.mime) > sa.literal_column("0")
+"""A message still holding its MIME: the predicate of ix_messages_mime_created_at, written
+with a literal so that both databases can match a query's condition against it."""
+
 # Retention deletes the oldest rows of these tables in small batches: each needs its age
 # indexed. Declared here, beside the feature that needs them, rather than in each model.
 RETENTION_INDEXES = (
@@ -68,4 +70,11 @@ RETENTION_INDEXES = (
     sa.Index("ix_bounces_created_at", Bounce.created_at),
     sa.Index("ix_webhook_deliveries_created_at", WebhookDelivery.created_at),
     sa.Index("ix_idempotency_keys_created_at", IdempotencyKey.created_at),
+    # Only the messages still holding their MIME: the cleared ones are never walked again.
+    sa.Index(
+        "ix_messages_mime_created_at",
+        Message.created_at,
+        postgresql_where=MIME_KEPT,
+        sqlite_where=MIME_KEPT,
+    ),
 )

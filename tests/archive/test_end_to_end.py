@@ -94,3 +94,31 @@ async def test_a_campaign_message_in_the_archive_is_what_the_sink_received(
         raw = await api.get(f"/api/v1/campaigns/{campaign_id}/sends/{subscribers[email]}/raw")
         assert raw.status_code == 200, raw.text
         assert raw.content == without_dkim(by_recipient[email])
+
+
+async def test_a_campaign_goes_out_when_the_archive_index_cannot_be_written(
+    mta_settings: Settings,
+    mta: MtaService,
+    api: httpx.AsyncClient,
+    worker: None,
+    remote: tuple[str, SinkHandler],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # The index rows go into the transaction that claims the ledger rows: their failure
+    # must not take the claim (and the sending) with it.
+    generate_key(mta_settings.dkim_dir, "example.com", "sel1")
+    campaign_id, emails = await seed_campaign(sessionmaker, 3)
+    async with sessionmaker() as session:
+        await session.execute(sa.text("DROP TABLE archived_messages"))
+        await session.commit()
+    await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
+    await wait_for_status(api, campaign_id, "finished")
+
+    async def delivered() -> bool:
+        return len(remote[1].snapshot()) == 3
+
+    await eventually(delivered, 30, "three messages at the remote MX")
+    assert {item.rcpt_tos[0] for item in remote[1].snapshot()} == set(emails)
+    async with sessionmaker() as session:
+        statuses = (await session.scalars(sa.select(Send.status))).all()
+    assert set(statuses) <= {"sent", "delivered"}

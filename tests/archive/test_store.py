@@ -1,4 +1,4 @@
-"""The archive's store: shared bodies, one copy per transactional message, day files that
+"""The archive's store: one frame per batch, one copy per transactional message, day files that
 several processes append to at once, and the raw routes."""
 
 from __future__ import annotations
@@ -31,39 +31,41 @@ def today_file(settings: Settings) -> Path:
     return settings.archive_directory() / dayfiles.day_file(utcnow())
 
 
-async def test_identical_bodies_are_stored_once(
+async def test_a_batch_is_one_frame_and_repeated_bodies_cost_little(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
-    first, second = message("a@example.com", mid="1"), message("b@example.com", mid="2")
-    other = message("c@example.com", b"Something else entirely.\r\n", mid="3")
-    await service.store(sessionmaker, settings, [Built(first, message_id=1)])
-    size = today_file(settings).stat().st_size
+    body = b"".join(b"Line %d of the same long notice to everyone.\r\n" % n for n in range(200))
+    batch = [message(f"r{n}@example.com", body, mid=str(n)) for n in range(1, 101)]
+    other = message("c@example.com", b"Something else entirely.\r\n", mid="101")
+    await service.store(sessionmaker, settings, [Built(batch[0], message_id=1)])
+    one = today_file(settings).stat().st_size
     await service.store(
         sessionmaker,
         settings,
-        [Built(second, message_id=2), Built(other, message_id=3)],
+        [Built(data, message_id=n) for n, data in enumerate(batch[1:], start=2)]
+        + [Built(other, message_id=101)],
     )
     async with sessionmaker() as session:
-        rows = await session.execute(
-            sa.select(ArchivedMessage.body_sha256, ArchivedMessage.body_offset).distinct()
+        frames = set(
+            (
+                await session.execute(
+                    sa.select(ArchivedMessage.frame_offset, ArchivedMessage.frame_length)
+                )
+            ).all()
         )
-        frames = {(key, offset) for key, offset in rows}
-        # Two bodies, one frame each: the two rows carrying BODY name the same offset.
-        assert {key for key, _ in frames} == {
-            service.sha256(BODY),
-            service.sha256(service.split(other)[1]),
-        }
-        assert len(frames) == 2
-        assert await service.raw_message(session, settings, 1) == first
-        assert await service.raw_message(session, settings, 2) == second
-        assert await service.raw_message(session, settings, 3) == other
-    # The second call added two header blocks and one body, not BODY again.
-    compressor = zstandard.ZstdCompressor(level=dayfiles.LEVEL, write_checksum=True)
-    grown = today_file(settings).stat().st_size - size
-    heads = len(compressor.compress(service.split(second)[0])) + len(
-        compressor.compress(service.split(other)[0])
-    )
-    assert grown == heads + len(compressor.compress(service.split(other)[1]))
+        assert len(frames) == 2  # the first call's frame and the second call's
+        for n, data in enumerate(batch, start=1):
+            assert await service.raw_message(session, settings, n) == data
+        assert await service.raw_message(session, settings, 101) == other
+    # A hundred more messages with the body cost less than four times one message alone:
+    # the body is compressed once per frame, each further message adds its header block.
+    grown = today_file(settings).stat().st_size - one
+    assert len(body) > 8_000 and grown < 4 * one
+    # The frame is standalone: another tool decompresses it with no help from the index.
+    (offset, length) = max(frames)
+    frame = today_file(settings).read_bytes()[offset : offset + length]
+    content = zstandard.ZstdDecompressor().decompress(frame)
+    assert content == b"".join(batch[1:]) + other
 
 
 async def test_a_transactional_message_is_archived_once_and_a_campaign_resend_replaces(
@@ -92,9 +94,8 @@ def _append_many(directory: str, name: str, worker: int, count: int) -> list[tup
     """One process's appends: `count` frames, each alone, as workers write them."""
     placed = []
     for index in range(count):
-        (frame,) = dayfiles.append(
-            Path(directory), name, dayfiles.compress([f"w{worker}-{index}|".encode() * 50])
-        )
+        (packed,) = dayfiles.pack([f"w{worker}-{index}|".encode() * 50])
+        (frame,) = dayfiles.append(Path(directory), name, [packed.data])
         placed.append((frame.offset, frame.length))
     return placed
 
@@ -165,7 +166,7 @@ async def test_damaged_bytes_are_an_error_never_wrong_bytes(
     await service.store(sessionmaker, settings, [Built(data, message_id=11)])
     path = today_file(settings)
     damaged = bytearray(path.read_bytes())
-    damaged[-6] ^= 0xFF  # inside the body frame: its checksum no longer matches
+    damaged[-6] ^= 0xFF  # inside the frame: its checksum no longer matches
     path.write_bytes(bytes(damaged))
     response = await client.get("/api/v1/messages/11/raw")
     assert response.status_code == 500
