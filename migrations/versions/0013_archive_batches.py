@@ -1,7 +1,7 @@
 """message archive: one zstd frame per batch; an index for the retention of messages' MIME
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-03
 
 `archived_messages` now names a frame (the messages of one batch) and the message's place
