@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,12 +48,20 @@ async def _run(directory: Path, writers: int, size: int, seconds: float) -> tupl
         return done
 
     started = time.perf_counter()
+    cpu = os.times()
     counts = await asyncio.gather(*(writer() for _ in range(writers)))
     elapsed = time.perf_counter() - started
     await spool.close()
+    after = os.times()
     stats = spool.stats
     accepted = sum(counts)
+    user, system = after.user - cpu.user, after.system - cpu.system
     print(f"spool accept: {accepted / elapsed:,.0f} msg/s ({accepted} in {elapsed:.2f} s)")
+    # CPU per message (this process, all threads): less sensitive to a busy disk or machine.
+    print(
+        f"CPU per message: {(user + system) / accepted * 1000:.3f} ms "
+        f"(user {user / accepted * 1000:.3f}, system {system / accepted * 1000:.3f})"
+    )
     print(
         f"group commits: {stats.commits}, mean batch {accepted / max(stats.commits, 1):.1f}, "
         f"mean fsync pass {stats.mean_fsync_seconds * 1000:.2f} ms"
