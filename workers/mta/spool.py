@@ -38,20 +38,20 @@ disconnected) must not leave a queued message that nobody will deliver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
-import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from workers.mta import snapshot_lock, spool_format
+from workers.mta import message_id_log, snapshot_lock, spool_format
+from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
+from workers.mta.message_id_log import normalise_message_id as normalise_message_id
 from workers.mta.spares import SparePool, exchange, stage_parallel, write_new
 from workers.mta.spool_format import Envelope as Envelope
 from workers.mta.spool_format import QueueId as QueueId
@@ -67,7 +67,6 @@ MAX_BATCH = 512
 IO_THREADS = 16
 """Files of one batch are written, then fsynced, in parallel: the filesystem folds the fsyncs
 into one journal commit (on ext4 twenty 5 KB files take ~2 ms so, ~15 ms one after another)."""
-MESSAGE_IDS_LOG = "message-ids.log"
 
 
 CommitListener = Callable[[Envelope], None]
@@ -100,10 +99,6 @@ class _Pending:
 def new_queue_id() -> QueueId:
     """A queue id that sorts by creation time and does not collide."""
     return QueueId(f"{time.time_ns():016x}{secrets.token_hex(4)}")
-
-
-def normalise_message_id(message_id: str) -> str:
-    return message_id.strip().removeprefix("<").removesuffix(">")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -363,7 +358,7 @@ class Spool:
         """
         pending = self._unlogged + entries
         try:
-            self._append_message_ids(pending)
+            message_id_log.append(self.message_ids_log, pending)
         except OSError as exc:
             logger.error(
                 "spool: could not log %d Message-IDs (%s); they stay known in memory and "
@@ -374,26 +369,6 @@ class Spool:
             self._unlogged = pending
         else:
             self._unlogged = []
-
-    def _append_message_ids(self, envelopes: Iterable[Envelope]) -> None:
-        lines = b"".join(
-            json.dumps(
-                {
-                    "t": e.received_at,
-                    "q": e.queue_id,
-                    "m": normalise_message_id(e.message_id or ""),
-                },
-                separators=(",", ":"),
-            ).encode()
-            + b"\n"
-            for e in envelopes
-        )
-        fd = os.open(self.message_ids_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, lines)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # -- after acceptance ------------------------------------------------------------
 
@@ -598,21 +573,6 @@ class Spool:
     def _load_message_ids(self, envelopes: list[Envelope]) -> None:
         """Rebuild the Message-ID index from the log and the spool, dropping expired ids."""
         horizon = self.clock() - self.dedupe_window
-        known: dict[str, tuple[QueueId, float]] = {}
-        with contextlib.suppress(FileNotFoundError):
-            for line in self.message_ids_log.read_bytes().splitlines():
-                try:
-                    entry = json.loads(line)
-                    known[str(entry["m"])] = (QueueId(str(entry["q"])), float(entry["t"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line from a crash: its batch was never answered
-        for envelope in envelopes:
-            if envelope.message_id:
-                key = normalise_message_id(envelope.message_id)
-                known.setdefault(key, (envelope.queue_id, envelope.received_at))
-        self._known = {k: v for k, v in known.items() if v[1] >= horizon}
-        lines = b"".join(
-            json.dumps({"t": t, "q": q, "m": m}, separators=(",", ":")).encode() + b"\n"
-            for m, (q, t) in self._known.items()
-        )
+        self._known = message_id_log.read(self.message_ids_log, envelopes, horizon)
+        lines = message_id_log.encode(self._known)
         write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)
