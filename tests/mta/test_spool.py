@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers.api import eventually
 from tests.helpers.spooled import envelope, message
+from workers.mta import spool as spool_module
 from workers.mta import spool_format
 from workers.mta.spool import (
     DEFAULT_DEDUPE_WINDOW,
@@ -165,11 +166,11 @@ async def test_recover_quarantines_corrupt_envelopes(
     async with Spool(tmp_path) as spool:
         missing_envelope = envelope(1)
         missing = await spool.accept(missing_envelope, message(1))
-        await spool.update(missing_envelope)  # deferred once: its envelope has a file
-        garbled_envelope = envelope(2)
-        garbled = await spool.accept(garbled_envelope, message(2))
-        await spool.update(garbled_envelope)
+        garbled = await spool.accept(envelope(2), message(2))
         good = await spool.accept(envelope(3), message(3))
+    # Envelopes in env/ files (layout 1's, or too many changes to append): one has lost
+    # its message, the other is garbled.
+    spool.changed_envelope_path(missing).write_bytes(missing_envelope.to_json())
     spool.message_path(missing).unlink()
     spool.changed_envelope_path(garbled).write_bytes(b'{"mail_from": ')
 
@@ -183,6 +184,51 @@ async def test_recover_quarantines_corrupt_envelopes(
     assert spool_format.body((corrupt / f"{garbled}.eml").read_bytes()) == message(2)
     assert not spool.changed_envelope_path(missing).exists()
     assert "has no message" in caplog.text
+
+
+async def test_changes_are_appended_to_the_message_file_and_a_torn_one_is_ignored(
+    tmp_path: Path,
+) -> None:
+    async with Spool(tmp_path) as spool:
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        inode = spool.message_path(queue_id).stat().st_ino
+        for attempt in (1, 2):
+            env.states["a@example.com"].attempts = attempt
+            env.next_attempt_at = 1000.0 * attempt
+            await spool.update(env)
+        assert spool.message_path(queue_id).stat().st_ino == inode  # appended, not replaced
+        assert list(spool.envelopes.iterdir()) == []
+        assert spool.load(queue_id) == message(1)
+        assert await spool.read_envelope(queue_id) == env
+    # A crash in the middle of a third change, never acknowledged: the second one stands.
+    with spool.message_path(queue_id).open("ab") as file:
+        file.write(b'\n{"mail_from":"sender1@war')
+    [recovered] = Spool(tmp_path).recover()
+    assert recovered == env
+    assert Spool(tmp_path).load(queue_id) == message(1)
+
+
+async def test_changes_beyond_the_limit_go_to_the_envelope_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_LIMIT", 2_000)
+    async with Spool(tmp_path) as spool:
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        size = spool.message_path(queue_id).stat().st_size
+        for attempt in range(1, 10):
+            env.states["a@example.com"].attempts = attempt
+            await spool.update(env)
+        assert spool.message_path(queue_id).stat().st_size <= size + 2_000
+        assert Envelope.from_json(spool.changed_envelope_path(queue_id).read_bytes()) == env
+        assert await spool.read_envelope(queue_id) == env
+    [recovered] = Spool(tmp_path).recover()
+    assert recovered == env
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        await spool.remove(queue_id)
+    assert list((tmp_path / "msg").iterdir()) == list((tmp_path / "env").iterdir()) == []
 
 
 async def test_recover_quarantines_a_message_whose_first_line_is_garbled(
@@ -393,3 +439,27 @@ async def test_queued_envelopes_reads_a_spool_without_recovering_it(tmp_path: Pa
     assert sorted(found) == sorted([plain, deferred])
     assert found[plain].mail_from == "sender1@warta.test"
     assert found[deferred] == deferred_envelope
+
+
+async def test_concurrent_changes_are_appended_with_no_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Spool(tmp_path) as spool:
+        envelopes = [envelope(n) for n in range(20)]
+        ids = await asyncio.gather(*(spool.accept(e, message(n)) for n, e in enumerate(envelopes)))
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def recording_fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        for n, env in enumerate(envelopes):
+            env.next_attempt_at = 1000.0 + n
+        await asyncio.gather(*(spool.update(env) for env in envelopes))
+        # Each message file once, durable before update returned; nothing else.
+        assert sorted(synced) == sorted(str(spool.message_path(q).resolve()) for q in ids)
+        for n, queue_id in enumerate(ids):
+            stored = await spool.read_envelope(queue_id)
+            assert stored is not None and stored.next_attempt_at == 1000.0 + n

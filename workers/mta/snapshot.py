@@ -8,10 +8,12 @@ in the spool directory, and the snapshot takes it exclusively for its short phas
 the queued messages and noting how long the Message-ID log is. The listed messages (and the
 changed envelopes of those deferred) are then hard-linked, with the lock released, into a
 directory of the snapshot's own. Hard links cost no copy, and they stay valid while the MTA
-goes on: it replaces changed envelopes by renaming new files over them and removes messages
-by unlinking or keeping the file as a spare, and a spare still linked by a snapshot is never
-written over (`SparePool.write`). The log is the exception (it is appended to), so only the
-length noted under the lock belongs to the snapshot.
+goes on: it replaces env/ files by renaming new files over them and removes messages by
+unlinking or keeping the file as a spare, and a spare still linked by a snapshot is never
+written over (`SparePool.write`). A deferral appends a changed envelope to a message file,
+so a linked message may show a newer state than at the listing, as if linked a moment later
+(one torn by reading mid-append is skipped on recovery). The log is appended to as well, and
+only the length noted under the lock belongs to the snapshot.
 
 Commits wait only for one directory listing; deliveries and removals never wait: a listed
 message delivered and removed before it is linked is left out, as delivered.

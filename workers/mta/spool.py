@@ -3,9 +3,10 @@
 Layout (2) under the spool directory::
 
     msg/<queue id>.eml      one file a message: the envelope as accepted on its first line,
-                            then the message bytes as received (see `spool_format`)
-    env/<queue id>.json     the envelope once it changed (a deferral): written only then,
-                            and read in place of the first line while it exists
+                            the message bytes as received, then each changed envelope
+                            (after a deferral) appended (see `spool_format`)
+    env/<queue id>.json     the envelope of a message changed more than ``TAIL_LIMIT``
+                            allows appending, or of layout 1; it wins over the message file
     tmp/<shard>/            files being written; emptied on recovery
     spare/                  files of removed messages and replaced envelopes, written over
                             by later ones instead of creating new files (see `spares`)
@@ -15,19 +16,20 @@ Layout (2) under the spool directory::
 
 A message is acknowledged only once its file is renamed into ``msg/``, after it was written
 and fsynced whole under ``tmp/``: a message file in place is a queued message. Accepting
-costs one file, one fsync and one rename a message, one directory fsync a batch.
+costs one file, one fsync and one rename a message, one directory fsync a batch; a deferral
+one append and one fsync, no file created, renamed or rewritten.
 
 Layout 1 (before) wrote every envelope to ``env/`` at acceptance and the bare bytes to
 ``msg/``. Recovery still reads it, so a spool queued by an older version is delivered after
 an upgrade: a message file without the first-line marker is queued when its ``env/`` file
 exists, and dropped as never acknowledged when not (as layout 1 did). The delivery paths
 treat both alike, because the envelope is always ``env/<id>.json`` if present, else the
-first line.
+last one appended to the message file, else its first line.
 
 Group commit (as Postfix and databases do it): concurrent ``accept`` calls queue their
 files; one committer writes a whole batch, fsyncs each file and the directory once, then
 resolves every waiter. Nobody is answered before their files are durable, and many sessions
-share the cost of one fsync pass. Envelope writes (after a deferral) and removals are
+share the cost of one fsync pass. Envelope changes (after a deferral) and removals are
 grouped the same way.
 
 The committer, not the accepting session, tells the spool's listeners (the delivery agent)
@@ -52,7 +54,7 @@ from typing import Self
 from workers.mta import message_id_log, snapshot_lock, spool_format
 from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
 from workers.mta.message_id_log import normalise_message_id as normalise_message_id
-from workers.mta.spares import SparePool, exchange, stage_parallel, write_new
+from workers.mta.spares import SparePool, exchange, stage_parallel, write_all, write_new
 from workers.mta.spool_format import Envelope as Envelope
 from workers.mta.spool_format import QueueId as QueueId
 from workers.mta.spool_format import RecipientState as RecipientState
@@ -64,6 +66,8 @@ DEFAULT_DEDUPE_WINDOW = 7 * 24 * 3600.0
 """Seconds a Message-ID stays known after its message was accepted."""
 MAX_BATCH = 512
 """Most messages committed in one fsync pass, so one batch cannot delay the next forever."""
+TAIL_LIMIT = 32 * 1024
+"""Bytes of changed envelopes appended to a message file at most; then env/ takes over."""
 IO_THREADS = 16
 """Files of one batch are written, then fsynced, in parallel: the filesystem folds the fsyncs
 into one journal commit (on ext4 twenty 5 KB files take ~2 ms so, ~15 ms one after another)."""
@@ -373,14 +377,15 @@ class Spool:
     # -- after acceptance ------------------------------------------------------------
 
     async def update(self, envelope: Envelope) -> None:
-        """Atomically write the changed envelope (after an attempt); durable once it returns.
+        """Write the changed envelope (after an attempt); durable once it returns.
 
-        Only the small ``env/`` file is written, never the message. Writes are grouped like
-        commits: one updater writes and fsyncs a whole batch of envelopes in parallel,
-        renames them into place and fsyncs the directory once.
+        It is appended to the message file, after the bytes (`spool_format.record`): no
+        file created, renamed or rewritten, one fsync. Beyond ``TAIL_LIMIT`` of appended
+        envelopes it goes to ``env/<queue id>.json`` instead, replaced atomically from then
+        on. Writes are grouped like commits: one updater writes a whole batch, its fsyncs
+        run in parallel.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._changed.add(envelope.queue_id)
         # Serialised now: the caller may change the envelope again before the batch runs.
         self._updates.append((envelope.queue_id, envelope.to_json(), future))
         if self._updater is None or self._updater.done():
@@ -391,7 +396,7 @@ class Spool:
         while self._updates:
             batch, self._updates = self._updates[:MAX_BATCH], self._updates[MAX_BATCH:]
             try:
-                await asyncio.to_thread(self._rewrite, [(q, raw) for q, raw, _ in batch])
+                await asyncio.to_thread(self._write_changes, [(q, raw) for q, raw, _ in batch])
             except Exception as exc:
                 for _, _, future in batch:
                     if not future.done():
@@ -400,6 +405,52 @@ class Spool:
             for _, _, future in batch:
                 if not future.done():
                     future.set_result(None)
+
+    def _write_changes(self, changes: list[tuple[QueueId, bytes]]) -> None:
+        """Append each changed envelope to its message file, or write its env/ file."""
+        appended: list[int] = []
+        rewrites: list[tuple[QueueId, bytes]] = []
+        try:
+            for queue_id, raw in changes:
+                if queue_id in self._changed:
+                    rewrites.append((queue_id, raw))  # its env/ file wins: replace that
+                    continue
+                fd = self._append_change(queue_id, raw)
+                if fd is None:
+                    self._changed.add(queue_id)
+                    rewrites.append((queue_id, raw))
+                elif fd >= 0:
+                    appended.append(fd)
+            # In parallel: the concurrent fsyncs fold into fewer disk flushes.
+            if len(appended) == 1:
+                os.fsync(appended[0])
+            elif appended:
+                list(self._io_pool.map(os.fsync, appended))
+        finally:
+            for fd in appended:
+                os.close(fd)
+        if rewrites:
+            self._rewrite(rewrites)
+
+    def _append_change(self, queue_id: QueueId, raw: bytes) -> int | None:
+        """Append to the message file; its open descriptor, -1 if gone, None if it cannot."""
+        try:
+            fd = os.open(self.message_path(queue_id), os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return -1  # removed meanwhile: nothing left to change
+        try:
+            end = spool_format.body_end(spool_format.head_line(fd))
+            if os.fstat(fd).st_size - end + len(raw) + 2 > TAIL_LIMIT:
+                os.close(fd)
+                return None
+            write_all(fd, b"".join((b"\n", raw, b"\n")))
+        except ValueError:  # not a message file of layout 2: use env/
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _rewrite(self, envelopes: list[tuple[QueueId, bytes]]) -> None:
         """Replace a batch of envelope files: temporaries written and fsynced, then renamed."""
@@ -455,7 +506,8 @@ class Spool:
         # before its changed envelope follows leaves an env/ file alone, which recovery
         # quarantines; the other order could leave a message whose changed envelope is
         # lost, and it would be sent again to recipients already delivered.
-        # Moved to the spare files (or unlinked): gone from the spool either way.
+        # Moved to the spare files (or unlinked): gone from the spool either way, with the
+        # envelopes appended to it.
         for queue_id in queue_ids:
             self.spares.retire(self.message_path(queue_id))
         fsync_directory(self.messages)
@@ -505,11 +557,15 @@ class Spool:
     def _read_envelope(self, queue_id: QueueId) -> Envelope | None:
         # The message file first: a removal takes it before the changed envelope.
         try:
-            head = spool_format.read_head(self.message_path(queue_id))
+            current = spool_format.read_current(self.message_path(queue_id))
         except FileNotFoundError:
             return None
         changed = spool_format.read_envelope_file(self.changed_envelope_path(queue_id))
-        return changed if changed is not None else spool_format.envelope_in(head)
+        if changed is not None:
+            return changed
+        if current is None:
+            raise ValueError(f"message {queue_id} has no envelope")
+        return current
 
     # -- start -----------------------------------------------------------------------
 
@@ -550,16 +606,15 @@ class Spool:
     def _recover_one(self, queue_id: QueueId, changed: set[QueueId]) -> Envelope | None:
         """The envelope of one message file found on recovery, or None once dealt with."""
         message = self.message_path(queue_id)
-        head = spool_format.read_head(message)
-        if not head and queue_id not in changed:
-            # Layout 1's message without its envelope: it was never acknowledged.
-            logger.info("spool: dropping unacknowledged message %s", queue_id)
-            message.unlink()
-            return None
         try:
             if queue_id in changed:
                 return Envelope.from_json(self.changed_envelope_path(queue_id).read_bytes())
-            return spool_format.envelope_in(head)
+            current = spool_format.read_current(message)
+            if current is None:
+                # Layout 1's message without its envelope: it was never acknowledged.
+                logger.info("spool: dropping unacknowledged message %s", queue_id)
+                message.unlink()
+            return current
         except ValueError:
             logger.error("spool: envelope %s is unreadable; quarantined", queue_id)
             self._quarantine(self.changed_envelope_path(queue_id))

@@ -1,20 +1,24 @@
 """What the spool stores for a message: its envelope, and the one file that holds both.
 
 Since layout 2 a queued message is one file, ``msg/<queue id>.eml``: a first line holding
-the envelope as accepted, then the message bytes as received::
+the size of the message and the envelope as accepted, the message bytes as received, then
+each changed envelope (after a deferral) appended on a line of its own::
 
-    WARTA-SPOOL/1 {"mail_from":"a@example.com","recipients":[...],...}\\n
-    Received: ...
+    WARTA-SPOOL/1 5120 {"mail_from":"a@example.com","recipients":[...],...}\\n
+    Received: ... (5,120 bytes)
+    \\n{"mail_from":"a@example.com",...,"states":{... "attempts":1 ...}}\\n
 
-The line is JSON (``Envelope.to_json``, which never contains a raw newline) after a fixed
-marker, so a person can read it with ``head -1``. Layout 1 kept the envelope in a second
-file, ``env/<queue id>.json``, and the bare bytes in ``msg/``; such a message has no marker.
-A later envelope (after a deferral) is written to ``env/<queue id>.json`` in both layouts and
-then wins over the first line.
+The envelopes are JSON (``Envelope.to_json``, which never contains a raw newline), so a
+person can read them with ``head -1`` and ``tail -1``. The last complete envelope appended
+is the current one; one torn by a crash was never acknowledged and is skipped. Layout 1
+kept the envelope in a second file, ``env/<queue id>.json``, and the bare bytes in ``msg/``;
+such a message has no marker. An ``env/`` file, when there is one (layout 1, or a message
+changed more often than appending allows), wins over the message file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -124,14 +128,68 @@ class Envelope:
 
 def encode(envelope: Envelope, data: bytes) -> bytes:
     """The content of a message file: the marked envelope line, then the message bytes."""
-    return b"".join((MARKER, envelope.to_json(), b"\n", data))
+    return b"".join((MARKER, b"%d " % len(data), envelope.to_json(), b"\n", data))
+
+
+def record(envelope: Envelope) -> bytes:
+    """A changed envelope as appended to its message file, after the bytes.
+
+    Between newlines: a record torn by a crash (never acknowledged) stays on a line of its
+    own, and the next one appended after it still parses.
+    """
+    return b"".join((b"\n", envelope.to_json(), b"\n"))
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What a message file's first line says: the envelope as accepted, where the bytes are."""
+
+    envelope: Envelope
+    body_start: int
+    body_size: int
+
+    @property
+    def body_end(self) -> int:
+        """Where the message bytes end and the changed envelopes, if any, begin."""
+        return self.body_start + self.body_size
+
+
+def body_end(line: bytes) -> int:
+    """Where the bytes end after the first line ``line``, the envelope left unparsed."""
+    if not line.startswith(MARKER):
+        raise ValueError("no envelope line")
+    size, blank, _ = line[len(MARKER) :].partition(b" ")
+    if not blank or not size.isdigit():
+        raise ValueError("no message size")
+    return len(line) + 1 + int(size)
+
+
+def parse_head(line: bytes) -> Head:
+    """Parse a message file's first line, newline excluded; ``ValueError`` if malformed."""
+    if not line.startswith(MARKER):
+        raise ValueError("no envelope line")
+    size, _, envelope = line[len(MARKER) :].partition(b" ")
+    if not size.isdigit():
+        raise ValueError("no message size")
+    return Head(Envelope.from_json(envelope), len(line) + 1, int(size))
 
 
 def body(raw: bytes) -> bytes:
     """The message bytes of a message file's content, of either layout."""
-    if raw.startswith(MARKER):
-        return raw[raw.index(b"\n") + 1 :]
-    return raw
+    if not raw.startswith(MARKER):
+        return raw
+    start = raw.index(b"\n") + 1
+    size = int(raw[len(MARKER) : raw.index(b" ", len(MARKER))])  # the envelope not parsed
+    return raw[start : start + size]
+
+
+def latest_record(tail: bytes) -> Envelope | None:
+    """The last complete changed envelope among those appended; None if there is none."""
+    for line in reversed(tail.split(b"\n")):
+        if line:
+            with contextlib.suppress(ValueError):
+                return Envelope.from_json(line)
+    return None
 
 
 def read_head(path: Path) -> bytes:
@@ -139,23 +197,49 @@ def read_head(path: Path) -> bytes:
 
     Raises ``FileNotFoundError`` once the message is gone.
     """
-    with path.open("rb", buffering=0) as file:
-        head = file.read(HEAD_CHUNK)
-        if not head.startswith(MARKER):
-            return b""
-        while (end := head.find(b"\n")) < 0:
-            more = file.read(HEAD_CHUNK)
-            if not more:
-                return head  # torn or not ours: the caller's parse fails on it
-            head += more
-        return head[:end]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return head_line(fd)
+    finally:
+        os.close(fd)
+
+
+def head_line(fd: int) -> bytes:
+    """The first line of the open message file ``fd`` (see ``read_head``)."""
+    head = os.pread(fd, HEAD_CHUNK, 0)
+    if not head.startswith(MARKER):
+        return b""
+    while (end := head.find(b"\n")) < 0:
+        more = os.pread(fd, HEAD_CHUNK, len(head))
+        if not more:
+            return head  # torn or not ours: the caller's parse fails on it
+        head += more
+    return head[:end]
+
+
+def read_current(path: Path) -> Envelope | None:
+    """The envelope in a message file: the last one appended, else the first line's.
+
+    None for a file of layout 1 (no marker); ``ValueError`` if the first line is
+    malformed; ``FileNotFoundError`` once the message is gone. Reads the first line and
+    what follows the bytes, never the bytes.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        line = head_line(fd)
+        if not line:
+            return None
+        head = parse_head(line)
+        tail = os.pread(fd, os.fstat(fd).st_size - head.body_end, head.body_end)
+    finally:
+        os.close(fd)
+    changed = latest_record(tail) if tail else None
+    return changed if changed is not None else head.envelope
 
 
 def envelope_in(head: bytes) -> Envelope:
     """The envelope in a marked first line (``read_head``); ``ValueError`` if malformed."""
-    if not head.startswith(MARKER):
-        raise ValueError("no envelope line")
-    return Envelope.from_json(head[len(MARKER) :])
+    return parse_head(head).envelope
 
 
 def read_envelope_file(path: Path) -> Envelope | None:
@@ -185,9 +269,11 @@ def queued_envelopes(spool: Path) -> dict[QueueId, Envelope]:
     for name in names:
         queue_id = QueueId(name.removesuffix(".eml"))
         try:
-            head = read_head(spool / "msg" / name)
             changed = read_envelope_file(spool / "env" / f"{queue_id}.json")
-            found[queue_id] = changed if changed is not None else envelope_in(head)
+            if (current := changed) is None:
+                current = read_current(spool / "msg" / name)
         except (OSError, ValueError):
             continue
+        if current is not None:
+            found[queue_id] = current
     return found
