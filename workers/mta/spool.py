@@ -44,6 +44,7 @@ import heapq
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -176,6 +177,9 @@ class Spool:
         # Queued messages with an env/ file (deferred once, or of layout 1): a removal
         # unlinks that file too, and only then fsyncs env/.
         self._changed: set[QueueId] = set()
+        # Appends and removals never overlap: an append into a file a removal has just made
+        # a spare could land in the next message written over that spare.
+        self._append_lock = threading.Lock()
         self._closing = False
         self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
         self._snapshot_lock = snapshot_lock.open_lock(directory)  # see _commit_unless_snapshot
@@ -411,16 +415,8 @@ class Spool:
         appended: list[int] = []
         rewrites: list[tuple[QueueId, bytes]] = []
         try:
-            for queue_id, raw in changes:
-                if queue_id in self._changed:
-                    rewrites.append((queue_id, raw))  # its env/ file wins: replace that
-                    continue
-                fd = self._append_change(queue_id, raw)
-                if fd is None:
-                    self._changed.add(queue_id)
-                    rewrites.append((queue_id, raw))
-                elif fd >= 0:
-                    appended.append(fd)
+            with self._append_lock:
+                self._append_changes(changes, appended, rewrites)
             # In parallel: the concurrent fsyncs fold into fewer disk flushes.
             if len(appended) == 1:
                 os.fsync(appended[0])
@@ -431,6 +427,23 @@ class Spool:
                 os.close(fd)
         if rewrites:
             self._rewrite(rewrites)
+
+    def _append_changes(
+        self,
+        changes: list[tuple[QueueId, bytes]],
+        appended: list[int],
+        rewrites: list[tuple[QueueId, bytes]],
+    ) -> None:
+        for queue_id, raw in changes:
+            if queue_id in self._changed:
+                rewrites.append((queue_id, raw))  # its env/ file wins: replace that
+                continue
+            fd = self._append_change(queue_id, raw)
+            if fd is None:
+                self._changed.add(queue_id)
+                rewrites.append((queue_id, raw))
+            elif fd >= 0:
+                appended.append(fd)
 
     def _append_change(self, queue_id: QueueId, raw: bytes) -> int | None:
         """Append to the message file; its open descriptor, -1 if gone, None if it cannot."""
@@ -502,6 +515,10 @@ class Spool:
                     future.set_result(None)
 
     def _remove(self, queue_ids: list[QueueId]) -> None:
+        with self._append_lock:
+            self._remove_files(queue_ids)
+
+    def _remove_files(self, queue_ids: list[QueueId]) -> None:
         # Message files first: once one is gone its message is no longer queued. A crash
         # before its changed envelope follows leaves an env/ file alone, which recovery
         # quarantines; the other order could leave a message whose changed envelope is
