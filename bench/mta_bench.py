@@ -26,10 +26,10 @@ smtp over many C processes on both cores. The SMTP dialogue, the spool and the d
 agent share one Python event loop, so per-message interpreter overhead (parsing the
 dialogue, building the envelope JSON, Message-ID dedupe, scheduling and running the
 delivery task, which in the acceptance figure also tries the dead next hop and rewrites
-the envelope) is all paid there. Each message costs two file creations, two renames and
-fsyncs in the spool (message + envelope) where Postfix writes one queue file; in the relay
-figure every delivery also rewrites the envelope and DKIM-signs (RSA via `cryptography`,
-canonicalisation and header handling in Python). With a new connection per message,
+the envelope) is all paid there. Each message costs one file in the spool (the envelope on
+its first line), as Postfix writes one queue file, and a file creation unless a delivered
+message's file is free to be written over; in the relay figure every delivery also
+DKIM-signs (RSA via `cryptography`, canonicalisation and header handling in Python). With a new connection per message,
 connection setup in asyncio weighs more than in Postfix's pre-forked smtpd processes.
 The Postfix figures vary by up to 2x between runs on a shared machine; compare within one
 run. Below the table, the CPU per message of each server (all its processes, from /proc).

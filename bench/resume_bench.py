@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import shutil
 import signal
@@ -31,6 +30,7 @@ from bench.campaign import WORKER_READY, ledger, schedule, seed, stack, start_mt
 from bench.processes import ROOT, free_port, listening, logged, process, warta
 from bench.recording_sink import Arrivals
 from bench.results import Row
+from workers.mta import spool_format
 
 TARGET_SECONDS = 30.0
 RECIPIENTS = 3000
@@ -130,11 +130,9 @@ async def _run(args: argparse.Namespace, tmp: Path) -> Row:
 def _explain_missing(spool: Path, arrived: set[str], killed_at: float) -> None:
     """Print which recipients missing at the sink are still queued in the MTA's spool."""
     queued: dict[str, dict[str, Any]] = {}
-    for path in spool.rglob("*.json"):
-        if path.parent.name != "env":
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            envelope = json.loads(path.read_bytes())
+    for folder in spool.rglob("msg"):
+        for found in spool_format.queued_envelopes(folder.parent).values():
+            envelope = json.loads(found.to_json())
             for recipient in envelope["recipients"]:
                 if recipient not in arrived:
                     queued[recipient] = envelope

@@ -188,7 +188,8 @@ def _refuse_if_not_empty(settings: Settings) -> None:
             "restore into an empty instance, or pass --force to replace it"
         )
     for spool in spool_directories(settings.mta_spool_dir):
-        if any(name.endswith(".json") for name in os.listdir(spool / "env")):
+        queued = os.listdir(spool / "msg") if (spool / "msg").is_dir() else []
+        if any(name.endswith(".eml") for name in queued):
             raise NotEmpty(f"the spool {spool} holds queued mail; pass --force to replace it")
     if settings.dkim_dir.is_dir() and any(p.is_file() for p in settings.dkim_dir.rglob("*")):
         raise NotEmpty(f"{settings.dkim_dir} holds DKIM keys; pass --force to replace them")

@@ -49,6 +49,7 @@ from tests.helpers.backup_instances import Instance
 from tests.helpers.seeding import seed_campaign
 from tests.helpers.servers import PostgresServer, free_port
 from tests.helpers.sinks import Received, SinkHandler, smtp_sink
+from workers.mta import spool_format
 from workers.mta.dkim import generate_key
 
 RECIPIENTS = int(os.environ.get("WARTA_BACKUP_TEST_RECIPIENTS", "2000"))
@@ -85,8 +86,9 @@ def _backup_memory(path: Path) -> tuple[set[str], set[str]]:
             for line in data.splitlines():
                 entry = json.loads(line)
                 known[entry["q"]] = "<" + entry["m"] + ">"
-        elif "/env/" in name:
-            queued.add(str(json.loads(data)["message_id"]))
+        elif "/msg/" in name:  # the message file's first line is its envelope
+            envelope = spool_format.envelope_in(data.split(b"\n", 1)[0])
+            queued.add(str(envelope.message_id))
     return set(known.values()) - queued, queued
 
 
@@ -208,7 +210,7 @@ async def test_restore_after_losing_everything_mid_campaign_resends_only_the_win
 
             async def finished() -> bool:
                 stats = (await api.get(f"/api/v1/campaigns/{campaign_id}/stats")).json()
-                queued = [p for p in fresh.spool.rglob("env/*.json")]
+                queued = [p for p in fresh.spool.rglob("msg/*.eml")]
                 return stats["status"] == "finished" and not queued
 
             await eventually(finished, 120, "campaign finished and every spool empty")

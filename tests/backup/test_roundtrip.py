@@ -28,6 +28,8 @@ async def _populate(instance: Instance, sessionmaker: async_sessionmaker[AsyncSe
                 message_id=f"<queued{index}@warta.test.example>",
             )
             await spool.accept(envelope, b"Subject: hi\r\n\r\nbody %d\r\n" % index)
+            if index == 0:
+                await spool.update(envelope)  # deferred once: appended to its message file
     generate_key(instance.dkim, "example.com", "sel1", "ed25519")
     (instance.var / "imports").mkdir(parents=True)
     (instance.var / "imports" / "upload.csv").write_text("email\nsomeone@example.com\n")
@@ -90,7 +92,7 @@ async def test_backup_then_restore_into_a_fresh_instance_brings_everything_back(
     assert expected["subscribers"] == 120
     assert await _counts(fresh.database_url, fresh) == expected
     queued = {k: v for k, v in _files(source.spool).items() if k.split("/")[0] in ("env", "msg")}
-    assert len(queued) == 10
+    assert len(queued) == 5  # one file a message, the envelope inside
     assert {
         k: v for k, v in _files(fresh.spool).items() if k.split("/")[0] in ("env", "msg")
     } == queued

@@ -70,7 +70,7 @@ async def test_trusted_client_gets_250_only_after_the_spool_has_it(
     code, reply = await _in_thread(send)
     assert code == 250
     queue_id = reply.decode().rsplit(" ", 1)[1]
-    assert spool.message_path(queue_id).read_bytes() == MESSAGE
+    assert spool.load(queue_id) == MESSAGE
     assert spool.envelope_path(queue_id).exists()
 
 

@@ -22,6 +22,7 @@ from tests.helpers.api import eventually, post_json, wait_for_status
 from tests.helpers.processes import BIN, worker_env
 from tests.helpers.servers import free_port
 from tests.helpers.sinks import SinkHandler, smtp_sink
+from workers.mta import spool_format
 from workers.mta.dkim import generate_key
 from workers.mta.service import MtaService
 from workers.mta.status import instance_name
@@ -263,16 +264,14 @@ async def test_queue_api_and_metrics_see_every_mta_instance(
 
         flushed = await api.post("/api/v1/queue/flush", json={"domain": "example.com"})
         assert flushed.json() == {"instances": 1}
-        queue_id = next((config.mta_spool_dir / "env").iterdir()).stem
+        queue_id = next(iter(spool_format.queued_envelopes(config.mta_spool_dir)))
         bounced = await api.post(f"/api/v1/queue/messages/{queue_id}/bounce")
         assert bounced.json() == {"instances": 1}
 
         async def bounced_with_a_dsn() -> bool:
-            envelopes = [
-                json.loads(path.read_bytes()) for path in (config.mta_spool_dir / "env").iterdir()
-            ]
-            gone = all(env["queue_id"] != queue_id for env in envelopes)
-            return gone and sorted(env["mail_from"] for env in envelopes) == [
+            envelopes = spool_format.queued_envelopes(config.mta_spool_dir).values()
+            gone = all(env.queue_id != queue_id for env in envelopes)
+            return gone and sorted(env.mail_from for env in envelopes) == [
                 "",
                 "a@example.com",
                 "a@example.com",

@@ -15,7 +15,8 @@ from workers.mta.spool import MESSAGE_IDS_LOG, Envelope, Spool
 def _consistent(snapshot: SpoolSnapshot) -> tuple[int, list[str]]:
     """(Message-IDs the snapshot knows, those of them whose envelope or message it lacks)."""
     log = (snapshot.directory / MESSAGE_IDS_LOG).read_bytes()[: snapshot.message_ids_bytes]
-    queued = {path.stem for path in (snapshot.directory / "env").iterdir()}
+    # The message file holds the envelope (env/ only has those changed since acceptance).
+    queued = {path.stem for path in (snapshot.directory / "msg").iterdir()}
     messages = {path.stem for path in (snapshot.directory / "msg").iterdir()}
     known = [json.loads(line) for line in log.splitlines()]
     missing = [e["m"] for e in known if e["q"] not in queued or e["q"] not in messages]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.spooled import envelope, message
+from workers.mta import spool as spool_module
+from workers.mta import spool_format
 from workers.mta.spares import SparePool, exchange
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
 
@@ -34,27 +36,37 @@ async def test_a_removed_message_s_files_carry_the_next_messages(tmp_path: Path)
         assert list(spool.spares.directory.iterdir()) == []
         for n, queue_id in zip(range(5, 10), second, strict=True):
             assert spool.load(queue_id) == message(n, 100)
-            stored = Envelope.from_json(spool.envelope_path(queue_id).read_bytes())
-            assert stored.queue_id == queue_id
+            stored = await spool.read_envelope(queue_id)
+            assert stored is not None and stored.queue_id == queue_id
     recovered = Spool(tmp_path).recover()
     assert sorted(e.queue_id for e in recovered) == sorted(second)
 
 
-async def test_a_rewritten_envelope_leaves_its_old_file_as_a_spare(tmp_path: Path) -> None:
+async def test_a_rewritten_envelope_leaves_its_old_file_as_a_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every change in the envelope file (as when appending to the message file would pass
+    # the limit, see test_spool): each rewrite replaces it.
+    monkeypatch.setattr(spool_module, "TAIL_LIMIT", 0)
     async with Spool(tmp_path) as spool:
         spool.recover()
         env = envelope(1)
         queue_id = await spool.accept(env, message(1))
-        before = spool.envelope_path(queue_id).stat().st_ino
+        message_file = spool.message_path(queue_id).stat()
+        # The first change writes the envelope's own file; the message file is untouched.
+        env.states["a@example.com"].attempts = 1
+        await spool.update(env)
+        assert spool.message_path(queue_id).stat().st_mtime_ns == message_file.st_mtime_ns
+        before = spool.changed_envelope_path(queue_id).stat().st_ino
         env.states["a@example.com"].status = RecipientStatus.DELIVERED
         env.next_attempt_at = 1234.0
         await spool.update(env)
         assert inodes(spool.spares.directory) == {before}
-        assert Envelope.from_json(spool.envelope_path(queue_id).read_bytes()) == env
+        assert Envelope.from_json(spool.changed_envelope_path(queue_id).read_bytes()) == env
         # The next rewrite is written over that spare.
         env.states["b@example.net"].attempts = 3
         await spool.update(env)
-        assert spool.envelope_path(queue_id).stat().st_ino == before
+        assert spool.changed_envelope_path(queue_id).stat().st_ino == before
     [recovered] = Spool(tmp_path).recover()
     assert recovered == env
 
@@ -62,6 +74,7 @@ async def test_a_rewritten_envelope_leaves_its_old_file_as_a_spare(tmp_path: Pat
 async def test_concurrent_rewrites_share_one_directory_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_LIMIT", 0)  # every change in an envelope file
     async with Spool(tmp_path) as spool:
         envelopes = [envelope(n) for n in range(20)]
         ids: list[QueueId] = list(
@@ -81,7 +94,7 @@ async def test_concurrent_rewrites_share_one_directory_fsync(
         await asyncio.gather(*(spool.update(env) for env in envelopes))
         assert 1 <= synced.count(directory) < len(envelopes)
         for n, queue_id in enumerate(ids):
-            stored = Envelope.from_json(spool.envelope_path(queue_id).read_bytes())
+            stored = Envelope.from_json(spool.changed_envelope_path(queue_id).read_bytes())
             assert stored.next_attempt_at == 1000.0 + n
 
 
@@ -119,6 +132,6 @@ async def test_a_message_a_snapshot_links_is_never_written_over(tmp_path: Path) 
         await spool.remove(queue_id)
         second = await spool.accept(envelope(2), message(2, 2_000))
 
-        assert linked.read_bytes() == message(1, 2_000)
+        assert spool_format.body(linked.read_bytes()) == message(1, 2_000)
         assert spool.load(second) == message(2, 2_000)
         assert linked.stat().st_nlink == 1  # the spool let go of it

@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers.api import eventually
 from tests.helpers.spooled import envelope, message
+from workers.mta import spool as spool_module
+from workers.mta import spool_format
 from workers.mta.spool import (
     DEFAULT_DEDUPE_WINDOW,
     Envelope,
@@ -45,13 +47,17 @@ def temp_files(spool_directory: Path) -> list[Path]:
 async def test_accept_writes_complete_files(tmp_path: Path) -> None:
     async with Spool(tmp_path) as spool:
         queue_id = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
-        assert spool.message_path(queue_id).read_bytes() == message(1)
-        stored = Envelope.from_json(spool.envelope_path(queue_id).read_bytes())
+        # One file: the envelope on its first line, then the bytes as received.
+        raw = spool.message_path(queue_id).read_bytes()
+        assert spool_format.body(raw) == message(1)
+        assert raw.startswith(spool_format.MARKER)
+        stored = spool_format.envelope_in(spool_format.read_head(spool.envelope_path(queue_id)))
         assert stored.queue_id == queue_id
         assert stored.mail_from == "sender1@warta.test"
         assert stored.pending() == ["a@example.com", "b@example.net"]
         assert spool.load(queue_id) == message(1)
         assert temp_files(tmp_path) == []
+        assert list(spool.envelopes.iterdir()) == []  # no second file a message
         assert spool.stats.commits == 1
         assert spool.stats.last_batch_size == 1
 
@@ -98,7 +104,7 @@ async def test_concurrent_accepts_share_fsyncs_and_wait_for_them(
             queue_id = await spool.accept(envelope(n, f"<m{n}@warta.test>"), message(n))
             events.append(("resolved", queue_id))
             # Acknowledged means complete and in place.
-            assert spool.message_path(queue_id).read_bytes() == message(n)
+            assert spool.load(queue_id) == message(n)
             assert spool.envelope_path(queue_id).exists()
             return queue_id
 
@@ -116,14 +122,15 @@ async def test_concurrent_accepts_share_fsyncs_and_wait_for_them(
     log = str((tmp_path / "message-ids.log").resolve())
     for queue_id in ids:
         resolved = index("resolved", queue_id)
-        files = max(index("fsync", f"/{queue_id}.eml"), index("fsync", f"/{queue_id}.json"))
+        files = index("fsync", f"/{queue_id}.eml")  # the one file, envelope inside
         assert events[files][1].startswith(temp)
         assert files < resolved
         assert index("fsync", msg, files) < resolved
-        assert index("fsync", env, files) < resolved
         assert index("fsync", log, files) < resolved
     directory_fsyncs = sum(1 for kind, path in events if kind == "fsync" and path == msg)
     assert directory_fsyncs == spool.stats.commits
+    # Nothing else per message: no envelope file, and env/ is not fsynced by acceptance.
+    assert [path for kind, path in events if path.endswith(".json") or path == env] == []
 
 
 async def test_remove_forgets_message_but_keeps_its_message_id(tmp_path: Path) -> None:
@@ -157,11 +164,15 @@ async def test_recover_quarantines_corrupt_envelopes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with Spool(tmp_path) as spool:
-        missing = await spool.accept(envelope(1), message(1))
+        missing_envelope = envelope(1)
+        missing = await spool.accept(missing_envelope, message(1))
         garbled = await spool.accept(envelope(2), message(2))
         good = await spool.accept(envelope(3), message(3))
+    # Envelopes in env/ files (layout 1's, or too many changes to append): one has lost
+    # its message, the other is garbled.
+    spool.changed_envelope_path(missing).write_bytes(missing_envelope.to_json())
     spool.message_path(missing).unlink()
-    spool.envelope_path(garbled).write_bytes(b'{"mail_from": ')
+    spool.changed_envelope_path(garbled).write_bytes(b'{"mail_from": ')
 
     recovered = Spool(tmp_path).recover()
 
@@ -170,9 +181,70 @@ async def test_recover_quarantines_corrupt_envelopes(
     assert sorted(p.name for p in corrupt.iterdir()) == sorted(
         [f"{missing}.json", f"{garbled}.json", f"{garbled}.eml"]
     )
-    assert (corrupt / f"{garbled}.eml").read_bytes() == message(2)
-    assert not spool.envelope_path(missing).exists()
+    assert spool_format.body((corrupt / f"{garbled}.eml").read_bytes()) == message(2)
+    assert not spool.changed_envelope_path(missing).exists()
     assert "has no message" in caplog.text
+
+
+async def test_changes_are_appended_to_the_message_file_and_a_torn_one_is_ignored(
+    tmp_path: Path,
+) -> None:
+    async with Spool(tmp_path) as spool:
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        inode = spool.message_path(queue_id).stat().st_ino
+        for attempt in (1, 2):
+            env.states["a@example.com"].attempts = attempt
+            env.next_attempt_at = 1000.0 * attempt
+            await spool.update(env)
+        assert spool.message_path(queue_id).stat().st_ino == inode  # appended, not replaced
+        assert list(spool.envelopes.iterdir()) == []
+        assert spool.load(queue_id) == message(1)
+        assert await spool.read_envelope(queue_id) == env
+    # A crash in the middle of a third change, never acknowledged: the second one stands.
+    with spool.message_path(queue_id).open("ab") as file:
+        file.write(b'\n{"mail_from":"sender1@war')
+    [recovered] = Spool(tmp_path).recover()
+    assert recovered == env
+    assert Spool(tmp_path).load(queue_id) == message(1)
+
+
+async def test_changes_beyond_the_limit_go_to_the_envelope_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_LIMIT", 2_000)
+    async with Spool(tmp_path) as spool:
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        size = spool.message_path(queue_id).stat().st_size
+        for attempt in range(1, 10):
+            env.states["a@example.com"].attempts = attempt
+            await spool.update(env)
+        assert spool.message_path(queue_id).stat().st_size <= size + 2_000
+        assert Envelope.from_json(spool.changed_envelope_path(queue_id).read_bytes()) == env
+        assert await spool.read_envelope(queue_id) == env
+    [recovered] = Spool(tmp_path).recover()
+    assert recovered == env
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        await spool.remove(queue_id)
+    assert list((tmp_path / "msg").iterdir()) == list((tmp_path / "env").iterdir()) == []
+
+
+async def test_recover_quarantines_a_message_whose_first_line_is_garbled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Spool(tmp_path) as spool:
+        garbled = await spool.accept(envelope(1), message(1))
+        good = await spool.accept(envelope(2), message(2))
+    path = spool.message_path(garbled)
+    path.write_bytes(spool_format.MARKER + b'{"mail_from": \n' + message(1))
+
+    recovered = Spool(tmp_path).recover()
+
+    assert [e.queue_id for e in recovered] == [good]
+    assert [p.name for p in (tmp_path / "corrupt").iterdir()] == [f"{garbled}.eml"]
+    assert "unreadable" in caplog.text
 
 
 async def test_duplicate_message_id_is_acknowledged_without_a_second_copy(
@@ -187,7 +259,7 @@ async def test_duplicate_message_id_is_acknowledged_without_a_second_copy(
         assert first == second == third
         assert await spool.seen("<dup@warta.test>") == first
         assert await spool.seen("<other@warta.test>") is None
-    assert len(list((tmp_path / "env").iterdir())) == 1
+    assert len(list((tmp_path / "env").iterdir())) == 0  # the envelope is in the message file
     assert len(list((tmp_path / "msg").iterdir())) == 1
 
 
@@ -342,7 +414,7 @@ async def test_a_message_id_log_that_cannot_be_written_still_acknowledges_and_de
         spool.message_ids_log.unlink(missing_ok=True)
         spool.message_ids_log.mkdir()
         queue_id = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
-        assert spool.message_path(queue_id).read_bytes() == message(1)
+        assert spool.load(queue_id) == message(1)
         # The resubmission after the client's timeout is recognised, not queued again.
         again = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
         assert again == queue_id
@@ -352,3 +424,42 @@ async def test_a_message_id_log_that_cannot_be_written_still_acknowledges_and_de
         await spool.accept(envelope(2, "<m2@warta.test>"), message(2))
     logged = [json.loads(line)["m"] for line in spool.message_ids_log.read_text().splitlines()]
     assert logged == ["m1@warta.test", "m2@warta.test"]
+
+
+async def test_queued_envelopes_reads_a_spool_without_recovering_it(tmp_path: Path) -> None:
+    async with Spool(tmp_path) as spool:
+        plain = await spool.accept(envelope(1), message(1))
+        deferred_envelope = envelope(2)
+        deferred = await spool.accept(deferred_envelope, message(2))
+        deferred_envelope.states["a@example.com"].attempts = 2
+        await spool.update(deferred_envelope)
+        gone = await spool.accept(envelope(3), message(3))
+        await spool.remove(gone)
+        found = spool_format.queued_envelopes(tmp_path)
+    assert sorted(found) == sorted([plain, deferred])
+    assert found[plain].mail_from == "sender1@warta.test"
+    assert found[deferred] == deferred_envelope
+
+
+async def test_concurrent_changes_are_appended_with_no_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Spool(tmp_path) as spool:
+        envelopes = [envelope(n) for n in range(20)]
+        ids = await asyncio.gather(*(spool.accept(e, message(n)) for n, e in enumerate(envelopes)))
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def recording_fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        for n, env in enumerate(envelopes):
+            env.next_attempt_at = 1000.0 + n
+        await asyncio.gather(*(spool.update(env) for env in envelopes))
+        # Each message file once, durable before update returned; nothing else.
+        assert sorted(synced) == sorted(str(spool.message_path(q).resolve()) for q in ids)
+        for n, queue_id in enumerate(ids):
+            stored = await spool.read_envelope(queue_id)
+            assert stored is not None and stored.next_attempt_at == 1000.0 + n

@@ -44,28 +44,30 @@ def _instance_dirs(root: Path) -> dict[int, Path]:
 def adopt(source: Path, target: Path) -> int:
     """Move every queued message of the spool at `source` into the spool at `target`."""
     source_env, source_msg = source / "env", source / "msg"
-    if not source_env.is_dir():
+    if not source_msg.is_dir():
         return 0
     target_msg, target_env = target / "msg", target / "env"
     target_msg.mkdir(parents=True, exist_ok=True)
     target_env.mkdir(parents=True, exist_ok=True)
     moved = []
-    for envelope in sorted(source_env.glob("*.json")):
-        message = source_msg / f"{envelope.stem}.eml"
-        if not message.exists():
-            continue  # the source's own recovery would quarantine it; leave it there
-        for path, folder in ((message, target_msg), (envelope, target_env)):
+    for message in sorted(source_msg.glob("*.eml")):
+        # The message file holds its envelope; an env/ file is a changed one (or layout 1's).
+        envelope = source_env / f"{message.stem}.json"
+        files = [(message, target_msg)]
+        if envelope.exists():
+            files.append((envelope, target_env))
+        for path, folder in files:
             destination = folder / path.name
             if not destination.exists():
                 os.link(path, destination)
-        moved.append((envelope, message))
+        moved.append(files)
     if not moved:
         return 0
     fsync_directory(target_msg)
     fsync_directory(target_env)
-    for envelope, message in moved:
-        envelope.unlink()
-        message.unlink()
+    for files in moved:  # the envelope before its message, as the spool removes them
+        for path, _ in reversed(files):
+            path.unlink()
     fsync_directory(source_env)
     fsync_directory(source_msg)
     logger.warning("spool: %d queued messages moved from %s to %s", len(moved), source, target)

@@ -1,16 +1,19 @@
 """A point-in-time copy of a spool while its MTA runs, for `warta backup`.
 
-The spool's group commit makes a batch durable in steps: files, renames of messages, renames
-of envelopes, then the Message-ID log. A copy taken between two of those steps could hold a
-Message-ID whose envelope it missed: after a restore that message would be refused as a
+The spool's group commit makes a batch durable in steps: files, renames of the message files
+into ``msg/``, then the Message-ID log. A copy taken between two of those steps could hold a
+Message-ID whose message it missed: after a restore that message would be refused as a
 duplicate and never delivered. So every commit holds a shared `flock` on ``snapshot.lock``
 in the spool directory, and the snapshot takes it exclusively for its short phase: listing
-the queued envelopes and noting how long the Message-ID log is. The listed messages are
-then hard-linked, with the lock released, into a directory of the snapshot's own. Hard
-links cost no copy, and they stay valid while the MTA goes on: it replaces envelopes by
-renaming new files over them and removes messages by unlinking or keeping the file as a
-spare, and a spare still linked by a snapshot is never written over (`SparePool.write`). The log is the exception (it is appended to), so only the length noted under the
-lock belongs to the snapshot.
+the queued messages and noting how long the Message-ID log is. The listed messages (and the
+changed envelopes of those deferred) are then hard-linked, with the lock released, into a
+directory of the snapshot's own. Hard links cost no copy, and they stay valid while the MTA
+goes on: it replaces env/ files by renaming new files over them and removes messages by
+unlinking or keeping the file as a spare, and a spare still linked by a snapshot is never
+written over (`SparePool.write`). A deferral appends a changed envelope to a message file,
+so a linked message may show a newer state than at the listing, as if linked a moment later
+(one torn by reading mid-append is skipped on recovery). The log is appended to as well, and
+only the length noted under the lock belongs to the snapshot.
 
 Commits wait only for one directory listing; deliveries and removals never wait: a listed
 message delivered and removed before it is linked is left out, as delivered.
@@ -18,6 +21,7 @@ message delivered and removed before it is linked is left out, as delivered.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -82,7 +86,7 @@ def take(spool: Path) -> SpoolSnapshot:
     try:
         with exclusive(fd):
             taken_at = time.time()
-            queued = os.listdir(spool / "env")
+            queued = os.listdir(spool / "msg")
             log = spool / MESSAGE_IDS_LOG
             try:
                 log_bytes = log.stat().st_size
@@ -93,7 +97,7 @@ def take(spool: Path) -> SpoolSnapshot:
         os.close(fd)
     # Linked after the lock is released: the listing fixed which messages belong to the
     # snapshot. One delivered meanwhile has its files removed and is left out, as it would
-    # be a moment later; an envelope rewritten meanwhile is linked in its newer state.
+    # be a moment later; an envelope changed meanwhile is linked in its newer state.
     messages = _link_queued(spool, directory, queued)
     return SpoolSnapshot(spool, directory, taken_at, messages, log_bytes)
 
@@ -111,17 +115,16 @@ def _alive(pid: str) -> bool:
 def _link_queued(spool: Path, into: Path, names: list[str]) -> int:
     linked = 0
     for name in names:
-        if not name.endswith(".json"):
+        if not name.endswith(".eml"):
             continue
-        message = f"{name.removesuffix('.json')}.eml"
         try:
-            os.link(spool / "msg" / message, into / "msg" / message)
+            os.link(spool / "msg" / name, into / "msg" / name)
         except FileNotFoundError:
             continue  # delivered and removed while we listed: not queued any more
-        try:
-            os.link(spool / "env" / name, into / "env" / name)
-        except FileNotFoundError:
-            (into / "msg" / message).unlink()
-            continue
+        # After the message: its changed envelope is then at least as new as the message's
+        # state when linked (a removal takes the message file first).
+        envelope = f"{name.removesuffix('.eml')}.json"
+        with contextlib.suppress(FileNotFoundError):
+            os.link(spool / "env" / envelope, into / "env" / envelope)
         linked += 1
     return linked

@@ -57,6 +57,13 @@ def write_new(path: Path, data: bytes) -> int:
     return fd
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at the descriptor's offset (``O_APPEND``: at the end)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     offset = 0

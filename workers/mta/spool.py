@@ -1,25 +1,36 @@
 """The MTA's durable queue: every accepted message is on disk and fsynced before its 250.
 
-Layout under the spool directory::
+Layout (2) under the spool directory::
 
-    msg/<queue id>.eml      the message bytes as received
-    env/<queue id>.json     the envelope: sender, recipients and their delivery state
+    msg/<queue id>.eml      one file a message: the envelope as accepted on its first line,
+                            the message bytes as received, then each changed envelope
+                            (after a deferral) appended (see `spool_format`)
+    env/<queue id>.json     the envelope of a message changed more than ``TAIL_LIMIT``
+                            allows appending, or of layout 1; it wins over the message file
     tmp/<shard>/            files being written; emptied on recovery
     spare/                  files of removed messages and replaced envelopes, written over
                             by later ones instead of creating new files (see `spares`)
-    corrupt/                envelopes whose message is missing, kept for a person to read
+    corrupt/                files that could not be read, kept for a person to read
     message-ids.log         accepted Message-IDs with their time, one JSON object a line
     snapshot.lock           commits hold it shared, a backup's snapshot exclusive (``snapshot``)
 
-A message is acknowledged only when its envelope exists, so the envelope is renamed into
-place after the message: an ``.eml`` without its ``.json`` was never acknowledged and is
-dropped on recovery, a ``.json`` without its ``.eml`` is a corruption and is quarantined.
+A message is acknowledged only once its file is renamed into ``msg/``, after it was written
+and fsynced whole under ``tmp/``: a message file in place is a queued message. Accepting
+costs one file, one fsync and one rename a message, one directory fsync a batch; a deferral
+one append and one fsync, no file created, renamed or rewritten.
+
+Layout 1 (before) wrote every envelope to ``env/`` at acceptance and the bare bytes to
+``msg/``. Recovery still reads it, so a spool queued by an older version is delivered after
+an upgrade: a message file without the first-line marker is queued when its ``env/`` file
+exists, and dropped as never acknowledged when not (as layout 1 did). The delivery paths
+treat both alike, because the envelope is always ``env/<id>.json`` if present, else the
+last one appended to the message file, else its first line.
 
 Group commit (as Postfix and databases do it): concurrent ``accept`` calls queue their
-files; one committer writes a whole batch, fsyncs each file and each directory once,
-then resolves every waiter. Nobody is answered before their files are durable, and many
-sessions share the cost of one fsync pass. Envelope rewrites (after a deferral) and removals
-are grouped the same way.
+files; one committer writes a whole batch, fsyncs each file and the directory once, then
+resolves every waiter. Nobody is answered before their files are durable, and many sessions
+share the cost of one fsync pass. Envelope changes (after a deferral) and removals are
+grouped the same way.
 
 The committer, not the accepting session, tells the spool's listeners (the delivery agent)
 that a message is durable: a session cancelled while its commit completes (the client
@@ -29,127 +40,38 @@ disconnected) must not leave a queued message that nobody will deliver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
-import json
 import logging
 import os
 import secrets
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NewType, Self
+from typing import Self
 
-from workers.mta import snapshot_lock
-from workers.mta.spares import SparePool, exchange, stage_parallel, write_new
+from workers.mta import message_id_log, snapshot_lock, spool_format
+from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
+from workers.mta.message_id_log import normalise_message_id as normalise_message_id
+from workers.mta.spares import SparePool, exchange, stage_parallel, write_all, write_new
+from workers.mta.spool_format import Envelope as Envelope
+from workers.mta.spool_format import QueueId as QueueId
+from workers.mta.spool_format import RecipientState as RecipientState
+from workers.mta.spool_format import RecipientStatus as RecipientStatus
 
 logger = logging.getLogger(__name__)
-
-QueueId = NewType("QueueId", str)
-"""Sortable unique id of a spooled message: nanosecond time in hex, then random hex."""
 
 DEFAULT_DEDUPE_WINDOW = 7 * 24 * 3600.0
 """Seconds a Message-ID stays known after its message was accepted."""
 MAX_BATCH = 512
 """Most messages committed in one fsync pass, so one batch cannot delay the next forever."""
+TAIL_LIMIT = 32 * 1024
+"""Bytes of changed envelopes appended to a message file at most; then env/ takes over."""
 IO_THREADS = 16
 """Files of one batch are written, then fsynced, in parallel: the filesystem folds the fsyncs
 into one journal commit (on ext4 twenty 5 KB files take ~2 ms so, ~15 ms one after another)."""
-MESSAGE_IDS_LOG = "message-ids.log"
-
-
-class RecipientStatus(StrEnum):
-    """Where delivery to one recipient stands."""
-
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-
-
-@dataclass(slots=True)
-class RecipientState:
-    """Delivery state of one recipient: status, the last remote reply and attempts made."""
-
-    status: RecipientStatus = RecipientStatus.PENDING
-    last_reply: str | None = None
-    attempts: int = 0
-
-
-@dataclass(slots=True)  # slots: the agent holds one per message it schedules
-class Envelope:
-    """The SMTP envelope of a spooled message and the delivery state of each recipient.
-
-    ``mail_from`` is ``""`` for the null sender (bounces, DSNs). ``queue_id`` and
-    ``received_at`` are assigned by ``Spool.accept``.
-    """
-
-    mail_from: str
-    recipients: list[str]
-    message_id: str | None = None
-    queue_id: QueueId = QueueId("")
-    received_at: float = 0.0
-    next_attempt_at: float = 0.0
-    first_attempt_at: float | None = None
-    states: dict[str, RecipientState] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for recipient in self.recipients:
-            self.states.setdefault(recipient, RecipientState())
-
-    def pending(self) -> list[str]:
-        """Recipients still to be delivered to."""
-        return [r for r in self.recipients if self.states[r].status is RecipientStatus.PENDING]
-
-    def to_json(self) -> bytes:
-        """Serialise for ``env/<queue id>.json``."""
-        # Built by hand: dataclasses.asdict deep-copies every field, several times slower.
-        data = {
-            "mail_from": self.mail_from,
-            "recipients": self.recipients,
-            "message_id": self.message_id,
-            "queue_id": self.queue_id,
-            "received_at": self.received_at,
-            "next_attempt_at": self.next_attempt_at,
-            "first_attempt_at": self.first_attempt_at,
-            "states": {
-                address: {
-                    "status": state.status.value,
-                    "last_reply": state.last_reply,
-                    "attempts": state.attempts,
-                }
-                for address, state in self.states.items()
-            },
-        }
-        return json.dumps(data, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Envelope:
-        """Parse what ``to_json`` wrote; raises ``ValueError`` on anything else."""
-        data: dict[str, Any] = json.loads(raw)
-        try:
-            states = {
-                address: RecipientState(
-                    status=RecipientStatus(state["status"]),
-                    last_reply=state["last_reply"],
-                    attempts=int(state["attempts"]),
-                )
-                for address, state in data["states"].items()
-            }
-            return cls(
-                mail_from=str(data["mail_from"]),
-                recipients=[str(r) for r in data["recipients"]],
-                message_id=data["message_id"],
-                queue_id=QueueId(str(data["queue_id"])),
-                received_at=float(data["received_at"]),
-                next_attempt_at=float(data["next_attempt_at"]),
-                first_attempt_at=data["first_attempt_at"],
-                states=states,
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed envelope: {exc}") from exc
 
 
 CommitListener = Callable[[Envelope], None]
@@ -182,10 +104,6 @@ class _Pending:
 def new_queue_id() -> QueueId:
     """A queue id that sorts by creation time and does not collide."""
     return QueueId(f"{time.time_ns():016x}{secrets.token_hex(4)}")
-
-
-def normalise_message_id(message_id: str) -> str:
-    return message_id.strip().removeprefix("<").removesuffix(">")
 
 
 def fsync_directory(directory: Path) -> None:
@@ -256,6 +174,12 @@ class Spool:
         self._remover: asyncio.Task[None] | None = None
         self._updates: list[tuple[QueueId, bytes, asyncio.Future[None]]] = []
         self._updater: asyncio.Task[None] | None = None
+        # Queued messages with an env/ file (deferred once, or of layout 1): a removal
+        # unlinks that file too, and only then fsyncs env/.
+        self._changed: set[QueueId] = set()
+        # Appends and removals never overlap: an append into a file a removal has just made
+        # a spare could land in the next message written over that spare.
+        self._append_lock = threading.Lock()
         self._closing = False
         self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
         self._snapshot_lock = snapshot_lock.open_lock(directory)  # see _commit_unless_snapshot
@@ -269,11 +193,19 @@ class Spool:
     # -- paths -----------------------------------------------------------------------
 
     def message_path(self, queue_id: QueueId) -> Path:
-        """Where the message bytes of ``queue_id`` live."""
+        """The one file of ``queue_id``: its envelope as accepted, then its bytes (``load``)."""
         return self.messages / f"{queue_id}.eml"
 
     def envelope_path(self, queue_id: QueueId) -> Path:
-        """Where the envelope of ``queue_id`` lives."""
+        """The file holding the envelope of ``queue_id`` as accepted; it exists while queued.
+
+        Since layout 2 that is the message file (its first line); a changed envelope is
+        in ``changed_envelope_path`` (``read_envelope`` reads whichever is current).
+        """
+        return self.message_path(queue_id)
+
+    def changed_envelope_path(self, queue_id: QueueId) -> Path:
+        """Where the envelope of ``queue_id`` is written once it changed (after a deferral)."""
         return self.envelopes / f"{queue_id}.json"
 
     # -- accepting -------------------------------------------------------------------
@@ -387,37 +319,31 @@ class Spool:
             self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        """Write a batch durably: files, one fsync pass, renames, directory fsyncs, ids log."""
+        """Write a batch durably: files, one fsync pass, renames, one directory fsync, ids log."""
         written = [
             (
                 self._temp_dirs[i % IO_THREADS] / f"{item.envelope.queue_id}.eml",
                 self.message_path(item.envelope.queue_id),
-                self._temp_dirs[i % IO_THREADS] / f"{item.envelope.queue_id}.json",
-                self.envelope_path(item.envelope.queue_id),
             )
             for i, item in enumerate(batch)
         ]
         started = time.perf_counter()
-        # One task per message writes and fsyncs both its files: one hand-over to the pool
-        # per message instead of four, and the concurrent fsyncs still fold into one journal
-        # commit. Creating a file holds its directory's lock, so the temporary files are
-        # spread over several directories and their creations run in parallel.
+        # One file a message, envelope inside: one inode, one fsync, one rename. The files
+        # are written and fsynced by several threads, so that the concurrent fsyncs fold into
+        # fewer disk flushes; creating a file holds its directory's lock, so the temporary
+        # files are spread over several directories and their creations run in parallel.
         sources = stage_parallel(
             self._io_pool,
             IO_THREADS,
             self.spares,
             [
-                ((temp_message, item.data), (temp_envelope, item.envelope.to_json()))
-                for item, (temp_message, _, temp_envelope, _) in zip(batch, written, strict=True)
+                ((temp, spool_format.encode(item.envelope, item.data)),)
+                for item, (temp, _) in zip(batch, written, strict=True)
             ],
         )
-        # Messages before envelopes: an envelope on disk must always find its message.
-        for (source_message, _), (_, message, _, _) in zip(sources, written, strict=True):
-            os.replace(source_message, message)
+        for (source,), (_, message) in zip(sources, written, strict=True):
+            os.replace(source, message)
         fsync_directory(self.messages)
-        for (_, source_envelope), (_, _, _, envelope) in zip(sources, written, strict=True):
-            os.replace(source_envelope, envelope)
-        fsync_directory(self.envelopes)
         # The Message-ID log last: an id is never known unless its message is durable,
         # otherwise a resubmission after a crash would be acknowledged and then lost.
         entries = [item.envelope for item in batch if item.envelope.message_id]
@@ -440,7 +366,7 @@ class Spool:
         """
         pending = self._unlogged + entries
         try:
-            self._append_message_ids(pending)
+            message_id_log.append(self.message_ids_log, pending)
         except OSError as exc:
             logger.error(
                 "spool: could not log %d Message-IDs (%s); they stay known in memory and "
@@ -452,33 +378,16 @@ class Spool:
         else:
             self._unlogged = []
 
-    def _append_message_ids(self, envelopes: Iterable[Envelope]) -> None:
-        lines = b"".join(
-            json.dumps(
-                {
-                    "t": e.received_at,
-                    "q": e.queue_id,
-                    "m": normalise_message_id(e.message_id or ""),
-                },
-                separators=(",", ":"),
-            ).encode()
-            + b"\n"
-            for e in envelopes
-        )
-        fd = os.open(self.message_ids_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, lines)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     # -- after acceptance ------------------------------------------------------------
 
     async def update(self, envelope: Envelope) -> None:
-        """Atomically rewrite the envelope (after a delivery attempt); durable once it returns.
+        """Write the changed envelope (after an attempt); durable once it returns.
 
-        Rewrites are grouped like commits: one updater writes and fsyncs a whole batch of
-        envelopes in parallel, renames them into place and fsyncs the directory once.
+        It is appended to the message file, after the bytes (`spool_format.record`): no
+        file created, renamed or rewritten, one fsync. Beyond ``TAIL_LIMIT`` of appended
+        envelopes it goes to ``env/<queue id>.json`` instead, replaced atomically from then
+        on. Writes are grouped like commits: one updater writes a whole batch, its fsyncs
+        run in parallel.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Serialised now: the caller may change the envelope again before the batch runs.
@@ -491,7 +400,7 @@ class Spool:
         while self._updates:
             batch, self._updates = self._updates[:MAX_BATCH], self._updates[MAX_BATCH:]
             try:
-                await asyncio.to_thread(self._rewrite, [(q, raw) for q, raw, _ in batch])
+                await asyncio.to_thread(self._write_changes, [(q, raw) for q, raw, _ in batch])
             except Exception as exc:
                 for _, _, future in batch:
                     if not future.done():
@@ -500,6 +409,61 @@ class Spool:
             for _, _, future in batch:
                 if not future.done():
                     future.set_result(None)
+
+    def _write_changes(self, changes: list[tuple[QueueId, bytes]]) -> None:
+        """Append each changed envelope to its message file, or write its env/ file."""
+        appended: list[int] = []
+        rewrites: list[tuple[QueueId, bytes]] = []
+        try:
+            with self._append_lock:
+                self._append_changes(changes, appended, rewrites)
+            # In parallel: the concurrent fsyncs fold into fewer disk flushes.
+            if len(appended) == 1:
+                os.fsync(appended[0])
+            elif appended:
+                list(self._io_pool.map(os.fsync, appended))
+        finally:
+            for fd in appended:
+                os.close(fd)
+        if rewrites:
+            self._rewrite(rewrites)
+
+    def _append_changes(
+        self,
+        changes: list[tuple[QueueId, bytes]],
+        appended: list[int],
+        rewrites: list[tuple[QueueId, bytes]],
+    ) -> None:
+        for queue_id, raw in changes:
+            if queue_id in self._changed:
+                rewrites.append((queue_id, raw))  # its env/ file wins: replace that
+                continue
+            fd = self._append_change(queue_id, raw)
+            if fd is None:
+                self._changed.add(queue_id)
+                rewrites.append((queue_id, raw))
+            elif fd >= 0:
+                appended.append(fd)
+
+    def _append_change(self, queue_id: QueueId, raw: bytes) -> int | None:
+        """Append to the message file; its open descriptor, -1 if gone, None if it cannot."""
+        try:
+            fd = os.open(self.message_path(queue_id), os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            return -1  # removed meanwhile: nothing left to change
+        try:
+            end = spool_format.body_end(spool_format.head_line(fd))
+            if os.fstat(fd).st_size - end + len(raw) + 2 > TAIL_LIMIT:
+                os.close(fd)
+                return None
+            write_all(fd, b"".join((b"\n", raw, b"\n")))
+        except ValueError:  # not a message file of layout 2: use env/
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _rewrite(self, envelopes: list[tuple[QueueId, bytes]]) -> None:
         """Replace a batch of envelope files: temporaries written and fsynced, then renamed."""
@@ -517,10 +481,11 @@ class Spool:
         # In batch order, so the latest of two rewrites of one envelope is the one that stays.
         # Swapped rather than renamed over: the old envelope's inode becomes a spare.
         for source, (_, queue_id, _) in zip(sources, moves, strict=True):
-            if exchange(source, self.envelope_path(queue_id)):
+            target = self.changed_envelope_path(queue_id)
+            if exchange(source, target):
                 self.spares.retire(source)
             else:
-                os.replace(source, self.envelope_path(queue_id))
+                os.replace(source, target)
         fsync_directory(self.envelopes)
 
     async def remove(self, queue_id: QueueId) -> None:
@@ -550,30 +515,40 @@ class Spool:
                     future.set_result(None)
 
     def _remove(self, queue_ids: list[QueueId]) -> None:
-        # Envelopes first: a crash in between leaves unacknowledged-looking orphan messages,
-        # which recovery drops, never an envelope without its message.
-        # Moved to the spare files (or unlinked): gone from the spool either way.
-        for queue_id in queue_ids:
-            self.spares.retire(self.envelope_path(queue_id))
-        fsync_directory(self.envelopes)
+        with self._append_lock:
+            self._remove_files(queue_ids)
+
+    def _remove_files(self, queue_ids: list[QueueId]) -> None:
+        # Message files first: once one is gone its message is no longer queued. A crash
+        # before its changed envelope follows leaves an env/ file alone, which recovery
+        # quarantines; the other order could leave a message whose changed envelope is
+        # lost, and it would be sent again to recipients already delivered.
+        # Moved to the spare files (or unlinked): gone from the spool either way, with the
+        # envelopes appended to it.
         for queue_id in queue_ids:
             self.spares.retire(self.message_path(queue_id))
         fsync_directory(self.messages)
+        changed = [queue_id for queue_id in queue_ids if queue_id in self._changed]
+        for queue_id in changed:
+            self.spares.retire(self.changed_envelope_path(queue_id))
+            self._changed.discard(queue_id)
+        if changed:
+            fsync_directory(self.envelopes)
 
     def load(self, queue_id: QueueId) -> bytes:
         """The message bytes of ``queue_id``."""
-        return self.message_path(queue_id).read_bytes()
+        return spool_format.body(self.message_path(queue_id).read_bytes())
 
     async def queued(self) -> list[QueueId]:
         """Queue ids of every committed message on disk: a directory listing, nothing parsed."""
-        names = await asyncio.to_thread(os.listdir, self.envelopes)
+        names = await asyncio.to_thread(os.listdir, self.messages)
         # Checked after the listing, in the event loop: a message listed while its commit
         # was still being announced is either still uncommitted here or announced by now.
         return [
             queue_id
             for name in names
-            if name.endswith(".json")
-            and (queue_id := QueueId(name.removesuffix(".json"))) not in self._uncommitted
+            if name.endswith(".eml")
+            and (queue_id := QueueId(name.removesuffix(".eml"))) not in self._uncommitted
         ]
 
     async def oldest_queued(self, limit: int, skip: Callable[[str], bool]) -> list[QueueId]:
@@ -584,54 +559,84 @@ class Spool:
         """
 
         def scan() -> list[QueueId]:
-            with os.scandir(self.envelopes) as entries:
+            with os.scandir(self.messages) as entries:
                 names = (entry.name for entry in entries)
-                ids = (QueueId(name[:-5]) for name in names if name.endswith(".json"))
+                ids = (QueueId(name[:-4]) for name in names if name.endswith(".eml"))
                 wanted = (q for q in ids if q not in self._uncommitted and not skip(q))
                 return heapq.nsmallest(limit, wanted)
 
         return await asyncio.to_thread(scan) if limit > 0 else []
 
     async def read_envelope(self, queue_id: QueueId) -> Envelope | None:
-        """The envelope of ``queue_id`` as on disk; None once the message is gone."""
+        """The current envelope of ``queue_id`` as on disk; None once the message is gone."""
+        return await asyncio.to_thread(self._read_envelope, queue_id)
+
+    def _read_envelope(self, queue_id: QueueId) -> Envelope | None:
+        # The message file first: a removal takes it before the changed envelope.
         try:
-            raw = await asyncio.to_thread(self.envelope_path(queue_id).read_bytes)
+            current = spool_format.read_current(self.message_path(queue_id))
         except FileNotFoundError:
             return None
-        return Envelope.from_json(raw)
+        changed = spool_format.read_envelope_file(self.changed_envelope_path(queue_id))
+        if changed is not None:
+            return changed
+        if current is None:
+            raise ValueError(f"message {queue_id} has no envelope")
+        return current
 
     # -- start -----------------------------------------------------------------------
 
     def recover(self) -> list[Envelope]:
-        """Clean up after a crash and return the queued envelopes, oldest first."""
+        """Clean up after a crash and return the queued envelopes, oldest first.
+
+        Reads both layouts (see the module's docstring): a spool queued by an older
+        version is delivered as it stands, nothing is converted.
+        """
         for leftover in self.temp.rglob("*"):
             if leftover.is_file():
                 leftover.unlink()
         self.spares.load()
+        changed = {
+            QueueId(name.removesuffix(".json"))
+            for name in os.listdir(self.envelopes)
+            if name.endswith(".json")
+        }
+        messages = sorted(
+            QueueId(name.removesuffix(".eml"))
+            for name in os.listdir(self.messages)
+            if name.endswith(".eml")
+        )
         envelopes: list[Envelope] = []
-        for path in sorted(self.envelopes.glob("*.json")):
-            queue_id = QueueId(path.stem)
-            if not self.message_path(queue_id).exists():
-                logger.error("spool: envelope %s has no message; quarantined", queue_id)
-                self._quarantine(path)
-                continue
-            try:
-                envelope = Envelope.from_json(path.read_bytes())
-            except ValueError:
-                logger.error("spool: envelope %s is unreadable; quarantined", queue_id)
-                self._quarantine(path)
-                self._quarantine(self.message_path(queue_id))
-                continue
-            envelopes.append(envelope)
-        queued = {e.queue_id for e in envelopes}
-        for path in self.messages.glob("*.eml"):
-            if path.stem not in queued:
-                logger.info("spool: dropping unacknowledged message %s", path.stem)
-                path.unlink()
+        for queue_id in messages:
+            envelope = self._recover_one(queue_id, changed)
+            if envelope is not None:
+                envelopes.append(envelope)
+        for queue_id in sorted(changed.difference(messages)):
+            logger.error("spool: envelope %s has no message; quarantined", queue_id)
+            self._quarantine(self.changed_envelope_path(queue_id))
+        self._changed = changed.intersection(e.queue_id for e in envelopes)
         for folder in (self.messages, self.envelopes, self.temp, self.corrupt):
             fsync_directory(folder)
         self._load_message_ids(envelopes)
         return envelopes
+
+    def _recover_one(self, queue_id: QueueId, changed: set[QueueId]) -> Envelope | None:
+        """The envelope of one message file found on recovery, or None once dealt with."""
+        message = self.message_path(queue_id)
+        try:
+            if queue_id in changed:
+                return Envelope.from_json(self.changed_envelope_path(queue_id).read_bytes())
+            current = spool_format.read_current(message)
+            if current is None:
+                # Layout 1's message without its envelope: it was never acknowledged.
+                logger.info("spool: dropping unacknowledged message %s", queue_id)
+                message.unlink()
+            return current
+        except ValueError:
+            logger.error("spool: envelope %s is unreadable; quarantined", queue_id)
+            self._quarantine(self.changed_envelope_path(queue_id))
+            self._quarantine(message)
+            return None
 
     def _quarantine(self, path: Path) -> None:
         if path.exists():
@@ -640,21 +645,6 @@ class Spool:
     def _load_message_ids(self, envelopes: list[Envelope]) -> None:
         """Rebuild the Message-ID index from the log and the spool, dropping expired ids."""
         horizon = self.clock() - self.dedupe_window
-        known: dict[str, tuple[QueueId, float]] = {}
-        with contextlib.suppress(FileNotFoundError):
-            for line in self.message_ids_log.read_bytes().splitlines():
-                try:
-                    entry = json.loads(line)
-                    known[str(entry["m"])] = (QueueId(str(entry["q"])), float(entry["t"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line from a crash: its batch was never answered
-        for envelope in envelopes:
-            if envelope.message_id:
-                key = normalise_message_id(envelope.message_id)
-                known.setdefault(key, (envelope.queue_id, envelope.received_at))
-        self._known = {k: v for k, v in known.items() if v[1] >= horizon}
-        lines = b"".join(
-            json.dumps({"t": t, "q": q, "m": m}, separators=(",", ":")).encode() + b"\n"
-            for m, (q, t) in self._known.items()
-        )
+        self._known = message_id_log.read(self.message_ids_log, envelopes, horizon)
+        lines = message_id_log.encode(self._known)
         write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)
