@@ -126,6 +126,34 @@ async def claim(
     return [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in rows]
 
 
+async def insert(session: AsyncSession, values: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert message rows in one multi-row INSERT … RETURNING; their ids, in order."""
+    table = cast(sa.Table, Message.__table__)
+    columns = {"meta": "metadata"}  # the attribute's column name
+    result = await session.execute(
+        sa.insert(table).returning(table.c.id, sort_by_parameter_order=True),
+        [{columns.get(k, k): v for k, v in row.items()} for row in values],
+    )
+    return [int(row_id) for row_id in result.scalars()]
+
+
+async def set_built(session: AsyncSession, built: Sequence[dict[str, Any]]) -> None:
+    """Store each built message (`b_id`, `b_status`, `b_reply`, `b_mime`) in one executemany."""
+    if not built:
+        return
+    table = cast(sa.Table, Message.__table__)
+    await session.execute(
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(
+            status=sa.bindparam("b_status"),
+            last_reply=sa.bindparam("b_reply"),
+            mime=sa.bindparam("b_mime"),
+        ),
+        list(built),
+    )
+
+
 async def suppressed_now(session: AsyncSession, claimed: Sequence[Claimed]) -> set[int]:
     """The claimed messages whose recipient was suppressed (for their stream) since they were
     accepted: suppression is checked again at send, as for campaigns."""
