@@ -91,8 +91,10 @@ async def claim(
     Conditional UPDATEs decide, so two workers never both hold one message.
     """
     free = sa.or_(Message.lease_until.is_(None), Message.lease_until < now)
+    taken = (Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
+    found: list[Any] = []
     if ids:
-        await session.execute(
+        found += await session.execute(
             sa.update(Message)
             .where(
                 Message.id.in_(ids),
@@ -101,6 +103,7 @@ async def claim(
                 free,
             )
             .values(lease_token=token, lease_until=now + lease)
+            .returning(*taken)
             .execution_options(synchronize_session=False)
         )
     if extra > 0:
@@ -112,18 +115,15 @@ async def claim(
             .with_for_update(skip_locked=True)  # PostgreSQL: never wait for another job's rows
             .scalar_subquery()
         )
-        await session.execute(
+        found += await session.execute(
             sa.update(Message)
             .where(Message.id.in_(others), Message.status == MessageStatus.queued, free)
             .values(lease_token=token, lease_until=now + lease)
+            .returning(*taken)
             .execution_options(synchronize_session=False)
         )
-    rows = await session.execute(
-        sa.select(Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
-        .where(Message.lease_token == token)
-        .order_by(Message.id)
-    )
-    return [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in rows]
+    claimed = [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in found]
+    return sorted(claimed, key=lambda row: row.id)
 
 
 async def insert(session: AsyncSession, values: Sequence[dict[str, Any]]) -> list[int]:
