@@ -59,7 +59,7 @@ async def rate_limited(request: Request, key: Writer) -> ApiKey:
 Limited = Annotated[ApiKey, Depends(rate_limited)]
 
 
-def group_enqueuer(request: Request) -> GroupEnqueuer:
+async def group_enqueuer(request: Request) -> GroupEnqueuer:
     """The app's enqueuer of stored messages (one per queue pool, made on first use)."""
     enqueuer: GroupEnqueuer | None = getattr(request.app.state, "message_enqueuer", None)
     if enqueuer is None or enqueuer.pool is not request.app.state.queue:
