@@ -171,17 +171,28 @@ async def store(
     api_key_id: int | None,
     prepared: list[Prepared],
 ) -> list[list[Stored]]:
-    """Insert the rows (suppressed recipients as `suppressed`), build each MIME, record events.
+    """Insert the rows (suppressed recipients as `suppressed`), build each MIME, record events."""
+    return await store_many(session, settings, site, [(api_key_id, item) for item in prepared])
+
+
+async def store_many(
+    session: AsyncSession,
+    settings: Settings,
+    site: SiteIdentity,
+    submitted: list[tuple[int | None, Prepared]],
+) -> list[list[Stored]]:
+    """`store` for requests of several API keys ((key id, request) pairs), in one go.
 
     Core statements, no ORM objects: one multi-row INSERT … RETURNING for the rows, one
     executemany UPDATE for the MIME (its Message-ID is derived from the row id) and one for
     the events, whatever the number of recipients.
     """
+    prepared = [item for _, item in submitted]
     addresses = {address for item in prepared for _, address, _ in item.recipients}
     suppressed = await suppression_rows.scopes_for(session, addresses)
     now = utcnow()
     values: list[dict[str, Any]] = []
-    for item in prepared:
+    for api_key_id, item in submitted:
         request = item.request
         scopes = {SuppressionScope.all.value, request.stream.value}
         tags = "," + ",".join(request.tags) + "," if request.tags else ""

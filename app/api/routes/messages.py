@@ -27,6 +27,7 @@ from app.core.http import SessionDep, SettingsDep
 from app.core.ratelimit import RateLimiter
 from app.mail.identity import site_identity
 from app.messages import idempotency, service
+from app.messages.grouping import GroupStore
 from app.messages.handoff import GroupEnqueuer
 from app.models import ApiKey, IdempotencyKey, Message, MessageStatus
 
@@ -68,6 +69,21 @@ async def group_enqueuer(request: Request) -> GroupEnqueuer:
 
 
 Enqueuer = Annotated[GroupEnqueuer, Depends(group_enqueuer)]
+
+
+async def group_store(request: Request, enqueuer: Enqueuer) -> GroupStore:
+    """The app's group commit of single requests (one per enqueuer, made on first use)."""
+    state = request.app.state
+    store: GroupStore | None = getattr(state, "message_group_store", None)
+    if store is None or store.enqueuer is not enqueuer:
+        site = site_identity(state.settings)
+        store = state.message_group_store = GroupStore(
+            state.sessionmaker, state.settings, site, enqueuer
+        )
+    return store
+
+
+Grouped = Annotated[GroupStore, Depends(group_store)]
 
 
 async def _once(
@@ -113,11 +129,17 @@ async def send_message(
     settings: SettingsDep,
     key: Limited,
     enqueuer: Enqueuer,
+    grouped: Grouped,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """Send to one address or a list (one message each); 202 once stored and queued."""
     site = site_identity(settings)
     key_id = key.id
+    if idempotency_key is None:  # nothing to store with the rows: commit with others
+        prepared = await service.prepare(session, settings, site, body)
+        await session.close()  # hand back its connection while the group works
+        rows = await grouped.submit(key_id, prepared)
+        return JSONResponse({"messages": service.accepted(rows)}, 202)
 
     async def work() -> tuple[int, dict[str, Any], list[int]]:
         prepared = await service.prepare(session, settings, site, body)
