@@ -25,6 +25,9 @@ from app.messages.handoff import GroupEnqueuer
 from app.messages.service import Prepared, Stored
 
 Waiting = tuple[int | None, Prepared, "asyncio.Future[list[Stored]]"]
+GROUP_MESSAGES = 1000
+"""Messages one group stores at most (a group takes whole requests, at least one): keeps
+each statement's parameters well under PostgreSQL's 32,767 and a transaction short."""
 
 
 class GroupStore:
@@ -36,8 +39,10 @@ class GroupStore:
         settings: Settings,
         site: SiteIdentity,
         enqueuer: GroupEnqueuer,
+        group_messages: int = GROUP_MESSAGES,
     ) -> None:
         self.sessionmaker = sessionmaker
+        self.group_messages = group_messages
         self.settings = settings
         self.site = site
         self.enqueuer = enqueuer
@@ -56,13 +61,24 @@ class GroupStore:
 
     async def _store_groups(self) -> None:
         while self._waiting:
-            group, self._waiting = self._waiting, []
+            group = self._next_group()
             try:
                 await self._store(group)
             except BaseException:  # cancelled (shutdown): nobody will store these
                 for _, _, future in group + self._waiting:
                     future.cancel()
                 raise
+
+    def _next_group(self) -> list[Waiting]:
+        count = 0
+        for taken, (_, prepared, _) in enumerate(self._waiting):
+            count += len(prepared.recipients)
+            if count > self.group_messages and taken > 0:
+                break
+        else:
+            taken = len(self._waiting)
+        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return group
 
     async def _store(self, group: list[Waiting]) -> None:
         try:

@@ -97,10 +97,16 @@ async def test_a_request_that_fails_in_a_group_fails_alone(
         await pool.aclose()
 
 
-@pytest.mark.parametrize("size", [1, 5])
+@pytest.mark.parametrize(("size", "cap", "transactions"), [(1, 1000, 1), (5, 1000, 1), (5, 2, 3)])
 async def test_a_group_is_one_transaction(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis_url: str, size: int
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis_url: str,
+    size: int,
+    cap: int,
+    transactions: int,
 ) -> None:
+    """Requests waiting together share a transaction, up to `cap` messages per group."""
     site = site_identity(settings)
     pool = await create_pool(RedisSettings.from_dsn(redis_url))
     commits = 0
@@ -112,7 +118,7 @@ async def test_a_group_is_one_transaction(
         await original(self)
 
     try:
-        store = GroupStore(sessionmaker, settings, site, GroupEnqueuer(pool))
+        store = GroupStore(sessionmaker, settings, site, GroupEnqueuer(pool), group_messages=cap)
         async with sessionmaker() as session:
             prepared = [await service.prepare(session, settings, site, _request(f"t{i}@example.org"))
                         for i in range(size)]  # fmt: skip
@@ -121,8 +127,10 @@ async def test_a_group_is_one_transaction(
             await asyncio.gather(*(store.submit(None, item) for item in prepared))
         finally:
             sessionmaker.class_.commit = original  # type: ignore[method-assign]
-        assert commits == 1
+        assert commits == transactions
         jobs = await pool.queued_jobs(queue_name=PRIORITY_QUEUE)
-        assert len(jobs) == 1 and len(jobs[0].args[0]) == size
+        assert sum(len(job.args[0]) for job in jobs) == size
+        if transactions == 1:
+            assert len(jobs) == 1
     finally:
         await pool.aclose()
