@@ -27,7 +27,7 @@ async def current_key(
             "an API key is required: Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = await api_keys.authenticate(session, credentials.credentials)
+    key = await api_keys.authenticate_cached(session, credentials.credentials)
     if key is None:
         raise HTTPException(
             401, "the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}

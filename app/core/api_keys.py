@@ -14,9 +14,12 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
+import weakref
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Invalid, NotFound
@@ -190,3 +193,55 @@ async def revoke(session: AsyncSession, key_id: int) -> ApiKey:
         key.revoked_at = utcnow()
         await session.flush()
     return key
+
+
+# Authentication cache (transactional performance): a key verified a moment ago is trusted
+# for AUTH_CACHE_SECONDS without asking the database again.
+AUTH_CACHE_SECONDS = 2.0
+"""How long a verified key is trusted without a query: a key revoked in another process is
+refused everywhere within this time (at once in the process that revoked it)."""
+AUTH_CACHE_SIZE = 1024
+_Verified = dict[str, tuple[float, int, str, list[str]]]
+"""token hash → (monotonic expiry, key id, name, scopes) of keys verified lately."""
+_verified: weakref.WeakKeyDictionary[object, _Verified] = weakref.WeakKeyDictionary()
+"""One cache per database engine: an id is only meaningful in the database it came from."""
+
+
+async def authenticate_cached(session: AsyncSession, token: str) -> ApiKey | None:
+    """`authenticate`, answered from memory for a key verified less than AUTH_CACHE_SECONDS ago.
+
+    A hit is a transient copy (id, name, scopes): enough to check scopes and name the key,
+    and no row to touch: `last_used_at` is touched on the next miss, within a minute as before.
+    """
+    if session.bind is None:
+        return await authenticate(session, token)
+    verified = _verified.setdefault(session.bind, {})
+    digest = hash_token(token)
+    now = time.monotonic()
+    hit = verified.get(digest)
+    if hit is not None and hit[0] > now:
+        return ApiKey(id=hit[1], name=hit[2], scopes=list(hit[3]))
+    key = await authenticate(session, token)
+    if key is None:
+        verified.pop(digest, None)
+        return None
+    if len(verified) >= AUTH_CACHE_SIZE:
+        verified.clear()  # many keys in a short time: start over rather than track age
+    verified[digest] = (now + AUTH_CACHE_SECONDS, key.id, key.name, list(key.scopes))
+    return key
+
+
+@event.listens_for(ApiKey, "after_update")
+@event.listens_for(ApiKey, "after_delete")
+def _forget_verified(_mapper: object, _connection: object, key: ApiKey) -> None:
+    """A key changed through this process (revoked, scopes edited): verify every key again.
+
+    The once-a-minute `last_used_at` touch is no change that matters here.
+    """
+    state = sa.inspect(key)
+    # A value given as SQL (revoked_at = now()) leaves no history here: anything but the
+    # touch alone counts as a change.
+    changed = {attr.key for attr in state.attrs if attr.history.has_changes()}
+    if changed != {"last_used_at"} or state.deleted:
+        for verified in list(_verified.values()):
+            verified.clear()

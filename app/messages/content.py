@@ -11,10 +11,11 @@ import base64
 import binascii
 import email
 import email.policy
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import parseaddr
-from functools import lru_cache
 from typing import Any
 
 from app.core.errors import Invalid, TooLarge
@@ -71,18 +72,36 @@ class MessageFrame:
     """Reply-To a signed reply address naming this message (WARTA_INBOUND_REPLY_STREAMS)."""
 
 
-@lru_cache(maxsize=512)
-def _compiled(subject: str, html: str, text: str) -> CompiledParts:
-    """Compile once per distinct content: an application sends the same template again and again."""
-    return compile_parts(subject, html, text)
+COMPILED_CACHE_SIZE = 512
+_compiled: OrderedDict[Content, CompiledParts] = OrderedDict()
+"""Compiled parts by content, least recently used first: an application sends the same
+template again and again, so most requests find theirs here (and skip a thread hop)."""
+_compiled_lock = threading.Lock()  # compiling runs in the render threads
+
+
+def compiled_if_cached(content: Content) -> CompiledParts | None:
+    """The parts of content compiled before, or None (a cheap look-up, on the event loop)."""
+    with _compiled_lock:
+        parts = _compiled.get(content)
+        if parts is not None:
+            _compiled.move_to_end(content)
+        return parts
 
 
 def compile_content(content: Content) -> CompiledParts:
     """The compiled parts; a syntax error is a 422 before anything is stored."""
+    parts = compiled_if_cached(content)
+    if parts is not None:
+        return parts
     try:
-        return _compiled(content.subject, content.html, content.text)
+        parts = compile_parts(content.subject, content.html, content.text)
     except TemplateError as exc:
         raise Invalid(f"template error in {exc}") from None
+    with _compiled_lock:
+        _compiled[content] = parts
+        while len(_compiled) > COMPILED_CACHE_SIZE:
+            _compiled.popitem(last=False)
+    return parts
 
 
 def render(parts: CompiledParts, data: dict[str, Any], to: str, cap: int) -> RenderedMessage:

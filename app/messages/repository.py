@@ -91,8 +91,10 @@ async def claim(
     Conditional UPDATEs decide, so two workers never both hold one message.
     """
     free = sa.or_(Message.lease_until.is_(None), Message.lease_until < now)
+    taken = (Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
+    found: list[Any] = []
     if ids:
-        await session.execute(
+        found += await session.execute(
             sa.update(Message)
             .where(
                 Message.id.in_(ids),
@@ -101,6 +103,7 @@ async def claim(
                 free,
             )
             .values(lease_token=token, lease_until=now + lease)
+            .returning(*taken)
             .execution_options(synchronize_session=False)
         )
     if extra > 0:
@@ -112,18 +115,43 @@ async def claim(
             .with_for_update(skip_locked=True)  # PostgreSQL: never wait for another job's rows
             .scalar_subquery()
         )
-        await session.execute(
+        found += await session.execute(
             sa.update(Message)
             .where(Message.id.in_(others), Message.status == MessageStatus.queued, free)
             .values(lease_token=token, lease_until=now + lease)
+            .returning(*taken)
             .execution_options(synchronize_session=False)
         )
-    rows = await session.execute(
-        sa.select(Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
-        .where(Message.lease_token == token)
-        .order_by(Message.id)
+    claimed = [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in found]
+    return sorted(claimed, key=lambda row: row.id)
+
+
+async def insert(session: AsyncSession, values: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert message rows in one multi-row INSERT … RETURNING; their ids, in order."""
+    table = cast(sa.Table, Message.__table__)
+    columns = {"meta": "metadata"}  # the attribute's column name
+    result = await session.execute(
+        sa.insert(table).returning(table.c.id, sort_by_parameter_order=True),
+        [{columns.get(k, k): v for k, v in row.items()} for row in values],
     )
-    return [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in rows]
+    return [int(row_id) for row_id in result.scalars()]
+
+
+async def set_built(session: AsyncSession, built: Sequence[dict[str, Any]]) -> None:
+    """Store each built message (`b_id`, `b_status`, `b_reply`, `b_mime`) in one executemany."""
+    if not built:
+        return
+    table = cast(sa.Table, Message.__table__)
+    await session.execute(
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(
+            status=sa.bindparam("b_status"),
+            last_reply=sa.bindparam("b_reply"),
+            mime=sa.bindparam("b_mime"),
+        ),
+        list(built),
+    )
 
 
 async def suppressed_now(session: AsyncSession, claimed: Sequence[Claimed]) -> set[int]:

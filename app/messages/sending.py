@@ -41,8 +41,8 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> SendRe
         claimed = await repository.claim(
             session, message_ids, token, utcnow(), LEASE, extra=max(0, BATCH - len(message_ids))
         )
-        await session.commit()
         blocked = await repository.suppressed_now(session, claimed)
+        await session.commit()
     report.skipped = len(set(message_ids) - {row.id for row in claimed})
     if blocked:
         skipped = [

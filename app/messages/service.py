@@ -28,6 +28,7 @@ from app.models import (
     MessageStream,
     Suppression,
     SuppressionScope,
+    utcnow,
 )
 from app.safety import malware
 
@@ -98,7 +99,9 @@ async def prepare(
     or header fails this request alone (a batch item) rather than `store`, which fails all.
     """
     source = await _content(session, request)
-    parts = await run_off_loop(content.compile_content, source, seconds=MAX_COMPILE_SECONDS)
+    parts = content.compiled_if_cached(source) or await run_off_loop(
+        content.compile_content, source, seconds=MAX_COMPILE_SECONDS
+    )
     files = content.decode_attachments(
         [(a.filename, a.content_type, a.content) for a in request.attachments],
         settings.message_max_attachment_bytes,
@@ -149,73 +152,107 @@ async def _content(session: AsyncSession, request: MessageRequest) -> content.Co
     return content.Content(subject, template.html, template.text)
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message row a request created: what the answer and the enqueue need of it."""
+
+    id: int
+    to_email: str
+    status: MessageStatus
+
+
+SUPPRESSED_AT_SUBMIT = "suppressed: the address is on the suppression list"
+
+
 async def store(
     session: AsyncSession,
     settings: Settings,
     site: SiteIdentity,
     api_key_id: int | None,
     prepared: list[Prepared],
-) -> list[list[Message]]:
+) -> list[list[Stored]]:
     """Insert the rows (suppressed recipients as `suppressed`), build each MIME, record events."""
+    return await store_many(session, settings, site, [(api_key_id, item) for item in prepared])
+
+
+async def store_many(
+    session: AsyncSession,
+    settings: Settings,
+    site: SiteIdentity,
+    submitted: list[tuple[int | None, Prepared]],
+) -> list[list[Stored]]:
+    """`store` for requests of several API keys ((key id, request) pairs), in one go.
+
+    Core statements, no ORM objects: one multi-row INSERT … RETURNING for the rows, one
+    executemany UPDATE for the MIME (its Message-ID is derived from the row id) and one for
+    the events, whatever the number of recipients.
+    """
+    prepared = [item for _, item in submitted]
     addresses = {address for item in prepared for _, address, _ in item.recipients}
     suppressed = await suppression_rows.scopes_for(session, addresses)
-    rows: list[list[Message]] = []
-    for item in prepared:
+    now = utcnow()
+    values: list[dict[str, Any]] = []
+    for api_key_id, item in submitted:
         request = item.request
         scopes = {SuppressionScope.all.value, request.stream.value}
-        group = [
-            Message(
-                stream=request.stream,
-                status=(
-                    MessageStatus.suppressed
-                    if suppressed.get(address, set()) & scopes
-                    else MessageStatus.queued
-                ),
-                api_key_id=api_key_id,
-                from_email=request.from_,
-                to_email=address,
-                subject=rendered.subject[:998],
-                tags="," + ",".join(request.tags) + "," if request.tags else "",
-                meta=request.metadata,
-                mime=b"",
-                attempts=0,
-                last_reply="",
+        tags = "," + ",".join(request.tags) + "," if request.tags else ""
+        for _, address, rendered in item.recipients:
+            blocked = bool(suppressed.get(address, set()) & scopes)
+            values.append(
+                {
+                    "stream": request.stream,
+                    "status": MessageStatus.suppressed if blocked else MessageStatus.queued,
+                    "api_key_id": api_key_id,
+                    "from_email": request.from_,
+                    "to_email": address,
+                    "subject": rendered.subject[:998],
+                    "tags": tags,
+                    "meta": request.metadata,
+                    "mime": b"",
+                    "attempts": 0,
+                    "last_reply": SUPPRESSED_AT_SUBMIT if blocked else "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
             )
-            for _, address, rendered in item.recipients
-        ]
-        session.add_all(group)
-        rows.append(group)
-    await session.flush()
-    events = []
-    for item, group in zip(prepared, rows, strict=True):
-        for (mailbox, _, rendered), row in zip(item.recipients, group, strict=True):
-            data = {"stream": row.stream.value, "tags": item.request.tags}
-            if row.status == MessageStatus.suppressed:
-                row.last_reply = "suppressed: the address is on the suppression list"
-                events.append(
-                    NewEvent(EventKind.suppressed, row.to_email, message_id=row.id, data=data)
-                )
+    if not values:
+        return [[] for _ in prepared]
+    ids = await repository.insert(session, values)
+    rows: list[list[Stored]] = []
+    built: list[dict[str, Any]] = []
+    events: list[NewEvent] = []
+    position = 0
+    for item in prepared:
+        group: list[Stored] = []
+        data = {"stream": item.request.stream.value, "tags": item.request.tags}
+        for mailbox, address, rendered in item.recipients:
+            row_id, status = ids[position], values[position]["status"]
+            position += 1
+            if status == MessageStatus.suppressed:
+                events.append(NewEvent(EventKind.suppressed, address, message_id=row_id, data=data))
+                group.append(Stored(row_id, address, status))
                 continue
             frame = dataclasses.replace(item.frame, recipient=mailbox)
             try:
-                mime = content.build(site, row.id, frame, rendered)
+                mime = content.build(site, row_id, frame, rendered)
             except ValueError as exc:
                 raise Invalid(f"the message cannot be built: {exc}") from None
             if len(mime) > settings.message_max_bytes:
-                row.status = MessageStatus.failed
-                row.last_reply = (
-                    f"not sent: the message is {len(mime)} bytes, "
-                    f"over the limit of {settings.message_max_bytes}"
-                )
-                events.append(
-                    NewEvent(EventKind.failed, row.to_email, message_id=row.id, data=data)
-                )
-                continue
-            row.mime = mime
-            events.append(NewEvent(EventKind.queued, row.to_email, message_id=row.id, data=data))
-    await session.flush()
+                status, reply, mime = MessageStatus.failed, _too_large(len(mime), settings), b""
+                events.append(NewEvent(EventKind.failed, address, message_id=row_id, data=data))
+            else:
+                reply = ""
+                events.append(NewEvent(EventKind.queued, address, message_id=row_id, data=data))
+            built.append({"b_id": row_id, "b_status": status, "b_reply": reply, "b_mime": mime})
+            group.append(Stored(row_id, address, status))
+        rows.append(group)
+    await repository.set_built(session, built)
     await record_events(session, events)
     return rows
+
+
+def _too_large(size: int, settings: Settings) -> str:
+    return f"not sent: the message is {size} bytes, over the limit of {settings.message_max_bytes}"
 
 
 async def get(session: AsyncSession, message_id: int) -> Message:
@@ -251,12 +288,12 @@ def problem_of(exc: DomainError) -> dict[str, object]:
     return {"status": exc.status, "title": exc.title, "detail": exc.detail}
 
 
-def accepted(rows: list[Message]) -> list[dict[str, object]]:
+def accepted(rows: list[Stored]) -> list[dict[str, object]]:
     """The answer's entry for each stored message."""
     return [{"id": row.id, "to": row.to_email, "status": row.status.value} for row in rows]
 
 
-def to_send(rows: list[Message]) -> list[int]:
+def to_send(rows: list[Stored]) -> list[int]:
     """The ids a worker has to send (not suppressed, not failed)."""
     return [row.id for row in rows if row.status == MessageStatus.queued]
 

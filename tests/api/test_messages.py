@@ -304,7 +304,9 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(settings: Setting
     from app.api.app import create_app
     from tests.helpers.api import ADMIN_TOKEN
 
-    app = create_app(settings.model_copy(update={"api_rate": 1.0, "api_rate_burst": 2}))
+    # A slow refill (one request per 10 s): the third request is refused even if a loaded
+    # machine takes over a second for the first three.
+    app = create_app(settings.model_copy(update={"api_rate": 0.1, "api_rate_burst": 2}))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(

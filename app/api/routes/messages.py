@@ -24,10 +24,11 @@ from app.api.schemas.messages import (
 )
 from app.core.errors import DomainError
 from app.core.http import SessionDep, SettingsDep
-from app.core.jobs import enqueue_messages
 from app.core.ratelimit import RateLimiter
 from app.mail.identity import site_identity
 from app.messages import idempotency, service
+from app.messages.grouping import GroupStore
+from app.messages.handoff import GroupEnqueuer
 from app.models import ApiKey, IdempotencyKey, Message, MessageStatus
 
 router = APIRouter(prefix="/messages", tags=["messages"])
@@ -59,9 +60,36 @@ async def rate_limited(request: Request, key: Writer) -> ApiKey:
 Limited = Annotated[ApiKey, Depends(rate_limited)]
 
 
+async def group_enqueuer(request: Request) -> GroupEnqueuer:
+    """The app's enqueuer of stored messages (one per queue pool, made on first use)."""
+    enqueuer: GroupEnqueuer | None = getattr(request.app.state, "message_enqueuer", None)
+    if enqueuer is None or enqueuer.pool is not request.app.state.queue:
+        enqueuer = request.app.state.message_enqueuer = GroupEnqueuer(request.app.state.queue)
+    return enqueuer
+
+
+Enqueuer = Annotated[GroupEnqueuer, Depends(group_enqueuer)]
+
+
+async def group_store(request: Request, enqueuer: Enqueuer) -> GroupStore:
+    """The app's group commit of single requests (one per enqueuer, made on first use)."""
+    state = request.app.state
+    store: GroupStore | None = getattr(state, "message_group_store", None)
+    if store is None or store.enqueuer is not enqueuer:
+        site = site_identity(state.settings)
+        store = state.message_group_store = GroupStore(
+            state.sessionmaker, state.settings, site, enqueuer
+        )
+    return store
+
+
+Grouped = Annotated[GroupStore, Depends(group_store)]
+
+
 async def _once(
     request: Request,
     session: SessionDep,
+    enqueuer: GroupEnqueuer,
     key_id: int,
     idempotency_key: str | None,
     payload: Any,
@@ -89,8 +117,7 @@ async def _once(
     if claimed is not None:
         await idempotency.remember(session, claimed, status, body)
     await session.commit()
-    if ids:
-        await enqueue_messages(request.app.state.queue, ids)
+    await enqueuer.enqueue(ids)
     return JSONResponse(body, status)
 
 
@@ -101,18 +128,25 @@ async def send_message(
     session: SessionDep,
     settings: SettingsDep,
     key: Limited,
+    enqueuer: Enqueuer,
+    grouped: Grouped,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """Send to one address or a list (one message each); 202 once stored and queued."""
     site = site_identity(settings)
     key_id = key.id
+    if idempotency_key is None:  # nothing to store with the rows: commit with others
+        prepared = await service.prepare(session, settings, site, body)
+        await session.close()  # hand back its connection while the group works
+        rows = await grouped.submit(key_id, prepared)
+        return JSONResponse({"messages": service.accepted(rows)}, 202)
 
     async def work() -> tuple[int, dict[str, Any], list[int]]:
         prepared = await service.prepare(session, settings, site, body)
         (rows,) = await service.store(session, settings, site, key_id, [prepared])
         return 202, {"messages": service.accepted(rows)}, service.to_send(rows)
 
-    return await _once(request, session, key_id, idempotency_key, body, work)
+    return await _once(request, session, enqueuer, key_id, idempotency_key, body, work)
 
 
 @router.post("/batch", response_model=BatchResult)
@@ -122,6 +156,7 @@ async def send_batch(
     session: SessionDep,
     settings: SettingsDep,
     key: Limited,
+    enqueuer: Enqueuer,
     idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """Up to 500 messages; one result per item, a bad item does not fail the others."""
@@ -157,7 +192,7 @@ async def send_batch(
             ids += service.to_send(rows)
         return 200, {"results": results}, ids
 
-    return await _once(request, session, key_id, idempotency_key, items, work)
+    return await _once(request, session, enqueuer, key_id, idempotency_key, items, work)
 
 
 def _item_error(index: int, status: int, title: str, exc: ValidationError) -> dict[str, Any]:

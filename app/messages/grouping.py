@@ -1,0 +1,109 @@
+"""Group commit for POST /messages: the requests that arrive together share one transaction.
+
+A request without an Idempotency-Key is prepared (validated, scanned, rendered) on its own,
+then waits for the next group: one task stores the requests waiting at that moment in one
+transaction (one suppression query, one INSERT … RETURNING, one MIME UPDATE, one events
+INSERT, one COMMIT) and hands their ids to the queue in one enqueue, while the requests that
+arrive meanwhile gather for the group after it. Each request still answers 202 only once its
+rows are committed and queued. Under load the per-request cost of the connection check-out,
+its ping, BEGIN and COMMIT is shared by the group; alone, a request is a group of one.
+
+If the group's transaction fails, each request is stored again on its own, so that one bad
+request (a message that cannot be built) fails alone, as without grouping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.settings import Settings
+from app.mail.identity import SiteIdentity
+from app.messages import service
+from app.messages.handoff import GroupEnqueuer
+from app.messages.service import Prepared, Stored
+
+Waiting = tuple[int | None, Prepared, "asyncio.Future[list[Stored]]"]
+GROUP_MESSAGES = 1000
+"""Messages one group stores at most (a group takes whole requests, at least one): keeps
+each statement's parameters well under PostgreSQL's 32,767 and a transaction short."""
+
+
+class GroupStore:
+    """Stores prepared requests in groups; one per app and queue pool."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        site: SiteIdentity,
+        enqueuer: GroupEnqueuer,
+        group_messages: int = GROUP_MESSAGES,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.group_messages = group_messages
+        self.settings = settings
+        self.site = site
+        self.enqueuer = enqueuer
+        self._waiting: list[Waiting] = []
+        self._storing: asyncio.Task[None] | None = None
+
+    async def submit(self, api_key_id: int | None, prepared: Prepared) -> list[Stored]:
+        """Store and enqueue one request's messages with whatever group it falls into."""
+        done: asyncio.Future[list[Stored]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((api_key_id, prepared, done))
+        if self._storing is None or self._storing.done():
+            self._storing = asyncio.create_task(self._store_groups())
+        # A request cancelled meanwhile (client gone) is stored all the same, as it would
+        # have been past its own commit: the group does not depend on who still waits.
+        return await asyncio.shield(done)
+
+    async def _store_groups(self) -> None:
+        while self._waiting:
+            group = self._next_group()
+            try:
+                await self._store(group)
+            except BaseException:  # cancelled (shutdown): nobody will store these
+                for _, _, future in group + self._waiting:
+                    future.cancel()
+                raise
+
+    def _next_group(self) -> list[Waiting]:
+        count = 0
+        for taken, (_, prepared, _) in enumerate(self._waiting):
+            count += len(prepared.recipients)
+            if count > self.group_messages and taken > 0:
+                break
+        else:
+            taken = len(self._waiting)
+        group, self._waiting = self._waiting[:taken], self._waiting[taken:]
+        return group
+
+    async def _store(self, group: list[Waiting]) -> None:
+        try:
+            async with self.sessionmaker() as session:
+                stored = await service.store_many(
+                    session, self.settings, self.site, [(key, item) for key, item, _ in group]
+                )
+                await session.commit()
+        except Exception as exc:
+            if len(group) > 1:  # find the request that failed it: each alone
+                await asyncio.gather(*(self._store([waiting]) for waiting in group))
+            else:
+                _fail(group[0][2], exc)
+            return
+        try:
+            await self.enqueuer.enqueue([i for rows in stored for i in service.to_send(rows)])
+        except Exception as exc:  # committed but not queued: each request hears it (500)
+            for _, _, future in group:
+                _fail(future, exc)
+            return
+        for (_, _, future), rows in zip(group, stored, strict=True):
+            if not future.done():
+                future.set_result(rows)
+
+
+def _fail(future: asyncio.Future[list[Stored]], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
