@@ -70,7 +70,7 @@ async def measure(directory: Path, messages: int, clamd: str) -> tuple[float, fl
     from app.inbound.service import Policy
     from app.mail.reply_address import ReplyTarget, reply_address
     from app.models import Campaign, InboundMessage, MailingList
-    from tests.helpers.dns_zone import zone_dns
+    from tests.helpers.daemons import zone_dns
     from workers.mta.inbound import InboundStore
 
     url = f"sqlite+aiosqlite:///{directory / 'bench.db'}"
@@ -127,6 +127,7 @@ async def measure(directory: Path, messages: int, clamd: str) -> tuple[float, fl
         started, cpu = time.perf_counter(), time.process_time()
         stored = await processor.process_all()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await processor.scanner.aclose()
     async with sessionmaker() as session:
         from sqlalchemy import func, select
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--no-clamd", action="store_true", help="without the clamd scan")
     args = parser.parse_args(argv if argv is not None else [])
     messages = args.messages or (400 if args.quick else 2000)
-    from tests.helpers.safety_servers import ClamdServer
+    from tests.helpers.daemons import ClamdServer
 
     with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").is_dir() else None) as d:
         if args.no_clamd:

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         print(rows[-1].figure, rows[-1].value, flush=True)
         try:
             # The throwaway spamd the tests use: stock rules, no network tests.
-            from tests.helpers.safety_servers import SpamdServer
+            from tests.helpers.daemons import SpamdServer
 
             server = SpamdServer()
             server.start()

@@ -39,12 +39,12 @@ async def check(
         link_targets=prepared.compiled.links or (),
         physical_address=settings.preflight_physical_address,
     )
-    extra = (
-        await domains.schedule_findings(settings, campaign.from_email)
+    pending = (
+        domains.schedule_findings(settings, campaign.from_email)
         if settings.preflight_domain_checks and context == "schedule"
-        else ()
+        else None
     )
-    report = await preflight.run(settings, raw, options, extra=extra)
+    report = await preflight.run(settings, raw, options, pending=pending)
     await records.save(session, report, context=context, campaign_id=campaign.id)
     return report
 

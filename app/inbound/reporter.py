@@ -45,6 +45,7 @@ class ReplyReporter:
         self.processor.wake()
 
     async def stop(self) -> None:
-        """Stop processing and close the database."""
+        """Stop processing, end the scanner's sessions and close the database."""
         await self.processor.stop()
+        await self.processor.scanner.aclose()
         await self._engine.dispose()
