@@ -199,8 +199,12 @@ class ClamdSessions:
         try:
             async with asyncio.timeout(self.client.timeout):
                 reader, writer = await self.address.connect(DAEMON, ClamdUnavailable)
-                writer.write(IDSESSION)
-                await writer.drain()
+                try:
+                    writer.write(IDSESSION)
+                    await writer.drain()
+                except BaseException:
+                    writer.close()
+                    raise
         except TimeoutError:
             raise ClamdUnavailable(
                 DAEMON, f"{self.address} gave no answer within {self.client.timeout:g} s"
@@ -224,8 +228,14 @@ class ClamdSessions:
             if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
                 raise ClamdError(DAEMON, f"a broken reply: {exc.partial!r}") from None
             raise _Stale from None
-        except ClamdError:
+        except (ClamdError, asyncio.LimitOverrunError) as exc:
             await session.close(polite=False)
+            if isinstance(exc, ClamdError):
+                raise
+            raise ClamdError(DAEMON, "a reply longer than any scan result") from None
+        except asyncio.CancelledError:
+            # Stopped mid-scan (the processor stopping): its reply would answer the next scan.
+            session.writer.close()
             raise
         try:
             verdict = parse_scan_reply(reply)

@@ -4,6 +4,7 @@ connections and cuts them as clamd's idle timeout or a restart would."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -73,3 +74,22 @@ async def test_sessions_to_a_clamd_that_is_down_or_silent_are_unavailable(
     with pytest.raises(ClamdUnavailable, match=r"no answer within 0\.3 s"):
         await silent.scan(CLEAN)
     await silent.aclose()
+
+
+async def test_a_scan_cancelled_midway_does_not_leave_its_session_behind(
+    silent_daemon: str,
+) -> None:
+    # The reply processor stopping while a scan waits: the session is closed, not pooled
+    # (its late reply would answer the next scan) and not leaked (filterwarnings=error
+    # turns an unclosed transport into a failure).
+    async with DaemonRelay(silent_daemon) as relay:
+        sessions = ClamdSessions(ClamdClient(relay.address, timeout=30))
+        scan = asyncio.create_task(sessions.scan(CLEAN))
+        await relay.connected.wait()
+        scan.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await scan
+        assert sessions._idle == []
+        await sessions.aclose()
+    del scan
+    gc.collect()
