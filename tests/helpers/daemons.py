@@ -247,8 +247,7 @@ class DaemonRelay:
         self.connections = 0
         self.connected = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
+        self._relays: set[asyncio.Task[None]] = set()
 
     @property
     def address(self) -> str:
@@ -268,31 +267,29 @@ class DaemonRelay:
 
     async def cut(self) -> None:
         """Close every relayed connection, both sides."""
-        writers, self._writers = self._writers, []
-        for writer in writers:
-            writer.close()
-        for pipe in list(self._pipes):
-            pipe.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        for writer in writers:
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        relays = list(self._relays)
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
         self.connections += 1
         self.connected.set()
-        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        self._writers += [writer, upstream_writer]
-        pipes = [
-            asyncio.create_task(_pipe(reader, upstream_writer)),
-            asyncio.create_task(_pipe(upstream_reader, writer)),
-        ]
-        for pipe in pipes:
-            self._pipes.add(pipe)
-            pipe.add_done_callback(self._pipes.discard)
-        await asyncio.gather(*pipes, return_exceptions=True)
-        for end in (writer, upstream_writer):
-            end.close()
+        ends = [writer]
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            ends.append(upstream_writer)
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        finally:
+            # Cancelled by `cut()` or done: both sides closed here, never left to the GC.
+            self._relays.discard(task)
+            for end in ends:
+                end.close()
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    await end.wait_closed()
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
