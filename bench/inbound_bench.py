@@ -70,7 +70,7 @@ async def measure(directory: Path, messages: int, clamd: str) -> tuple[float, fl
     from app.inbound.service import Policy
     from app.mail.reply_address import ReplyTarget, reply_address
     from app.models import Campaign, InboundMessage, MailingList
-    from tests.helpers.dns_zone import zone_dns
+    from tests.helpers.daemons import zone_dns
     from workers.mta.inbound import InboundStore
 
     url = f"sqlite+aiosqlite:///{directory / 'bench.db'}"
@@ -127,6 +127,7 @@ async def measure(directory: Path, messages: int, clamd: str) -> tuple[float, fl
         started, cpu = time.perf_counter(), time.process_time()
         stored = await processor.process_all()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await processor.scanner.aclose()
     async with sessionmaker() as session:
         from sqlalchemy import func, select
 
@@ -141,15 +142,56 @@ async def measure(directory: Path, messages: int, clamd: str) -> tuple[float, fl
     return messages / elapsed, cpu / messages
 
 
+async def clamd_scans(address: str, scans: int, rounds: int = 3) -> dict[str, list[float]]:
+    """CPU seconds of this process per clamd scan of a reply-sized message, a connection per
+    scan (`ClamdClient`, as before) against kept IDSESSION connections (`ClamdSessions`),
+    alternating, both 8 scans at a time: {mode: [per-round CPU per scan]}."""
+    from app.inbound.scanning import CLAMD_SESSIONS
+    from app.safety.clamd import ClamdClient, ClamdSessions
+
+    data = b"Thanks for the issue; the article on page two was good.\r\n" * 40
+    client = ClamdClient(address)
+    sessions = ClamdSessions(client, size=CLAMD_SESSIONS)
+    limit = asyncio.Semaphore(CLAMD_SESSIONS)
+
+    async def per_connection() -> None:
+        async with limit:
+            await client.scan(data)
+
+    async def on_session() -> None:
+        await sessions.scan(data)
+
+    cpu: dict[str, list[float]] = {"connection per scan": [], "sessions": []}
+    for _ in range(rounds):
+        for mode, scan in (("connection per scan", per_connection), ("sessions", on_session)):
+            started = time.process_time()
+            await asyncio.gather(*(scan() for _ in range(scans)))
+            cpu[mode].append((time.process_time() - started) / scans)
+    await sessions.aclose()
+    return cpu
+
+
 def main(argv: list[str] | None = None) -> list[Row]:
     """Print the figure."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, help="default 2000 (quick: 400)")
     parser.add_argument("--quick", action="store_true", help="400 messages")
     parser.add_argument("--no-clamd", action="store_true", help="without the clamd scan")
+    parser.add_argument(
+        "--clamd-scans", type=int, help="only time N clamd scans: connection per scan vs sessions"
+    )
     args = parser.parse_args(argv if argv is not None else [])
+    if args.clamd_scans:
+        from tests.helpers.daemons import ClamdServer as Clamd
+
+        with Clamd() as server:
+            cpu = asyncio.run(clamd_scans(server.address, args.clamd_scans))
+        for mode, figures in cpu.items():
+            each = ", ".join(f"{value * 1000:.3f}" for value in figures)
+            print(f"clamd {mode}: {each} ms CPU per scan (load {os.getloadavg()[0]:.1f})")
+        return []
     messages = args.messages or (400 if args.quick else 2000)
-    from tests.helpers.safety_servers import ClamdServer
+    from tests.helpers.daemons import ClamdServer
 
     with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").is_dir() else None) as d:
         if args.no_clamd:

@@ -39,17 +39,22 @@ def newsletter() -> str:
     return f"<html><body><h1>Hello {{{{ subscriber.name }}}}</h1>{body}{FOOTER}</body></html>"
 
 
-async def timings(directory: Path, runs: int, spamd: str) -> tuple[list[float], list[float]]:
+async def timings(
+    directory: Path, runs: int, spamd: str, *, schedule: str = ""
+) -> tuple[list[float], list[float]]:
     """(wall, this process's CPU) seconds per preflight of one campaign, `runs` times.
 
     The CPU figure does not count spamd's work (another process) but, unlike the wall
-    time, does not grow when other programs share the cores.
+    time, does not grow when other programs share the cores. With `schedule`, each run is
+    the schedule route's content checks: the render check, then the preflight, which
+    reuses the render check's compiled campaign (`once`) or compiles it again (`twice`,
+    as before).
     """
     from app.core.database import create_engine, create_sessionmaker
     from app.core.migrate import upgrade_async
     from app.core.settings import Settings
     from app.models import Campaign, CampaignList, MailingList
-    from campaigns import preflight
+    from campaigns import content, preflight
 
     url = f"sqlite+aiosqlite:///{directory / f'bench-{uuid.uuid4().hex}.db'}"
     await upgrade_async(url)
@@ -79,7 +84,16 @@ async def timings(directory: Path, runs: int, spamd: str) -> tuple[list[float], 
             loaded = await session.get(Campaign, campaign_id)
             assert loaded is not None
             started, cpu_started = time.perf_counter(), time.process_time()
-            report = await preflight.check(session, settings, loaded, "check")
+            prepared = None
+            if schedule:
+                prepared = await content.check_renders(session, settings, loaded)
+            report = await preflight.check(
+                session,
+                settings,
+                loaded,
+                "check",
+                prepared=prepared if schedule == "once" else None,
+            )
             await session.commit()
             seconds.append(time.perf_counter() - started)
             cpu.append(time.process_time() - cpu_started)
@@ -125,9 +139,22 @@ def main(argv: list[str] | None = None) -> list[Row]:
         rules_only = asyncio.run(timings(Path(tmp), runs, ""))
         rows.append(_row("preflight per campaign, Warta's rules only", rules_only, TARGET_RULES))
         print(rows[-1].figure, rows[-1].value, flush=True)
+        # The schedule route's render check + preflight, compiled twice (as before) and once,
+        # alternating so that both see the same load.
+        twice: tuple[list[float], list[float]] = ([], [])
+        once: tuple[list[float], list[float]] = ([], [])
+        for _ in range(max(1, runs // 10)):
+            for mode, into in (("twice", twice), ("once", once)):
+                wall, cpu = asyncio.run(timings(Path(tmp), 10, "", schedule=mode))
+                into[0].extend(wall)
+                into[1].extend(cpu)
+        for mode, measured in (("twice", twice), ("once", once)):
+            figure = f"schedule content checks (render check + preflight), compiled {mode}"
+            rows.append(_row(figure, measured, TARGET_RULES))
+            print(rows[-1].figure, rows[-1].value, flush=True)
         try:
             # The throwaway spamd the tests use: stock rules, no network tests.
-            from tests.helpers.safety_servers import SpamdServer
+            from tests.helpers.daemons import SpamdServer
 
             server = SpamdServer()
             server.start()

@@ -85,8 +85,11 @@ async def prepare_campaign(
     )
 
 
-async def check_renders(session: AsyncSession, settings: Settings, campaign: Campaign) -> None:
+async def check_renders(
+    session: AsyncSession, settings: Settings, campaign: Campaign
+) -> PreparedCampaign:
     """Render for a sample and the first audience members; any failure is Invalid (422).
+    Returns the compiled campaign, for the preflight that follows to reuse.
 
     This is where an undefined variable or a sandbox violation is caught: when the campaign
     is scheduled, not half-way through the send. The renders run off the event loop, within
@@ -109,6 +112,7 @@ async def check_renders(session: AsyncSession, settings: Settings, campaign: Cam
         for member in members
     ]
     await run_off_loop(_validate_all, prepared.compiled, sample)
+    return prepared
 
 
 def _validate_all(compiled: CompiledCampaign, sample: list[tuple[str, Recipient]]) -> None:

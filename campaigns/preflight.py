@@ -14,7 +14,7 @@ from app.models import Campaign, PreflightRecord
 from app.safety import domains, preflight, records
 from app.safety.preflight import PreflightRefused, PreflightReport
 from app.safety.rules import RuleOptions
-from campaigns.composer import Addressee
+from campaigns.composer import Addressee, PreparedCampaign
 from campaigns.content import prepare_campaign
 
 SAMPLE_ROW = 10**15
@@ -22,12 +22,21 @@ SAMPLE_ROW = 10**15
 
 
 async def check(
-    session: AsyncSession, settings: Settings, campaign: Campaign, context: str
+    session: AsyncSession,
+    settings: Settings,
+    campaign: Campaign,
+    context: str,
+    *,
+    prepared: PreparedCampaign | None = None,
 ) -> PreflightReport:
-    """Score the campaign as a sample recipient would receive it, and store the report."""
+    """Score the campaign as a sample recipient would receive it, and store the report.
+
+    `prepared` is the campaign compiled by `content.check_renders` in the same request:
+    compiling a large body is most of a preflight's CPU, and it need not happen twice."""
     site = site_identity(settings)
     try:
-        prepared = await prepare_campaign(session, campaign, site)
+        if prepared is None:
+            prepared = await prepare_campaign(session, campaign, site)
         sample = sample_recipient().subscriber
         addressee = Addressee(0, sample.email, sample.name, {})
         raw = await run_off_loop(prepared.build, SAMPLE_ROW, addressee)
@@ -39,21 +48,26 @@ async def check(
         link_targets=prepared.compiled.links or (),
         physical_address=settings.preflight_physical_address,
     )
-    extra = (
-        await domains.schedule_findings(settings, campaign.from_email)
+    pending = (
+        domains.schedule_findings(settings, campaign.from_email)
         if settings.preflight_domain_checks and context == "schedule"
-        else ()
+        else None
     )
-    report = await preflight.run(settings, raw, options, extra=extra)
+    report = await preflight.run(settings, raw, options, pending=pending)
     await records.save(session, report, context=context, campaign_id=campaign.id)
     return report
 
 
 async def gate(
-    session: AsyncSession, settings: Settings, campaign: Campaign, *, force: bool
+    session: AsyncSession,
+    settings: Settings,
+    campaign: Campaign,
+    *,
+    force: bool,
+    prepared: PreparedCampaign | None = None,
 ) -> PreflightReport:
     """The schedule-time preflight: PreflightRefused (409) above the maximum unless `force`."""
-    report = await check(session, settings, campaign, "schedule")
+    report = await check(session, settings, campaign, "schedule", prepared=prepared)
     if report.passed:
         return report
     if not force:

@@ -25,6 +25,7 @@ from app.core.database import create_engine, create_sessionmaker
 from app.core.migrate import upgrade
 from app.core.settings import Settings
 from tests.helpers.api import ADMIN_TOKEN
+from tests.helpers.daemons import clamd_server, silent_daemon, spamd_server  # noqa: F401
 from tests.helpers.recorders import StartServer
 from tests.helpers.servers import PostgresServer, RedisServer, free_port
 from tests.helpers.sinks import SinkHandler, smtp_sink

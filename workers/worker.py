@@ -22,6 +22,7 @@ from app.core.jobs import BULK_QUEUE, PRIORITY_QUEUE
 from app.core.ratelimit import RateLimiter
 from app.core.redis import arq_redis_settings
 from app.core.settings import Settings
+from app.inbound.retention import quarantine_retention_job
 from app.mail.context import EngineContext
 from app.mail.injection import submission_sender
 from app.webhooks.dispatcher import WebhookDispatcher
@@ -118,6 +119,10 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
                     run_at_startup=True,
                 ),
                 cron(_logs_work(retention_job, "retention: %d rows removed"), minute={7, 37}),
+                cron(
+                    _logs_work(quarantine_retention_job, "%d quarantined replies expired"),
+                    minute={9, 39},
+                ),
                 cron(
                     _logs_work(tasks.purge_idempotency_keys, "%d expired Idempotency-Keys purged"),
                     minute=set(range(0, 60, 10)),

@@ -543,6 +543,26 @@ class Settings(BaseSettings):
         description="Accept mail when clamd cannot answer (default: refuse it with 503).",
     )
 
+    # Inbound forward retries and quarantine retention (docs/inbound.md)
+    inbound_forward_attempts: int = Field(
+        6,
+        ge=1,
+        le=20,
+        description="Tries to forward a clean reply to its campaign's address before giving "
+        "up (the reply stays stored either way).",
+    )
+    inbound_forward_retry: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds before the first retry of a failed forward; each later retry "
+        "waits twice as long (60 s and 6 tries: the last about half an hour after the first).",
+    )
+    retention_inbound_quarantine: int = Field(
+        30,
+        ge=0,
+        description="Days a quarantined (spam or infected) inbound message is kept; 0 = forever.",
+    )
+
     @field_validator("sending_ips")
     @classmethod
     def _check_sending_ips(cls, value: str) -> str:

@@ -5,6 +5,10 @@ Several MTA processes may share the Maildir: a file is claimed by renaming it fr
 cur/ (one rename wins) and a claim older than LEASE is taken over, as the bounce processor
 does. A stored file is deleted (the database keeps it, raw included); a file that fails is
 left in cur/ and tried again after the lease (a scanner that was down, a database restart).
+
+A forward that fails (the submission listener down, a refusal) is tried again from this
+processor's own loop with a doubling wait (`Forwarding`), its state in the row
+(`forward_attempts`, `forward_retry_at`), so a restart or another MTA process picks it up.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,7 +32,7 @@ from app.inbound.authentication import Authenticator
 from app.inbound.forward import forward_message, submit
 from app.inbound.parse import split_trace
 from app.inbound.scanning import Scanner
-from app.models import InboundMessage, InboundVerdict
+from app.models import InboundMessage, InboundVerdict, utcnow
 
 logger = logging.getLogger(__name__)
 LEASE = 600.0
@@ -36,6 +41,10 @@ BATCH = 64
 """Files claimed and stored together (one transaction, one commit)."""
 CONCURRENCY = 16
 """Files of a batch checked at once (DNS and clamd round trips overlap)."""
+RETRY_BATCH = 50
+"""Failed forwards tried again per pass of the processor."""
+FORWARD_LEASE = 300.0
+"""Seconds a process holds a due forward it is retrying; then another may take it."""
 _AUTO_REPLY_HEADERS = re.compile(
     rb"^(auto-submitted:[ \t]*(?!no\b)\S|x-autoreply:|x-autorespond:|x-auto-response-suppress:"
     rb"|precedence:[ \t]*(auto_reply|bulk|junk)\b|content-type:[ \t]*multipart/report)",
@@ -55,10 +64,19 @@ def is_automatic(message: bytes, mail_from: str) -> bool:
 
 @dataclass(frozen=True)
 class Forwarding:
-    """Where forwards are submitted and the domain they come from; None = no forwarding."""
+    """Where forwards are submitted, the domain they come from, and how a failed one is
+    retried: `attempts` tries in all, the n-th retry `retry * 2**(n-1)` seconds after the last."""
 
     submission: str
     domain: str
+    attempts: int = 6
+    retry: float = 60.0
+
+    def next_try(self, failed: int, now: datetime) -> datetime | None:
+        """When to try again after `failed` failed tries; None when they are used up."""
+        if failed >= self.attempts:
+            return None
+        return now + timedelta(seconds=self.retry * 2 ** (failed - 1))
 
 
 class ReplyProcessor:
@@ -113,6 +131,8 @@ class ReplyProcessor:
         while True:
             try:
                 await self.process_all()
+                if self.forwarding is not None:
+                    await self.retry_forwards()
             except Exception:
                 logger.exception("reply processor pass failed")
             with contextlib.suppress(TimeoutError):
@@ -212,20 +232,70 @@ class ReplyProcessor:
         os.rename(path, self.reports / "new" / path.name.split(",")[0])
 
     async def _forward(self, row: InboundMessage, message: bytes) -> None:
-        assert self.forwarding is not None and row.campaign_id is not None
+        assert row.campaign_id is not None
         async with self.sessionmaker() as session:
             address = await repository.forward_address(session, row.campaign_id)
             if not address:
                 return
-            try:
-                forward = forward_message(row, message, address, self.forwarding.domain)
-                await submit(self.forwarding.submission, forward, address)
-            except Exception:
-                # The reply is stored and in the webhook; a lost forward is logged, not retried.
-                logger.exception("could not forward inbound message %s to %s", row.id, address)
-                return
-            await repository.mark_forwarded(session, row.id, address)
+            await self._try_forward(session, row, message, address, utcnow())
             await session.commit()
+
+    async def retry_forwards(self, now: datetime | None = None) -> int:
+        """Try again the failed forwards that are due; how many went out."""
+        now = now or utcnow()
+        async with self.sessionmaker() as session:
+            due = await repository.due_forwards(session, now, RETRY_BATCH)
+        sent = 0
+        for row in due:
+            assert row.forward_retry_at is not None
+            lease = now + timedelta(seconds=FORWARD_LEASE)
+            async with self.sessionmaker() as session:
+                if not await repository.claim_forward(session, row.id, row.forward_retry_at, lease):
+                    continue  # another process has it
+                await session.commit()
+                address = (
+                    await repository.forward_address(session, row.campaign_id)
+                    if row.campaign_id is not None
+                    else None
+                )
+                if not address:  # the campaign stopped forwarding, or is gone
+                    await repository.forward_failed(session, row.id, row.forward_attempts, None)
+                else:
+                    _, message = split_trace(service.raw(row))
+                    sent += await self._try_forward(session, row, message, address, now)
+                await session.commit()
+        return sent
+
+    async def _try_forward(
+        self,
+        session: AsyncSession,
+        row: InboundMessage,
+        message: bytes,
+        address: str,
+        now: datetime,
+    ) -> bool:
+        """One try; a failure is counted and the next try set, or, tries used up, given up."""
+        assert self.forwarding is not None
+        try:
+            forward = forward_message(row, message, address, self.forwarding.domain)
+            await submit(self.forwarding.submission, forward, address)
+        except Exception as exc:
+            failed = (row.forward_attempts or 0) + 1
+            retry_at = self.forwarding.next_try(failed, now)
+            if retry_at is None:
+                logger.error(
+                    "giving up forwarding inbound message %s to %s after %d tries: %s",
+                    row.id, address, failed, exc,
+                )  # fmt: skip
+            else:
+                logger.warning(
+                    "could not forward inbound message %s to %s (try %d of %d, next at %s): %s",
+                    row.id, address, failed, self.forwarding.attempts, retry_at, exc,
+                )  # fmt: skip
+            await repository.forward_failed(session, row.id, failed, retry_at)
+            return False
+        await repository.mark_forwarded(session, row.id, address)
+        return True
 
 
 def _unlink_all(paths: list[Path]) -> None:

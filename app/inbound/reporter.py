@@ -34,7 +34,12 @@ class ReplyReporter:
             DaemonScanner.from_settings(settings),
             reports=reports,
             on_handover=on_handover,
-            forwarding=Forwarding(settings.mta_submission, settings.reply_domain()),
+            forwarding=Forwarding(
+                settings.mta_submission,
+                settings.reply_domain(),
+                attempts=settings.inbound_forward_attempts,
+                retry=settings.inbound_forward_retry,
+            ),
             poll_interval=settings.inbound_poll_interval,
             max_bytes=settings.mta_max_message_size + 4096,
         )
@@ -45,6 +50,7 @@ class ReplyReporter:
         self.processor.wake()
 
     async def stop(self) -> None:
-        """Stop processing and close the database."""
+        """Stop processing, end the scanner's sessions and close the database."""
         await self.processor.stop()
+        await self.processor.scanner.aclose()
         await self._engine.dispose()

@@ -101,9 +101,67 @@ async def attachment(
 
 
 async def mark_forwarded(session: AsyncSession, inbound_id: int, address: str) -> None:
-    """Record where a message was forwarded."""
+    """Record where a message was forwarded (nothing is owed any more)."""
     await session.execute(
         sa.update(InboundMessage)
         .where(InboundMessage.id == inbound_id)
-        .values(forwarded_to=address)
+        .values(forwarded_to=address, forward_retry_at=None)
+    )
+
+
+async def forward_failed(
+    session: AsyncSession, inbound_id: int, attempts: int, retry_at: datetime | None
+) -> None:
+    """Count a failed forward and set when it is tried again (None: given up)."""
+    await session.execute(
+        sa.update(InboundMessage)
+        .where(InboundMessage.id == inbound_id)
+        .values(forward_attempts=attempts, forward_retry_at=retry_at)
+    )
+
+
+async def due_forwards(session: AsyncSession, now: datetime, limit: int) -> list[InboundMessage]:
+    """Messages whose forward failed and is due again, longest waiting first."""
+    rows = await session.scalars(
+        sa.select(InboundMessage)
+        .where(InboundMessage.forward_retry_at <= now)
+        .order_by(InboundMessage.forward_retry_at)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def claim_forward(
+    session: AsyncSession, inbound_id: int, due: datetime, lease_until: datetime
+) -> bool:
+    """Move a due retry to `lease_until` if no other process moved it first (one UPDATE)."""
+    result = await session.execute(
+        sa.update(InboundMessage)
+        .where(InboundMessage.id == inbound_id, InboundMessage.forward_retry_at == due)
+        .values(forward_retry_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+async def expired_quarantine(session: AsyncSession, cutoff: datetime, limit: int) -> list[int]:
+    """Ids of quarantined messages received before `cutoff`, oldest first."""
+    ids = await session.scalars(
+        sa.select(InboundMessage.id)
+        .where(
+            InboundMessage.verdict != InboundVerdict.clean,
+            InboundMessage.received_at < cutoff,
+        )
+        .order_by(InboundMessage.received_at)
+        .limit(limit)
+    )
+    return list(ids)
+
+
+async def delete(session: AsyncSession, ids: list[int]) -> None:
+    """Delete messages; their attachments go with them (ON DELETE CASCADE)."""
+    await session.execute(
+        sa.delete(InboundMessage)
+        .where(InboundMessage.id.in_(ids))
+        .execution_options(synchronize_session=False)
     )

@@ -73,6 +73,9 @@ class InboundMessage(Base):
         enum_type(InboundVerdict, "inbound_verdict"), default=InboundVerdict.clean, index=True
     )
     forwarded_to: Mapped[str] = mapped_column(sa.String(320), default="")
+    forward_attempts: Mapped[int] = mapped_column(default=0)
+    forward_retry_at: Mapped[datetime | None] = mapped_column(index=True)
+    """When a failed forward is tried again; None = nothing owed (done, or given up)."""
 
 
 class InboundAttachment(Base):

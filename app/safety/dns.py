@@ -6,6 +6,7 @@ as the webhook egress guard and the MTA router build theirs.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
@@ -50,12 +51,8 @@ class Dns:
 
     async def addresses(self, name: str) -> list[IPAddress]:
         """The A and AAAA addresses of `name`."""
-        found: list[IPAddress] = []
-        for kind in ("A", "AAAA"):
-            found += [
-                ipaddress.ip_address(rdata.address) for rdata in await self._query(name, kind)
-            ]
-        return found
+        answers = await asyncio.gather(self._query(name, "A"), self._query(name, "AAAA"))
+        return [ipaddress.ip_address(rdata.address) for answer in answers for rdata in answer]
 
     async def mx(self, name: str) -> list[tuple[int, str]]:
         """(preference, exchange) of each MX record of `name`, most preferred first."""

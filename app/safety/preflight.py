@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,29 +47,31 @@ async def run(
     options: RuleOptions,
     *,
     extra: Sequence[Finding] = (),
+    pending: Awaitable[Sequence[Finding]] | None = None,
     spamd: SpamdClient | None = None,
 ) -> PreflightReport:
-    """Score `raw` with spamd (when configured) and Warta's rules, plus `extra` findings."""
+    """Score `raw` with spamd (when configured) and Warta's rules, plus `extra` findings and
+    those `pending` yields (the domain checks' DNS look-ups): the three are asked at once."""
     started = time.perf_counter()
-    findings = [*rules.check(raw, options), *extra]
     client = spamd if spamd is not None else spamd_client(settings)
     status = SPAMD_NOT_CONFIGURED
     if client is not None and len(raw) > SPAMD_MAX_BYTES:
         status = f"skipped: the message is over {SPAMD_MAX_BYTES // 1024} KB"
-    elif client is not None:
-        try:
-            verdict = await client.score(raw)
-        except SpamdError as exc:
-            # A preflight is advice: spamd being down must not stop every campaign.
-            logger.warning("preflight without SpamAssassin: %s", exc)
-            status = f"unavailable: {exc.detail}"
-        else:
-            status = SPAMD_SCORED
-            findings += [
-                Finding("spamassassin", rule.name, rule.score, rule.description)
-                for rule in verdict.rules
-                if rule.score != 0
-            ]
+        client = None
+    if client is None:
+        # A few milliseconds of rules: a thread hop would cost more than it overlaps.
+        own = rules.check(raw, options)
+        later = await pending if pending is not None else ()
+        scored: Sequence[Finding] = ()
+    else:
+        # spamd works for hundreds of milliseconds in its own process: the rules (in a
+        # thread) and the DNS look-ups run meanwhile, so the wall time is spamd's alone.
+        own, (status, scored), later = await asyncio.gather(
+            asyncio.to_thread(rules.check, raw, options),
+            _spamd(client, raw),
+            pending if pending is not None else _none(),
+        )
+    findings = [*own, *extra, *later, *scored]
     score = rules.total(findings)
     return PreflightReport(
         score=score,
@@ -79,6 +82,25 @@ async def run(
         findings=tuple(sorted(findings, key=lambda f: -f.score)),
         seconds=round(time.perf_counter() - started, 4),
     )
+
+
+async def _none() -> Sequence[Finding]:
+    return ()
+
+
+async def _spamd(client: SpamdClient, raw: bytes) -> tuple[str, list[Finding]]:
+    """(the report's `spamd` status, spamd's rules that scored as findings)."""
+    try:
+        verdict = await client.score(raw)
+    except SpamdError as exc:
+        # A preflight is advice: spamd being down must not stop every campaign.
+        logger.warning("preflight without SpamAssassin: %s", exc)
+        return f"unavailable: {exc.detail}", []
+    return SPAMD_SCORED, [
+        Finding("spamassassin", rule.name, rule.score, rule.description)
+        for rule in verdict.rules
+        if rule.score != 0
+    ]
 
 
 class PreflightRefused(Conflict):

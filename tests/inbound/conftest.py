@@ -14,9 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.core.settings import Settings
-from tests.helpers.dns_zone import ZoneDns, zone_dns
+from tests.helpers.daemons import ZoneDns, zone_dns
 from tests.helpers.mta_fixtures import engine_settings, mta, remote
-from tests.helpers.safety_servers import ClamdServer, SpamdServer
 from tests.helpers.servers import free_port
 from tests.helpers.sinks import SinkHandler
 
@@ -86,17 +85,3 @@ def mta_settings(
             "webhook_settle": 0.0,
         }
     )
-
-
-@pytest.fixture(scope="session")
-def spamd_server() -> Iterator[SpamdServer]:
-    """SpamAssassin's spamd on 127.0.0.1 (stock rules, no network tests), once a run."""
-    with SpamdServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def clamd_server() -> Iterator[ClamdServer]:
-    """ClamAV's clamd on 127.0.0.1 with the test signature only, once a run."""
-    with ClamdServer() as server:
-        yield server

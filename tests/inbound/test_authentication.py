@@ -11,7 +11,7 @@ import pytest
 from app.core.resolver import make_resolver
 from app.inbound.authentication import Authenticator, aligned, organisational_domain
 from app.inbound.spf import check_spf
-from tests.helpers.dns_zone import ZoneDns, zone_dns
+from tests.helpers.daemons import ZoneDns, zone_dns
 from tests.inbound.conftest import DkimKey
 
 ZONE = """

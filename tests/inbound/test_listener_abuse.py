@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.core.settings import Settings
-from tests.helpers.dns_zone import ZoneDns
+from tests.helpers.daemons import ZoneDns
 from tests.helpers.servers import free_port
 from tests.helpers.sinks import SinkHandler
 from workers.mta.abuse import dnsbl_name

@@ -17,7 +17,7 @@ from app.inbound.scanning import DaemonScanner
 from app.inbound.service import Policy
 from app.mail.reply_address import ReplyTarget, reply_address
 from app.models import Event, InboundMessage
-from tests.helpers.dns_zone import ZoneDns
+from tests.helpers.daemons import ZoneDns
 from tests.helpers.servers import free_port
 from workers.mta.inbound import InboundStore
 

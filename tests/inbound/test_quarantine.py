@@ -19,7 +19,7 @@ from app.core.settings import Settings
 from app.mail.reply_address import ReplyTarget, reply_address
 from app.models import Event, EventKind
 from tests.helpers.api import create_campaign, eventually, post_json
-from tests.helpers.safety_servers import (
+from tests.helpers.daemons import (
     TEST_MALWARE_MARKER,
     TEST_SIGNATURE_NAME,
     ClamdServer,

@@ -9,7 +9,7 @@ from app.core.settings import Settings
 from app.safety.clamd import ClamdClient, ClamdError, ClamdUnavailable, MalwareVerdict
 from app.safety.daemon import DaemonAddress
 from app.safety.spamd import SpamdClient, SpamdError, SpamdUnavailable, parse_reply
-from tests.helpers.safety_servers import (
+from tests.helpers.daemons import (
     TEST_MALWARE_MARKER,
     TEST_SIGNATURE_NAME,
     ClamdServer,

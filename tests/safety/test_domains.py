@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from app.core.settings import Settings
 from app.safety.domains import DomainChecker, DomainReport, local_dkim_keys
 from tests.helpers.api import create_campaign, post_json
-from tests.helpers.zone_dns import zone_dns
+from tests.helpers.daemons import zone_dns
 from tests.safety.conftest import MakeApi
 from workers.mta.dkim import generate_key, txt_record
 
@@ -90,7 +90,8 @@ def _by_name(report: DomainReport) -> dict[str, tuple[str, list[str]]]:
 
 
 async def test_a_correct_domain_passes_every_check(settings: Settings, dkim_dir: Path) -> None:
-    with zone_dns(_good_zone(dkim_dir)) as dns:
+    with zone_dns(_good_zone(dkim_dir)) as zone:
+        dns = zone.servers
         report = await DomainChecker(_settings(settings, dns, dkim_dir, good=True)).check(
             "good.example"
         )
@@ -105,7 +106,8 @@ async def test_a_broken_domain_fails_each_check_with_the_record_to_publish(
     settings: Settings, dkim_dir: Path
 ) -> None:
     config = _settings(settings, "", dkim_dir, good=False)
-    with zone_dns(BROKEN_ZONE) as dns:
+    with zone_dns(BROKEN_ZONE) as zone:
+        dns = zone.servers
         report = await DomainChecker(config.model_copy(update={"mta_dns_servers": dns})).check(
             "broken.example"
         )
@@ -135,7 +137,8 @@ async def test_a_broken_domain_fails_each_check_with_the_record_to_publish(
     fixes = [f.replace("bounces.elsewhere.example", "bounces.broken.example") for f in fixes]
     alignment = next(c for c in report.checks if c.name == "alignment").publish
     kept = [line for line in BROKEN_ZONE.splitlines() if "_domainkey" not in line]
-    with zone_dns(_zone(*kept, *fixes, *alignment[:1])) as dns:
+    with zone_dns(_zone(*kept, *fixes, *alignment[:1])) as zone:
+        dns = zone.servers
         fixed = await DomainChecker(moved.model_copy(update={"mta_dns_servers": dns})).check(
             "broken.example"
         )
@@ -149,7 +152,8 @@ async def test_the_api_and_the_schedule_preflight_run_the_checks(
     settings: Settings, dkim_dir: Path, make_api: MakeApi
 ) -> None:
     assert len(local_dkim_keys(dkim_dir, "good.example")) == 2
-    with zone_dns(BROKEN_ZONE) as dns:
+    with zone_dns(BROKEN_ZONE) as zone:
+        dns = zone.servers
         config = _settings(settings, dns, dkim_dir, good=False)
         api = await make_api(config.model_copy(update={"preflight_domain_checks": True}))
         checked = await api.get("/api/v1/domains/broken.example/check")
@@ -199,7 +203,8 @@ async def test_an_unreadable_local_key_fails_the_dkim_check(
 ) -> None:
     (tmp_path / "keys" / "good.example").mkdir(parents=True)
     (tmp_path / "keys" / "good.example" / "s1.pem").write_text("not a key")
-    with zone_dns(_zone("mta.good.example. 300 IN A 192.0.2.10")) as dns:
+    with zone_dns(_zone("mta.good.example. 300 IN A 192.0.2.10")) as zone:
+        dns = zone.servers
         report = await DomainChecker(_settings(settings, dns, tmp_path / "keys", good=True)).check(
             "good.example"
         )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from app.core.settings import Settings
+from app.safety import preflight
+from app.safety.rules import Finding, RuleOptions
 from tests.helpers.api import create_campaign, post_json
-from tests.helpers.safety_servers import SpamdServer, free_port
+from tests.helpers.daemons import DaemonRelay, SpamdServer, free_port
 from tests.safety.conftest import MakeApi
 
 NEWSLETTER_HTML = """<html><body>
@@ -28,6 +32,12 @@ prize, act now, no credit check, risk free, guaranteed!</p>
 <p><a href="https://bit.ly/cl41m">https://www.paypal.com/verify</a></p>
 </body></html>"""
 SPAM_SUBJECT = "FREE MONEY!!! CLAIM YOUR PRIZE NOW"
+PLAIN_MESSAGE = (
+    b"From: Town Garden Club <news@garden.example>\r\nTo: reader@example.com\r\n"
+    b"Subject: Our October newsletter\r\nMessage-ID: <october.1@garden.example>\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    b"This month we planted trees in the park and repaired the old bridge.\r\n"
+)
 
 
 async def _campaign(api: httpx.AsyncClient, subject: str, html: str) -> int:
@@ -189,3 +199,27 @@ async def test_a_test_send_answers_with_the_preflight(api: httpx.AsyncClient, wo
     assert not body["preflight"]["passed"]  # a test send is never refused, only informed
     stored = await api.get(f"/api/v1/campaigns/{campaign}/preflight", params={"stored": True})
     assert stored.json()["context"] == "test"
+
+
+async def test_spamd_rules_and_dns_checks_are_asked_at_once(
+    settings: Settings, spamd_server: SpamdServer
+) -> None:
+    # The pending findings (the domain checks' DNS) finish only once spamd has the message:
+    # asked one after the other, the preflight would wait for ever.
+    async with DaemonRelay(spamd_server.address) as relay:
+
+        async def domain_findings() -> list[Finding]:
+            await relay.connected.wait()
+            return [Finding("dns", "DOMAIN_DMARC", 3.0, "no DMARC record")]
+
+        async with asyncio.timeout(30):
+            report = await preflight.run(
+                settings.model_copy(update={"spamd": relay.address}),
+                PLAIN_MESSAGE,
+                RuleOptions(require_unsubscribe=False),
+                pending=domain_findings(),
+            )
+
+    assert report.spamd == "scored"
+    assert [f.rule for f in report.findings if f.source == "dns"] == ["DOMAIN_DMARC"]
+    assert report.score >= 3.0

@@ -52,8 +52,8 @@ async def schedule(
     """draft → scheduled: sends at `send_at`, or now if it is unset or past; 409 with the
     preflight findings if its score is above WARTA_PREFLIGHT_MAX_SCORE and not `force`."""
     campaign = await campaigns_service.get(session, campaign_id)
-    await content.check_renders(session, settings, campaign)
-    report = await preflight.gate(session, settings, campaign, force=force)
+    prepared = await content.check_renders(session, settings, campaign)
+    report = await preflight.gate(session, settings, campaign, force=force, prepared=prepared)
     read = await _apply(request, session, campaign_id, "schedule")
     return ScheduledCampaign(**read.model_dump(), preflight=PreflightRead.of(report))
 
@@ -147,8 +147,8 @@ async def test_send(
 ) -> TestSendResult:
     """Send the campaign to test addresses now, through the priority queue, and report replies."""
     campaign = await campaigns_service.get(session, campaign_id)
-    await content.check_renders(session, settings, campaign)
-    report = await preflight.check(session, settings, campaign, "test")
+    prepared = await content.check_renders(session, settings, campaign)
+    report = await preflight.check(session, settings, campaign, "test", prepared=prepared)
     await session.commit()
     pool = request.app.state.queue
     job = await enqueue_test_send(pool, campaign_id, body.addresses)
