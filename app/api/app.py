@@ -73,6 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.imports.close()
+            # Transactional submissions in flight are stored and enqueued before the pool
+            # closes (the store first: it hands its ids to the enqueuer).
+            for name in ("message_group_store", "message_enqueuer"):
+                if (pending := getattr(app.state, name, None)) is not None:
+                    await pending.drain()
             await app.state.queue.aclose()
             await engine.dispose()
             if embedded is not None:

@@ -59,6 +59,12 @@ class GroupStore:
         # have been past its own commit: the group does not depend on who still waits.
         return await asyncio.shield(done)
 
+    async def drain(self) -> None:
+        """Wait for the groups being stored (at shutdown): their requests may still be told
+        their outcome, and nothing is cut off half way through its transaction."""
+        if self._storing is not None:
+            await asyncio.gather(self._storing, return_exceptions=True)
+
     async def _store_groups(self) -> None:
         while self._waiting:
             group = self._next_group()

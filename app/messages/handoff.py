@@ -38,6 +38,12 @@ class GroupEnqueuer:
         # committed, so they must reach the queue all the same.
         await asyncio.shield(done)
 
+    async def drain(self) -> None:
+        """Wait for the enqueue in flight (at shutdown, before the Redis pool closes): its ids
+        were committed, and a cancel inside arq's pipeline would leave its connection open."""
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+
     async def _flush(self) -> None:
         while self._ids:
             ids, waiting = self._ids, self._waiting

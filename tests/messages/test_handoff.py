@@ -29,6 +29,21 @@ async def test_requests_waiting_together_share_one_job(redis_url: str) -> None:
         await pool.aclose()
 
 
+async def test_drain_waits_for_the_enqueue_of_a_request_that_went_away(redis_url: str) -> None:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        enqueuer = GroupEnqueuer(pool)
+        request = asyncio.create_task(enqueuer.enqueue([300]))
+        await asyncio.sleep(0)  # let the request start its enqueue, then its client goes away
+        request.cancel()
+        await enqueuer.drain()  # what the app's shutdown does before closing the pool
+        jobs = await pool.queued_jobs(queue_name=PRIORITY_QUEUE)
+        assert [job.args for job in jobs] == [([300],)]
+        assert request.cancelled()
+    finally:
+        await pool.aclose()
+
+
 async def test_an_enqueue_error_reaches_every_waiting_request() -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
