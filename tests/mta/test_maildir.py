@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.sigkill import kill_mid_batch
 from workers.mta import maildir as maildir_module
 from workers.mta.maildir import DurableMaildir
 from workers.mta.routing import Route, RouteSource
 from workers.mta.transports import CaptureTransport
 
-ROOT = Path(__file__).resolve().parents[2]
 MESSAGE = b"Subject: hello\r\nFrom: a@warta.test\r\n\r\nbody\r\n"
 
 
@@ -168,38 +163,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.0002)
-
-
 def test_every_acknowledged_message_survives_a_sigkill_mid_batch(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    acknowledged: dict[str, int] = {}
-    try:
-        for line in child.stdout:
-            name, number = line.split()
-            acknowledged[name] = int(number)
-            if len(acknowledged) >= 300:
-                break
-        # Kill while a batch is half written: files in tmp/, none of them acknowledged.
-        _wait_for(lambda: any((tmp_path / "tmp").iterdir()), 30)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        rest = child.communicate(timeout=30)[0]
-    for line in rest.splitlines(keepends=True):
-        if not line.endswith("\n"):  # the kill cut the child's last report short
-            continue
-        name, number = line.split()
-        acknowledged[name] = int(number)
-    assert child.returncode == -signal.SIGKILL
+    # Killed while a batch is half written: files in tmp/, none of them acknowledged.
+    acknowledged = kill_mid_batch(CHILD, tmp_path, lambda: any((tmp_path / "tmp").iterdir()))
     assert any((tmp_path / "tmp").iterdir()), "the kill did not land mid-batch"
 
     stored = {path.name: path.read_bytes() for path in (tmp_path / "new").iterdir()}

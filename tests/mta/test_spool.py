@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.api import eventually
+from tests.helpers.sigkill import kill_mid_batch
 from tests.helpers.spooled import envelope, message
 from workers.mta import spool as spool_module
 from workers.mta import spool_format
@@ -26,7 +23,6 @@ from workers.mta.spool import (
     Spool,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 DAY = 24 * 3600.0
 
 
@@ -329,32 +325,8 @@ CHILD = textwrap.dedent(
 
 
 def test_recover_after_sigkill_keeps_every_acknowledged_message(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    acknowledged: dict[str, int] = {}
-    try:
-        for line in child.stdout:
-            queue_id, number = line.split()
-            acknowledged[queue_id] = int(number)
-            if len(acknowledged) >= 300:
-                break
-        # Kill mid-commit: while a batch is being written and none of it is acknowledged.
-        deadline = time.monotonic() + 30
-        while not temp_files(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.0002)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        rest = child.communicate(timeout=30)[0]
-    for line in rest.splitlines():
-        queue_id, number = line.split()
-        acknowledged[queue_id] = int(number)
-    assert child.returncode == -signal.SIGKILL
-    assert len(acknowledged) >= 300
+    # Killed mid-commit: while a batch is being written and none of it is acknowledged.
+    acknowledged = kill_mid_batch(CHILD, tmp_path, lambda: bool(temp_files(tmp_path)))
     assert temp_files(tmp_path), "the kill did not land mid-commit"
 
     spool = Spool(tmp_path)
