@@ -131,11 +131,23 @@ async def _send_chunk(
 
 
 async def _claim(ctx: EngineContext, send_ids: list[int], archived: archive.IndexRows) -> set[int]:
-    """Claim the rows, and index their archived messages in the same transaction (no
-    transaction of the archive's own per chunk). The archive never holds up sending: if its
+    """Claim the rows, and index the archived messages of those claimed in the same
+    transaction (no transaction of the archive's own per chunk). ``archived`` is empty or
+    in the order of ``send_ids``. The archive never holds up sending: if its
     rows cannot be written, the rows are claimed without them."""
     async with ctx.sessionmaker() as session:
         claimed = await ledger.mark_sending(session, send_ids)
+        # Only the rows this batch claimed: a row another worker holds is sent (and indexed)
+        # by that worker, and its index must point at the bytes that worker sends.
+        archived = (
+            [
+                index_row
+                for send_id, index_row in zip(send_ids, archived, strict=True)
+                if send_id in claimed
+            ]
+            if archived
+            else []
+        )
         try:
             await archive.add_index(session, archived)
         except Exception:
