@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import os
 import time
 from urllib.parse import quote
@@ -29,6 +30,8 @@ SEALED = "v1."
 """The prefix of a sealed secret; a stored value without it is a plain secret (before 0012)."""
 _INFO = b"warta admin totp secret v1"
 _NONCE_BYTES = 12
+
+logger = logging.getLogger(__name__)
 
 
 def _key(secret_key: str) -> bytes:
@@ -55,6 +58,12 @@ def unseal(stored: str, secret_key: str, user_id: int) -> str | None:
         nonce, sealed = raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
         plain = AESGCM(_key(secret_key)).decrypt(nonce, sealed, f"user:{user_id}".encode())
     except (InvalidTag, ValueError, binascii.Error):
+        logger.warning(
+            "admin: the second-factor secret of user %d cannot be opened with this "
+            "WARTA_SECRET_KEY (rotated, or sealed elsewhere); an owner resets it on the "
+            "Users page",
+            user_id,
+        )
         return None
     return plain.decode()
 

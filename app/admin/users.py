@@ -68,6 +68,10 @@ async def check_credentials(
         if step is None:
             return SignInCheck(None, needs_code=True)
         user.totp_last_step = step
+        if not user.totp_secret.startswith(totp.SEALED):
+            # Stored before 0012 and left plain by it (no WARTA_SECRET_KEY there): seal it
+            # now, with the key this app opens it with.
+            user.totp_secret = totp.seal(secret, secret_key, user.id)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash_password(password)
     user.last_login_at = utcnow()

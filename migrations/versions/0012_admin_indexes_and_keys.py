@@ -42,7 +42,16 @@ def upgrade() -> None:
 
 
 def _seal_totp_secrets() -> None:
-    """Seal the plain TOTP secrets stored before this revision (the key is the app's)."""
+    """Seal the plain TOTP secrets stored before this revision, if WARTA_SECRET_KEY is set.
+
+    Without it the key would be one generated into this process's var/ directory, which need
+    not be the one the app reads (a migration run elsewhere): the secrets would be sealed
+    under a key no sign-in has. They stay plain then, and each is sealed with the app's key
+    at its user's next sign-in (app.admin.users.check_credentials)."""
+    from app.core.settings import get_settings
+
+    if not get_settings().secret_key:
+        return
     connection = op.get_bind()
     users = sa.table("admin_users", sa.column("id", sa.Integer), sa.column("totp_secret"))
     rows = connection.execute(
@@ -52,7 +61,6 @@ def _seal_totp_secrets() -> None:
     if not plain:
         return
     from app.admin import totp
-    from app.core.settings import get_settings
 
     secret_key = get_settings().effective_secret_key()
     for user_id, secret in plain:

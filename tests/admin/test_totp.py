@@ -81,11 +81,13 @@ def test_codes_of_the_neighbouring_steps_are_accepted_and_older_ones_not() -> No
     assert totp.matching_step(secret, "12345", 0, now) is None
 
 
-async def test_0012_seals_the_secrets_stored_before_it(
+@pytest.mark.parametrize("secret_key_set", [True, False], ids=["key-set", "key-unset"])
+async def test_0012_seals_the_secrets_stored_before_it_only_under_a_configured_key(
     postgres: PostgresServer | None,
     tmp_path: Path,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
+    secret_key_set: bool,
 ) -> None:
     url = (
         postgres.create_database(f"totp_{uuid.uuid4().hex}")
@@ -105,8 +107,14 @@ async def test_0012_seals_the_secrets_stored_before_it(
                 ),
                 {"secret": secret, "now": datetime.now(UTC).replace(tzinfo=None)},
             )
-        # The migration seals with the app's key, as `warta migrate` reads it.
-        monkeypatch.setenv("WARTA_SECRET_KEY", settings.effective_secret_key())
+        # The migration seals with the app's key, as `warta migrate` reads it; without a
+        # configured key it would be one generated for the migrating process: it leaves the
+        # secrets plain, and the sign-in seals each (the next test).
+        if secret_key_set:
+            monkeypatch.setenv("WARTA_SECRET_KEY", settings.effective_secret_key())
+        else:
+            monkeypatch.delenv("WARTA_SECRET_KEY", raising=False)
+            monkeypatch.setenv("WARTA_VAR_DIR", str(tmp_path / "elsewhere"))
         get_settings.cache_clear()
         try:
             await upgrade_async(url, "head")
@@ -118,5 +126,31 @@ async def test_0012_seals_the_secrets_stored_before_it(
             ).one()
     finally:
         await engine.dispose()
+    if not secret_key_set:
+        assert stored == secret
+        return
     assert stored.startswith(totp.SEALED) and secret not in stored
     assert totp.unseal(stored, settings.effective_secret_key(), user_id) == secret
+
+
+async def test_a_plain_secret_is_sealed_at_its_users_next_sign_in(
+    console: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    secret = totp.new_secret()
+    user = await session.scalar(sa.select(AdminUser).where(AdminUser.role == AdminRole.owner))
+    assert user is not None
+    user.totp_secret = secret  # as 0012 leaves it without WARTA_SECRET_KEY
+    await session.commit()
+    code = pyotp.TOTP(secret).now()
+    signed_in = await sign_in_response(console, email_of(AdminRole.owner), PASSWORD, code)
+    assert signed_in.status_code == 303, signed_in.text
+    await session.refresh(user)
+    assert user.totp_secret is not None and user.totp_secret.startswith(totp.SEALED)
+    assert totp.unseal(user.totp_secret, settings.effective_secret_key(), user.id) == secret
+
+
+def test_a_secret_that_cannot_be_opened_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    sealed = totp.seal(totp.new_secret(), "the key it was sealed with", 7)
+    with caplog.at_level("WARNING", logger="app.admin.totp"):
+        assert totp.unseal(sealed, "a rotated key", 7) is None
+    assert "user 7 cannot be opened" in caplog.text
