@@ -65,7 +65,7 @@ async def check_credentials(
             return SignInCheck(None, needs_code=True)
         secret = totp.unseal(user.totp_secret, secret_key, user.id)
         step = totp.matching_step(secret, code, user.totp_last_step) if secret else None
-        if step is None:
+        if secret is None or step is None:
             return SignInCheck(None, needs_code=True)
         user.totp_last_step = step
         if not user.totp_secret.startswith(totp.SEALED):
