@@ -1,4 +1,6 @@
-"""The audit log: who changed what in the console, written in the change's own transaction."""
+"""The audit log's pages: who changed what, filtered and exported. Entries are written by
+`app.core.audit.record` (re-exported here for the console's pages), in the change's own
+transaction."""
 
 from __future__ import annotations
 
@@ -8,36 +10,15 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.models import AdminUser, AuditEntry, utcnow
+from app.core.audit import record as record  # the pages write entries through this module
+from app.models import AuditEntry
 
 PAGE_SIZE = 100
 CSV_COLUMNS = ("id", "created_at", "actor", "action", "target", "details")
-
-
-async def record(
-    session: AsyncSession,
-    actor: AdminUser | str,
-    action: str,
-    target: str = "",
-    details: dict[str, Any] | None = None,
-) -> AuditEntry:
-    """Add one entry (e.g. `campaign.pause`, `campaign:12`); the caller's commit keeps it."""
-    entry = AuditEntry(
-        created_at=utcnow(),
-        actor_id=actor.id if isinstance(actor, AdminUser) else None,
-        actor_email=actor.email if isinstance(actor, AdminUser) else actor,
-        action=action[:64],
-        target=target[:200],
-        details=details or {},
-    )
-    session.add(entry)
-    await session.flush()
-    return entry
 
 
 @dataclass(frozen=True)

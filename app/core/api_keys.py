@@ -21,6 +21,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from app.core.errors import Invalid, NotFound
 from app.models import ApiKey, utcnow
@@ -184,7 +185,8 @@ async def get_key(session: AsyncSession, key_id: int) -> ApiKey:
 
 
 async def revoke(session: AsyncSession, key_id: int) -> ApiKey:
-    """Revoke a key for good: it stops authenticating at once. Revoking twice changes nothing.
+    """Revoke a key for good: once committed it stops authenticating (within
+    AUTH_CACHE_SECONDS in other processes). Revoking twice changes nothing.
 
     The row is kept (name, prefix, dates) so the console and the audit log can still name it.
     """
@@ -199,12 +201,17 @@ async def revoke(session: AsyncSession, key_id: int) -> ApiKey:
 # for AUTH_CACHE_SECONDS without asking the database again.
 AUTH_CACHE_SECONDS = 2.0
 """How long a verified key is trusted without a query: a key revoked in another process is
-refused everywhere within this time (at once in the process that revoked it)."""
+refused everywhere within this time (as its revocation commits, in the process that made it)."""
 AUTH_CACHE_SIZE = 1024
 _Verified = dict[str, tuple[float, int, str, list[str]]]
 """token hash → (monotonic expiry, key id, name, scopes) of keys verified lately."""
 _verified: weakref.WeakKeyDictionary[object, _Verified] = weakref.WeakKeyDictionary()
 """One cache per database engine: an id is only meaningful in the database it came from."""
+_generation = 0
+"""Bumped at every forget: a lookup that began before a change does not cache its answer."""
+_clock = time.monotonic
+_CHANGED = "warta.api_key_changed"
+"""The session's info flag: it changed a key, so its commit forgets the verified keys."""
 
 
 async def authenticate_cached(session: AsyncSession, token: str) -> ApiKey | None:
@@ -217,24 +224,35 @@ async def authenticate_cached(session: AsyncSession, token: str) -> ApiKey | Non
         return await authenticate(session, token)
     verified = _verified.setdefault(session.bind, {})
     digest = hash_token(token)
-    now = time.monotonic()
     hit = verified.get(digest)
-    if hit is not None and hit[0] > now:
+    if hit is not None and hit[0] > _clock():
         return ApiKey(id=hit[1], name=hit[2], scopes=list(hit[3]))
+    generation = _generation
     key = await authenticate(session, token)
     if key is None:
         verified.pop(digest, None)
         return None
+    if generation != _generation:
+        return key  # a key changed while this one was read: what was read may be old
     if len(verified) >= AUTH_CACHE_SIZE:
         verified.clear()  # many keys in a short time: start over rather than track age
-    verified[digest] = (now + AUTH_CACHE_SECONDS, key.id, key.name, list(key.scopes))
+    verified[digest] = (_clock() + AUTH_CACHE_SECONDS, key.id, key.name, list(key.scopes))
     return key
+
+
+def _forget() -> None:
+    global _generation
+    _generation += 1
+    for verified in list(_verified.values()):
+        verified.clear()
 
 
 @event.listens_for(ApiKey, "after_update")
 @event.listens_for(ApiKey, "after_delete")
 def _forget_verified(_mapper: object, _connection: object, key: ApiKey) -> None:
-    """A key changed through this process (revoked, scopes edited): verify every key again.
+    """A key changed through this process (revoked, scopes edited): verify every key again,
+    now and once more when the change commits (a lookup between the flush and the commit
+    still reads the old row).
 
     The once-a-minute `last_used_at` touch is no change that matters here.
     """
@@ -243,5 +261,18 @@ def _forget_verified(_mapper: object, _connection: object, key: ApiKey) -> None:
     # touch alone counts as a change.
     changed = {attr.key for attr in state.attrs if attr.history.has_changes()}
     if changed != {"last_used_at"} or state.deleted:
-        for verified in list(_verified.values()):
-            verified.clear()
+        if (session := state.session) is not None:
+            session.info[_CHANGED] = True
+        _forget()
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_committed(session: Session) -> None:
+    """The commit of a session that changed a key: forget what was verified meanwhile."""
+    if session.info.pop(_CHANGED, False):
+        _forget()
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_flag(session: Session) -> None:
+    session.info.pop(_CHANGED, None)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import api_keys
+from app.models import ApiKey, AuditEntry
 from tests.helpers.api import ADMIN_TOKEN
 
 
@@ -32,6 +34,31 @@ async def test_create_list_revoke(client: httpx.AsyncClient) -> None:
     again = await client.get(f"/api/v1/api-keys/{body['id']}")
     assert again.json()["revoked_at"] is not None
     assert (await client.delete(f"/api/v1/api-keys/{body['id']}")).status_code == 204
+
+
+async def test_creating_and_revoking_a_key_is_audited(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    made = (
+        await client.post("/api/v1/api-keys", json={"name": "ci", "scopes": ["lists:read"]})
+    ).json()
+    assert (await client.delete(f"/api/v1/api-keys/{made['id']}")).status_code == 204
+    entries = (
+        await session.execute(
+            sa.select(
+                AuditEntry.actor_email, AuditEntry.action, AuditEntry.target, AuditEntry.details
+            )
+            .where(AuditEntry.action.startswith("api_key."))
+            .order_by(AuditEntry.id)
+        )
+    ).all()
+    bootstrap = await session.scalar(sa.select(ApiKey.id).where(ApiKey.name == "bootstrap"))
+    target = f"api_key:{made['id']}"
+    assert [entry[:3] for entry in entries] == [
+        (f"api key {bootstrap} (bootstrap)", "api_key.create", target),
+        (f"api key {bootstrap} (bootstrap)", "api_key.revoke", target),
+    ]
+    assert entries[0][3] == {"name": "ci", "prefix": made["prefix"], "scopes": ["lists:read"]}
 
 
 async def test_keys_without_admin_may_not_manage_keys(

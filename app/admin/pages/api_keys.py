@@ -107,8 +107,8 @@ async def confirm_revoke(key_id: DbId, admin: CurrentAdmin, session: SessionDep)
         admin,
         title=f"Revoke the API key {label}?",
         current=PATH,
-        text="Every request made with it is refused from now on. This cannot be undone: "
-        "whoever uses it needs a new key.",
+        text="Every request made with it is refused from now on (within two seconds on "
+        "every API process). This cannot be undone: whoever uses it needs a new key.",
         action=f"{PATH}/{key_id}/revoke",
         button="Revoke the key",
         back=PATH,

@@ -11,11 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from pydantic import Field, StringConstraints
 
-from app.api.deps import PathId, require
+from app.api.deps import CurrentKey, PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.common import Name, ReadModel, Strict
-from app.core import api_keys
+from app.core import api_keys, audit
 from app.core.http import SessionDep
+from app.models import ApiKey
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
 MANAGE = [Depends(require(api_keys.MANAGE_SCOPE))]
@@ -58,9 +59,18 @@ async def list_api_keys(session: SessionDep, page: PageDep) -> Page[ApiKeyRead]:
 
 
 @router.post("", status_code=201, dependencies=MANAGE)
-async def create_api_key(body: ApiKeyCreate, session: SessionDep) -> ApiKeyCreated:
-    """Create a key; the answer holds its token, shown only now."""
+async def create_api_key(
+    body: ApiKeyCreate, session: SessionDep, caller: CurrentKey
+) -> ApiKeyCreated:
+    """Create a key (audited); the answer holds its token, shown only now."""
     key, token = await api_keys.create_key(session, body.name, body.scopes)
+    await audit.record(
+        session,
+        actor(caller),
+        "api_key.create",
+        f"api_key:{key.id}",
+        {"name": key.name, "prefix": key.prefix, "scopes": key.scopes},
+    )
     await session.commit()
     return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), token=token)
 
@@ -72,8 +82,22 @@ async def get_api_key(key_id: PathId, session: SessionDep) -> ApiKeyRead:
 
 
 @router.delete("/{key_id}", status_code=204, dependencies=MANAGE)
-async def revoke_api_key(key_id: PathId, session: SessionDep) -> Response:
-    """Revoke a key: it stops authenticating at once (the record stays, marked revoked)."""
-    await api_keys.revoke(session, key_id)
+async def revoke_api_key(key_id: PathId, session: SessionDep, caller: CurrentKey) -> Response:
+    """Revoke a key (audited): it stops authenticating when this answer is sent in this
+    process, and within AUTH_CACHE_SECONDS (2 s) in every other (the record stays, marked
+    revoked)."""
+    key = await api_keys.revoke(session, key_id)
+    await audit.record(
+        session,
+        actor(caller),
+        "api_key.revoke",
+        f"api_key:{key.id}",
+        {"name": key.name, "prefix": key.prefix},
+    )
     await session.commit()
     return Response(status_code=204)
+
+
+def actor(key: ApiKey) -> str:
+    """How the audit log names a change made with an API key."""
+    return f"api key {key.id} ({key.name})"
