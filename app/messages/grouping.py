@@ -8,26 +8,51 @@ arrive meanwhile gather for the group after it. Each request still answers 202 o
 rows are committed and queued. Under load the per-request cost of the connection check-out,
 its ping, BEGIN and COMMIT is shared by the group; alone, a request is a group of one.
 
-If the group's transaction fails, each request is stored again on its own, so that one bad
-request (a message that cannot be built) fails alone, as without grouping.
+If one of the group's statements fails (a message that cannot be built, a row the database
+refuses), nothing was committed: each half of the group is stored again as a group, down to
+single requests, one transaction at a time, so that one bad request fails alone, as without
+grouping, and the search holds one connection, not one per request. An error that is the
+database's rather than a request's (it is unreachable, the pool has no connection to give)
+fails the whole group at once: every half would meet it again. If the COMMIT itself fails,
+the group may or may not be stored (the server may have committed before the connection
+dropped): storing it again could store every message twice, so every request of the group
+fails with `StoreUnconfirmed`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.errors import DomainError
 from app.core.settings import Settings
 from app.mail.identity import SiteIdentity
 from app.messages import service
 from app.messages.handoff import GroupEnqueuer
 from app.messages.service import Prepared, Stored
 
+logger = logging.getLogger(__name__)
 Waiting = tuple[int | None, Prepared, "asyncio.Future[list[Stored]]"]
 GROUP_MESSAGES = 1000
 """Messages one group stores at most (a group takes whole requests, at least one): keeps
 each statement's parameters well under PostgreSQL's 32,767 and a transaction short."""
+
+
+class DatabaseUnavailable(DomainError):
+    """The database failed a group before its COMMIT for a reason of its own: nothing stored."""
+
+    status = 503
+    title = "Service unavailable"
+
+
+class StoreUnconfirmed(DomainError):
+    """The database did not confirm a group's COMMIT: its messages may or may not be stored."""
+
+    status = 503
+    title = "Service unavailable"
 
 
 class GroupStore:
@@ -87,27 +112,66 @@ class GroupStore:
         return group
 
     async def _store(self, group: list[Waiting]) -> None:
+        """Store `group` in one transaction and enqueue it; on a request's error, by halves."""
+        committing = False
         try:
             async with self.sessionmaker() as session:
                 stored = await service.store_many(
                     session, self.settings, self.site, [(key, item) for key, item, _ in group]
                 )
+                committing = True
                 await session.commit()
         except Exception as exc:
-            if len(group) > 1:  # find the request that failed it: each alone
-                await asyncio.gather(*(self._store([waiting]) for waiting in group))
+            if committing:  # maybe committed: storing again could store every message twice
+                logger.warning("COMMIT of %d requests unconfirmed", len(group), exc_info=exc)
+                _fail_all(group, _unconfirmed(exc))
+            elif _unavailable(exc):  # each half would meet it again (and wait for it again)
+                logger.warning("%d requests not stored", len(group), exc_info=exc)
+                _fail_all(group, _not_stored(exc))
+            elif len(group) > 1:  # nothing committed: find the request that failed it
+                middle = len(group) // 2
+                await self._store(group[:middle])
+                await self._store(group[middle:])
             else:
                 _fail(group[0][2], exc)
             return
         try:
             await self.enqueuer.enqueue([i for rows in stored for i in service.to_send(rows)])
         except Exception as exc:  # committed but not queued: each request hears it (500)
-            for _, _, future in group:
-                _fail(future, exc)
+            _fail_all(group, exc)
             return
         for (_, _, future), rows in zip(group, stored, strict=True):
             if not future.done():
                 future.set_result(rows)
+
+
+def _unavailable(exc: Exception) -> bool:
+    """Whether `exc` is the database's own failure, which no request of a group causes."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError
+        )
+    # The pool had no connection to give, or none could be opened.
+    return isinstance(exc, sa.exc.TimeoutError | OSError)
+
+
+def _not_stored(exc: Exception) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"the database is not available ({type(exc).__name__}): nothing was stored; retry later"
+    )
+
+
+def _unconfirmed(exc: Exception) -> StoreUnconfirmed:
+    return StoreUnconfirmed(
+        f"the database did not confirm storing the messages ({type(exc).__name__}): they may "
+        "have been stored, and are then sent; look for them (GET /messages?to=) before sending "
+        "again (a request sent with an Idempotency-Key can be retried safely)"
+    )
+
+
+def _fail_all(group: list[Waiting], exc: Exception) -> None:
+    for _, _, future in group:
+        _fail(future, exc)
 
 
 def _fail(future: asyncio.Future[list[Stored]], exc: Exception) -> None:
