@@ -101,9 +101,12 @@ async def test_concurrent_rewrites_share_one_directory_fsync(
 def test_the_pool_is_bounded_and_unlinks_beyond_it(tmp_path: Path) -> None:
     pool = SparePool(tmp_path / "spare", limit=2)
     files = [tmp_path / f"f{n}" for n in range(3)]
+    retired = []
     for path in files:
         path.write_bytes(b"x")
-        pool.retire(path)
+        retired.append(pool.retire(path))
+    assert retired[2] is None  # held back ones count against the limit
+    pool.release(spare for spare in retired if spare is not None)
     assert len(pool) == 2
     assert len(list(pool.directory.iterdir())) == 2
     assert not any(path.exists() for path in files)
