@@ -235,6 +235,37 @@ async def test_changes_beyond_the_limit_go_to_the_envelope_file(
     assert list((tmp_path / "msg").iterdir()) == list((tmp_path / "env").iterdir()) == []
 
 
+async def test_an_envelope_file_that_could_not_be_written_is_not_counted_as_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_LIMIT", 0)  # every change in an envelope file
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        # A real failure, no mock: env/ is gone, so renaming the envelope into it fails.
+        spool.envelopes.rmdir()
+        env.next_attempt_at = 1000.0
+        with pytest.raises(FileNotFoundError):
+            await spool.update(env)
+        spool.envelopes.mkdir()
+        assert queue_id not in spool._changed
+        stored = await spool.read_envelope(queue_id)
+        assert stored is not None and stored.next_attempt_at == env.received_at
+
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def recording_fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        await spool.remove(queue_id)
+        # No env/ file to take away, so no fsync of env/ either.
+        assert synced == [str(spool.messages.resolve())]
+
+
 async def test_recover_quarantines_a_message_whose_first_line_is_garbled(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
