@@ -562,8 +562,9 @@ class Spool:
             return raw  # layout 1: the bytes alone, the envelope in env/
         head = spool_format.parse_head(raw[: raw.index(b"\n")])
         if head.envelope.queue_id != queue_id:
-            self._quarantine_if_misfiled(queue_id)
-            raise MisfiledMessage(f"the file of {queue_id} is {head.envelope.queue_id}'s")
+            if self._quarantine_if_misfiled(queue_id):
+                raise MisfiledMessage(f"the file of {queue_id} is {head.envelope.queue_id}'s")
+            return self.load(queue_id)  # changed while it was read: as it is now, or gone
         return raw[head.body_start : head.body_end]
 
     async def queued(self) -> list[QueueId]:
@@ -606,19 +607,21 @@ class Spool:
             return None
         changed = spool_format.read_envelope_file(self.changed_envelope_path(queue_id))
         if _misfiled(queue_id, current, changed):
-            self._quarantine_if_misfiled(queue_id)
-            return None  # quarantined, or removed while it was read: nothing to deliver
+            if self._quarantine_if_misfiled(queue_id):
+                return None  # nothing of it to deliver
+            return self._read_envelope(queue_id)  # changed while it was read: as it is now
         if changed is not None:
             return changed
         if current is None:
             raise ValueError(f"message {queue_id} has no envelope")
         return current
 
-    def _quarantine_if_misfiled(self, queue_id: QueueId) -> None:
+    def _quarantine_if_misfiled(self, queue_id: QueueId) -> bool:
         """Move the files of ``queue_id`` to corrupt/ if they hold another message's envelope.
 
         Checked again under the lock removals take: a file read while its message was being
-        removed, its inode then reused for another, is gone rather than misfiled.
+        removed, its inode then reused for another, is gone rather than misfiled. Returns
+        whether it quarantined them.
         """
         with self._append_lock:
             message, changed = self.message_path(queue_id), self.changed_envelope_path(queue_id)
@@ -628,10 +631,12 @@ class Spool:
                     spool_format.read_envelope_file(changed),
                 )
             except FileNotFoundError:
-                return
-            if _misfiled(queue_id, *found):
-                self._quarantine_misfiled(queue_id, found)
-                self._changed.discard(queue_id)
+                return False
+            if not _misfiled(queue_id, *found):
+                return False
+            self._quarantine_misfiled(queue_id, found)
+            self._changed.discard(queue_id)
+            return True
 
     # -- start -----------------------------------------------------------------------
 
