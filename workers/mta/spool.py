@@ -560,12 +560,13 @@ class Spool:
         raw = self.message_path(queue_id).read_bytes()
         if not raw.startswith(spool_format.MARKER):
             return raw  # layout 1: the bytes alone, the envelope in env/
-        head = spool_format.parse_head(raw[: raw.index(b"\n")])
-        if head.envelope.queue_id != queue_id:
+        line = raw[: raw.index(b"\n")]
+        owner = spool_format.head_queue_id(line)
+        if owner != queue_id:
             if self._quarantine_if_misfiled(queue_id):
-                raise MisfiledMessage(f"the file of {queue_id} is {head.envelope.queue_id}'s")
+                raise MisfiledMessage(f"the file of {queue_id} holds {owner}")
             return self.load(queue_id)  # changed while it was read: as it is now, or gone
-        return raw[head.body_start : head.body_end]
+        return raw[len(line) + 1 : spool_format.body_end(line)]
 
     async def queued(self) -> list[QueueId]:
         """Queue ids of every committed message on disk: a directory listing, nothing parsed."""
