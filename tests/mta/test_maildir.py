@@ -1,4 +1,5 @@
-"""The capture Maildir's group commit: durable before "delivered", each message exactly once."""
+"""The capture Maildir's group commit: durable before "delivered", each message once when
+nothing fails (at least once when something does)."""
 
 from __future__ import annotations
 

@@ -101,9 +101,12 @@ async def test_concurrent_rewrites_share_one_directory_fsync(
 def test_the_pool_is_bounded_and_unlinks_beyond_it(tmp_path: Path) -> None:
     pool = SparePool(tmp_path / "spare", limit=2)
     files = [tmp_path / f"f{n}" for n in range(3)]
+    retired = []
     for path in files:
         path.write_bytes(b"x")
-        pool.retire(path)
+        retired.append(pool.retire(path))
+    assert retired[2] is None  # held back ones count against the limit
+    pool.release(spare for spare in retired if spare is not None)
     assert len(pool) == 2
     assert len(list(pool.directory.iterdir())) == 2
     assert not any(path.exists() for path in files)
@@ -135,3 +138,77 @@ async def test_a_message_a_snapshot_links_is_never_written_over(tmp_path: Path) 
         assert spool_format.body(linked.read_bytes()) == message(1, 2_000)
         assert spool.load(second) == message(2, 2_000)
         assert linked.stat().st_nlink == 1  # the spool let go of it
+
+
+def test_a_retired_file_is_handed_out_only_once_released(tmp_path: Path) -> None:
+    pool = SparePool(tmp_path / "spare")
+    removed = tmp_path / "removed.eml"
+    removed.write_bytes(b"the removed message")
+    held = pool.retire(removed)
+    [spare] = pool.directory.iterdir()
+    assert not removed.exists()
+
+    # Before its removal is durable (the caller has not fsynced the directory yet), a file
+    # is written anew: the spare keeps the bytes a crash could still bring back.
+    written, fd = pool.write(tmp_path / "fresh", b"the next message")
+    os.close(fd)
+    assert written == tmp_path / "fresh"
+    assert spare.read_bytes() == b"the removed message"
+
+    assert held == spare
+    pool.release([spare])
+    written, fd = pool.write(tmp_path / "later", b"a later message")
+    os.close(fd)
+    assert written == spare
+    assert spare.read_bytes() == b"a later message"
+
+
+class DirectoryFsyncs:
+    """Spares free for the taking at each fsync of a spool directory (then the fsync)."""
+
+    def __init__(self, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.free: list[tuple[str, int]] = []
+        names = {str(spool.messages.resolve()): "msg", str(spool.envelopes.resolve()): "env"}
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            name = names.get(os.readlink(f"/proc/self/fd/{fd}"))
+            if name is not None:
+                self.free.append((name, len(spool.spares)))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+async def test_a_removed_message_s_file_is_free_only_after_msg_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        queue_id = await spool.accept(envelope(1), message(1))
+        fsyncs = DirectoryFsyncs(spool, monkeypatch)
+        await spool.remove(queue_id)
+        # While msg/ is fsynced a crash could still bring the message's entry back: its
+        # file must not yet be free to carry another message.
+        assert fsyncs.free == [("msg", 0)]
+        assert len(spool.spares) == 1
+
+
+async def test_a_replaced_envelope_s_file_is_free_only_after_env_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_LIMIT", 0)  # every change in an envelope file
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        await spool.remove(await spool.accept(envelope(2), message(2)))  # one spare to use
+        env.next_attempt_at = 1000.0
+        await spool.update(env)  # the first env/ file, written over that spare
+        fsyncs = DirectoryFsyncs(spool, monkeypatch)
+        env.next_attempt_at = 2000.0
+        await spool.update(env)  # swapped with its replacement: the old file is retired
+        assert fsyncs.free == [("env", 0)]
+        assert len(spool.spares) == 1
+        stored = await spool.read_envelope(queue_id)
+        assert stored is not None and stored.next_attempt_at == 2000.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import textwrap
 from pathlib import Path
@@ -170,7 +171,8 @@ async def test_recover_quarantines_corrupt_envelopes(
     spool.message_path(missing).unlink()
     spool.changed_envelope_path(garbled).write_bytes(b'{"mail_from": ')
 
-    recovered = Spool(tmp_path).recover()
+    with caplog.at_level(logging.INFO, logger="workers.mta.spool"):
+        recovered = Spool(tmp_path).recover()
 
     assert [e.queue_id for e in recovered] == [good]
     corrupt = tmp_path / "corrupt"
@@ -179,7 +181,13 @@ async def test_recover_quarantines_corrupt_envelopes(
     )
     assert spool_format.body((corrupt / f"{garbled}.eml").read_bytes()) == message(2)
     assert not spool.changed_envelope_path(missing).exists()
-    assert "has no message" in caplog.text
+    # An envelope left alone is what a crash between a removal's two steps leaves: no alarm.
+    # An unreadable one is.
+    levels = {record.getMessage().rpartition(" ")[0]: record.levelno for record in caplog.records}
+    assert levels == {
+        f"spool: envelope {missing} has no message;": logging.INFO,
+        f"spool: envelope {garbled} is unreadable;": logging.ERROR,
+    }
 
 
 async def test_changes_are_appended_to_the_message_file_and_a_torn_one_is_ignored(
@@ -225,6 +233,37 @@ async def test_changes_beyond_the_limit_go_to_the_envelope_file(
         spool.recover()
         await spool.remove(queue_id)
     assert list((tmp_path / "msg").iterdir()) == list((tmp_path / "env").iterdir()) == []
+
+
+async def test_an_envelope_file_that_could_not_be_written_is_not_counted_as_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_LIMIT", 0)  # every change in an envelope file
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        env = envelope(1)
+        queue_id = await spool.accept(env, message(1))
+        # A real failure, no mock: env/ is gone, so renaming the envelope into it fails.
+        spool.envelopes.rmdir()
+        env.next_attempt_at = 1000.0
+        with pytest.raises(FileNotFoundError):
+            await spool.update(env)
+        spool.envelopes.mkdir()
+        assert queue_id not in spool._changed
+        stored = await spool.read_envelope(queue_id)
+        assert stored is not None and stored.next_attempt_at == env.received_at
+
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def recording_fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        await spool.remove(queue_id)
+        # No env/ file to take away, so no fsync of env/ either.
+        assert synced == [str(spool.messages.resolve())]
 
 
 async def test_recover_quarantines_a_message_whose_first_line_is_garbled(

@@ -27,7 +27,7 @@ from workers.mta.dsn import Failure, build_dsn
 from workers.mta.listener import header_block
 from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
-from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
+from workers.mta.spool import Envelope, MisfiledMessage, QueueId, RecipientStatus, Spool
 from workers.mta.transports import Transport
 
 DEFAULT_SWEEP_INTERVAL = 30.0
@@ -303,6 +303,8 @@ class DeliveryAgent:
             return
         try:
             await self._deliver(envelope)
+        except MisfiledMessage:
+            return  # its files held another message's: quarantined (and logged) by the spool
         except Exception:  # a bug must defer one message, never stop the agent
             logger.exception("delivery of %s failed unexpectedly", envelope.queue_id)
             envelope.next_attempt_at = self.clock() + self.retry.minimum

@@ -8,6 +8,13 @@ durable, and a batch of N deliveries costs one directory fsync instead of N.
 
 tmp/ itself is never fsynced: a crash may leave a file there, which Maildir readers ignore
 (and which was never acknowledged).
+
+Delivery into the Maildir is at least once, not exactly once. A message acknowledged is
+never lost; but one whose file reached new/ without its caller hearing so is offered again
+and lands a second time: a crash after the rename and before the acknowledgement is
+recorded (the spool still holds the message and delivers it again; an inbound client
+that got no 250 sends again), a pass that fails after some of its renames (its waiters
+hear the failure), a caller cancelled while its pass completes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,7 +80,7 @@ def _fail(items: list[_Pending], error: BaseException) -> None:
 
 
 class DurableMaildir:
-    """Messages that survive a crash once `add` or `store` returns."""
+    """Messages that survive a crash once `add` or `store` returns; stored at least once."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -81,7 +89,7 @@ class DurableMaildir:
         for sub in (self.tmp, self.new, directory / "cur"):
             sub.mkdir(parents=True, exist_ok=True)
         self.stats = MaildirStats()
-        self._pending: list[_Pending] = []
+        self._pending: deque[_Pending] = deque()  # a backlog is taken from the front
         self._in_pass: list[_Pending] = []  # taken from _pending by the pass under way
         self._committer: asyncio.Task[None] | None = None
         self._io_pool: ThreadPoolExecutor | None = None
@@ -130,7 +138,7 @@ class DurableMaildir:
             while self._pending and (
                 not batch or count + len(self._pending[0].messages) <= MAX_BATCH
             ):
-                item = self._pending.pop(0)
+                item = self._pending.popleft()
                 batch.append(item)
                 self._in_pass.append(item)
                 count += len(item.messages)

@@ -8,6 +8,11 @@ into `spare/` and written over by a later commit or envelope rewrite; a rewritte
 swaps places with its replacement (`renameat2(RENAME_EXCHANGE)`) so that the old inode
 becomes a spare too. The pool is bounded; beyond it files are unlinked as before.
 
+A retired file is held back until its caller ``release``s it, after the directory fsync that
+makes its removal durable. Handed out before, it could be written over with another message
+while a power loss could still bring back the entry that named it: the old queue id would
+come back with the new message's bytes (the wrong mail to its recipients, or one sent twice).
+
 A spare's content is meaningless: recovery keeps the files and reuses them.
 """
 
@@ -18,7 +23,9 @@ import errno
 import itertools
 import os
 import secrets
+import threading
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -79,15 +86,19 @@ class SparePool:
         self.limit = limit
         directory.mkdir(parents=True, exist_ok=True)
         self._files: deque[Path] = deque()
+        self._held = 0  # retired, not yet released: counted against the limit
+        self._count_lock = threading.Lock()
         self._prefix = secrets.token_hex(4)
         self._names = itertools.count()
 
     def __len__(self) -> int:
+        """Spare files free to be written over (those held back not counted)."""
         return len(self._files)
 
     def load(self) -> None:
         """Take up the files already in the directory (after a restart); unlink any extra."""
         self._files.clear()
+        self._held = 0
         with os.scandir(self.directory) as entries:
             files = sorted(entry.path for entry in entries if entry.is_file(follow_symlinks=False))
         for path in files[self.limit :]:
@@ -122,19 +133,41 @@ class SparePool:
                 raise
             return spare, fd
 
-    def retire(self, path: Path) -> None:
-        """Keep a file that is no longer needed as a spare, or unlink it when the pool is full."""
-        if len(self._files) >= self.limit:
+    def retire(self, path: Path) -> Path | None:
+        """Move a file no longer needed into the pool, held back until ``release``.
+
+        Returns where it is now, or None when it was unlinked (the pool is full) or was gone.
+        """
+        with self._count_lock:
+            full = len(self._files) + self._held >= self.limit
+            if not full:
+                self._held += 1
+        if full:
+            # Safe before the directory fsync: a journaling filesystem reuses a freed inode
+            # and its blocks only after the unlink has been committed.
             path.unlink(missing_ok=True)
-            return
+            return None
         if path.parent != self.directory:
             target = self.directory / f"{self._prefix}-{next(self._names)}"
             try:
                 os.rename(path, target)
             except FileNotFoundError:
-                return
+                with self._count_lock:
+                    self._held -= 1
+                return None
             path = target
-        self._files.append(path)
+        return path
+
+    def release(self, paths: Iterable[Path]) -> None:
+        """Hand out files ``retire`` held back: call once their removal is durable.
+
+        A file never released (its directory fsync failed) stays in the directory, counted
+        against the limit, and is taken up by ``load`` at the next start.
+        """
+        released = list(paths)
+        with self._count_lock:
+            self._held -= len(released)
+            self._files.extend(released)
 
 
 def stage(spares: SparePool, groups: list[Files]) -> list[list[Path]]:

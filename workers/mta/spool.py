@@ -9,7 +9,8 @@ Layout (2) under the spool directory::
                             allows appending, or of layout 1; it wins over the message file
     tmp/<shard>/            files being written; emptied on recovery
     spare/                  files of removed messages and replaced envelopes, written over
-                            by later ones instead of creating new files (see `spares`)
+                            by later ones instead of creating new files, but only once
+                            their removal is durable (see `spares`)
     corrupt/                files that could not be read, kept for a person to read
     message-ids.log         accepted Message-IDs with their time, one JSON object a line
     snapshot.lock           commits hold it shared, a backup's snapshot exclusive (``snapshot``)
@@ -31,6 +32,13 @@ files; one committer writes a whole batch, fsyncs each file and the directory on
 resolves every waiter. Nobody is answered before their files are durable, and many sessions
 share the cost of one fsync pass. Envelope changes (after a deferral) and removals are
 grouped the same way.
+
+Every envelope names its queue id, and a file whose envelope names another is quarantined
+(recovery and every read check): whatever goes wrong, a queue id is never delivered with
+another message's bytes or recipients.
+
+Layout 2 cannot be read by a version before it (it would drop the messages as never
+acknowledged): the upgrade is one way, see docs/mta.md.
 
 The committer, not the accepting session, tells the spool's listeners (the delivery agent)
 that a message is durable: a session cancelled while its commit completes (the client
@@ -76,6 +84,10 @@ into one journal commit (on ext4 twenty 5 KB files take ~2 ms so, ~15 ms one aft
 
 CommitListener = Callable[[Envelope], None]
 """Called by the committer with each envelope as soon as its message is durable."""
+
+
+class MisfiledMessage(ValueError):
+    """A queued file holds the envelope of another queue id; it was moved to corrupt/."""
 
 
 @dataclass
@@ -439,8 +451,7 @@ class Spool:
                 rewrites.append((queue_id, raw))  # its env/ file wins: replace that
                 continue
             fd = self._append_change(queue_id, raw)
-            if fd is None:
-                self._changed.add(queue_id)
+            if fd is None:  # too long, or layout 1: `_rewrite` writes (and notes) its env/ file
                 rewrites.append((queue_id, raw))
             elif fd >= 0:
                 appended.append(fd)
@@ -479,20 +490,25 @@ class Spool:
             )
         ]
         # In batch order, so the latest of two rewrites of one envelope is the one that stays.
-        # Swapped rather than renamed over: the old envelope's inode becomes a spare.
+        # Swapped rather than renamed over: the old envelope's inode becomes a spare, handed
+        # out only once env/ is fsynced (until then a crash could bring it back as env/).
+        retired: list[Path] = []
         for source, (_, queue_id, _) in zip(sources, moves, strict=True):
             target = self.changed_envelope_path(queue_id)
             if exchange(source, target):
-                self.spares.retire(source)
+                if (spare := self.spares.retire(source)) is not None:
+                    retired.append(spare)
             else:
                 os.replace(source, target)
+            self._changed.add(queue_id)  # only now does its env/ file exist
         fsync_directory(self.envelopes)
+        self.spares.release(retired)
 
     async def remove(self, queue_id: QueueId) -> None:
         """Forget a message that was delivered or failed for good; its Message-ID stays known.
 
-        Removals are grouped like commits: one remover unlinks a whole batch and fsyncs each
-        directory once, so delivering N messages costs two directory fsyncs, not 2N.
+        Removals are grouped like commits: one remover takes a whole batch and fsyncs msg/
+        once (and env/ once if one of them had an env/ file), not once a message.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._removals.append((queue_id, future))
@@ -524,20 +540,33 @@ class Spool:
         # quarantines; the other order could leave a message whose changed envelope is
         # lost, and it would be sent again to recipients already delivered.
         # Moved to the spare files (or unlinked): gone from the spool either way, with the
-        # envelopes appended to it.
-        for queue_id in queue_ids:
-            self.spares.retire(self.message_path(queue_id))
-        fsync_directory(self.messages)
+        # envelopes appended to it. A spare is written over only after the fsync that makes
+        # its removal durable: before, a crash could bring the old queue id back, naming a
+        # file by then holding another message.
+        self._retire(self.messages, [self.message_path(queue_id) for queue_id in queue_ids])
         changed = [queue_id for queue_id in queue_ids if queue_id in self._changed]
-        for queue_id in changed:
-            self.spares.retire(self.changed_envelope_path(queue_id))
-            self._changed.discard(queue_id)
         if changed:
-            fsync_directory(self.envelopes)
+            self._retire(self.envelopes, [self.changed_envelope_path(q) for q in changed])
+            self._changed.difference_update(changed)
+
+    def _retire(self, directory: Path, paths: list[Path]) -> None:
+        """Take files out of ``directory`` into the spares; free to reuse once it is fsynced."""
+        retired = [spare for path in paths if (spare := self.spares.retire(path)) is not None]
+        fsync_directory(directory)
+        self.spares.release(retired)
 
     def load(self, queue_id: QueueId) -> bytes:
-        """The message bytes of ``queue_id``."""
-        return spool_format.body(self.message_path(queue_id).read_bytes())
+        """The message bytes of ``queue_id``; ``MisfiledMessage`` if its file is another's."""
+        raw = self.message_path(queue_id).read_bytes()
+        if not raw.startswith(spool_format.MARKER):
+            return raw  # layout 1: the bytes alone, the envelope in env/
+        line = raw[: raw.index(b"\n")]
+        owner = spool_format.head_queue_id(line)
+        if owner != queue_id:
+            if self._quarantine_if_misfiled(queue_id):
+                raise MisfiledMessage(f"the file of {queue_id} holds {owner}")
+            return self.load(queue_id)  # changed while it was read: as it is now, or gone
+        return raw[len(line) + 1 : spool_format.body_end(line)]
 
     async def queued(self) -> list[QueueId]:
         """Queue ids of every committed message on disk: a directory listing, nothing parsed."""
@@ -578,11 +607,37 @@ class Spool:
         except FileNotFoundError:
             return None
         changed = spool_format.read_envelope_file(self.changed_envelope_path(queue_id))
+        if _misfiled(queue_id, current, changed):
+            if self._quarantine_if_misfiled(queue_id):
+                return None  # nothing of it to deliver
+            return self._read_envelope(queue_id)  # changed while it was read: as it is now
         if changed is not None:
             return changed
         if current is None:
             raise ValueError(f"message {queue_id} has no envelope")
         return current
+
+    def _quarantine_if_misfiled(self, queue_id: QueueId) -> bool:
+        """Move the files of ``queue_id`` to corrupt/ if they hold another message's envelope.
+
+        Checked again under the lock removals take: a file read while its message was being
+        removed, its inode then reused for another, is gone rather than misfiled. Returns
+        whether it quarantined them.
+        """
+        with self._append_lock:
+            message, changed = self.message_path(queue_id), self.changed_envelope_path(queue_id)
+            try:
+                found = (
+                    spool_format.read_current(message),
+                    spool_format.read_envelope_file(changed),
+                )
+            except FileNotFoundError:
+                return False
+            if not _misfiled(queue_id, *found):
+                return False
+            self._quarantine_misfiled(queue_id, found)
+            self._changed.discard(queue_id)
+            return True
 
     # -- start -----------------------------------------------------------------------
 
@@ -612,7 +667,8 @@ class Spool:
             if envelope is not None:
                 envelopes.append(envelope)
         for queue_id in sorted(changed.difference(messages)):
-            logger.error("spool: envelope %s has no message; quarantined", queue_id)
+            # Expected after a crash between a removal's two steps (see `_remove_files`).
+            logger.info("spool: envelope %s has no message; quarantined", queue_id)
             self._quarantine(self.changed_envelope_path(queue_id))
         self._changed = changed.intersection(e.queue_id for e in envelopes)
         for folder in (self.messages, self.envelopes, self.temp, self.corrupt):
@@ -624,19 +680,38 @@ class Spool:
         """The envelope of one message file found on recovery, or None once dealt with."""
         message = self.message_path(queue_id)
         try:
-            if queue_id in changed:
-                return Envelope.from_json(self.changed_envelope_path(queue_id).read_bytes())
+            # The message file's envelope is read even when env/ wins: it says whose bytes
+            # the file holds.
             current = spool_format.read_current(message)
-            if current is None:
-                # Layout 1's message without its envelope: it was never acknowledged.
-                logger.info("spool: dropping unacknowledged message %s", queue_id)
-                message.unlink()
-            return current
+            envelope = current
+            if queue_id in changed:
+                envelope = Envelope.from_json(self.changed_envelope_path(queue_id).read_bytes())
         except ValueError:
             logger.error("spool: envelope %s is unreadable; quarantined", queue_id)
             self._quarantine(self.changed_envelope_path(queue_id))
             self._quarantine(message)
             return None
+        if envelope is None:
+            # Layout 1's message without its envelope: it was never acknowledged.
+            logger.info("spool: dropping unacknowledged message %s", queue_id)
+            message.unlink()
+            return None
+        if _misfiled(queue_id, current, envelope):
+            self._quarantine_misfiled(queue_id, (current, envelope))
+            return None
+        return envelope
+
+    def _quarantine_misfiled(
+        self, queue_id: QueueId, found: tuple[Envelope | None, Envelope | None]
+    ) -> None:
+        owners = sorted({e.queue_id for e in found if e is not None and e.queue_id != queue_id})
+        logger.error(
+            "spool: the files of %s hold the envelope of %s, not its own; quarantined",
+            queue_id,
+            ", ".join(owners),
+        )
+        self._quarantine(self.changed_envelope_path(queue_id))
+        self._quarantine(self.message_path(queue_id))
 
     def _quarantine(self, path: Path) -> None:
         if path.exists():
@@ -648,3 +723,8 @@ class Spool:
         self._known = message_id_log.read(self.message_ids_log, envelopes, horizon)
         lines = message_id_log.encode(self._known)
         write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)
+
+
+def _misfiled(queue_id: QueueId, *envelopes: Envelope | None) -> bool:
+    """Whether an envelope read from the files of ``queue_id`` names another queue id."""
+    return any(envelope is not None and envelope.queue_id != queue_id for envelope in envelopes)
