@@ -1,12 +1,15 @@
 """Forwarding a clean reply to a person: a new message with the reply attached whole
-(message/rfc822), submitted to the MTA with the null sender so it can never bounce back."""
+(message/rfc822), submitted to the MTA with the null sender so it can never bounce back.
+
+The forward's Message-ID is derived from the inbound row, so every try of one row's forward
+carries the same one: the MTA answers "already queued" to a repeat and does not send it."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 from email.message import EmailMessage
-from email.utils import make_msgid
 
 import aiosmtplib
 
@@ -23,7 +26,7 @@ def forward_message(row: InboundMessage, message: bytes, to: str, domain: str) -
     if row.from_header:
         forward["Reply-To"] = row.from_header
     forward["Subject"] = f"Fwd: {row.subject}" if row.subject else "Fwd: a reply"
-    forward["Message-ID"] = make_msgid(domain=domain)
+    forward["Message-ID"] = forward_message_id(row, domain)
     forward["Auto-Submitted"] = "auto-generated"
     about = f"campaign {row.campaign_id}" if row.campaign_id else "a message"
     forward.set_content(
@@ -33,6 +36,14 @@ def forward_message(row: InboundMessage, message: bytes, to: str, domain: str) -
     original = email.message_from_bytes(message, policy=email.policy.SMTP)
     forward.add_attachment(original, disposition="attachment", filename="reply.eml")
     return forward
+
+
+def forward_message_id(row: InboundMessage, domain: str) -> str:
+    """The Message-ID of one inbound row's forward, the same on every try. The digest of the
+    stored message keeps it apart from an earlier reply's forward should the row's id be
+    handed out again (a database restored from a backup) while the MTA still remembers it."""
+    digest = hashlib.sha256(row.raw).hexdigest()[:16]
+    return f"<fwd-{row.id}.{digest}@{domain}>"
 
 
 async def submit(submission: str, forward: EmailMessage, to: str) -> None:

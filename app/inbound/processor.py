@@ -6,9 +6,16 @@ cur/ (one rename wins) and a claim older than LEASE is taken over, as the bounce
 does. A stored file is deleted (the database keeps it, raw included); a file that fails is
 left in cur/ and tried again after the lease (a scanner that was down, a database restart).
 
-A forward that fails (the submission listener down, a refusal) is tried again from this
-processor's own loop with a doubling wait (`Forwarding`), its state in the row
-(`forward_attempts`, `forward_retry_at`), so a restart or another MTA process picks it up.
+A forward is owed from the moment the reply is stored: the row is inserted with
+`forward_retry_at` a lease ahead, so a process that dies before the forward went out leaves
+it to the retry pass of this or another MTA process. Every try (the first one included) is
+made under a claim: one conditional UPDATE moves `forward_retry_at` to a lease counted from
+the moment of the claim, so a pass or a batch that ran long does not hand out a lease that
+has already run out. A forward that fails (the submission listener down, a refusal) is tried
+again with a doubling wait (`Forwarding`), its state in the row (`forward_attempts`,
+`forward_retry_at`). Should a forward still go out twice (its lease ran out in flight, or a
+crash came between the MTA's 250 and the commit), it carries the same Message-ID both times
+and the MTA drops the repeat.
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ class ReplyProcessor:
         forwarding: Forwarding | None = None,
         poll_interval: float = 2.0,
         max_bytes: int = 50_000_000,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.directory = directory
         self.sessionmaker = sessionmaker
@@ -106,6 +114,7 @@ class ReplyProcessor:
         self.forwarding = forwarding
         self.poll_interval = poll_interval
         self.max_bytes = max_bytes
+        self.clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         for sub in ("tmp", "new", "cur"):
@@ -191,11 +200,12 @@ class ReplyProcessor:
         return [(path, item) for path, item in zip(paths, results, strict=True) if item]
 
     async def _store(self, ready: list[tuple[Path, service.Checked]]) -> int:
-        """Store a batch in one transaction (one commit, as the spool's group commit), then
-        delete the files and forward the clean replies."""
+        """Store a batch in one transaction (one commit, as the spool's group commit), the
+        forwards it owes included, then delete the files and forward the clean replies."""
         try:
             async with self.sessionmaker() as session:
                 rows = await service.store(session, [item for _, item in ready])
+                owed = await self._owe_forwards(session, rows)
                 await session.commit()
         except Exception:
             logger.exception("could not store %d replies; they stay for a retry", len(ready))
@@ -204,9 +214,37 @@ class ReplyProcessor:
         for row, (_, item) in zip(rows, ready, strict=True):
             if row.verdict is not InboundVerdict.clean:
                 logger.warning("inbound message %s quarantined as %s", row.id, row.verdict)
-            elif self.forwarding is not None and row.campaign_id is not None:
-                await self._forward(row, item.parsed.message)
+            elif row.id in owed:
+                await self._forward(row, item.parsed.message, owed[row.id])
         return len(rows)
+
+    async def _owe_forwards(
+        self, session: AsyncSession, rows: list[InboundMessage]
+    ) -> dict[int, str]:
+        """Mark the stored rows whose forward is due (in the storing transaction, a lease
+        ahead: should the process die before the forward, the retry pass sends it); returns
+        their addresses by row id."""
+        if self.forwarding is None:
+            return {}
+        campaigns = {
+            row.campaign_id
+            for row in rows
+            if row.verdict is InboundVerdict.clean and row.campaign_id is not None
+        }
+        addresses = {c: await repository.forward_address(session, c) for c in sorted(campaigns)}
+        owed = {
+            row.id: address
+            for row in rows
+            if row.verdict is InboundVerdict.clean
+            and row.campaign_id is not None
+            and (address := addresses[row.campaign_id])
+        }
+        lease = self._lease()
+        for row in rows:
+            if row.id in owed:
+                row.forward_retry_at = lease
+        await session.flush()
+        return owed
 
     async def _check(
         self, path: Path, data: bytes | None, limit: asyncio.Semaphore
@@ -231,57 +269,65 @@ class ReplyProcessor:
         """Move an automatic message to the bounce processor's Maildir (same file system)."""
         os.rename(path, self.reports / "new" / path.name.split(",")[0])
 
-    async def _forward(self, row: InboundMessage, message: bytes) -> None:
-        assert row.campaign_id is not None
+    def _lease(self) -> datetime:
+        """Until when a claim made now holds (read at the claim: a pass may have run long)."""
+        return self.clock() + timedelta(seconds=FORWARD_LEASE)
+
+    async def _forward(self, row: InboundMessage, message: bytes, address: str) -> bool:
+        """The first try of a stored reply's forward, under a fresh claim: the batch's earlier
+        forwards may have outlasted the lease taken at the store."""
+        assert row.forward_retry_at is not None
         async with self.sessionmaker() as session:
-            address = await repository.forward_address(session, row.campaign_id)
-            if not address:
-                return
-            await self._try_forward(session, row, message, address, utcnow())
+            if not await repository.claim_forward(
+                session, row.id, row.forward_retry_at, self._lease()
+            ):
+                return False  # the lease ran out and another process has it
             await session.commit()
+            sent = await self._try_forward(session, row, message, address)
+            await session.commit()
+        return sent
 
     async def retry_forwards(self, now: datetime | None = None) -> int:
-        """Try again the failed forwards that are due; how many went out."""
-        now = now or utcnow()
+        """Try the due forwards (failed, or left by a process that died); how many went out.
+        `now` is when the pass looks for due rows (the clock by default); each claim and each
+        next try is timed by the clock when it happens."""
+        now = now or self.clock()
         async with self.sessionmaker() as session:
             due = await repository.due_forwards(session, now, RETRY_BATCH)
         sent = 0
         for row in due:
             assert row.forward_retry_at is not None
-            lease = now + timedelta(seconds=FORWARD_LEASE)
             async with self.sessionmaker() as session:
-                if not await repository.claim_forward(session, row.id, row.forward_retry_at, lease):
+                if not await repository.claim_forward(
+                    session, row.id, row.forward_retry_at, self._lease()
+                ):
                     continue  # another process has it
-                await session.commit()
                 address = (
                     await repository.forward_address(session, row.campaign_id)
                     if row.campaign_id is not None
                     else None
                 )
+                await session.commit()  # no transaction stays open during the submission
                 if not address:  # the campaign stopped forwarding, or is gone
                     await repository.forward_failed(session, row.id, row.forward_attempts, None)
                 else:
                     _, message = split_trace(service.raw(row))
-                    sent += await self._try_forward(session, row, message, address, now)
+                    sent += await self._try_forward(session, row, message, address)
                 await session.commit()
         return sent
 
     async def _try_forward(
-        self,
-        session: AsyncSession,
-        row: InboundMessage,
-        message: bytes,
-        address: str,
-        now: datetime,
+        self, session: AsyncSession, row: InboundMessage, message: bytes, address: str
     ) -> bool:
-        """One try; a failure is counted and the next try set, or, tries used up, given up."""
+        """One try; a failure is counted and the next try set (from the time it failed), or,
+        tries used up, given up."""
         assert self.forwarding is not None
         try:
             forward = forward_message(row, message, address, self.forwarding.domain)
             await submit(self.forwarding.submission, forward, address)
         except Exception as exc:
             failed = (row.forward_attempts or 0) + 1
-            retry_at = self.forwarding.next_try(failed, now)
+            retry_at = self.forwarding.next_try(failed, self.clock())
             if retry_at is None:
                 logger.error(
                     "giving up forwarding inbound message %s to %s after %d tries: %s",
