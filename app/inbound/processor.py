@@ -277,13 +277,12 @@ class ReplyProcessor:
         """The first try of a stored reply's forward, under a fresh claim: the batch's earlier
         forwards may have outlasted the lease taken at the store."""
         assert row.forward_retry_at is not None
+        lease = self._lease()
         async with self.sessionmaker() as session:
-            if not await repository.claim_forward(
-                session, row.id, row.forward_retry_at, self._lease()
-            ):
+            if not await repository.claim_forward(session, row.id, row.forward_retry_at, lease):
                 return False  # the lease ran out and another process has it
             await session.commit()
-            sent = await self._try_forward(session, row, message, address)
+            sent = await self._try_forward(session, row, message, address, lease)
             await session.commit()
         return sent
 
@@ -297,10 +296,9 @@ class ReplyProcessor:
         sent = 0
         for row in due:
             assert row.forward_retry_at is not None
+            lease = self._lease()
             async with self.sessionmaker() as session:
-                if not await repository.claim_forward(
-                    session, row.id, row.forward_retry_at, self._lease()
-                ):
+                if not await repository.claim_forward(session, row.id, row.forward_retry_at, lease):
                     continue  # another process has it
                 address = (
                     await repository.forward_address(session, row.campaign_id)
@@ -309,18 +307,26 @@ class ReplyProcessor:
                 )
                 await session.commit()  # no transaction stays open during the submission
                 if not address:  # the campaign stopped forwarding, or is gone
-                    await repository.forward_failed(session, row.id, row.forward_attempts, None)
+                    await repository.forward_failed(
+                        session, row.id, lease, row.forward_attempts, None
+                    )
                 else:
                     _, message = split_trace(service.raw(row))
-                    sent += await self._try_forward(session, row, message, address)
+                    sent += await self._try_forward(session, row, message, address, lease)
                 await session.commit()
         return sent
 
     async def _try_forward(
-        self, session: AsyncSession, row: InboundMessage, message: bytes, address: str
+        self,
+        session: AsyncSession,
+        row: InboundMessage,
+        message: bytes,
+        address: str,
+        lease: datetime,
     ) -> bool:
-        """One try; a failure is counted and the next try set (from the time it failed), or,
-        tries used up, given up."""
+        """One try under the claim `lease`; a failure is counted and the next try set (from
+        the time it failed), or, tries used up, given up, unless the lease ran out meanwhile
+        and another process took the row over: its outcome is the one that counts."""
         assert self.forwarding is not None
         try:
             forward = forward_message(row, message, address, self.forwarding.domain)
@@ -338,7 +344,7 @@ class ReplyProcessor:
                     "could not forward inbound message %s to %s (try %d of %d, next at %s): %s",
                     row.id, address, failed, self.forwarding.attempts, retry_at, exc,
                 )  # fmt: skip
-            await repository.forward_failed(session, row.id, failed, retry_at)
+            await repository.forward_failed(session, row.id, lease, failed, retry_at)
             return False
         await repository.mark_forwarded(session, row.id, address)
         return True

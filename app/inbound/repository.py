@@ -110,14 +110,22 @@ async def mark_forwarded(session: AsyncSession, inbound_id: int, address: str) -
 
 
 async def forward_failed(
-    session: AsyncSession, inbound_id: int, attempts: int, retry_at: datetime | None
-) -> None:
-    """Count a failed forward and set when it is tried again (None: given up)."""
-    await session.execute(
+    session: AsyncSession,
+    inbound_id: int,
+    lease: datetime,
+    attempts: int,
+    retry_at: datetime | None,
+) -> bool:
+    """Count a failed forward and set when it is tried again (None: given up), if the row is
+    still under the claim `lease`: a process whose lease ran out in flight does not undo the
+    outcome of the one that took the row over. Whether it was recorded."""
+    result = await session.execute(
         sa.update(InboundMessage)
-        .where(InboundMessage.id == inbound_id)
+        .where(InboundMessage.id == inbound_id, InboundMessage.forward_retry_at == lease)
         .values(forward_attempts=attempts, forward_retry_at=retry_at)
+        .execution_options(synchronize_session=False)
     )
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 async def due_forwards(session: AsyncSession, now: datetime, limit: int) -> list[InboundMessage]:

@@ -347,6 +347,64 @@ async def test_a_long_pass_keeps_its_claim_for_the_whole_lease(
     assert in_flight.forward_retry_at == claimed_at + timedelta(seconds=FORWARD_LEASE)
 
 
+@dataclass
+class HeldRefusal(HeldSink):
+    """Holds the first message's DATA, then refuses it: a try that fails late."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.arrived.set()
+        await asyncio.to_thread(self.release.wait, 60)
+        return "451 4.3.0 try again later"
+
+
+async def test_a_try_that_outlived_its_lease_does_not_undo_the_take_over(
+    settings: Settings, sessionmaker: Sessions, dns: ZoneDns, tmp_path: Path
+) -> None:
+    """The first process's try runs past its lease and fails; meanwhile a second process took
+    the row over and forwarded it. The late failure is not recorded over that success (it
+    would schedule the forward again)."""
+    slow_sink, quick_sink = HeldRefusal(), SinkHandler()
+    slow_port, quick_port = free_port(), free_port()
+    first = _processor(
+        settings, sessionmaker, dns, tmp_path, Forwarding(f"127.0.0.1:{slow_port}", "reply.example")
+    )
+    second = _processor(
+        settings,
+        sessionmaker,
+        dns,
+        tmp_path,
+        Forwarding(f"127.0.0.1:{quick_port}", "reply.example"),
+    )
+    await _reply_to_a_forwarding_campaign(settings, sessionmaker, tmp_path)
+    assert await first.process_all() == 1  # no listener yet: the first try fails
+    due = (await _row(sessionmaker)).forward_retry_at
+    assert due is not None
+    first.clock = Clock(due)
+    second.clock = Clock(due + timedelta(seconds=FORWARD_LEASE + 1))  # the lease ran out
+
+    slow = Controller(slow_sink, hostname="127.0.0.1", port=slow_port)
+    quick = Controller(quick_sink, hostname="127.0.0.1", port=quick_port)
+    slow.start()
+    quick.start()
+    try:
+        late = asyncio.create_task(first.retry_forwards(now=due))
+        await eventually(
+            lambda: asyncio.to_thread(slow_sink.arrived.is_set), what="the first try in flight"
+        )
+        assert await second.retry_forwards(now=second.clock()) == 1
+        slow_sink.release.set()
+        assert await late == 0
+    finally:
+        slow_sink.release.set()
+        slow.stop()
+        quick.stop()
+    row = await _row(sessionmaker)
+    assert len(quick_sink.snapshot()) == 1
+    assert row.forwarded_to == "desk@example.com"
+    assert row.forward_retry_at is None  # nothing owed: not scheduled again by the late failure
+    assert row.forward_attempts == 1  # the failure before the listener came up, only
+
+
 async def test_a_long_batch_does_not_forward_a_reply_another_process_took_over(
     settings: Settings, sessionmaker: Sessions, dns: ZoneDns, tmp_path: Path
 ) -> None:
