@@ -170,7 +170,7 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
             "b_sent": now if item.verdict is Verdict.SENT else None,
             "b_inc": 0 if item.verdict is Verdict.SKIPPED else 1,
         }
-        for item in attempts
+        for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
     ]
     await session.execute(statement, params)
     await record_events(
@@ -192,21 +192,21 @@ async def record_delivery(
     With `events`, each word but a deletion is also an event (the bounce service writes its
     own, with the class, and turns them off). Unknown ids are ignored.
     """
-    final = [
-        {"b_id": item.row_id, "b_status": item.verdict.value, "b_reply": item.reply[:1000]}
-        for item in deliveries
-        if item.verdict in _FINAL
+    # One statement over the rows in id order (a deferral keeps the status): the worker's
+    # `record_attempts` locks rows in id order too, so the two never wait for each other in
+    # a cycle (a deadlock aborted a batch of outcomes).
+    table = cast(sa.Table, Send.__table__)
+    words = [
+        {
+            "b_id": item.row_id,
+            "b_status": item.verdict.value if item.verdict in _FINAL else None,
+            "b_reply": item.reply[:1000],
+        }
+        for item in sorted(deliveries, key=lambda item: item.row_id)
     ]
-    replies = [
-        {"b_id": item.row_id, "b_reply": item.reply[:1000]}
-        for item in deliveries
-        if item.verdict not in _FINAL
-    ]
-    if final:
-        statement = _by_id(status=sa.bindparam("b_status"), last_reply=sa.bindparam("b_reply"))
-        await session.execute(statement, final)
-    if replies:
-        await session.execute(_by_id(last_reply=sa.bindparam("b_reply")), replies)
+    if words:
+        status = sa.func.coalesce(sa.bindparam("b_status", type_=sa.String), table.c.status)
+        await session.execute(_by_id(status=status, last_reply=sa.bindparam("b_reply")), words)
     eventful = [item for item in deliveries if item.verdict in _EVENT_OF] if events else []
     if not eventful:
         return

@@ -35,6 +35,10 @@ VERDICTS = {
 """The MTA's outcome words (workers.mta.reporting.Reporter) as verdicts."""
 FLUSH_EVERY = 0.2
 FLUSH_SIZE = 500
+FLUSH_TRIES = 10
+"""Flushes a batch gets before its outcomes are given up (logged): a deadlock with a worker
+writing the same rows, or a database restart, passes; a batch the database refuses every
+time must not hold up the outcomes behind it for ever."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class LedgerOutcomes:
         self.secret = secret
         self.context = context
         self._buffer: list[tuple[Kind, Delivery]] = []
+        self._failures = 0
+        """Failed flushes in a row of the batch now at the front of the buffer."""
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -100,17 +106,35 @@ class LedgerOutcomes:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write what is buffered, one transaction per batch."""
+        """Write what is buffered, one transaction per batch. A batch that fails goes back to
+        the front of the buffer for the next flush (the transaction left nothing behind), up
+        to FLUSH_TRIES times; the error is raised either way."""
         batch, self._buffer = self._buffer, []
         if not batch:
             return
         by_kind: dict[Kind, list[Delivery]] = defaultdict(list)
         for kind, item in batch:
             by_kind[kind].append(item)
-        async with self.sessionmaker() as session:
-            for kind, items in by_kind.items():
-                await write_deliveries(session, self.context, kind, items)
-            await session.commit()
+        try:
+            async with self.sessionmaker() as session:
+                for kind, items in by_kind.items():
+                    # In id order: the worker records its attempts in id order too, so two
+                    # transactions on the same rows take their locks in one order.
+                    items.sort(key=lambda item: item.row_id)
+                    await write_deliveries(session, self.context, kind, items)
+                await session.commit()
+        except Exception:
+            self._failures += 1
+            if self._failures < FLUSH_TRIES:
+                self._buffer[:0] = batch
+            else:
+                logger.error(
+                    "gave up writing %d delivery outcomes after %d tries; their rows keep "
+                    "their earlier status", len(batch), self._failures,
+                )  # fmt: skip
+                self._failures = 0
+            raise
+        self._failures = 0
 
     async def close(self) -> None:
         """Flush the rest and stop."""

@@ -256,7 +256,7 @@ async def record_delivery(
     facts = []
     finals: list[dict[str, Any]] = []
     replies: list[dict[str, Any]] = []
-    for item in deliveries:
+    for item in sorted(deliveries, key=lambda item: item.row_id):  # lock order: by id
         if item.row_id not in known:
             continue
         email, current = known[item.row_id]

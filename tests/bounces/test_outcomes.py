@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.bounces.classify import classifier
 from app.bounces.outcomes import Context, LedgerOutcomes
@@ -22,6 +23,7 @@ from app.models import (
     Suppression,
 )
 from campaigns import ledger
+from tests.helpers.api import eventually
 from tests.helpers.seeding import seed_campaign
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -120,3 +122,44 @@ async def test_every_kind_takes_the_same_path(sessionmaker: Sessions, settings: 
         ("delivered", None, messages[0].id),
         ("deferred", None, messages[1].id),
     }
+
+
+async def test_a_batch_the_database_refused_once_is_written_at_the_next_flush(
+    sessionmaker: Sessions, engine: AsyncEngine, settings: Settings
+) -> None:
+    # A deadlock with a worker writing the same rows aborts the transaction: its outcomes
+    # must not be lost (the rows would stay `sent` for ever, the campaign never settled).
+    sends = await _campaign_rows(sessionmaker)
+    secret = settings.effective_secret_key()
+    sink = LedgerOutcomes(
+        sessionmaker, secret, Context(Policy.from_settings(settings), classifier())
+    )
+    refusals = [DBAPIError("UPDATE sends", None, Exception("deadlock detected"))]
+
+    def refuse_once(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE sends") and refusals:
+            raise refusals.pop()
+
+    async def statuses() -> list[SendStatus]:
+        async with sessionmaker() as session:
+            return list((await session.scalars(sa.select(Send.status).order_by(Send.id))).all())
+
+    async def all_delivered() -> bool:
+        return await statuses() == [SendStatus.delivered] * len(sends)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", refuse_once)
+    try:
+        for send in reversed(sends):  # not in id order: the writer sorts them
+            verp = identity.verp_address(secret, send.id, settings.bounce_domain, Kind.CAMPAIGN)
+            await sink(verp, send.email, "delivered", "250 2.0.0 ok")
+        # The background flush meets the refusal, then writes the batch at a later tick.
+        await eventually(all_delivered, 10, "every outcome written")
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", refuse_once)
+        await sink.close()
+    assert not refusals  # the first write was refused
+    async with sessionmaker() as session:
+        delivered = await session.scalar(
+            sa.select(sa.func.count()).select_from(Event).where(Event.kind == "delivered")
+        )
+    assert delivered == len(sends)  # written once: the refused transaction left nothing
