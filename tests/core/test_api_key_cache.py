@@ -4,6 +4,8 @@ another."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -23,15 +25,30 @@ class FakeClock:
         return self.now
 
 
+Status = Callable[[], Awaitable[int]]
+
+
+async def _verified_key(
+    client: httpx.AsyncClient, session: AsyncSession, scopes: list[str]
+) -> tuple[ApiKey, str, Status]:
+    """A new key, used once (so verified and cached); how GET /lists answers it from now."""
+    key, token = await api_keys.create_key(session, "app", scopes)
+    await session.commit()
+
+    async def lists() -> int:
+        response = await client.get("/api/v1/lists", headers={"Authorization": f"Bearer {token}"})
+        return response.status_code
+
+    assert await lists() == 200
+    return key, token, lists
+
+
 async def test_a_key_revoked_elsewhere_is_refused_within_the_cache_time(
     client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
     monkeypatch.setattr(api_keys, "_clock", clock)
-    key, token = await api_keys.create_key(session, "app", ["lists:read"])
-    await session.commit()
-    headers = {"Authorization": f"Bearer {token}"}
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 200
+    key, _, lists = await _verified_key(client, session, ["lists:read"])
     # As another process would: a plain UPDATE, which this process hears nothing of.
     await session.execute(
         sa.update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=sa.func.now())
@@ -39,47 +56,41 @@ async def test_a_key_revoked_elsewhere_is_refused_within_the_cache_time(
     await session.commit()
     # Trusted from memory until the cache time is up (without the cache: a 401 at once) …
     clock.now += api_keys.AUTH_CACHE_SECONDS - 0.01
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 200
+    assert await lists() == 200
     # … then refused.
     clock.now += 0.02
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 401
+    assert await lists() == 401
 
 
 async def test_a_lookup_between_a_revocations_flush_and_commit_is_not_cached(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
-    key, token = await api_keys.create_key(session, "app", ["lists:read"])
-    await session.commit()
-    headers = {"Authorization": f"Bearer {token}"}
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 200
+    key, _, lists = await _verified_key(client, session, ["lists:read"])
     key.revoked_at = sa.func.now()
     await session.flush()  # the cache is forgotten here, but the row is not committed yet …
     # … so a request now still reads the key as live (from another transaction): right for
     # now, and it must not be remembered past the commit.
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 200
+    assert await lists() == 200
     await session.commit()
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 401
+    assert await lists() == 401
 
 
 async def test_a_key_revoked_through_this_process_is_refused_at_once(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
-    key, token = await api_keys.create_key(session, "app", ["lists:read"])
-    await session.commit()
-    headers = {"Authorization": f"Bearer {token}"}
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 200
+    key, _, lists = await _verified_key(client, session, ["lists:read"])
     key.revoked_at = sa.func.now()  # an ORM change, as the CLI and the console make
     await session.commit()
-    assert (await client.get("/api/v1/lists", headers=headers)).status_code == 401
+    assert await lists() == 401
 
 
 async def test_a_cached_key_keeps_its_scopes(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
-    _, token = await api_keys.create_key(session, "reader", ["lists:read"])
-    await session.commit()
-    headers = {"Authorization": f"Bearer {token}"}
+    _, token, lists = await _verified_key(client, session, ["lists:read"])
     for _ in range(2):  # the second request is answered from the cache
-        assert (await client.get("/api/v1/lists", headers=headers)).status_code == 200
-        denied = await client.post("/api/v1/lists", json={"name": "x"}, headers=headers)
+        assert await lists() == 200
+        denied = await client.post(
+            "/api/v1/lists", json={"name": "x"}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert denied.status_code == 403
