@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
+import pytest
+
 from workers.mta.spool import Envelope
 
 
@@ -16,3 +21,22 @@ def envelope(n: int, message_id: str | None = None) -> Envelope:
         recipients=["a@example.com", "b@example.net"],
         message_id=message_id,
     )
+
+
+def record_fsyncs(
+    monkeypatch: pytest.MonkeyPatch, before: Callable[[str], None] | None = None
+) -> list[str]:
+    """The path of every file or directory fsynced from now on (the real fsync still runs,
+    after `before(path)` if given)."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        paths.append(path)
+        if before is not None:
+            before(path)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return paths

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.spooled import envelope, message
+from tests.helpers.spooled import envelope, message, record_fsyncs
 from workers.mta import spool as spool_module
 from workers.mta import spool_format
 from workers.mta.spares import SparePool, exchange
@@ -81,14 +81,7 @@ async def test_concurrent_rewrites_share_one_directory_fsync(
             await asyncio.gather(*(spool.accept(e, message(n)) for n, e in enumerate(envelopes)))
         )
         directory = str(spool.envelopes.resolve())
-        synced: list[str] = []
-        real_fsync = os.fsync
-
-        def recording_fsync(fd: int) -> None:
-            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", recording_fsync)
+        synced = record_fsyncs(monkeypatch)
         for n, env in enumerate(envelopes):
             env.next_attempt_at = 1000.0 + n
         await asyncio.gather(*(spool.update(env) for env in envelopes))
@@ -169,15 +162,12 @@ class DirectoryFsyncs:
     def __init__(self, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
         self.free: list[tuple[str, int]] = []
         names = {str(spool.messages.resolve()): "msg", str(spool.envelopes.resolve()): "env"}
-        real_fsync = os.fsync
 
-        def fsync(fd: int) -> None:
-            name = names.get(os.readlink(f"/proc/self/fd/{fd}"))
-            if name is not None:
+        def before(path: str) -> None:
+            if (name := names.get(path)) is not None:
                 self.free.append((name, len(spool.spares)))
-            real_fsync(fd)
 
-        monkeypatch.setattr(os, "fsync", fsync)
+        record_fsyncs(monkeypatch, before)
 
 
 async def test_a_removed_message_s_file_is_free_only_after_msg_is_fsynced(

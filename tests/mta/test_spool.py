@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import textwrap
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from tests.helpers.api import eventually
 from tests.helpers.sigkill import kill_mid_batch
-from tests.helpers.spooled import envelope, message
+from tests.helpers.spooled import envelope, message, record_fsyncs
 from workers.mta import spool as spool_module
 from workers.mta import spool_format
 from workers.mta.spool import (
@@ -86,13 +85,7 @@ async def test_concurrent_accepts_share_fsyncs_and_wait_for_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[tuple[str, str]] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    record_fsyncs(monkeypatch, lambda path: events.append(("fsync", path)))
     accepts = 60
 
     async with Spool(tmp_path) as spool:
@@ -253,14 +246,7 @@ async def test_an_envelope_file_that_could_not_be_written_is_not_counted_as_ther
         stored = await spool.read_envelope(queue_id)
         assert stored is not None and stored.next_attempt_at == env.received_at
 
-        synced: list[str] = []
-        real_fsync = os.fsync
-
-        def recording_fsync(fd: int) -> None:
-            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", recording_fsync)
+        synced = record_fsyncs(monkeypatch)
         await spool.remove(queue_id)
         # No env/ file to take away, so no fsync of env/ either.
         assert synced == [str(spool.messages.resolve())]
@@ -458,14 +444,7 @@ async def test_concurrent_changes_are_appended_with_no_directory_fsync(
     async with Spool(tmp_path) as spool:
         envelopes = [envelope(n) for n in range(20)]
         ids = await asyncio.gather(*(spool.accept(e, message(n)) for n, e in enumerate(envelopes)))
-        synced: list[str] = []
-        real_fsync = os.fsync
-
-        def recording_fsync(fd: int) -> None:
-            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", recording_fsync)
+        synced = record_fsyncs(monkeypatch)
         for n, env in enumerate(envelopes):
             env.next_attempt_at = 1000.0 + n
         await asyncio.gather(*(spool.update(env) for env in envelopes))
