@@ -35,6 +35,19 @@ def without_dkim(data: bytes) -> bytes:
     return data
 
 
+async def send_to_the_end(
+    api: httpx.AsyncClient, campaign_id: int, remote: SinkHandler, count: int
+) -> None:
+    """Schedule the campaign; back once it is finished and `count` messages are at the MX."""
+    await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
+    await wait_for_status(api, campaign_id, "finished")
+
+    async def delivered() -> bool:
+        return len(remote.snapshot()) == count
+
+    await eventually(delivered, 30, f"{count} messages at the remote MX")
+
+
 async def test_a_transactional_message_in_the_archive_is_what_the_sink_received(
     mta_settings: Settings,
     mta: MtaService,
@@ -78,13 +91,7 @@ async def test_a_campaign_message_in_the_archive_is_what_the_sink_received(
 ) -> None:
     generate_key(mta_settings.dkim_dir, "example.com", "sel1")
     campaign_id, emails = await seed_campaign(sessionmaker, 3)
-    await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
-    await wait_for_status(api, campaign_id, "finished")
-
-    async def delivered() -> bool:
-        return len(remote[1].snapshot()) == 3
-
-    await eventually(delivered, 30, "three messages at the remote MX")
+    await send_to_the_end(api, campaign_id, remote[1], 3)
     by_recipient = {item.rcpt_tos[0]: item.data for item in remote[1].snapshot()}
     async with sessionmaker() as session:
         rows = await session.execute(sa.select(Send.email, Send.subscriber_id))
@@ -111,13 +118,7 @@ async def test_a_campaign_goes_out_when_the_archive_index_cannot_be_written(
     async with sessionmaker() as session:
         await session.execute(sa.text("DROP TABLE archived_messages"))
         await session.commit()
-    await api.post(f"/api/v1/campaigns/{campaign_id}/schedule")
-    await wait_for_status(api, campaign_id, "finished")
-
-    async def delivered() -> bool:
-        return len(remote[1].snapshot()) == 3
-
-    await eventually(delivered, 30, "three messages at the remote MX")
+    await send_to_the_end(api, campaign_id, remote[1], 3)
     assert {item.rcpt_tos[0] for item in remote[1].snapshot()} == set(emails)
     async with sessionmaker() as session:
         statuses = (await session.scalars(sa.select(Send.status))).all()
