@@ -250,9 +250,9 @@ def _forget() -> None:
 @event.listens_for(ApiKey, "after_update")
 @event.listens_for(ApiKey, "after_delete")
 def _forget_verified(_mapper: object, _connection: object, key: ApiKey) -> None:
-    """A key changed through this process (revoked, scopes edited): verify every key again,
-    now and once more when the change commits (a lookup between the flush and the commit
-    still reads the old row).
+    """A key changed through this process (revoked, scopes edited): verify every key again
+    once the change commits (until then every other transaction still reads the old row,
+    and a lookup under way at the commit is not cached: `_generation`).
 
     The once-a-minute `last_used_at` touch is no change that matters here.
     """
@@ -263,7 +263,8 @@ def _forget_verified(_mapper: object, _connection: object, key: ApiKey) -> None:
     if changed != {"last_used_at"} or state.deleted:
         if (session := state.session) is not None:
             session.info[_CHANGED] = True
-        _forget()
+        else:
+            _forget()
 
 
 @event.listens_for(Session, "after_commit")
