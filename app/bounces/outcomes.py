@@ -118,9 +118,6 @@ class LedgerOutcomes:
         try:
             async with self.sessionmaker() as session:
                 for kind, items in by_kind.items():
-                    # In id order: the worker records its attempts in id order too, so two
-                    # transactions on the same rows take their locks in one order.
-                    items.sort(key=lambda item: item.row_id)
                     await write_deliveries(session, self.context, kind, items)
                 await session.commit()
         except Exception:

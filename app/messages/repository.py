@@ -200,7 +200,7 @@ async def record_attempts(
                 "b_sent": now if item.verdict is Verdict.SENT else None,
                 "b_inc": 0 if item.verdict is Verdict.SKIPPED else 1,
             }
-            for item in attempts
+            for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
         ],
     )
     await record_events(
@@ -254,39 +254,31 @@ async def record_delivery(
     table = cast(sa.Table, Message.__table__)
     now = utcnow()
     facts = []
-    finals: list[dict[str, Any]] = []
-    replies: list[dict[str, Any]] = []
+    words: list[dict[str, Any]] = []
     for item in sorted(deliveries, key=lambda item: item.row_id):  # lock order: by id
         if item.row_id not in known:
             continue
         email, current = known[item.row_id]
         reply = item.reply[:1000]
         if item.verdict not in _FINAL:
-            replies.append({"b_id": item.row_id, "b_reply": reply})
+            words.append({"b_id": item.row_id, "b_status": None, "b_reply": reply})
         else:
             status = status_of(item.verdict)
             if current in _REPLACEABLE.get(status, ()):
-                finals.append({"b_id": item.row_id, "b_status": status.value, "b_reply": reply})
+                words.append({"b_id": item.row_id, "b_status": status.value, "b_reply": reply})
                 known[item.row_id] = (email, status)
         if item.verdict is not Verdict.DELETED:
             row = LedgerRow(Kind.MESSAGE, item.row_id, email)
             facts.append(row.event(_EVENT_OF[status_of(item.verdict)], reply=reply))
-    by_id = table.c.id == sa.bindparam("b_id")
-    if finals:
+    if words:
+        # One statement in id order (a deferral keeps the status), as the campaign ledger
+        # writes: two writers of the same rows take their locks in one order.
+        new_status = sa.func.coalesce(sa.bindparam("b_status", type_=sa.String), table.c.status)
         await session.execute(
             sa.update(table)
-            .where(by_id)
-            .values(
-                status=sa.bindparam("b_status"), last_reply=sa.bindparam("b_reply"), updated_at=now
-            ),
-            finals,
-        )
-    if replies:
-        await session.execute(
-            sa.update(table)
-            .where(by_id)
-            .values(last_reply=sa.bindparam("b_reply"), updated_at=now),
-            replies,
+            .where(table.c.id == sa.bindparam("b_id"))
+            .values(status=new_status, last_reply=sa.bindparam("b_reply"), updated_at=now),
+            words,
         )
     if events:
         await record_events(session, facts)
