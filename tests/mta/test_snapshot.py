@@ -8,6 +8,7 @@ import os
 import threading
 from pathlib import Path
 
+from workers.mta import spool_format
 from workers.mta.snapshot import SpoolSnapshot, spool_directories, take
 from workers.mta.spool import MESSAGE_IDS_LOG, Envelope, Spool
 
@@ -15,11 +16,11 @@ from workers.mta.spool import MESSAGE_IDS_LOG, Envelope, Spool
 def _consistent(snapshot: SpoolSnapshot) -> tuple[int, list[str]]:
     """(Message-IDs the snapshot knows, those of them whose envelope or message it lacks)."""
     log = (snapshot.directory / MESSAGE_IDS_LOG).read_bytes()[: snapshot.message_ids_bytes]
-    # The message file holds the envelope (env/ only has those changed since acceptance).
-    queued = {path.stem for path in (snapshot.directory / "msg").iterdir()}
-    messages = {path.stem for path in (snapshot.directory / "msg").iterdir()}
+    # The message file holds the envelope (env/ only has those changed since acceptance):
+    # a message counts if its file is there and an envelope in it (or in env/) reads.
+    queued = spool_format.queued_envelopes(snapshot.directory)
     known = [json.loads(line) for line in log.splitlines()]
-    missing = [e["m"] for e in known if e["q"] not in queued or e["q"] not in messages]
+    missing = [e["m"] for e in known if e["q"] not in queued]
     return len(known), missing
 
 
