@@ -46,12 +46,11 @@ async def run(
     raw: bytes,
     options: RuleOptions,
     *,
-    extra: Sequence[Finding] = (),
     pending: Awaitable[Sequence[Finding]] | None = None,
     spamd: SpamdClient | None = None,
 ) -> PreflightReport:
-    """Score `raw` with spamd (when configured) and Warta's rules, plus `extra` findings and
-    those `pending` yields (the domain checks' DNS look-ups): the three are asked at once."""
+    """Score `raw` with spamd (when configured) and Warta's rules, plus the findings
+    `pending` yields (the domain checks' DNS look-ups): the three are asked at once."""
     started = time.perf_counter()
     client = spamd if spamd is not None else spamd_client(settings)
     status = SPAMD_NOT_CONFIGURED
@@ -71,7 +70,7 @@ async def run(
             _spamd(client, raw),
             pending if pending is not None else _none(),
         )
-    findings = [*own, *extra, *later, *scored]
+    findings = [*own, *later, *scored]
     score = rules.total(findings)
     return PreflightReport(
         score=score,

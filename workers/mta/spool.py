@@ -464,10 +464,11 @@ class Spool:
             return -1  # removed meanwhile: nothing left to change
         try:
             end = spool_format.body_end(spool_format.head_line(fd))
-            if os.fstat(fd).st_size - end + len(raw) + 2 > TAIL_LIMIT:
+            appended = spool_format.record(raw)
+            if os.fstat(fd).st_size - end + len(appended) > TAIL_LIMIT:
                 os.close(fd)
                 return None
-            write_all(fd, b"".join((b"\n", raw, b"\n")))
+            write_all(fd, appended)
         except ValueError:  # not a message file of layout 2: use env/
             os.close(fd)
             return None

@@ -132,13 +132,14 @@ def encode(envelope: Envelope, data: bytes) -> bytes:
     return b"".join((MARKER, b"%d " % len(data), envelope.to_json(), b"\n", data))
 
 
-def record(envelope: Envelope) -> bytes:
-    """A changed envelope as appended to its message file, after the bytes.
+def record(envelope_json: bytes) -> bytes:
+    """A changed envelope (``Envelope.to_json``) as appended to its message file, after the
+    bytes.
 
     Between newlines: a record torn by a crash (never acknowledged) stays on a line of its
     own, and the next one appended after it still parses.
     """
-    return b"".join((b"\n", envelope.to_json(), b"\n"))
+    return b"".join((b"\n", envelope_json, b"\n"))
 
 
 @dataclass(frozen=True, slots=True)
