@@ -29,6 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workers.mta.spares import write_all
+from workers.mta.spool import fsync_directory
+
 MAX_BATCH = 512
 """Most messages in one fsync pass, so one batch cannot delay the next forever."""
 IO_THREADS = 8
@@ -53,21 +56,11 @@ def _unique_name() -> str:
     return f"{time.time():.6f}.{secrets.token_hex(8)}.warta"
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, data: bytes) -> None:
     """Create `path` with `data` and fsync it (the file, not yet its directory entry)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -171,7 +164,7 @@ class DurableMaildir:
         finals = [self.new / name for name in names]
         for temp, final in zip(temps, finals, strict=True):
             os.replace(temp, final)
-        _fsync_directory(self.new)
+        fsync_directory(self.new)
         self.stats.commits += 1
         self.stats.stored += len(messages)
         return finals

@@ -57,7 +57,7 @@ def write_new(path: Path, data: bytes) -> int:
     """Create ``path`` with ``data`` and return its still open descriptor (for the fsync)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     except BaseException:
         os.close(fd)
         raise
@@ -65,17 +65,11 @@ def write_new(path: Path, data: bytes) -> int:
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` at the descriptor's offset (``O_APPEND``: at the end)."""
+    """Write all of ``data`` at the descriptor's offset (0 for a file just opened;
+    ``O_APPEND``: at the end)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    offset = 0
-    while offset < len(view):
-        offset += os.pwrite(fd, view[offset:], offset)
 
 
 class SparePool:
@@ -126,7 +120,7 @@ class SparePool:
                 os.unlink(spare)
                 continue
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.ftruncate(fd, len(data))
             except BaseException:
                 os.close(fd)
