@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import sqlalchemy as sa
+import zstandard
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.archive import dayfiles
@@ -155,21 +156,28 @@ def _rewrite(
 ) -> Moves:
     """Write the named messages of `name` to `new_name` (fsynced, then renamed into place).
 
-    Each old frame becomes frames of only its named messages: nothing else survives.
+    Each old frame becomes frames of only its named messages: nothing else survives. One
+    frame at a time (a day file can hold gigabytes); a frame all of whose messages are still
+    named is copied as it is stored.
     """
-    with open(directory / name, "rb") as source:
-        # Writers append to today's file only; this lock waits out one that started at
-        # midnight on yesterday's file.
-        fcntl.flock(source.fileno(), fcntl.LOCK_EX)
-        contents = [
-            (frame, dayfiles.read(directory, frame)) for frame in sorted(named, key=_offset)
-        ]
     temporary = directory / (new_name + ".tmp")
     moves: Moves = {}
     offset = 0
-    with open(temporary, "wb") as target:
-        for frame, content in contents:
+    with open(directory / name, "rb") as source, open(temporary, "wb") as target:
+        # Writers append to today's file only; taking the lock once waits out one that
+        # started at midnight on yesterday's file, and none comes after it.
+        fcntl.flock(source.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(source.fileno(), fcntl.LOCK_UN)
+        for frame in sorted(named, key=_offset):
             kept = sorted(named[frame])
+            stored = dayfiles.read_compressed(source, frame)
+            if sum(size for _, size in kept) == zstandard.frame_content_size(stored):
+                new = Frame(new_name, offset, len(stored))
+                moves.update({(frame.offset, start): (new, start) for start, _ in kept})
+                target.write(stored)
+                offset += len(stored)
+                continue
+            content = dayfiles.decompress(frame, stored)
             for packed in dayfiles.pack([content[begin : begin + size] for begin, size in kept]):
                 new = Frame(new_name, offset, len(packed.data))
                 for (old_start, _), (new_start, _) in zip(kept, packed.places, strict=False):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -132,10 +133,20 @@ def _write_all(fd: int, data: bytes) -> None:
 def read(directory: Path, frame: Frame) -> bytes:
     """The decompressed content of one frame (zstd verifies its checksum)."""
     with open(directory / frame.path, "rb") as file:
-        file.seek(frame.offset)
-        data = file.read(frame.length)
+        return decompress(frame, read_compressed(file, frame))
+
+
+def read_compressed(file: BinaryIO, frame: Frame) -> bytes:
+    """The bytes of one frame as stored, from the open day file."""
+    file.seek(frame.offset)
+    data = file.read(frame.length)
     if len(data) != frame.length:
         raise FrameError(f"{frame.path} ends before offset {frame.offset + frame.length}")
+    return data
+
+
+def decompress(frame: Frame, data: bytes) -> bytes:
+    """The content of a frame's stored bytes (zstd verifies its checksum)."""
     try:
         return zstandard.ZstdDecompressor().decompress(data)
     except zstandard.ZstdError as exc:

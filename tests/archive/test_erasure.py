@@ -14,7 +14,7 @@ from app.archive.service import Built
 from app.audience import preferences
 from app.core.errors import NotFound
 from app.core.settings import Settings
-from app.models import ArchiveCompaction, Message, Subscriber, utcnow
+from app.models import ArchiveCompaction, ArchivedMessage, Message, Subscriber, utcnow
 
 
 def message(to: str, secret: str) -> bytes:
@@ -37,10 +37,12 @@ async def test_erasure_removes_the_archived_messages_and_compaction_their_bytes(
     async with sessionmaker() as session:
         erased = Subscriber(email="gone@example.com", name="Gone")
         kept = Subscriber(email="stays@example.com", name="Stays")
+        untouched = Subscriber(email="other@example.com", name="Other")
         receipt = Message(from_email="shop@example.com", to_email="gone@example.com")
-        session.add_all([erased, kept, receipt])
+        session.add_all([erased, kept, untouched, receipt])
         await session.commit()
         erased_id, kept_id, receipt_id = erased.id, kept.id, receipt.id
+        untouched_id = untouched.id
     await service.store(
         sessionmaker,
         settings,
@@ -50,6 +52,23 @@ async def test_erasure_removes_the_archived_messages_and_compaction_their_bytes(
             Built(message("stays@example.com", "KEEP-1"), campaign_id=1, subscriber_id=kept_id),
         ],
     )
+    # A frame (a batch) of its own, every message of which stays: the rewrite copies it as
+    # stored (the same bytes a recompression would give, so this checks the moved index).
+    await service.store(
+        sessionmaker,
+        settings,
+        [Built(message("other@example.com", "KEEP-2"), campaign_id=1, subscriber_id=untouched_id)],
+    )
+    async with sessionmaker() as session:
+        offset, length = (
+            await session.execute(
+                sa.select(ArchivedMessage.frame_offset, ArchivedMessage.frame_length).where(
+                    ArchivedMessage.subscriber_id == untouched_id
+                )
+            )
+        ).one()
+    day_file = settings.archive_directory() / dayfiles.day_file(utcnow())
+    untouched_frame = day_file.read_bytes()[offset : offset + length]
     async with sessionmaker() as session:
         subscriber = await session.get(Subscriber, erased_id)
         assert subscriber is not None
@@ -81,5 +100,8 @@ async def test_erasure_removes_the_archived_messages_and_compaction_their_bytes(
         expected = message("stays@example.com", "KEEP-1")
         assert await service.raw_campaign_message(session, settings, 1, kept_id) == expected
         assert (await session.scalars(sa.select(ArchiveCompaction.path))).all() == []
+        other = message("other@example.com", "KEEP-2")
+        assert await service.raw_campaign_message(session, settings, 1, untouched_id) == other
     names = [path.name for path in settings.archive_directory().iterdir()]
     assert names == [dayfiles.day_file(utcnow())[:10] + ".c1.zst"]
+    assert untouched_frame in (settings.archive_directory() / names[0]).read_bytes()
