@@ -23,8 +23,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from app.core import audit
 from app.core.errors import Invalid, NotFound
-from app.models import ApiKey, utcnow
+from app.models import AdminUser, ApiKey, utcnow
 
 RESOURCES = (
     "lists",
@@ -111,9 +112,15 @@ def allows(scopes: list[str], needed: str) -> bool:
 
 
 async def create_key(
-    session: AsyncSession, name: str, scopes: list[str], token: str | None = None
+    session: AsyncSession,
+    name: str,
+    scopes: list[str],
+    token: str | None = None,
+    *,
+    actor: AdminUser | str | None = None,
 ) -> tuple[ApiKey, str]:
-    """Store a new key; returns it with the token, which is never retrievable again."""
+    """Store a new key; returns it with the token, which is never retrievable again. With
+    `actor` (a console user, or an API key's name), the creation is audited."""
     token = token or new_token()
     name = name.strip()
     if not name or len(name) > MAX_NAME or not name.isprintable():
@@ -128,6 +135,9 @@ async def create_key(
     )
     session.add(key)
     await session.flush()
+    if actor is not None:
+        details = {"name": key.name, "prefix": key.prefix, "scopes": key.scopes}
+        await audit.record(session, actor, "api_key.create", f"api_key:{key.id}", details)
     return key, token
 
 
@@ -184,16 +194,22 @@ async def get_key(session: AsyncSession, key_id: int) -> ApiKey:
     return key
 
 
-async def revoke(session: AsyncSession, key_id: int) -> ApiKey:
+async def revoke(
+    session: AsyncSession, key_id: int, *, actor: AdminUser | str | None = None
+) -> ApiKey:
     """Revoke a key for good: once committed it stops authenticating (within
     AUTH_CACHE_SECONDS in other processes). Revoking twice changes nothing.
 
     The row is kept (name, prefix, dates) so the console and the audit log can still name it.
+    With `actor`, the revocation is audited.
     """
     key = await get_key(session, key_id)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await session.flush()
+    if actor is not None:
+        details = {"name": key.name, "prefix": key.prefix}
+        await audit.record(session, actor, "api_key.revoke", f"api_key:{key.id}", details)
     return key
 
 

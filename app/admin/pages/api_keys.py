@@ -12,7 +12,6 @@ from typing import Annotated
 from fastapi import Form
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.admin import audit
 from app.admin.deps import CurrentAdmin, needs, page_router
 from app.admin.pages.forms import DbId, refuse
 from app.admin.rendering import render
@@ -75,19 +74,12 @@ async def create(
     """Create a key (audited) and show its token on this answer only."""
     chosen = scopes or []
     try:
-        key, token = await api_keys.create_key(session, name, chosen)
+        key, token = await api_keys.create_key(session, name, chosen, actor=admin.user)
     except DomainError as exc:  # refused before anything was added to the session
         keys = await api_keys.page(session, 0, SHOWN + 1)
         return _list_page(
             admin, keys, error=exc.detail, name=name, chosen=frozenset(chosen), status=exc.status
         )
-    await audit.record(
-        session,
-        admin.user,
-        "api_key.create",
-        f"api_key:{key.id}",
-        {"name": key.name, "prefix": key.prefix, "scopes": key.scopes},
-    )
     await session.commit()
     return render(
         "api_key_created.html", admin, title="API key created", current=PATH, key=key, token=token
@@ -119,15 +111,8 @@ async def confirm_revoke(key_id: DbId, admin: CurrentAdmin, session: SessionDep)
 async def revoke(key_id: DbId, admin: CurrentAdmin, session: SessionDep) -> RedirectResponse:
     """Revoke a key (audited); revoking a revoked key changes nothing."""
     try:
-        key = await api_keys.revoke(session, key_id)
+        await api_keys.revoke(session, key_id, actor=admin.user)
     except DomainError as exc:
         refuse(exc)
-    await audit.record(
-        session,
-        admin.user,
-        "api_key.revoke",
-        f"api_key:{key.id}",
-        {"name": key.name, "prefix": key.prefix},
-    )
     await session.commit()
     return RedirectResponse(PATH, status_code=303)

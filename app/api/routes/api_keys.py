@@ -14,7 +14,7 @@ from pydantic import Field, StringConstraints
 from app.api.deps import CurrentKey, PathId, require
 from app.api.pagination import Page, PageDep, make_page
 from app.api.schemas.common import Name, ReadModel, Strict
-from app.core import api_keys, audit
+from app.core import api_keys
 from app.core.http import SessionDep
 from app.models import ApiKey
 
@@ -63,14 +63,7 @@ async def create_api_key(
     body: ApiKeyCreate, session: SessionDep, caller: CurrentKey
 ) -> ApiKeyCreated:
     """Create a key (audited); the answer holds its token, shown only now."""
-    key, token = await api_keys.create_key(session, body.name, body.scopes)
-    await audit.record(
-        session,
-        actor(caller),
-        "api_key.create",
-        f"api_key:{key.id}",
-        {"name": key.name, "prefix": key.prefix, "scopes": key.scopes},
-    )
+    key, token = await api_keys.create_key(session, body.name, body.scopes, actor=actor(caller))
     await session.commit()
     return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), token=token)
 
@@ -86,14 +79,7 @@ async def revoke_api_key(key_id: PathId, session: SessionDep, caller: CurrentKey
     """Revoke a key (audited): it stops authenticating when this answer is sent in this
     process, and within AUTH_CACHE_SECONDS (2 s) in every other (the record stays, marked
     revoked)."""
-    key = await api_keys.revoke(session, key_id)
-    await audit.record(
-        session,
-        actor(caller),
-        "api_key.revoke",
-        f"api_key:{key.id}",
-        {"name": key.name, "prefix": key.prefix},
-    )
+    await api_keys.revoke(session, key_id, actor=actor(caller))
     await session.commit()
     return Response(status_code=204)
 
