@@ -71,7 +71,7 @@ async def enforce(
         if days <= 0:
             return
         cutoff = now - timedelta(days=days)
-        report.removed[kind] = await _batches(sessionmaker, step, cutoff, batch, deadline)
+        report.removed[kind] = await in_batches(sessionmaker, step, cutoff, batch, deadline)
 
     await run("messages", settings.retention_messages, _archived_messages)
     await run("message_mime", settings.retention_messages, _message_mime)
@@ -89,14 +89,15 @@ async def enforce(
     return report
 
 
-async def _batches(
+async def in_batches(
     sessionmaker: async_sessionmaker[AsyncSession],
     step: Any,
     cutoff: datetime,
     batch: int,
     deadline: float,
 ) -> int:
-    """Run `step` (one batch, one transaction) until it does less than a batch, or time's up."""
+    """Run `step(session, cutoff, batch)` (one batch, one transaction; returns how many it
+    removed) until it does less than a batch, or the `time.monotonic()` deadline is past."""
     total = 0
     while True:
         async with sessionmaker() as session:

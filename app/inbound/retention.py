@@ -1,20 +1,21 @@
 """Retention of quarantined inbound mail: spam and infected messages older than
 WARTA_RETENTION_INBOUND_QUARANTINE days are deleted, attachments with them.
 
-As `app/archive/retention.py` does for the other kinds: one small batch per transaction
-(ids chosen by the indexed received_at), within a time budget, from the worker's cron.
+Batched by `app/archive/retention.py`'s `in_batches`, as the other kinds: one small batch
+per transaction (ids chosen by the indexed received_at), within a time budget, from the
+worker's cron.
 Clean replies are kept: they are people's mail to the sender, not suspect material.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.archive import retention
 from app.core.settings import Settings
 from app.inbound import repository
 from app.models import utcnow
@@ -42,15 +43,13 @@ async def expire_quarantine(
         return 0
     cutoff = (now or utcnow()) - timedelta(days=days)
     deadline = time.monotonic() + budget
-    batch = settings.retention_batch
-    total = 0
-    while True:
-        async with sessionmaker() as session:
-            ids = await repository.expired_quarantine(session, cutoff, batch)
-            if ids:
-                await repository.delete(session, ids)
-            await session.commit()
-        total += len(ids)
-        if len(ids) < batch or time.monotonic() >= deadline:
-            return total
-        await asyncio.sleep(0)  # let the worker's other tasks in between batches
+    return await retention.in_batches(
+        sessionmaker, _delete_expired, cutoff, settings.retention_batch, deadline
+    )
+
+
+async def _delete_expired(session: AsyncSession, cutoff: datetime, batch: int) -> int:
+    ids = await repository.expired_quarantine(session, cutoff, batch)
+    if ids:
+        await repository.delete(session, ids)
+    return len(ids)
