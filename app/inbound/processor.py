@@ -294,12 +294,12 @@ class ReplyProcessor:
         async with self.sessionmaker() as session:
             due = await repository.due_forwards(session, now, RETRY_BATCH)
         sent = 0
-        for row in due:
-            assert row.forward_retry_at is not None
+        for inbound_id, due_at in due:
             lease = self._lease()
             async with self.sessionmaker() as session:
-                if not await repository.claim_forward(session, row.id, row.forward_retry_at, lease):
+                if not await repository.claim_forward(session, inbound_id, due_at, lease):
                     continue  # another process has it
+                row = await session.get_one(InboundMessage, inbound_id)
                 address = (
                     await repository.forward_address(session, row.campaign_id)
                     if row.campaign_id is not None

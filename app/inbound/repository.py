@@ -128,15 +128,18 @@ async def forward_failed(
     return bool(getattr(result, "rowcount", 0) == 1)
 
 
-async def due_forwards(session: AsyncSession, now: datetime, limit: int) -> list[InboundMessage]:
-    """Messages whose forward failed and is due again, longest waiting first."""
-    rows = await session.scalars(
-        sa.select(InboundMessage)
+async def due_forwards(
+    session: AsyncSession, now: datetime, limit: int
+) -> list[tuple[int, datetime]]:
+    """(id, due) of the messages whose forward is due again, longest waiting first: the
+    rows themselves, raw message included, are read only by the process that claims one."""
+    rows = await session.execute(
+        sa.select(InboundMessage.id, InboundMessage.forward_retry_at)
         .where(InboundMessage.forward_retry_at <= now)
         .order_by(InboundMessage.forward_retry_at)
         .limit(limit)
     )
-    return list(rows)
+    return [(inbound_id, due) for inbound_id, due in rows if due is not None]
 
 
 async def claim_forward(
