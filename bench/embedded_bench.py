@@ -190,7 +190,7 @@ async def _run(
             split_before = {name: _user_system(pid) for name, pid in pids.items()}
             profiler = Profiler(tmp, profile)
             for name, pid in pids.items():
-                profiler.attach(name.replace(" ", "-"), pid)
+                profiler.attach(name.replace(" ", "-"), pid, subprocesses=False)  # each its own
             own_before = time.process_time()
             started_at = time.perf_counter()
             await schedule(sessionmaker, campaign_id)
