@@ -182,7 +182,8 @@ async def _run(
                 await listening(submission, dev, tmp / "dev.log")
                 procs = {"warta dev": dev}
             pids = {name: proc.pid for name, proc in procs.items()}
-            pids.update(_dev_children(dev.pid))
+            if not split:
+                pids.update(_dev_children(pids["warta dev"]))
             groups = {name: [pid] for name, pid in pids.items()}
             groups["embedded Redis"] = [_embedded_redis_pid(tmp / "var")]
             await asyncio.sleep(2)  # let the worker connect before the clock starts
