@@ -21,7 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from app.core import api_keys
 from app.core import migrate as migrations
 from app.core.database import create_engine, create_sessionmaker, unit_of_work
-from app.core.devserver import Child, own_command
+from app.core.devserver import Child, ChildFailed, own_command
 from app.core.errors import DomainError
 from app.core.logging import configure_logging
 from app.core.processes import die_with_parent
@@ -226,7 +226,10 @@ async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
 
     stop = asyncio.Event()
     _on_signals(stop)
-    mta = await Child.start("MTA", [*own_command(), "dev-mta"], _dev_child_env(settings))
+    try:
+        mta = await Child.start("MTA", [*own_command(), "dev-mta"], _dev_child_env(settings))
+    except ChildFailed as exc:
+        raise CommandFailed(str(exc)) from None
     server = _server(settings)
     services = {
         "MTA": asyncio.create_task(mta.exited()),

@@ -140,3 +140,22 @@ async def _smtp_greeting(host: str, port: int) -> bytes:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_an_mta_that_cannot_start_stops_dev_with_one_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    var = tmp_path / "var"
+    host, port = cli_env["WARTA_MTA_SUBMISSION"].rsplit(":", 1)
+    taken = await asyncio.start_server(lambda r, w: w.close(), host, int(port))
+    try:
+        with Console([WARTA, "dev"], cli_env, tmp_path) as dev:
+            assert dev.process.wait(120) == 1, dev.text
+            dev.stop()
+    finally:
+        taken.close()
+        await taken.wait_closed()
+    assert "error: the MTA did not start: it exited with status 1" in dev.text, dev.text
+    assert "Traceback" not in dev.text, dev.text
+    assert READY not in dev.text
+    assert not processes_mentioning(str(socket_path_for(var))), "the embedded Redis stopped"
