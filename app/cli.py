@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from app.core import api_keys
 from app.core import migrate as migrations
 from app.core.database import create_engine, create_sessionmaker, unit_of_work
+from app.core.devserver import Child, ChildFailed, own_command
 from app.core.errors import DomainError
 from app.core.logging import configure_logging
 from app.core.processes import die_with_parent
@@ -189,7 +190,7 @@ def api() -> None:
 
 @cli.command()
 def dev() -> None:
-    """Development: migrate, make an API key, and serve everything from one process."""
+    """Development: migrate, make an API key, serve API, worker and MTA (on two cores)."""
     settings = _settings()
     settings.effective_secret_key()
     migrations.upgrade(settings.database_url)
@@ -219,15 +220,19 @@ def _print_dev_banner(settings: Settings, token: str, embedded: EmbeddedRedis | 
 
 
 async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
-    """API, worker and MTA in one event loop; `ready` once the API listens; a signal stops all."""
-    from workers.mta_process import start_mta
+    """The MTA in a child process, API and worker here; `ready` once both listen; a signal
+    stops all (the MTA last); the MTA's end ends the rest (app/core/devserver.py)."""
     from workers.worker import run_worker
 
     stop = asyncio.Event()
     _on_signals(stop)
-    mta = await start_mta(settings)
+    try:
+        mta = await Child.start("MTA", [*own_command(), "dev-mta"], _dev_child_env(settings))
+    except ChildFailed as exc:
+        raise CommandFailed(str(exc)) from None
     server = _server(settings)
     services = {
+        "MTA": asyncio.create_task(mta.exited()),
         "worker": asyncio.create_task(run_worker(settings, settings.redis_url, stop)),
         "API": asyncio.create_task(_serve(server)),
     }
@@ -242,8 +247,28 @@ async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
     finally:
         stop.set()
         server.should_exit = True
+        services["MTA"].cancel()
         await asyncio.gather(*services.values(), return_exceptions=True)
         await mta.stop()
+
+
+def _dev_child_env(settings: Settings) -> dict[str, str]:
+    """The environment of `warta dev`'s MTA: ours, plus what `warta dev` decided itself."""
+    import os
+
+    return {
+        **os.environ,
+        "WARTA_REDIS_URL": settings.redis_url,  # the embedded Redis this process owns
+        "WARTA_SECRET_KEY": settings.effective_secret_key(),
+    }
+
+
+@cli.command("dev-mta", hidden=True)
+def dev_mta() -> None:
+    """`warta dev`'s MTA, its child process: says on stdout when it listens."""
+    from app.core.devserver import report_ready
+
+    _run(_mta_until_signalled(_settings(), report_ready))
 
 
 @cli.command()
@@ -321,7 +346,7 @@ def _supervise_mtas(settings: Settings, spools: list[Path]) -> str | None:
     return failed
 
 
-async def _mta_until_signalled(settings: Settings) -> None:
+async def _mta_until_signalled(settings: Settings, ready: Callable[[], None] | None = None) -> None:
     from workers.mta.shaping import RulesError
     from workers.mta_process import start_mta
 
@@ -336,6 +361,8 @@ async def _mta_until_signalled(settings: Settings) -> None:
         settings.mta_delivery,
         settings.mta_spool_dir,
     )
+    if ready is not None:
+        ready()
     stop = asyncio.Event()
     _on_signals(stop)
     await stop.wait()

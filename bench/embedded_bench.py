@@ -8,7 +8,7 @@ recipients is seeded and scheduled as the API's `POST …/schedule` does it (the
 then the start job enqueued at once; `--cron` leaves the start to the scheduler's cron, up to
 a second later); the figure is recipients / (schedule → the ledger shows all delivered).
 `--split` runs `warta mta` and `warta worker` as two processes sharing the embedded Redis
-instead of `warta dev`'s one. The CPU per message of the Warta process(es) (user and system)
+instead of `warta dev` (API and worker, with the MTA in its child process `warta dev-mta`). The CPU per message of the Warta process(es) (user and system)
 and of the embedded Redis is printed beside it, with a timeline of the run's milestones.
 `--set WARTA_X=value` passes a setting (any environment variable) to the Warta processes:
 `--set PYTHONPATH=<another checkout>` runs that code under the same benchmark, for A/B.
@@ -83,6 +83,19 @@ def _user_system(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def _dev_children(pid: int) -> dict[str, int]:
+    """The Warta processes `warta dev` started (its MTA), by command: counted on their own."""
+    from bench.processes import descendants
+
+    found = {}
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if len(args) > 2 and Path(args[1].decode()).name == "warta":
+                found[f"warta {args[2].decode()}"] = child
+    return found
 
 
 def _embedded_redis_pid(var: Path) -> int:
@@ -168,14 +181,17 @@ async def _run(
                 await listening(api, dev, tmp / "dev.log")
                 await listening(submission, dev, tmp / "dev.log")
                 procs = {"warta dev": dev}
-            groups = {name: [proc.pid] for name, proc in procs.items()}
+            pids = {name: proc.pid for name, proc in procs.items()}
+            if not split:
+                pids.update(_dev_children(pids["warta dev"]))
+            groups = {name: [pid] for name, pid in pids.items()}
             groups["embedded Redis"] = [_embedded_redis_pid(tmp / "var")]
             await asyncio.sleep(2)  # let the worker connect before the clock starts
             before = cpu_by_group(groups)
-            split_before = {name: _user_system(proc.pid) for name, proc in procs.items()}
+            split_before = {name: _user_system(pid) for name, pid in pids.items()}
             profiler = Profiler(tmp, profile)
-            for name, proc in procs.items():
-                profiler.attach(name.replace(" ", "-"), proc.pid)
+            for name, pid in pids.items():
+                profiler.attach(name.replace(" ", "-"), pid, subprocesses=False)  # each its own
             own_before = time.process_time()
             started_at = time.perf_counter()
             await schedule(sessionmaker, campaign_id)
@@ -199,8 +215,8 @@ async def _run(
                 f"  the benchmark's own polling: {own / recipients * 1000:.2f} ms CPU per message"
             )
             after = cpu_by_group(groups)
-            for name, proc in procs.items():
-                (user0, system0), (user1, system1) = split_before[name], _user_system(proc.pid)
+            for name, pid in pids.items():
+                (user0, system0), (user1, system1) = split_before[name], _user_system(pid)
                 print(
                     f"  {name}: user {(user1 - user0) / recipients * 1000:.2f} ms, "
                     f"system {(system1 - system0) / recipients * 1000:.2f} ms per message"
@@ -223,6 +239,10 @@ async def _run(
     print(
         "  CPU per message: "
         + ", ".join(f"{g} {(after[g] - before[g]) / recipients * 1000:.2f} ms" for g in groups)
+    )
+    warta_cpu = sum(after[g] - before[g] for g in pids)
+    print(
+        f"  CPU per message, the Warta processes together: {warta_cpu / recipients * 1000:.2f} ms"
     )
     return Row(
         f"the embedded defaults (`make run`: {mode}, SQLite, embedded Redis, capture Maildir), "

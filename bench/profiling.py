@@ -96,12 +96,13 @@ class Profiler:
             print("  --profile: py-spy is not installed (`make bench` installs it); no profile")
         self.recorders: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
-    def attach(self, name: str, pid: int) -> None:
-        """Start recording process `pid` (and its subprocesses) as `name`."""
+    def attach(self, name: str, pid: int, subprocesses: bool = True) -> None:
+        """Start recording process `pid` (and its subprocesses, unless told not to) as `name`."""
         if self.program is None:
             return
         output = self.directory / f"profile-{name}.txt"
-        args = [self.program, "record", "--format", "raw", "--nonblocking", "--subprocesses"]
+        args = [self.program, "record", "--format", "raw", "--nonblocking"]
+        args += ["--subprocesses"] if subprocesses else []
         args += ["-p", str(pid), "-o", str(output)]
         with (self.directory / f"py-spy-{name}.log").open("ab") as log:
             self.recorders[name] = (

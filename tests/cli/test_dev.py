@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,3 +96,66 @@ async def test_a_killed_dev_takes_its_redis_along(
 
     await eventually(all_gone, 30, "the processes of a killed `warta dev` gone")
     assert (var / "redis.db").exists(), "SIGTERM from the kernel: the server saved, then exited"
+
+
+def _mta_of(dev: Console) -> int:
+    """The child process that runs `warta dev`'s MTA."""
+    (pid,) = [pid for pid in children_of(dev.pid) if pid in processes_mentioning("dev-mta")]
+    return pid
+
+
+async def test_the_mta_runs_in_a_child_process_that_stops_with_dev(
+    cli_env: dict[str, str], api_port: int, tmp_path: Path
+) -> None:
+    with Console([WARTA, "dev"], cli_env, tmp_path) as dev:
+        await dev.wait_for(READY)
+        mta = _mta_of(dev)
+        submission = cli_env["WARTA_MTA_SUBMISSION"].rsplit(":", 1)
+        greeting = await _smtp_greeting(submission[0], int(submission[1]))
+        assert greeting.startswith(b"220 "), "the MTA listens before the banner says ready"
+        assert dev.stop(signal.SIGINT) == 0, dev.text
+    assert not alive(mta), dev.text
+    assert "MTA draining" in dev.text, "the MTA was stopped with SIGTERM, and drained"
+
+
+async def test_a_dead_mta_stops_dev_and_says_so(
+    cli_env: dict[str, str], api_port: int, tmp_path: Path
+) -> None:
+    var = tmp_path / "var"
+    with Console([WARTA, "dev"], cli_env, tmp_path) as dev:
+        await dev.wait_for(READY)
+        started = _started_by(dev, var)
+        os.kill(_mta_of(dev), signal.SIGKILL)
+        assert dev.process.wait(60) == 1, dev.text
+        dev.stop()
+    assert "error: the MTA stopped: its process was killed by signal 9" in dev.text, dev.text
+    assert not [pid for pid in started if alive(pid)], dev.text
+    assert not processes_mentioning(str(socket_path_for(var))), "the embedded Redis stopped too"
+
+
+async def _smtp_greeting(host: str, port: int) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        return await reader.readline()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_an_mta_that_cannot_start_stops_dev_with_one_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    var = tmp_path / "var"
+    host, port = cli_env["WARTA_MTA_SUBMISSION"].rsplit(":", 1)
+    taken = await asyncio.start_server(lambda r, w: w.close(), host, int(port))
+    try:
+        with Console([WARTA, "dev"], cli_env, tmp_path) as dev:
+            assert dev.process.wait(120) == 1, dev.text
+            dev.stop()
+    finally:
+        taken.close()
+        await taken.wait_closed()
+    assert "error: the MTA did not start: it exited with status 1" in dev.text, dev.text
+    assert "Traceback" not in dev.text, dev.text
+    assert READY not in dev.text
+    assert not processes_mentioning(str(socket_path_for(var))), "the embedded Redis stopped"
