@@ -182,18 +182,22 @@ async def reset_statements(sessionmaker: Any) -> None:
 
 
 async def top_statements(sessionmaker: Any, limit: int = TOP_STATEMENTS) -> list[Statement]:
-    """The statements of every database by total execution time, most first; the last entry
-    ("(all statements)") sums every statement counted."""
+    """The statements of every database by total execution time, most first, then those of
+    the most calls not among them (round trips); the last entry ("(all statements)") sums
+    every statement counted."""
     import sqlalchemy as sa
 
     async with sessionmaker() as session:
         rows = (
             await session.execute(
                 sa.text(
-                    "select query, calls, total_exec_time, rows from pg_stat_statements "
-                    "order by total_exec_time desc limit :limit"
+                    "(select query, calls, total_exec_time, rows from pg_stat_statements "
+                    "order by total_exec_time desc limit :limit) union "
+                    "(select query, calls, total_exec_time, rows from pg_stat_statements "
+                    "order by calls desc limit :by_calls) "
+                    "order by total_exec_time desc"
                 ),
-                {"limit": limit},
+                {"limit": limit, "by_calls": limit // 3},
             )
         ).all()
         total = (
