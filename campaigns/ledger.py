@@ -224,7 +224,7 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
     now = utcnow()
     # The MTA may have reported the message delivered (or bounced) before this batch's
     # write arrives: its word is final, the engine's `sent` must not undo it.
-    params = [
+    params: list[dict[str, Any]] = [
         {
             "b_id": item.row.row_id,
             "b_status": SendStatus(item.verdict.value).value,
@@ -287,7 +287,7 @@ async def record_delivery(
     # One statement over the rows in id order (a deferral keeps the status): the worker's
     # `record_attempts` locks rows in id order too, so the two never wait for each other in
     # a cycle (a deadlock aborted a batch of outcomes).
-    words = [
+    words: list[dict[str, Any]] = [
         {
             "b_id": item.row_id,
             "b_status": item.verdict.value if item.verdict in _FINAL else None,
