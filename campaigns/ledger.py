@@ -217,6 +217,29 @@ async def _lock_in_id_order(session: AsyncSession, ids: list[int]) -> None:
     )
 
 
+def _one_per_row(
+    params: list[dict[str, Any]], *, summed: tuple[str, ...] = (), kept: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Merge the words on one row (in order) into one, as the executemany applied them one
+    after another: an UPDATE … FROM that joins a row twice writes it once, with either.
+
+    The later word wins, but a `summed` value adds up and a `kept` one (None: "leave it")
+    keeps the last that was not None.
+    """
+    merged: dict[int, dict[str, Any]] = {}
+    for word in params:
+        earlier = merged.get(word["b_id"])
+        if earlier is not None:
+            word = {**word}
+            for key in summed:
+                word[key] += earlier[key]
+            for key in kept:
+                if word[key] is None:
+                    word[key] = earlier[key]
+        merged[word["b_id"]] = word
+    return list(merged.values())
+
+
 async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) -> None:
     """Write a batch of the engine's attempts in one statement, with their events."""
     if not attempts:
@@ -236,6 +259,7 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
         for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
     ]
     if _on_postgresql(session):
+        params = _one_per_row(params, summed=("b_inc",))
         await _lock_in_id_order(session, [p["b_id"] for p in params])
         await session.execute(
             _UNNEST_ATTEMPTS,
@@ -300,6 +324,7 @@ async def record_delivery(
     eventful = [item for item in deliveries if item.verdict in _EVENT_OF] if events else []
     if _on_postgresql(session):
         # The UPDATE returns the rows the events name: no second read of them.
+        words = _one_per_row(words, kept=("b_status",))
         await _lock_in_id_order(session, [w["b_id"] for w in words])
         updated = await session.execute(
             _UNNEST_DELIVERIES,
