@@ -83,9 +83,32 @@ class Stack:
         return env
 
 
+STATEMENTS_SETTINGS = {
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track": "all",
+    "pg_stat_statements.max": "2000",
+}
+"""PostgreSQL settings that make `pg_stat_statements` count every statement (also those run
+inside functions and triggers)."""
+TOP_STATEMENTS = 25
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One normalised statement's share of a run, from `pg_stat_statements`."""
+
+    query: str
+    calls: int
+    total_ms: float
+    rows: int
+
+
 @contextlib.asynccontextmanager
-async def stack(tmp: Path) -> AsyncIterator[Stack]:
-    """Start PostgreSQL and Redis, migrate; stop both when the block ends."""
+async def stack(tmp: Path, *, statements: bool = False) -> AsyncIterator[Stack]:
+    """Start PostgreSQL and Redis, migrate; stop both when the block ends.
+
+    With `statements`, PostgreSQL loads `pg_stat_statements` (see `top_statements`).
+    """
     import redis
     import sqlalchemy as sa
 
@@ -95,7 +118,10 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
     from tests.helpers.servers import PostgresServer, RedisServer
 
     tmp.mkdir(parents=True, exist_ok=True)
-    with PostgresServer() as pg, RedisServer() as redis_server:
+    with (
+        PostgresServer(STATEMENTS_SETTINGS if statements else None) as pg,
+        RedisServer() as redis_server,
+    ):
         url = pg.create_database("bench")
         await upgrade_async(url)
         engine = create_engine(Settings(database_url=url, _env_file=None))  # type: ignore[call-arg]
@@ -103,6 +129,9 @@ async def stack(tmp: Path) -> AsyncIterator[Stack]:
         try:
             async with sessionmaker() as session:
                 backend = int(await session.scalar(sa.text("select pg_backend_pid()")) or 0)
+                if statements:
+                    await session.execute(sa.text("create extension pg_stat_statements"))
+                    await session.commit()
             client = redis.Redis.from_url(redis_server.url)
             redis_pid = int(cast(dict[str, Any], client.info("server"))["process_id"])
             client.close()
@@ -133,13 +162,54 @@ async def schedule(sessionmaker: Any, campaign_id: int) -> None:
 
 
 async def ledger(sessionmaker: Any, campaign_id: int) -> tuple[str, dict[str, int]]:
-    """The campaign's status and its ledger rows per status."""
+    """The campaign's status and its ledger rows per status (no send rate: its query cost
+    PostgreSQL as much again, counted in PostgreSQL's CPU)."""
     from campaigns import lifecycle
+    from campaigns.ledger import status_counts
 
     async with sessionmaker() as session:
         status = await lifecycle.current_status(session, campaign_id)
-        counts = (await lifecycle.stats(session, campaign_id)).counts
+        counts = await status_counts(session, campaign_id)
     return (status.value if status else "?"), counts
+
+
+async def reset_statements(sessionmaker: Any) -> None:
+    """Forget what `pg_stat_statements` counted so far (the seeding, the migrations)."""
+    import sqlalchemy as sa
+
+    async with sessionmaker() as session:
+        await session.execute(sa.text("select pg_stat_statements_reset()"))
+
+
+async def top_statements(sessionmaker: Any, limit: int = TOP_STATEMENTS) -> list[Statement]:
+    """The statements of every database by total execution time, most first, then those of
+    the most calls not among them (round trips); the last entry ("(all statements)") sums
+    every statement counted."""
+    import sqlalchemy as sa
+
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(
+                sa.text(
+                    "(select query, calls, total_exec_time, rows from pg_stat_statements "
+                    "order by total_exec_time desc limit :limit) union "
+                    "(select query, calls, total_exec_time, rows from pg_stat_statements "
+                    "order by calls desc limit :by_calls) "
+                    "order by total_exec_time desc"
+                ),
+                {"limit": limit, "by_calls": limit // 3},
+            )
+        ).all()
+        total = (
+            await session.execute(
+                sa.text(
+                    "select coalesce(sum(calls), 0), coalesce(sum(total_exec_time), 0), "
+                    "coalesce(sum(rows), 0) from pg_stat_statements"
+                )
+            )
+        ).one()
+    top = [Statement(str(q), int(c), float(t), int(r)) for q, c, t, r in rows]
+    return [*top, Statement("(all statements)", int(total[0]), float(total[1]), int(total[2]))]
 
 
 def start_mta(stack: Stack, submission: int, next_hop: int, log: Path) -> Any:
@@ -190,6 +260,8 @@ class Leg:
     """VmHWM (MB) of the workers and the MTA once 10 % had reached the sink."""
     rss_end: dict[str, float] = field(default_factory=dict)
     profiles: dict[str, Profile] = field(default_factory=dict)
+    statements: list[Statement] = field(default_factory=list)
+    """The top statements by total time over the run (with `statements=True`)."""
 
     @property
     def rate(self) -> float:
@@ -214,10 +286,14 @@ async def run_leg(
     mta: MtaKind,
     *,
     profile: bool = False,
+    statements: bool = False,
     timeout: float = 3600,
 ) -> Leg:
-    """Seed, start the processes, schedule, wait until done; stop everything again."""
-    async with stack(tmp) as st:
+    """Seed, start the processes, schedule, wait until done; stop everything again.
+
+    With `statements`, the leg also keeps PostgreSQL's top statements over the run.
+    """
+    async with stack(tmp, statements=statements) as st:
         campaign_id = await seed(st.sessionmaker, recipients)
         with contextlib.ExitStack() as started:
             groups: dict[str, list[int]] = {}
@@ -256,10 +332,14 @@ async def run_leg(
                 profiler.attach(name, pid)
             await asyncio.sleep(1)  # let the workers poll their queues before the clock starts
             alive = [*procs, *([mta_proc] if mta_proc is not None else [])]
+            if statements:
+                await reset_statements(st.sessionmaker)
             leg = await _measure(
                 st, campaign_id, recipients, sink, mta, groups, watched, alive, timeout
             )
             leg.profiles = profiler.finish()
+            if statements:
+                leg.statements = await top_statements(st.sessionmaker)
         return leg
 
 

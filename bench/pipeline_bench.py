@@ -15,10 +15,12 @@ the total of Warta + PostgreSQL + Redis (target ≤ 1.6 ms), and the peak RSS (V
 worker and the MTA after 10 % and at the end (target: flat, each < 150 MB; the issue's size
 is 1,000,000 recipients: `--recipients 1000000 --no-postfix`). `--profile` records the Warta
 leg's workers and MTA with py-spy and prints their top frames (the run is slower then).
+`--pg-statements` loads `pg_stat_statements` into the Warta leg's PostgreSQL and prints its
+top statements over the run, with calls and execution time per campaign message.
 PostgreSQL runs with fsync off (the test suite's servers), as in every earlier figure.
 
     python -m bench.pipeline_bench [--recipients 20000] [--workers 2] [--no-postfix]
-        [--profile] [--quick]
+        [--profile] [--pg-statements] [--quick]
 
 `BENCH_MTA_PROCESSES`, `BENCH_BATCHES` and `BENCH_CONNECTIONS` set WARTA_MTA_PROCESSES,
 WARTA_WORKER_BATCHES (8) and WARTA_SENDER_CONNECTIONS (20).
@@ -83,6 +85,29 @@ def _print_leg(name: str, leg: Leg) -> None:
     sys.stdout.flush()
 
 
+STATEMENT_CHARS = 150
+"""Of each statement's text in the `--pg-statements` table."""
+
+
+def _print_statements(leg: Leg) -> None:
+    """PostgreSQL's top statements over the run, per campaign message."""
+    if not leg.statements:
+        return
+    n = leg.recipients
+    print("    PostgreSQL statements over the run (pg_stat_statements, execution time only):")
+    print(f"      {'ms/msg':>7} {'calls/msg':>9} {'µs/call':>8} {'rows/call':>9}  statement")
+    for st in leg.statements:
+        query = " ".join(st.query.split())
+        if len(query) > STATEMENT_CHARS:
+            query = query[: STATEMENT_CHARS - 1] + "…"
+        per_call = st.total_ms * 1000 / st.calls if st.calls else 0.0
+        rows = st.rows / st.calls if st.calls else 0.0
+        print(
+            f"      {st.total_ms / n:7.3f} {st.calls / n:9.3f} {per_call:8.0f} {rows:9.1f}  {query}"
+        )
+    sys.stdout.flush()
+
+
 def _rows(warta: Leg, peer: Leg | None) -> list[Row]:
     n = f"{warta.recipients:,}"
     rate_ok = warta.rate >= TARGET_RATE
@@ -142,9 +167,16 @@ async def _run(args: argparse.Namespace, tmp: Path) -> list[Row]:
     with postfix.sink(tmp) as sink:
         print(f"  Warta leg: {args.recipients:,} recipients, {args.workers} workers …", flush=True)
         warta = await run_leg(
-            tmp / "warta", args.recipients, args.workers, sink, "warta", profile=args.profile
+            tmp / "warta",
+            args.recipients,
+            args.workers,
+            sink,
+            "warta",
+            profile=args.profile,
+            statements=args.pg_statements,
         )
         _print_leg("Warta (warta mta, DKIM)", warta)
+        _print_statements(warta)
         peer = None
         if not (args.no_postfix or skip):
             print("  Postfix leg: the same campaign, relayed unsigned …", flush=True)
@@ -163,6 +195,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--no-postfix", action="store_true", help="the Warta leg only")
     parser.add_argument("--profile", action="store_true", help="py-spy the Warta processes")
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="PostgreSQL's top statements of the Warta leg (pg_stat_statements)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_RECIPIENTS:,} recipients")
     args = parser.parse_args(argv if argv is not None else [])
     args.recipients = args.recipients or (QUICK_RECIPIENTS if args.quick else RECIPIENTS)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audience.segments import segment_filter
@@ -18,6 +19,8 @@ from app.models import Campaign, EventKind, Send, SendStatus, Subscriber, utcnow
 from campaigns.audience import audience_filter
 
 BATCH_SPAN = 500  # ledger ids per batch job
+PLANNED_TABLES = ("subscribers", "subscriptions", "sends")
+"""The tables every chunk of a campaign reads by id (the eligibility check, the ledger)."""
 SETTLED_BY_MTA = (SendStatus.delivered, SendStatus.bounced, SendStatus.complained)
 EVENT_REPLY_CHARS = 300  # of the reply in each event: a campaign writes millions of them
 _FINAL = frozenset({Verdict.DELIVERED, Verdict.BOUNCED, Verdict.COMPLAINED})
@@ -70,7 +73,34 @@ async def freeze_audience(session: AsyncSession, campaign: Campaign) -> tuple[in
             )
         )
     ).one()
+    await _analyze_if_stale(session, int(count))
     return int(count), int(base)
+
+
+async def _analyze_if_stale(session: AsyncSession, audience: int) -> None:
+    """ANALYZE the tables a campaign's chunks read when PostgreSQL's statistics predate the
+    audience (a list just imported, a ledger just frozen).
+
+    Without them the planner took a chunk's eligibility check (100 subscribers by id) for a
+    scan of the whole list's memberships: ~200 ms a chunk instead of ~0.4 ms, for the first
+    minute of a campaign until autovacuum analyzed. A table counts as stale when it was never
+    analyzed or holds fewer rows than the audience as the planner last knew it. ANALYZE sees
+    this transaction's own rows; its statistics apply once the start commits.
+    """
+    if session.get_bind().dialect.name != "postgresql" or audience == 0:
+        return
+    rows = await session.execute(
+        sa.text(
+            "select relname, reltuples from pg_class "
+            "where oid in (select to_regclass(name) from unnest(cast(:names as text[])) name)"
+        ),
+        {"names": list(PLANNED_TABLES)},
+    )
+    known = {str(name): float(tuples) for name, tuples in rows}
+    # In one order, so that two campaigns starting at once wait rather than deadlock.
+    for name in PLANNED_TABLES:
+        if name in known and known[name] < audience:  # -1: never analyzed
+            await session.execute(sa.text(f"analyze {name}"))
 
 
 def batch_range(base: int, index: int) -> tuple[int, int]:
@@ -144,24 +174,80 @@ def _by_id(**values: Any) -> sa.Update:
     )
 
 
+_UNNEST_ATTEMPTS = sa.text(
+    "UPDATE sends SET "
+    "status = CASE WHEN sends.status = ANY(CAST(:settled AS text[])) THEN sends.status "
+    "ELSE new.status END, "
+    "last_reply = CASE WHEN sends.status = ANY(CAST(:settled AS text[])) "
+    "THEN sends.last_reply ELSE new.reply END, "
+    "next_attempt_at = new.next_attempt_at, sent_at = new.sent_at, "
+    "attempts = sends.attempts + new.inc, updated_at = :now "
+    "FROM UNNEST(CAST(:id AS bigint[]), CAST(:status AS text[]), CAST(:reply AS text[]), "
+    "CAST(:next_attempt_at AS timestamptz[]), CAST(:sent_at AS timestamptz[]), "
+    "CAST(:inc AS integer[])) AS new (id, status, reply, next_attempt_at, sent_at, inc) "
+    "WHERE sends.id = new.id"
+)
+_UNNEST_DELIVERIES = sa.text(
+    "UPDATE sends SET status = COALESCE(new.status, sends.status), last_reply = new.reply, "
+    "updated_at = :now "
+    "FROM UNNEST(CAST(:id AS bigint[]), CAST(:status AS text[]), CAST(:reply AS text[])) "
+    "AS new (id, status, reply) "
+    "WHERE sends.id = new.id "
+    "RETURNING sends.id, sends.email, sends.campaign_id, sends.subscriber_id"
+)
+"""PostgreSQL: a batch of the engine's attempts, or of the MTA's words, as one UPDATE over
+arrays (one column each) instead of an executemany that runs the UPDATE once per row. The
+rows are locked in id order first (`_lock_in_id_order`)."""
+
+
+def _on_postgresql(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def _lock_in_id_order(session: AsyncSession, ids: list[int]) -> None:
+    """Lock the rows in id order before one UPDATE writes them all (PostgreSQL).
+
+    An UPDATE … FROM unnest(…) locks rows in the order its plan meets them; the worker's
+    `record_attempts` and the MTA's `record_delivery` write overlapping rows at once, and
+    a deadlock between them aborted a batch of outcomes: both lock in id order first.
+    """
+    ids_param = sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger()))
+    await session.execute(
+        sa.select(Send.id).where(Send.id == sa.any_(ids_param)).order_by(Send.id).with_for_update()
+    )
+
+
+def _one_per_row(
+    params: list[dict[str, Any]], *, summed: tuple[str, ...] = (), kept: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Merge the words on one row (in order) into one, as the executemany applied them one
+    after another: an UPDATE … FROM that joins a row twice writes it once, with either.
+
+    The later word wins, but a `summed` value adds up and a `kept` one (None: "leave it")
+    keeps the last that was not None.
+    """
+    merged: dict[int, dict[str, Any]] = {}
+    for word in params:
+        earlier = merged.get(word["b_id"])
+        if earlier is not None:
+            word = {**word}
+            for key in summed:
+                word[key] += earlier[key]
+            for key in kept:
+                if word[key] is None:
+                    word[key] = earlier[key]
+        merged[word["b_id"]] = word
+    return list(merged.values())
+
+
 async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) -> None:
-    """Write a batch of the engine's attempts in one executemany, with their events."""
+    """Write a batch of the engine's attempts in one statement, with their events."""
     if not attempts:
         return
     now = utcnow()
-    table = cast(sa.Table, Send.__table__)
     # The MTA may have reported the message delivered (or bounced) before this batch's
     # write arrives: its word is final, the engine's `sent` must not undo it.
-    # (OR of equalities: an IN list would be an expanding parameter, which executemany refuses.)
-    settled = sa.or_(*(table.c.status == sa.literal(s.value, sa.String) for s in SETTLED_BY_MTA))
-    statement = _by_id(
-        status=sa.case((settled, table.c.status), else_=sa.bindparam("b_status")),
-        last_reply=sa.case((settled, table.c.last_reply), else_=sa.bindparam("b_reply")),
-        next_attempt_at=sa.bindparam("b_next", type_=Send.next_attempt_at.type),
-        sent_at=sa.bindparam("b_sent", type_=Send.sent_at.type),
-        attempts=table.c.attempts + sa.bindparam("b_inc"),
-    )
-    params = [
+    params: list[dict[str, Any]] = [
         {
             "b_id": item.row.row_id,
             "b_status": SendStatus(item.verdict.value).value,
@@ -172,7 +258,37 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
         }
         for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
     ]
-    await session.execute(statement, params)
+    if _on_postgresql(session):
+        params = _one_per_row(params, summed=("b_inc",))
+        await _lock_in_id_order(session, [p["b_id"] for p in params])
+        await session.execute(
+            _UNNEST_ATTEMPTS,
+            {
+                "id": [p["b_id"] for p in params],
+                "status": [p["b_status"] for p in params],
+                "reply": [p["b_reply"] for p in params],
+                "next_attempt_at": [p["b_next"] for p in params],
+                "sent_at": [p["b_sent"] for p in params],
+                "inc": [p["b_inc"] for p in params],
+                "settled": [status.value for status in SETTLED_BY_MTA],
+                "now": now,
+            },
+        )
+    else:
+        table = cast(sa.Table, Send.__table__)
+        # (OR of equalities: an IN list would be an expanding parameter, which executemany
+        # refuses.)
+        settled = sa.or_(
+            *(table.c.status == sa.literal(s.value, sa.String) for s in SETTLED_BY_MTA)
+        )
+        statement = _by_id(
+            status=sa.case((settled, table.c.status), else_=sa.bindparam("b_status")),
+            last_reply=sa.case((settled, table.c.last_reply), else_=sa.bindparam("b_reply")),
+            next_attempt_at=sa.bindparam("b_next", type_=Send.next_attempt_at.type),
+            sent_at=sa.bindparam("b_sent", type_=Send.sent_at.type),
+            attempts=table.c.attempts + sa.bindparam("b_inc"),
+        )
+        await session.execute(statement, params)
     await record_events(
         session,
         [
@@ -195,8 +311,7 @@ async def record_delivery(
     # One statement over the rows in id order (a deferral keeps the status): the worker's
     # `record_attempts` locks rows in id order too, so the two never wait for each other in
     # a cycle (a deadlock aborted a batch of outcomes).
-    table = cast(sa.Table, Send.__table__)
-    words = [
+    words: list[dict[str, Any]] = [
         {
             "b_id": item.row_id,
             "b_status": item.verdict.value if item.verdict in _FINAL else None,
@@ -204,13 +319,30 @@ async def record_delivery(
         }
         for item in sorted(deliveries, key=lambda item: item.row_id)
     ]
-    if words:
+    if not words:
+        return
+    eventful = [item for item in deliveries if item.verdict in _EVENT_OF] if events else []
+    if _on_postgresql(session):
+        # The UPDATE returns the rows the events name: no second read of them.
+        words = _one_per_row(words, kept=("b_status",))
+        await _lock_in_id_order(session, [w["b_id"] for w in words])
+        updated = await session.execute(
+            _UNNEST_DELIVERIES,
+            {
+                "id": [w["b_id"] for w in words],
+                "status": [w["b_status"] for w in words],
+                "reply": [w["b_reply"] for w in words],
+                "now": utcnow(),
+            },
+        )
+        rows = {int(row.id): _row(row) for row in updated}
+    else:
+        table = cast(sa.Table, Send.__table__)
         status = sa.func.coalesce(sa.bindparam("b_status", type_=sa.String), table.c.status)
         await session.execute(_by_id(status=status, last_reply=sa.bindparam("b_reply")), words)
-    eventful = [item for item in deliveries if item.verdict in _EVENT_OF] if events else []
+        rows = await ledger_rows(session, [item.row_id for item in eventful])
     if not eventful:
         return
-    rows = await ledger_rows(session, [item.row_id for item in eventful])
     await record_events(
         session,
         [

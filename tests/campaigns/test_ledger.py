@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
-from app.models import Campaign, Send, SendStatus
+from app.models import Campaign, Event, Send, SendStatus
 from campaigns import ledger
 from tests.helpers.seeding import seed_campaign
 
@@ -76,3 +77,81 @@ async def test_a_row_settled_after_the_batch_read_it_is_not_claimed_again(
         statuses = list(await session.scalars(sa.select(Send.status).order_by(Send.id)))
     assert claimed == {ids[1]}
     assert statuses == [SendStatus.delivered, SendStatus.sending]
+
+
+async def test_a_campaign_start_analyzes_an_audience_the_planner_has_not_seen(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # Without statistics, PostgreSQL planned each chunk's eligibility check (100 subscribers
+    # by id) as a scan of the list's every membership: ~200 ms a chunk at 10,000 recipients.
+    campaign_id, _ = await seed_campaign(sessionmaker, 300)
+    async with sessionmaker() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("planner statistics are PostgreSQL's")
+        campaign = await session.get_one(Campaign, campaign_id)
+        size, _ = await ledger.freeze_audience(session, campaign)
+        await session.commit()
+    async with sessionmaker() as session:
+        known = dict(
+            (
+                await session.execute(
+                    sa.text(
+                        "SELECT relname, reltuples FROM pg_class "
+                        "WHERE relname IN ('subscribers', 'subscriptions', 'sends')"
+                    )
+                )
+            ).all()
+        )
+    assert size == 300
+    assert known == {"subscribers": 300, "subscriptions": 300, "sends": 300}
+
+
+async def test_two_words_on_one_row_in_a_batch_apply_in_order(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # A flush that waited out a database restart can hold a deferral and the delivery of the
+    # same message: the delivery must stand, as if the words were written one by one.
+    campaign_id, _ = await seed_campaign(sessionmaker, 2)
+    async with sessionmaker() as session:
+        campaign = await session.get_one(Campaign, campaign_id)
+        await ledger.freeze_audience(session, campaign)
+        sends = (await session.scalars(sa.select(Send).order_by(Send.id))).all()
+        rows = [
+            LedgerRow(Kind.CAMPAIGN, send.id, send.email, campaign_id, send.subscriber_id)
+            for send in sends
+        ]
+        await ledger.record_attempts(
+            session, [Attempt(row, Verdict.SENT, "250 ok") for row in rows]
+        )
+        await session.commit()
+    first, second = (send.id for send in sends)
+    async with sessionmaker() as session:
+        await ledger.record_delivery(
+            session,
+            [
+                Delivery(first, Verdict.DEFERRED, "451 try later"),
+                Delivery(second, Verdict.DELIVERED, "250 2.0.0 ok"),
+                Delivery(first, Verdict.DELIVERED, "250 2.0.0 at last"),
+                Delivery(second, Verdict.DEFERRED, "451 a late echo"),
+            ],
+        )
+        await session.commit()
+    async with sessionmaker() as session:
+        summary = (
+            await session.execute(sa.select(Send.status, Send.last_reply).order_by(Send.id))
+        ).all()
+        events = (
+            await session.execute(
+                sa.select(Event.send_id, Event.kind).where(Event.kind != "sent").order_by(Event.id)
+            )
+        ).all()
+    assert [tuple(row) for row in summary] == [
+        (SendStatus.delivered, "250 2.0.0 at last"),
+        (SendStatus.delivered, "451 a late echo"),
+    ]
+    assert [tuple(row) for row in events] == [
+        (first, "deferred"),
+        (second, "delivered"),
+        (first, "delivered"),
+        (second, "deferred"),
+    ]
