@@ -160,7 +160,8 @@ class SmtpProtocol(asyncio.Protocol):
         self._counts = counts
         self._counted: str | None = None
         self._buffer = bytearray()
-        self._more = asyncio.Event()
+        # What the session task awaits for more bytes (a bare future: cheaper than an Event).
+        self._more: asyncio.Future[None] | None = None
         self._closed = False
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -200,7 +201,7 @@ class SmtpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Buffer and wake the session task; pause reading while it lags far behind."""
         self._buffer += data
-        self._more.set()
+        self._wake()
         self._last_read = asyncio.get_running_loop().time()
         if len(self._buffer) > 4 * LINE_LIMIT + 1_048_576 and not self._paused:
             assert self._transport is not None
@@ -210,13 +211,13 @@ class SmtpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The client half-closed: run what it sent (replies may still reach it), then close."""
         self._closed = True
-        self._more.set()
+        self._wake()
         return not self.session.tls  # a TLS transport cannot stay half-open
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the client's slot; the session task sees the close and ends."""
         self._closed = True
-        self._more.set()
+        self._wake()
         if self._timer is not None:
             self._timer.cancel()
         if self._counted is not None:
@@ -259,12 +260,21 @@ class SmtpProtocol(asyncio.Protocol):
         if self._closed:
             return False
         self._send()
-        self._more.clear()
         if self._paused and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
-        await self._more.wait()
+        self._more = asyncio.get_running_loop().create_future()
+        try:
+            await self._more
+        finally:
+            self._more = None
         return True
+
+    def _wake(self) -> None:
+        """Resume the session task if it waits for bytes (or for the close)."""
+        more = self._more
+        if more is not None and not more.done():
+            more.set_result(None)
 
     async def _line(self) -> bytes | None:
         """The next command line without its CRLF; None when the client went away."""
@@ -388,7 +398,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closed = True
-        self._more.set()
+        self._wake()
         self._send()
         if self._transport is not None:
             self._transport.close()
