@@ -575,7 +575,7 @@ class Spool:
 
     def load(self, queue_id: QueueId) -> bytes:
         """The message bytes of ``queue_id``; ``MisfiledMessage`` if its file is another's."""
-        raw = self.message_path(queue_id).read_bytes()
+        raw = _read_file(self.message_path(queue_id))
         if not raw.startswith(spool_format.MARKER):
             return raw  # layout 1: the bytes alone, the envelope in env/
         line = raw[: raw.index(b"\n")]
@@ -741,6 +741,24 @@ class Spool:
         self._known = message_id_log.read(self.message_ids_log, envelopes, horizon)
         lines = message_id_log.encode(self._known)
         write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)
+
+
+def _read_file(path: Path) -> bytes:
+    """The file's bytes: open, fstat, read, close (``Path.read_bytes`` makes twice the calls).
+
+    A deferral may append while this reads; what it appended lies after the message bytes.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        chunks = [os.read(fd, size)]
+        read = len(chunks[0])
+        while read < size and (chunk := os.read(fd, size - read)):
+            chunks.append(chunk)
+            read += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _misfiled(queue_id: QueueId, *envelopes: Envelope | None) -> bool:
