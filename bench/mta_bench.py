@@ -258,6 +258,7 @@ def _run(tmp: Path, messages: int, relay_messages: int, sessions: int) -> list[R
         print(f"  Postfix {skip}: measuring Warta alone, no comparison", flush=True)
     results: dict[str, tuple[Figure, Figure | None]] = {}
     rows: list[Row] = []
+    load = os.getloadavg()[0]  # the figures swing with it on a shared machine: print it
 
     for reuse in (False, True):
         label = f"acceptance+fsync, {sessions} sess, " + ("reused conn" if reuse else "conn/msg")
@@ -298,6 +299,7 @@ def _run(tmp: Path, messages: int, relay_messages: int, sessions: int) -> list[R
             f"    {figure:<40} warta mta {w.cpu / count * 1000:.2f} ms "
             f"({w.cpu / w.elapsed:4.0%} of one core){peer_cpu}"
         )
+    print(f"\n  load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     return rows
 
 

@@ -7,15 +7,17 @@ import base64
 import contextlib
 import smtplib
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.api import eventually
 from tests.helpers.servers import free_port
 from tests.helpers.tls import Pki, make_pki
-from workers.mta.smtp_server import ServerConfig, Session, Transaction, serve
+from workers.mta.smtp_server import ServerConfig, Session, SmtpProtocol, Transaction, serve
 
 MESSAGE = (
     b"From: news@example.com\r\nTo: a@example.com\r\nSubject: hi\r\n\r\n"
@@ -322,3 +324,54 @@ async def test_pipelined_messages_are_stored_together_and_answered_in_order() ->
     assert stored == [b"250 2.0.0 OK: stored %d" % n for n in range(10)]
     assert handler.most > 1  # later messages were being stored while earlier ones were
     assert replies.endswith(b"221 2.0.0 Bye\r\n")
+
+
+class WriteRecorder(asyncio.Transport):
+    """A transport that keeps each `write` call apart (a socket would merge them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_the_replies_to_a_pipelined_batch_go_out_in_one_write() -> None:
+    # One send per reply line cost a syscall each: a new connection's EHLO alone was eight.
+    config = ServerConfig(hostname="m", max_message_size=10_000, idle_timeout=5, per_client=5)
+    protocol = SmtpProtocol(Recording(), config, Counter())
+    transport = WriteRecorder()
+    protocol.connection_made(transport)
+
+    async def replies(count: int) -> bool:
+        return sum(write.count(b"\r\n") for write in transport.writes) >= count
+
+    await eventually(lambda: replies(1), within=5, what="the greeting")
+    protocol.data_received(
+        b"EHLO c\r\nMAIL FROM:<s@example.com>\r\nRCPT TO:<a@example.com>\r\nRSET\r\nNOOP\r\n"
+    )
+    await eventually(lambda: replies(1 + 8 + 4), within=5, what="the batch's replies")
+    greeting, batch = transport.writes
+    assert greeting == b"220 m ESMTP Warta\r\n"
+    assert batch.startswith(b"250-m\r\n") and batch.endswith(b"250 2.0.0 OK\r\n250 2.0.0 OK\r\n")
+    protocol.data_received(b"QUIT\r\n")
+    await eventually(lambda: replies(1 + 8 + 4 + 1), within=5, what="the goodbye")
+    assert transport.writes[-1] == b"221 2.0.0 Bye\r\n" and transport.closed
+    protocol.connection_lost(None)

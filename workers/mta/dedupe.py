@@ -11,8 +11,10 @@ refusing mail: losing a message is worse than a rare second copy.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -29,25 +31,77 @@ def _key(message_id: str) -> str:
 
 
 class SharedMessageIds:
-    """The cluster-wide memory of accepted Message-IDs."""
+    """The cluster-wide memory of accepted Message-IDs.
+
+    Lookups and records are batched like the spool's group commit: while one round trip to
+    Redis is under way, the calls that arrive meanwhile wait and then go together in one
+    pipeline (GETs and SETs alike), so ten sessions cost about one round trip, not twenty.
+    """
 
     def __init__(self, redis: Redis, window: float, instance: str) -> None:
         self.redis = redis
         self.window = max(1, int(window))
         self.instance = instance
+        self._queue: list[tuple[str, str | None, asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
 
     async def seen(self, message_id: str) -> str | None:
         """`instance/queue id` of an earlier acceptance by any instance, else None."""
-        try:
-            value = await self.redis.get(_key(message_id))
-        except (RedisError, OSError):
-            logger.warning("Redis unreachable: Message-ID checked against this spool only")
-            return None
+        value = await self._submit(_key(message_id), None)
         return value.decode() if isinstance(value, bytes) else value
 
     async def remember(self, message_id: str, queue_id: str) -> None:
         """Record an acceptance for the dedupe window."""
+        await self._submit(_key(message_id), f"{self.instance}/{queue_id}")
+
+    async def _submit(self, key: str, value: str | None) -> Any:
+        """GET ``key`` (``value`` None) or SET it, in the next round trip."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((key, value, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        # Shielded: a cancelled caller must not cancel the round trip the others wait on.
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        batch: list[tuple[str, str | None, asyncio.Future[Any]]] = []
         try:
-            await self.redis.set(_key(message_id), f"{self.instance}/{queue_id}", ex=self.window)
+            while self._queue:
+                batch, self._queue = self._queue, []
+                results = await self._round_trip([(key, value) for key, value, _ in batch])
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._task = None
+            for _, _, future in batch + self._queue:  # unanswered only if cancelled
+                if not future.done():
+                    future.cancel()
+            self._queue = []
+
+    async def _round_trip(self, items: list[tuple[str, str | None]]) -> list[Any]:
+        """Run the GETs and SETs; Redis unreachable reads as "not seen" (logged)."""
+        try:
+            if len(items) == 1:
+                key, value = items[0]
+                if value is None:
+                    return [await self.redis.get(key)]
+                await self.redis.set(key, value, ex=self.window)
+                return [None]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    if value is None:
+                        pipe.get(key)
+                    else:
+                        pipe.set(key, value, ex=self.window)
+                return list(await pipe.execute())
         except (RedisError, OSError):
-            logger.warning("Redis unreachable: Message-ID %s known to this spool only", message_id)
+            lookups = sum(1 for _, value in items if value is None)
+            if lookups:
+                logger.warning("Redis unreachable: Message-ID checked against this spool only")
+            if lookups < len(items):
+                logger.warning(
+                    "Redis unreachable: %d Message-ID(s) known to this spool only",
+                    len(items) - lookups,
+                )
+            return [None] * len(items)

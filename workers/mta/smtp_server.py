@@ -23,7 +23,7 @@ import binascii
 import logging
 import ssl
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -160,12 +160,17 @@ class SmtpProtocol(asyncio.Protocol):
         self._counts = counts
         self._counted: str | None = None
         self._buffer = bytearray()
-        self._more = asyncio.Event()
+        # What the session task awaits for more bytes (a bare future: cheaper than an Event).
+        self._more: asyncio.Future[None] | None = None
         self._closed = False
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0  # loop time of the last bytes received (the idle timer's base)
         self._paused = False
+        # Replies written since the session last waited, sent as one write (one syscall).
+        self._out: list[bytes] = []
+        self._send_scheduled = False
         self.session = Session(peer=None)
         self.transaction = Transaction()
         # Replies in command order; a delivery still being stored holds back those after it.
@@ -188,14 +193,16 @@ class SmtpProtocol(asyncio.Protocol):
         self._counts[client] += 1
         self._counted = client
         self.session.peer = peer
-        self._touch()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        self._timer = loop.call_at(self._last_read + self.config.idle_timeout, self._idle_check)
+        self._task = loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
         """Buffer and wake the session task; pause reading while it lags far behind."""
         self._buffer += data
-        self._more.set()
-        self._touch()
+        self._wake()
+        self._last_read = asyncio.get_running_loop().time()
         if len(self._buffer) > 4 * LINE_LIMIT + 1_048_576 and not self._paused:
             assert self._transport is not None
             self._transport.pause_reading()
@@ -204,13 +211,13 @@ class SmtpProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The client half-closed: run what it sent (replies may still reach it), then close."""
         self._closed = True
-        self._more.set()
+        self._wake()
         return not self.session.tls  # a TLS transport cannot stay half-open
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the client's slot; the session task sees the close and ends."""
         self._closed = True
-        self._more.set()
+        self._wake()
         if self._timer is not None:
             self._timer.cancel()
         if self._counted is not None:
@@ -221,11 +228,20 @@ class SmtpProtocol(asyncio.Protocol):
 
     # --- reading -------------------------------------------------------------------------
 
-    def _touch(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    def _idle_check(self) -> None:
+        """Time out after `idle_timeout` without bytes from the client.
+
+        One timer per connection, moved on only when it fires: re-arming it on every read
+        (cancel, new handle) cost more than the read.
+        """
+        if self._closed:
+            return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.config.idle_timeout, self._timed_out)
+        due = self._last_read + self.config.idle_timeout
+        if loop.time() < due:
+            self._timer = loop.call_at(due, self._idle_check)
+            return
+        self._timed_out()
 
     def _timed_out(self) -> None:
         self._push(TIMEOUT.format(hostname=self.config.hostname))
@@ -243,12 +259,22 @@ class SmtpProtocol(asyncio.Protocol):
         """Wait for more bytes; False once the connection is gone."""
         if self._closed:
             return False
-        self._more.clear()
+        self._send()
         if self._paused and self._transport is not None:
             self._paused = False
             self._transport.resume_reading()
-        await self._more.wait()
+        self._more = asyncio.get_running_loop().create_future()
+        try:
+            await self._more
+        finally:
+            self._more = None
         return True
+
+    def _wake(self) -> None:
+        """Resume the session task if it waits for bytes (or for the close)."""
+        more = self._more
+        if more is not None and not more.done():
+            more.set_result(None)
 
     async def _line(self) -> bytes | None:
         """The next command line without its CRLF; None when the client went away."""
@@ -325,8 +351,23 @@ class SmtpProtocol(asyncio.Protocol):
             self._write(reply)
 
     def _write(self, reply: str) -> None:
+        """Queue a reply line; it is sent once the session waits (`_send`)."""
+        self._out.append(reply.encode("utf-8", "replace") + b"\r\n")
+        if not self._send_scheduled:
+            # Replies written outside the session task (a delivery's completion) and any
+            # a command leaves before an await other than `_wait` still go out promptly.
+            self._send_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        """Write the queued replies in one go (PIPELINING's batch, RFC 2920 3)."""
+        self._send_scheduled = False
+        if not self._out:
+            return
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(reply.encode("utf-8", "replace") + b"\r\n")
+            self._transport.write(out)
 
     def _flush(self, _: object = None) -> None:
         while self._replies:
@@ -357,7 +398,8 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closed = True
-        self._more.set()
+        self._wake()
+        self._send()
         if self._transport is not None:
             self._transport.close()
 
@@ -389,12 +431,12 @@ class SmtpProtocol(asyncio.Protocol):
                     text = line.decode("latin-1")
                 verb, _, argument = text.partition(" ")
                 verb = verb.upper()
-                method = getattr(self, f"smtp_{verb}", None) if verb.isalpha() else None
-                if method is None:
+                command = _COMMANDS.get(verb)
+                if command is None:
                     self._push(UNKNOWN_COMMAND.format(verb=verb[:32]))
                     ok = False
                 else:
-                    ok = await method(argument.strip())
+                    ok = await command(self, argument.strip())
                 if ok is False:
                     errors += 1
                     if errors >= MAX_BAD_COMMANDS:
@@ -496,6 +538,7 @@ class SmtpProtocol(asyncio.Protocol):
             return False
         await self._settle()
         self._push(TLS_READY)
+        self._send()  # in plaintext, before the handshake
         self._buffer.clear()  # the plaintext-injection defence (CVE-2011-0411 and kin)
         assert self._transport is not None
         loop = asyncio.get_running_loop()
@@ -754,6 +797,14 @@ class SmtpProtocol(asyncio.Protocol):
         task.add_done_callback(self._flush)
         self._replies.append(task)
         return True
+
+
+_COMMANDS: dict[str, Callable[[SmtpProtocol, str], Awaitable[bool]]] = {
+    name.removeprefix("smtp_"): method
+    for name, method in vars(SmtpProtocol).items()
+    if name.startswith("smtp_")
+}
+"""Verb → its method (looked up once, not by name on every command)."""
 
 
 async def serve(

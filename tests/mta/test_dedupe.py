@@ -1,0 +1,76 @@
+"""The Message-IDs shared between MTA instances through Redis: batched round trips."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from redis.asyncio import Redis
+
+from workers.mta.dedupe import SharedMessageIds
+
+NAME = "warta-dedupe-test"
+
+
+async def _connections(redis_url: str) -> int:
+    """Connections the tested client holds open, as the Redis server lists them."""
+    observer = Redis.from_url(redis_url)
+    try:
+        clients = await observer.client_list()
+    finally:
+        await observer.aclose()
+    return sum(1 for client in clients if client.get("name") == NAME)
+
+
+async def test_concurrent_lookups_and_records_share_round_trips(redis_url: str) -> None:
+    # Ten sessions finishing DATA at once must not cost ten round trips (and ten pooled
+    # connections) each way: what arrives while one is under way goes in the next.
+    redis = Redis.from_url(redis_url, client_name=NAME)
+    shared = SharedMessageIds(redis, 60, "one")
+    try:
+        await asyncio.gather(*(shared.remember(f"<m{n}@warta.test>", f"q{n}") for n in range(20)))
+        found = await asyncio.gather(
+            *(shared.seen(f"<m{n}@warta.test>") for n in range(20)),
+            shared.seen("<unknown@warta.test>"),
+            shared.remember("<late@warta.test>", "q99"),
+        )
+        assert found == [f"one/q{n}" for n in range(20)] + [None, None]
+        assert await shared.seen("late@warta.test") == "one/q99"  # brackets or not
+        ttl = await redis.ttl("warta:mta:mid:" + "0" * 64)
+        assert ttl == -2  # nothing stored under a key that was never remembered
+        assert 0 < max([await redis.ttl(key) async for key in redis.scan_iter("warta:mta:*")]) <= 60
+        assert await _connections(redis_url) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_cancelled_caller_leaves_the_others_answered(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    shared = SharedMessageIds(redis, 60, "one")
+    try:
+        await shared.remember("<kept@warta.test>", "q1")
+        lookups = [asyncio.create_task(shared.seen("<kept@warta.test>")) for _ in range(5)]
+        await asyncio.sleep(0)  # all five queued, one round trip under way or next
+        lookups[0].cancel()
+        results = await asyncio.gather(*lookups[1:])
+        assert results == ["one/q1"] * 4
+        assert lookups[0].cancelled()
+    finally:
+        await redis.aclose()
+
+
+async def test_redis_unreachable_degrades_to_not_seen() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    redis = Redis.from_url(f"redis://127.0.0.1:{port}", socket_connect_timeout=1)
+    shared = SharedMessageIds(redis, 60, "one")
+    try:
+        results = await asyncio.gather(
+            shared.seen("<a@warta.test>"),
+            shared.remember("<b@warta.test>", "q1"),
+            shared.seen("<c@warta.test>"),
+        )
+        assert list(results) == [None, None, None]
+    finally:
+        await redis.aclose()
