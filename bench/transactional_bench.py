@@ -240,6 +240,10 @@ async def _measure(
         profiler.attach(name, pid)
     accepted, elapsed, other = await _rate(api_ports, args.requests, args.concurrency)
     print_profiles(profiler.finish())
+    if args.profile_dir:  # the raw collapsed stacks, for a closer look than the top entries
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+        for raw in tmp.glob("profile-*.txt"):
+            shutil.copy(raw, Path(args.profile_dir) / raw.name)
     rate = accepted / elapsed
     drain_started = time.perf_counter()
     total = await _count(sessionmaker)
@@ -361,6 +365,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "--profile",
         action="store_true",
         help="record the first API process and the worker with py-spy during the requests",
+    )
+    parser.add_argument(
+        "--profile-dir", help="with --profile: keep py-spy's raw collapsed stacks here"
     )
     parser.add_argument("--campaign", type=int, help="default 50000 (quick: 5000)")
     parser.add_argument("--probes", type=int, help="default 200 (quick: 60)")

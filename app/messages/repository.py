@@ -137,6 +137,39 @@ async def insert(session: AsyncSession, values: Sequence[dict[str, Any]]) -> lis
     return [int(row_id) for row_id in result.scalars()]
 
 
+async def allocate_ids(session: AsyncSession, count: int) -> list[int] | None:
+    """`count` new message ids from the sequence (PostgreSQL, one query), or None where ids
+    come only from the INSERT (SQLite)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    sequence = sa.func.pg_get_serial_sequence(Message.__tablename__, "id")
+    result = await session.scalars(
+        sa.select(sa.func.nextval(sequence)).select_from(sa.func.generate_series(1, count))
+    )
+    return [int(row_id) for row_id in result]
+
+
+async def insert_with_ids(
+    session: AsyncSession,
+    values: Sequence[dict[str, Any]],
+    ids: Sequence[int],
+    built: Sequence[dict[str, Any]],
+) -> None:
+    """Insert message rows under the `ids` allocated for them, each with its built message
+    (`built` as for `set_built`, for the rows that have one), in one multi-row INSERT."""
+    table = cast(sa.Table, Message.__table__)
+    columns = {"meta": "metadata"}  # the attribute's column name
+    by_id = {item["b_id"]: item for item in built}
+    rows = []
+    for row_id, row in zip(ids, values, strict=True):
+        record = {columns.get(k, k): v for k, v in row.items()}
+        record["id"] = row_id
+        if (done := by_id.get(row_id)) is not None:
+            record.update(status=done["b_status"], last_reply=done["b_reply"], mime=done["b_mime"])
+        rows.append(record)
+    await session.execute(sa.insert(table), rows)
+
+
 async def set_built(session: AsyncSession, built: Sequence[dict[str, Any]]) -> None:
     """Store each built message (`b_id`, `b_status`, `b_reply`, `b_mime`) in one executemany."""
     if not built:

@@ -125,7 +125,6 @@ async def _once(
 async def send_message(
     body: MessageCreate,
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     key: Limited,
     enqueuer: Enqueuer,
@@ -135,9 +134,13 @@ async def send_message(
     """Send to one address or a list (one message each); 202 once stored and queued."""
     site = site_identity(settings)
     key_id = key.id
+    sessionmaker = request.app.state.sessionmaker
     if idempotency_key is None:  # nothing to store with the rows: commit with others
-        prepared = await service.prepare(session, settings, site, body)
-        await session.close()  # hand back its connection while the group works
+        if body.template_id is None:  # no session at all: the group has its own
+            prepared = await service.prepare(None, settings, site, body)
+        else:  # the template's session is handed back before the group works
+            async with sessionmaker() as session:
+                prepared = await service.prepare(session, settings, site, body)
         rows = await grouped.submit(key_id, prepared)
         return JSONResponse({"messages": service.accepted(rows)}, 202)
 
@@ -146,7 +149,8 @@ async def send_message(
         (rows,) = await service.store(session, settings, site, key_id, [prepared])
         return 202, {"messages": service.accepted(rows)}, service.to_send(rows)
 
-    return await _once(request, session, enqueuer, key_id, idempotency_key, body, work)
+    async with sessionmaker() as session:
+        return await _once(request, session, enqueuer, key_id, idempotency_key, body, work)
 
 
 @router.post("/batch", response_model=BatchResult)
