@@ -90,37 +90,38 @@ async def claim(
 
     Conditional UPDATEs decide, so two workers never both hold one message.
     """
-    free = sa.or_(Message.lease_until.is_(None), Message.lease_until < now)
-    taken = (Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
+    # Core statements on the table (no ORM bulk-update machinery: a job claims per burst).
+    table = cast(sa.Table, Message.__table__)
+    c = table.c
+    free = sa.or_(c.lease_until.is_(None), c.lease_until < now)
+    taken = (c.id, c.to_email, c.mime, c.attempts, c.stream)
     found: list[Any] = []
     if ids:
         found += await session.execute(
-            sa.update(Message)
+            sa.update(table)
             .where(
-                Message.id.in_(ids),
-                Message.status.in_(SENDABLE_STATUSES),
-                sa.or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
+                c.id.in_(ids),
+                c.status.in_(SENDABLE_STATUSES),
+                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
                 free,
             )
             .values(lease_token=token, lease_until=now + lease)
             .returning(*taken)
-            .execution_options(synchronize_session=False)
         )
     if extra > 0:
         others = (
-            sa.select(Message.id)
-            .where(Message.status == MessageStatus.queued, free)
-            .order_by(Message.id)
+            sa.select(c.id)
+            .where(c.status == MessageStatus.queued, free)
+            .order_by(c.id)
             .limit(extra)
             .with_for_update(skip_locked=True)  # PostgreSQL: never wait for another job's rows
             .scalar_subquery()
         )
         found += await session.execute(
-            sa.update(Message)
-            .where(Message.id.in_(others), Message.status == MessageStatus.queued, free)
+            sa.update(table)
+            .where(c.id.in_(others), c.status == MessageStatus.queued, free)
             .values(lease_token=token, lease_until=now + lease)
             .returning(*taken)
-            .execution_options(synchronize_session=False)
         )
     claimed = [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in found]
     return sorted(claimed, key=lambda row: row.id)
