@@ -88,26 +88,17 @@ async def claim(
     """Take the lease on the messages of `ids` that are due and not held by another worker,
     and on up to `extra` other queued ones (a burst of requests is then sent in batches).
 
-    Conditional UPDATEs decide, so two workers never both hold one message.
+    A conditional UPDATE decides, so two workers never both hold one message.
     """
-    # Core statements on the table (no ORM bulk-update machinery: a job claims per burst).
+    # One Core statement on the table (no ORM bulk-update machinery, one round trip): on
+    # a busy worker every round trip waits a turn of its event loop.
     table = cast(sa.Table, Message.__table__)
     c = table.c
     free = sa.or_(c.lease_until.is_(None), c.lease_until < now)
-    taken = (c.id, c.to_email, c.mime, c.attempts, c.stream)
-    found: list[Any] = []
+    wanted = []
     if ids:
-        found += await session.execute(
-            sa.update(table)
-            .where(
-                c.id.in_(ids),
-                c.status.in_(SENDABLE_STATUSES),
-                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
-                free,
-            )
-            .values(lease_token=token, lease_until=now + lease)
-            .returning(*taken)
-        )
+        due = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+        wanted.append(sa.and_(c.id.in_(ids), c.status.in_(SENDABLE_STATUSES), due))
     if extra > 0:
         others = (
             sa.select(c.id)
@@ -117,12 +108,15 @@ async def claim(
             .with_for_update(skip_locked=True)  # PostgreSQL: never wait for another job's rows
             .scalar_subquery()
         )
-        found += await session.execute(
-            sa.update(table)
-            .where(c.id.in_(others), c.status == MessageStatus.queued, free)
-            .values(lease_token=token, lease_until=now + lease)
-            .returning(*taken)
-        )
+        wanted.append(sa.and_(c.id.in_(others), c.status == MessageStatus.queued))
+    if not wanted:
+        return []
+    found = await session.execute(
+        sa.update(table)
+        .where(sa.or_(*wanted), free)
+        .values(lease_token=token, lease_until=now + lease)
+        .returning(c.id, c.to_email, c.mime, c.attempts, c.stream)
+    )
     claimed = [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in found]
     return sorted(claimed, key=lambda row: row.id)
 
