@@ -138,7 +138,9 @@ async def claim_many(session: AsyncSession, claims: Sequence[Claim]) -> dict[tup
                     "response": {},
                     "created_at": now,
                 }
-                for claim in claims
+                # In one order everywhere: two groups holding the same keys (a client's
+                # retries spread over API processes) wait for each other, never deadlock.
+                for claim in sorted(claims, key=lambda claim: (claim.api_key_id, claim.key))
             ]
         )
         .on_conflict_do_nothing(index_elements=["api_key_id", "key"])
