@@ -20,6 +20,7 @@ so it costs the shared CPU little.
 
     python -m bench.transactional_bench [--requests 6000] [--concurrency 32]
         [--api-processes 2] [--campaign 50000] [--probes 200] [--quick]
+        [--idempotency-keys] [--profile [--profile-dir DIR]]
 
 `--quick`: 1,000 requests, a 5,000-recipient campaign, 60 probes.
 """
@@ -79,14 +80,15 @@ class _Client:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes, key: str | None = None) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
+        extra = f"Idempotency-Key: {key}\r\n" if key else ""
         self.writer.write(
             (
                 f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                f"{extra}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode()
             + body
         )
@@ -117,7 +119,10 @@ def _message(to: str, index: int) -> bytes:
     ).encode()
 
 
-async def _rate(ports: list[int], requests: int, concurrency: int) -> tuple[int, float, list[int]]:
+async def _rate(
+    ports: list[int], requests: int, concurrency: int, keys: str | None = None
+) -> tuple[int, float, list[int]]:
+    """POST `requests` messages; with `keys`, each with the Idempotency-Key `{keys}-{index}`."""
     clients = [_Client(ports[i % len(ports)]) for i in range(concurrency)]
     counter = iter(range(requests))
     accepted = 0
@@ -127,7 +132,9 @@ async def _rate(ports: list[int], requests: int, concurrency: int) -> tuple[int,
         nonlocal accepted
         for index in counter:
             status, _ = await client.post(
-                "/api/v1/messages", _message(f"user{index}@example.com", index)
+                "/api/v1/messages",
+                _message(f"user{index}@example.com", index),
+                f"{keys}-{index}" if keys else None,
             )
             if status == 202:
                 accepted += 1
@@ -154,6 +161,19 @@ async def _count(sessionmaker: Any, unsent: bool = False) -> int:
         if unsent:
             query = query.where(Message.status.in_(SENDABLE_STATUSES))
         return int(await session.scalar(query) or 0)
+
+
+async def _handed_over(sessionmaker: Any, probes: dict[str, float]) -> dict[str, float]:
+    """When the worker recorded each probe `sent` (the MTA's 250), as a Unix time."""
+    import sqlalchemy as sa
+
+    from app.models import Message
+
+    async with sessionmaker() as session:
+        rows = await session.execute(
+            sa.select(Message.to_email, Message.sent_at).where(Message.to_email.in_(list(probes)))
+        )
+        return {to: sent.timestamp() for to, sent in rows if sent is not None}
 
 
 async def _run(args: argparse.Namespace, tmp: Path) -> list[Row]:
@@ -226,7 +246,8 @@ async def _measure(
     await asyncio.sleep(2)
 
     # 1. sustained accepted requests per second
-    await _rate(api_ports, 200, args.concurrency)  # warm-up: connections, caches
+    keys = "bench" if args.idempotency_keys else None
+    await _rate(api_ports, 200, args.concurrency, keys and "warm")  # connections, caches
     groups = {
         "api": [p.pid for p in procs[1:-1]],
         "worker": [procs[-1].pid],
@@ -238,8 +259,12 @@ async def _measure(
     profiler = Profiler(tmp, args.profile)
     for name, pid in [("api", procs[1].pid), ("worker", procs[-1].pid)]:
         profiler.attach(name, pid)
-    accepted, elapsed, other = await _rate(api_ports, args.requests, args.concurrency)
+    accepted, elapsed, other = await _rate(api_ports, args.requests, args.concurrency, keys)
     print_profiles(profiler.finish())
+    if args.profile_dir:  # the raw collapsed stacks, for a closer look than the top entries
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+        for raw in tmp.glob("profile-*.txt"):
+            shutil.copy(raw, Path(args.profile_dir) / raw.name)
     rate = accepted / elapsed
     drain_started = time.perf_counter()
     total = await _count(sessionmaker)
@@ -252,7 +277,10 @@ async def _measure(
     await asyncio.sleep(1)  # let the MTA pass the last ones to the sink
     cpu_after = cpu_by_group(groups)
     cpu = {role: (cpu_after[role] - cpu_before[role]) / max(accepted, 1) for role in groups}
-    print(f"  API processes: {args.api_processes}; concurrency {args.concurrency}; sink smtp-sink")
+    print(
+        f"  API processes: {args.api_processes}; concurrency {args.concurrency}; sink smtp-sink"
+        + ("; every request with its own Idempotency-Key" if keys else "")
+    )
     print(
         f"  POST /messages: {accepted:,} accepted in {elapsed:.1f} s = {rate:,.0f}/s "
         f"(target ≥ {RATE_TARGET:,.0f}: {'met' if rate >= RATE_TARGET else 'NOT met'})"
@@ -319,6 +347,16 @@ async def _measure(
         f"(target p99 < {P99_TARGET:g} s: {'met' if latency_met else 'NOT met'})"
         + (f"; {missing} never arrived" if missing else "")
     )
+    handed = await _handed_over(sessionmaker, accepted_at)
+    if handed:
+        to_mta = [handed[to] - at for to, at in accepted_at.items() if to in handed]
+        after = [recorder.arrivals[to] - handed[to] for to in handed if to in recorder.arrivals]
+        print(
+            f"  of which 202 → handed to the MTA (the worker's sent_at): p50 "
+            f"{_percentile(to_mta, 0.5) * 1000:.0f} ms, p99 {_percentile(to_mta, 0.99) * 1000:.0f}"
+            f" ms; handed to the MTA → remote sink: p50 {_percentile(after, 0.5) * 1000:.0f} ms,"
+            f" p99 {_percentile(after, 0.99) * 1000:.0f} ms"
+        )
     stages = ", ".join(f"{role} {seconds * 1000:.1f}" for role, seconds in cpu.items())
     return [
         Row(
@@ -361,6 +399,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "--profile",
         action="store_true",
         help="record the first API process and the worker with py-spy during the requests",
+    )
+    parser.add_argument(
+        "--idempotency-keys",
+        action="store_true",
+        help="give every request of the rate test its own Idempotency-Key",
+    )
+    parser.add_argument(
+        "--profile-dir", help="with --profile: keep py-spy's raw collapsed stacks here"
     )
     parser.add_argument("--campaign", type=int, help="default 50000 (quick: 5000)")
     parser.add_argument("--probes", type=int, help="default 200 (quick: 60)")

@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX)
     for module in (
+        messages,  # first: routes are matched in order, and POST /messages is the hot one
         lists,
         subscribers,
         imports,
@@ -104,7 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracking,
         public,
         bounces,
-        messages,
         webhooks,
         raw_messages,
         safety,

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core import api_keys
-from app.core.http import SessionDep
 from app.models import ApiKey
 
 _bearer = HTTPBearer(auto_error=False)
@@ -17,7 +16,7 @@ PathId = Annotated[int, Path(ge=1, le=2_147_483_647, description="A 32-bit id.")
 
 
 async def current_key(
-    session: SessionDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
     """The API key named by the bearer token, or 401."""
@@ -27,13 +26,15 @@ async def current_key(
             "an API key is required: Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = await api_keys.authenticate_cached(session, credentials.credentials)
+    # Its own session, only when the key is not in the cache: a route that needs no database
+    # (POST /messages, grouped) opens no session for authentication.
+    key = await api_keys.authenticate_cached(
+        request.app.state.sessionmaker, credentials.credentials
+    )
     if key is None:
         raise HTTPException(
             401, "the API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}
         )
-    if session.dirty:  # the once-a-minute last_used_at touch
-        await session.commit()
     return key
 
 

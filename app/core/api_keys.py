@@ -11,6 +11,7 @@ characters after `wk_` for the same reason.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -20,7 +21,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from app.core import audit
@@ -219,48 +220,85 @@ AUTH_CACHE_SECONDS = 2.0
 """How long a verified key is trusted without a query: a key revoked in another process is
 refused everywhere within this time (as its revocation commits, in the process that made it)."""
 AUTH_CACHE_SIZE = 1024
-_Verified = dict[str, tuple[float, int, str, list[str]]]
-"""token hash → (monotonic expiry, key id, name, scopes) of keys verified lately."""
-_verified: weakref.WeakKeyDictionary[object, _Verified] = weakref.WeakKeyDictionary()
-"""One cache per database engine: an id is only meaningful in the database it came from."""
+_Found = tuple[int, str, list[str]]
+"""(key id, name, scopes) of a live key: what a request needs of it."""
+
+
+class _Cache:
+    """The keys verified lately through one sessionmaker, and the lookups under way."""
+
+    def __init__(self) -> None:
+        self.verified: dict[str, tuple[float, _Found]] = {}
+        """token hash → (monotonic expiry, the key)"""
+        self.lookups: dict[tuple[str, int], asyncio.Task[_Found | None]] = {}
+        """(token hash, generation) → the query under way: requests that miss together (a
+        burst when an entry expires) share one query instead of one connection each."""
+
+
+_caches: weakref.WeakKeyDictionary[object, _Cache] = weakref.WeakKeyDictionary()
+"""One cache per sessionmaker (its database): an id is only meaningful where it came from."""
 _generation = 0
-"""Bumped at every forget: a lookup that began before a change does not cache its answer."""
+"""Bumped at every forget: a lookup that began before a change does not cache its answer,
+and no request begun after the change joins it."""
 _clock = time.monotonic
 _CHANGED = "warta.api_key_changed"
 """The session's info flag: it changed a key, so its commit forgets the verified keys."""
 
 
-async def authenticate_cached(session: AsyncSession, token: str) -> ApiKey | None:
-    """`authenticate`, answered from memory for a key verified less than AUTH_CACHE_SECONDS ago.
+async def authenticate_cached(
+    sessionmaker: async_sessionmaker[AsyncSession], token: str
+) -> ApiKey | None:
+    """`authenticate` in a session of its own (only on a miss), answered from memory for a key
+    verified less than AUTH_CACHE_SECONDS ago.
 
-    A hit is a transient copy (id, name, scopes): enough to check scopes and name the key,
-    and no row to touch: `last_used_at` is touched on the next miss, within a minute as before.
+    The answer is a transient copy (id, name, scopes): enough to check scopes and name the
+    key; `last_used_at` is touched (and committed) on a miss, at most once a minute as before.
     """
-    if session.bind is None:
-        return await authenticate(session, token)
-    verified = _verified.setdefault(session.bind, {})
+    cache = _caches.setdefault(sessionmaker, _Cache())
     digest = hash_token(token)
-    hit = verified.get(digest)
+    hit = cache.verified.get(digest)
     if hit is not None and hit[0] > _clock():
-        return ApiKey(id=hit[1], name=hit[2], scopes=list(hit[3]))
-    generation = _generation
-    key = await authenticate(session, token)
-    if key is None:
-        verified.pop(digest, None)
+        found: _Found | None = hit[1]
+    else:
+        generation = _generation
+        lookup = cache.lookups.get((digest, generation))
+        if lookup is None:
+            lookup = asyncio.create_task(_look_up(sessionmaker, cache, token, digest, generation))
+            cache.lookups[digest, generation] = lookup
+            lookup.add_done_callback(lambda _: cache.lookups.pop((digest, generation), None))
+        # A request cancelled meanwhile leaves the lookup to the others that wait for it.
+        found = await asyncio.shield(lookup)
+    if found is None:
         return None
-    if generation != _generation:
-        return key  # a key changed while this one was read: what was read may be old
-    if len(verified) >= AUTH_CACHE_SIZE:
-        verified.clear()  # many keys in a short time: start over rather than track age
-    verified[digest] = (_clock() + AUTH_CACHE_SECONDS, key.id, key.name, list(key.scopes))
-    return key
+    return ApiKey(id=found[0], name=found[1], scopes=list(found[2]))
+
+
+async def _look_up(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    cache: _Cache,
+    token: str,
+    digest: str,
+    generation: int,
+) -> _Found | None:
+    async with sessionmaker() as session:
+        key = await authenticate(session, token)
+        found = None if key is None else (key.id, key.name, list(key.scopes))
+        if session.dirty:  # the once-a-minute last_used_at touch
+            await session.commit()
+    if found is None:
+        cache.verified.pop(digest, None)
+    elif generation == _generation:  # else a key changed meanwhile: what was read may be old
+        if len(cache.verified) >= AUTH_CACHE_SIZE:
+            cache.verified.clear()  # many keys in a short time: start over rather than track age
+        cache.verified[digest] = (_clock() + AUTH_CACHE_SECONDS, found)
+    return found
 
 
 def _forget() -> None:
     global _generation
     _generation += 1
-    for verified in list(_verified.values()):
-        verified.clear()
+    for cache in list(_caches.values()):
+        cache.verified.clear()
 
 
 @event.listens_for(ApiKey, "after_update")

@@ -4,6 +4,9 @@ The key is claimed by inserting its row as the first write of the request's tran
 the unique constraint (API key, key) decides between concurrent duplicates. On PostgreSQL
 the second insert waits for the first transaction and fails once it commits; on SQLite
 the second writer waits for the lock and then fails. The loser reads the stored answer.
+
+POST /messages claims the keys of a group of fresh requests together (`claim_many`, in the
+group's transaction); a key that already has a row is settled by `claim`, alone.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -98,6 +103,64 @@ async def claim(
             raise Conflict("a request with this Idempotency-Key is still being processed")
         return Replay(existing.status_code, dict(existing.response))
     raise Conflict("the Idempotency-Key could not be claimed; try again")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A fresh request's Idempotency-Key, to be claimed in a group's transaction."""
+
+    api_key_id: int
+    key: str
+    fingerprint: str
+
+
+async def claim_many(session: AsyncSession, claims: Sequence[Claim]) -> dict[tuple[int, str], int]:
+    """Claim keys never used before, all in one INSERT … ON CONFLICT DO NOTHING RETURNING:
+    the claimed rows' ids by (API key, key), to fill in with `remember_many`.
+
+    A key that has a row already (answered, expired, or claimed by a transaction under way:
+    PostgreSQL waits for it) is left out, for `claim` to settle alone as it always has. Keys
+    must be distinct (one group never holds the same key twice).
+    """
+    if not claims:
+        return {}
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    now = utcnow()
+    statement = (
+        insert(IdempotencyKey)
+        .values(
+            [
+                {
+                    "api_key_id": claim.api_key_id,
+                    "key": claim.key,
+                    "request_hash": claim.fingerprint,
+                    "status_code": 0,
+                    "response": {},
+                    "created_at": now,
+                }
+                # In one order everywhere: two groups holding the same keys (a client's
+                # retries spread over API processes) wait for each other, never deadlock.
+                for claim in sorted(claims, key=lambda claim: (claim.api_key_id, claim.key))
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["api_key_id", "key"])
+        .returning(IdempotencyKey.id, IdempotencyKey.api_key_id, IdempotencyKey.key)
+    )
+    rows = await session.execute(statement, execution_options={"synchronize_session": False})
+    return {(int(api_key_id), key): int(row_id) for row_id, api_key_id, key in rows}
+
+
+async def remember_many(session: AsyncSession, answers: Sequence[tuple[int, int, Any]]) -> None:
+    """Store each answer (claimed row id, status, body) in its row, in one executemany."""
+    if not answers:
+        return
+    table = cast(sa.Table, IdempotencyKey.__table__)
+    await session.execute(
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(status_code=sa.bindparam("b_status"), response=sa.bindparam("b_body")),
+        [{"b_id": row_id, "b_status": status, "b_body": body} for row_id, status, body in answers],
+    )
 
 
 async def remember(session: AsyncSession, row: IdempotencyKey, status: int, body: Any) -> None:

@@ -88,40 +88,35 @@ async def claim(
     """Take the lease on the messages of `ids` that are due and not held by another worker,
     and on up to `extra` other queued ones (a burst of requests is then sent in batches).
 
-    Conditional UPDATEs decide, so two workers never both hold one message.
+    A conditional UPDATE decides, so two workers never both hold one message.
     """
-    free = sa.or_(Message.lease_until.is_(None), Message.lease_until < now)
-    taken = (Message.id, Message.to_email, Message.mime, Message.attempts, Message.stream)
-    found: list[Any] = []
+    # One Core statement on the table (no ORM bulk-update machinery, one round trip): on
+    # a busy worker every round trip waits a turn of its event loop.
+    table = cast(sa.Table, Message.__table__)
+    c = table.c
+    free = sa.or_(c.lease_until.is_(None), c.lease_until < now)
+    wanted = []
     if ids:
-        found += await session.execute(
-            sa.update(Message)
-            .where(
-                Message.id.in_(ids),
-                Message.status.in_(SENDABLE_STATUSES),
-                sa.or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
-                free,
-            )
-            .values(lease_token=token, lease_until=now + lease)
-            .returning(*taken)
-            .execution_options(synchronize_session=False)
-        )
+        due = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)
+        wanted.append(sa.and_(c.id.in_(ids), c.status.in_(SENDABLE_STATUSES), due))
     if extra > 0:
         others = (
-            sa.select(Message.id)
-            .where(Message.status == MessageStatus.queued, free)
-            .order_by(Message.id)
+            sa.select(c.id)
+            .where(c.status == MessageStatus.queued, free)
+            .order_by(c.id)
             .limit(extra)
             .with_for_update(skip_locked=True)  # PostgreSQL: never wait for another job's rows
             .scalar_subquery()
         )
-        found += await session.execute(
-            sa.update(Message)
-            .where(Message.id.in_(others), Message.status == MessageStatus.queued, free)
-            .values(lease_token=token, lease_until=now + lease)
-            .returning(*taken)
-            .execution_options(synchronize_session=False)
-        )
+        wanted.append(sa.and_(c.id.in_(others), c.status == MessageStatus.queued))
+    if not wanted:
+        return []
+    found = await session.execute(
+        sa.update(table)
+        .where(sa.or_(*wanted), free)
+        .values(lease_token=token, lease_until=now + lease)
+        .returning(c.id, c.to_email, c.mime, c.attempts, c.stream)
+    )
     claimed = [Claimed(row[0], row[1], row[2], row[3], MessageStream(row[4])) for row in found]
     return sorted(claimed, key=lambda row: row.id)
 
@@ -135,6 +130,39 @@ async def insert(session: AsyncSession, values: Sequence[dict[str, Any]]) -> lis
         [{columns.get(k, k): v for k, v in row.items()} for row in values],
     )
     return [int(row_id) for row_id in result.scalars()]
+
+
+async def allocate_ids(session: AsyncSession, count: int) -> list[int] | None:
+    """`count` new message ids from the sequence (PostgreSQL, one query), or None where ids
+    come only from the INSERT (SQLite)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    sequence = sa.func.pg_get_serial_sequence(Message.__tablename__, "id")
+    result = await session.scalars(
+        sa.select(sa.func.nextval(sequence)).select_from(sa.func.generate_series(1, count))
+    )
+    return [int(row_id) for row_id in result]
+
+
+async def insert_with_ids(
+    session: AsyncSession,
+    values: Sequence[dict[str, Any]],
+    ids: Sequence[int],
+    built: Sequence[dict[str, Any]],
+) -> None:
+    """Insert message rows under the `ids` allocated for them, each with its built message
+    (`built` as for `set_built`, for the rows that have one), in one multi-row INSERT."""
+    table = cast(sa.Table, Message.__table__)
+    columns = {"meta": "metadata"}  # the attribute's column name
+    by_id = {item["b_id"]: item for item in built}
+    rows = []
+    for row_id, row in zip(ids, values, strict=True):
+        record = {columns.get(k, k): v for k, v in row.items()}
+        record["id"] = row_id
+        if (done := by_id.get(row_id)) is not None:
+            record.update(status=done["b_status"], last_reply=done["b_reply"], mime=done["b_mime"])
+        rows.append(record)
+    await session.execute(sa.insert(table), rows)
 
 
 async def set_built(session: AsyncSession, built: Sequence[dict[str, Any]]) -> None:

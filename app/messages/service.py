@@ -86,7 +86,7 @@ class Prepared:
 
 
 async def prepare(
-    session: AsyncSession,
+    session: AsyncSession | None,
     settings: Settings,
     site: SiteIdentity,
     request: MessageRequest,
@@ -94,6 +94,8 @@ async def prepare(
     dry_build: bool = False,
 ) -> Prepared:
     """Load the template and render for every recipient: any problem raises.
+
+    `session` is needed only for a request naming a stored template (None otherwise).
 
     With `dry_build`, also build the first message with a stand-in id, so that a bad address
     or header fails this request alone (a batch item) rather than `store`, which fails all.
@@ -143,9 +145,10 @@ def _address(mailbox: str) -> str:
     return mailbox.rpartition("<")[2].rstrip(">") if "<" in mailbox else mailbox
 
 
-async def _content(session: AsyncSession, request: MessageRequest) -> content.Content:
+async def _content(session: AsyncSession | None, request: MessageRequest) -> content.Content:
     if request.template_id is None:
         return content.Content(request.subject or "", request.html or "", request.text or "")
+    assert session is not None, "a stored template is read in a session"
     # The session's identity map keeps a template loaded once for the rest of a batch.
     template = await templates.get_or_invalid(session, request.template_id)
     subject = request.subject if request.subject is not None else template.subject
@@ -217,7 +220,12 @@ async def store_many(
             )
     if not values:
         return [[] for _ in prepared]
-    ids = await repository.insert(session, values)
+    # PostgreSQL: the ids first (one nextval query), so each row is inserted once with its
+    # MIME (the Message-ID is derived from the id). Elsewhere: insert, then store the MIME.
+    ids = await repository.allocate_ids(session, len(values))
+    inserted = ids is not None
+    if ids is None:
+        ids = await repository.insert(session, values)
     rows: list[list[Stored]] = []
     built: list[dict[str, Any]] = []
     events: list[NewEvent] = []
@@ -246,7 +254,10 @@ async def store_many(
             built.append({"b_id": row_id, "b_status": status, "b_reply": reply, "b_mime": mime})
             group.append(Stored(row_id, address, status))
         rows.append(group)
-    await repository.set_built(session, built)
+    if inserted:
+        await repository.insert_with_ids(session, values, ids, built)
+    else:
+        await repository.set_built(session, built)
     await record_events(session, events)
     return rows
 

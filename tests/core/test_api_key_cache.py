@@ -4,11 +4,14 @@ another."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import api_keys
@@ -94,3 +97,24 @@ async def test_a_cached_key_keeps_its_scopes(
             "/api/v1/lists", json={"name": "x"}, headers={"Authorization": f"Bearer {token}"}
         )
         assert denied.status_code == 403
+
+
+async def test_requests_that_miss_together_share_one_lookup(
+    client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(api_keys, "_clock", clock)
+    _, _, lists = await _verified_key(client, session, ["lists:read"])
+    clock.now += api_keys.AUTH_CACHE_SECONDS + 1  # expired: every request below misses
+    lookups = 0
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        nonlocal lookups
+        lookups += statement.lstrip().upper().startswith("SELECT") and "api_keys" in statement
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        assert await asyncio.gather(*(lists() for _ in range(8))) == [200] * 8
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert lookups == 1

@@ -27,7 +27,7 @@ from app.core.http import SessionDep, SettingsDep
 from app.core.ratelimit import RateLimiter
 from app.mail.identity import site_identity
 from app.messages import idempotency, service
-from app.messages.grouping import GroupStore
+from app.messages.grouping import GroupStore, answer
 from app.messages.handoff import GroupEnqueuer
 from app.models import ApiKey, IdempotencyKey, Message, MessageStatus
 
@@ -125,7 +125,6 @@ async def _once(
 async def send_message(
     body: MessageCreate,
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     key: Limited,
     enqueuer: Enqueuer,
@@ -135,18 +134,42 @@ async def send_message(
     """Send to one address or a list (one message each); 202 once stored and queued."""
     site = site_identity(settings)
     key_id = key.id
-    if idempotency_key is None:  # nothing to store with the rows: commit with others
-        prepared = await service.prepare(session, settings, site, body)
-        await session.close()  # hand back its connection while the group works
-        rows = await grouped.submit(key_id, prepared)
-        return JSONResponse({"messages": service.accepted(rows)}, 202)
+    sessionmaker = request.app.state.sessionmaker
+    claim: idempotency.Claim | None = None
+    if idempotency_key is not None:
+        idempotency.check_key(idempotency_key)
+        payload = body.model_dump(mode="json", by_alias=True)
+        fingerprint = idempotency.request_hash(request.url.path, payload)
+        claim = idempotency.Claim(key_id, idempotency_key, fingerprint)
+    prepared: service.Prepared | None = None
+    try:
+        if body.template_id is None:  # no session at all: the group has its own
+            prepared = await service.prepare(None, settings, site, body)
+        else:  # the template's session is handed back before the group works
+            async with sessionmaker() as session:
+                prepared = await service.prepare(session, settings, site, body)
+    except Exception:
+        if claim is None:
+            raise
+        # Settled alone below: a key used before answers first (a replay, a 422), as always.
+    if prepared is not None:
+        rows = (
+            await grouped.submit(key_id, prepared)
+            if claim is None
+            else await grouped.submit_once(claim, prepared)
+        )
+        if rows is not None:
+            return JSONResponse(answer(rows), 202)
 
+    # The key has a row already (answered, in progress, expired), or the request did not
+    # prepare: one transaction of its own, claiming the key first.
     async def work() -> tuple[int, dict[str, Any], list[int]]:
-        prepared = await service.prepare(session, settings, site, body)
-        (rows,) = await service.store(session, settings, site, key_id, [prepared])
-        return 202, {"messages": service.accepted(rows)}, service.to_send(rows)
+        ready = prepared or await service.prepare(session, settings, site, body)
+        (rows,) = await service.store(session, settings, site, key_id, [ready])
+        return 202, answer(rows), service.to_send(rows)
 
-    return await _once(request, session, enqueuer, key_id, idempotency_key, body, work)
+    async with sessionmaker() as session:
+        return await _once(request, session, enqueuer, key_id, idempotency_key, body, work)
 
 
 @router.post("/batch", response_model=BatchResult)
