@@ -2,7 +2,7 @@
 
 Runs acceptance (dead next hop) or relay (DKIM, to `smtp-sink`) with `smtp-source`, reads
 the user and system CPU of `warta mta` from `/proc/<pid>/stat` before and after, prints
-its VmHWM, and with `--perf` the top self entries of `perf record -g` (kernel and native
+its VmHWM after start-up and at the end, and with `--perf` the top self entries of `perf record -g` (kernel and native
 code: where system time goes), with `--py-spy` the top Python frames of the event-loop
 thread. No Postfix run: compare against a run of the base commit instead (put
 `PYTHONPATH` on a worktree of it; this venv's `warta` then imports that code).
@@ -96,6 +96,7 @@ def main(argv: list[str]) -> None:
                 )
                 time.sleep(1)
             user, system = _cpu(proc.pid)
+            idle_hwm = _hwm(proc.pid)  # after start-up: imports, spool recovery, listeners
             load = os.getloadavg()[0]
             started = time.perf_counter()
             mta_bench._smtp_source(
@@ -110,7 +111,8 @@ def main(argv: list[str]) -> None:
                 f"{args.phase} (reuse={args.reuse}), {args.messages:,} messages: "
                 f"{args.messages / elapsed:,.0f} msg/s; warta mta CPU per message "
                 f"user {(user_after - user) * per:.2f} ms + system "
-                f"{(system_after - system) * per:.2f} ms; VmHWM {_hwm(proc.pid)}; "
+                f"{(system_after - system) * per:.2f} ms; VmHWM {idle_hwm} after start-up, "
+                f"{_hwm(proc.pid)} at the end; "
                 f"load {load:.1f} -> {os.getloadavg()[0]:.1f}"
             )
             if recorder is not None:

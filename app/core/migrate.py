@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
+from typing import TYPE_CHECKING
 
 import migrations
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def alembic_config(database_url: str) -> Config:
     """An Alembic config that finds the migrations wherever the package is installed."""
+    from alembic.config import Config  # here: Alembic costs every `warta` process ~8 MB
+
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
@@ -21,6 +24,8 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision` (blocking; runs its own event loop)."""
+    from alembic import command
+
     command.upgrade(alembic_config(database_url), revision)
 
 

@@ -7,6 +7,7 @@ import socket
 
 from redis.asyncio import Redis
 
+from tests.helpers.api import eventually
 from workers.mta.dedupe import SharedMessageIds
 
 NAME = "warta-dedupe-test"
@@ -72,5 +73,23 @@ async def test_redis_unreachable_degrades_to_not_seen() -> None:
             shared.seen("<c@warta.test>"),
         )
         assert list(results) == [None, None, None]
+    finally:
+        await redis.aclose()
+
+
+async def test_an_acceptance_is_shared_even_if_its_session_is_cancelled(redis_url: str) -> None:
+    # The 250 may never be written (the client hung up), but the spool has the message:
+    # its Message-ID must reach the other instances all the same.
+    redis = Redis.from_url(redis_url)
+    shared = SharedMessageIds(redis, 60, "mta-1")
+    try:
+        waiting = asyncio.create_task(shared.remember("<gone@warta.test>", "q1"))
+        await asyncio.sleep(0)  # queued in the batch
+        waiting.cancel()
+
+        async def recorded() -> bool:
+            return await shared.seen("gone@warta.test") == "mta-1/q1"
+
+        await eventually(recorded, within=5, what="the cancelled session's Message-ID shared")
     finally:
         await redis.aclose()

@@ -1,8 +1,9 @@
 """The spool's memory of accepted Message-IDs on disk: ``message-ids.log``, one JSON a line.
 
 Each commit appends its batch's ids (``t`` accepted at, ``q`` queue id, ``m`` the id without
-angle brackets) and fsyncs; recovery reads the log back, adds the ids of the queued
-envelopes, drops those older than the dedupe window and rewrites the log compacted.
+angle brackets) and fsyncs; recovery reads the log back into the spool's `MessageIdIndex`,
+adds the ids of the queued envelopes, drops those older than the dedupe window and rewrites
+the log compacted.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+from workers.mta.message_id_index import MessageIdIndex
 from workers.mta.spool_format import Envelope, QueueId
 
 MESSAGE_IDS_LOG = "message-ids.log"
-
-Known = dict[str, tuple[QueueId, float]]
-"""Normalised Message-ID → (queue id, accepted at)."""
 
 
 def normalise_message_id(message_id: str) -> str:
@@ -45,23 +45,50 @@ def append(path: Path, envelopes: Iterable[Envelope]) -> None:
         os.close(fd)
 
 
-def read(path: Path, queued: Iterable[Envelope], horizon: float) -> Known:
-    """The ids in the log and of the queued envelopes, accepted at or after ``horizon``."""
-    known: Known = {}
-    with contextlib.suppress(FileNotFoundError):
-        for line in path.read_bytes().splitlines():
-            try:
-                entry = json.loads(line)
-                known[str(entry["m"])] = (QueueId(str(entry["q"])), float(entry["t"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a crash: its batch was never answered
-    for envelope in queued:
-        if envelope.message_id:
-            key = normalise_message_id(envelope.message_id)
-            known.setdefault(key, (envelope.queue_id, envelope.received_at))
-    return {k: v for k, v in known.items() if v[1] >= horizon}
+def load(
+    path: Path, queued: Iterable[Envelope], horizon: float, index: MessageIdIndex, temp: Path
+) -> None:
+    """Fill ``index`` with the ids in the log and of the queued envelopes accepted at or
+    after ``horizon``, and rewrite the log compacted to exactly those (through ``temp``).
+
+    Both passes stream the log: a million ids never sit in memory at once.
+    """
+    with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
+        for entry in _entries(log):
+            if entry[0] >= horizon:
+                index[entry[2]] = (entry[1], entry[0])
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
+            lines = []
+            for accepted_at, queue_id, message_id in _entries(log):
+                if accepted_at >= horizon and index.get(message_id) == (queue_id, accepted_at):
+                    lines.append(_line(accepted_at, queue_id, message_id))
+                if len(lines) >= 4096:
+                    os.write(fd, b"".join(lines))
+                    lines = []
+            os.write(fd, b"".join(lines))
+        for envelope in queued:
+            key = normalise_message_id(envelope.message_id or "")
+            if key and envelope.received_at >= horizon and index.get(key) is None:
+                index[key] = (envelope.queue_id, envelope.received_at)
+                os.write(fd, _line(envelope.received_at, envelope.queue_id, key))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
-def encode(known: Known) -> bytes:
-    """The compacted log holding exactly ``known``."""
-    return b"".join(_line(t, q, m) for m, (q, t) in known.items())
+def _entries(log: BinaryIO) -> Iterator[tuple[float, QueueId, str]]:
+    """(accepted at, queue id, Message-ID) of each readable line."""
+    for line in log:
+        try:
+            entry = json.loads(line)
+            yield float(entry["t"]), QueueId(str(entry["q"])), str(entry["m"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line from a crash: its batch was never answered

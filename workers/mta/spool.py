@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Self
 
 from workers.mta import message_id_log, snapshot_lock, spool_format
+from workers.mta.message_id_index import MessageIdIndex
 from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
 from workers.mta.message_id_log import normalise_message_id as normalise_message_id
 from workers.mta.spares import SparePool, exchange, stage_parallel, write_all, write_new
@@ -181,7 +182,7 @@ class Spool:
         self._temp_dirs = [self.temp / str(shard) for shard in range(IO_THREADS)]
         for folder in (self.messages, self.envelopes, self.corrupt, *self._temp_dirs):
             folder.mkdir(parents=True, exist_ok=True)
-        self._known: dict[str, tuple[QueueId, float]] = {}
+        self._known = MessageIdIndex(self.temp, horizon=self._horizon)  # off the heap
         self._unlogged: list[Envelope] = []  # accepted, their ids not yet in the log
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
         self._pending: list[_Pending] = []
@@ -737,10 +738,14 @@ class Spool:
 
     def _load_message_ids(self, envelopes: list[Envelope]) -> None:
         """Rebuild the Message-ID index from the log and the spool, dropping expired ids."""
-        horizon = self.clock() - self.dedupe_window
-        self._known = message_id_log.read(self.message_ids_log, envelopes, horizon)
-        lines = message_id_log.encode(self._known)
-        write_atomically(self.message_ids_log, self.temp / MESSAGE_IDS_LOG, lines)
+        self._known.close()
+        self._known = MessageIdIndex(self.temp, horizon=self._horizon)
+        temp = self.temp / MESSAGE_IDS_LOG
+        message_id_log.load(self.message_ids_log, envelopes, self._horizon(), self._known, temp)
+
+    def _horizon(self) -> float:
+        """Message-IDs accepted before this are forgotten."""
+        return self.clock() - self.dedupe_window
 
 
 def _read_file(path: Path) -> bytes:
