@@ -60,8 +60,9 @@ class SharedMessageIds:
         self._queue.append((key, value, future))
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
-        # Shielded: a cancelled caller must not cancel the round trip the others wait on.
-        return await asyncio.shield(future)
+        # A cancelled caller cancels its own future only: the round trip runs in `_drain`'s
+        # task, which skips answered or cancelled futures (a SET queued is still sent).
+        return await future
 
     async def _drain(self) -> None:
         batch: list[tuple[str, str | None, asyncio.Future[Any]]] = []

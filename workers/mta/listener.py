@@ -12,6 +12,7 @@ a shutdown may).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import re
@@ -77,11 +78,20 @@ class Networks:
         )
 
     def __contains__(self, address: object) -> bool:
-        try:
-            ip = ipaddress.ip_address(str(address))
-        except ValueError:
-            return False
-        return any(ip in network for network in self.ranges)
+        return _within(self.ranges, str(address))
+
+
+@functools.lru_cache(maxsize=4096)
+def _within(
+    ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], address: str
+) -> bool:
+    """Whether `address` lies in one of `ranges`; cached, as every session of a client asks
+    again for the same few addresses (parsing one cost ~2 % of the MTA's CPU in a campaign)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in ranges)
 
 
 class SubmissionHandler:
