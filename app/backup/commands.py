@@ -33,7 +33,7 @@ from app.backup.restore import restore
 from app.backup.snapshot import make_backup
 from app.core.logging import configure_logging
 from app.core.settings import Settings, get_settings
-from workers.mta.spool import fsync_directory
+from workers.mta.spares import fsync_directory
 
 console = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from app.core.migrate import upgrade
 from app.core.settings import Settings
 from workers.mta.instances import instance_dir
 from workers.mta.snapshot import spool_directories
-from workers.mta.spool import IO_THREADS, MESSAGE_IDS_LOG, fsync_directory
+from workers.mta.spares import fsync_directory
+from workers.mta.spool import IO_THREADS, MESSAGE_IDS_LOG
 
 
 def restore(

@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from workers.mta.spool import fsync_directory
+from workers.mta.spares import fsync_directory
 
 logger = logging.getLogger(__name__)
 _INSTANCE = re.compile(r"instance-(\d+)")

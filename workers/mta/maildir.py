@@ -29,8 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.mta.spares import write_all
-from workers.mta.spool import fsync_directory
+from workers.mta.spares import fsync_directory, write_all
 
 MAX_BATCH = 512
 """Most messages in one fsync pass, so one batch cannot delay the next forever."""

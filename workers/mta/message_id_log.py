@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from workers.mta.message_id_index import MessageIdIndex
+from workers.mta.spares import fsync_directory, write_all, write_new
 from workers.mta.spool_format import Envelope, QueueId
 
 MESSAGE_IDS_LOG = "message-ids.log"
@@ -39,7 +40,7 @@ def append(path: Path, envelopes: Iterable[Envelope]) -> None:
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, lines)
+        write_all(fd, lines)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -57,7 +58,7 @@ def load(
         for entry in _entries(log):
             if entry[0] >= horizon:
                 index[entry[2]] = (entry[1], entry[0])
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = write_new(temp, b"")
     try:
         with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
             lines = []
@@ -65,23 +66,19 @@ def load(
                 if accepted_at >= horizon and index.get(message_id) == (queue_id, accepted_at):
                     lines.append(_line(accepted_at, queue_id, message_id))
                 if len(lines) >= 4096:
-                    os.write(fd, b"".join(lines))
+                    write_all(fd, b"".join(lines))
                     lines = []
-            os.write(fd, b"".join(lines))
+            write_all(fd, b"".join(lines))
         for envelope in queued:
             key = normalise_message_id(envelope.message_id or "")
             if key and envelope.received_at >= horizon and index.get(key) is None:
                 index[key] = (envelope.queue_id, envelope.received_at)
-                os.write(fd, _line(envelope.received_at, envelope.queue_id, key))
+                write_all(fd, _line(envelope.received_at, envelope.queue_id, key))
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_directory(path.parent)
 
 
 def _entries(log: BinaryIO) -> Iterator[tuple[float, QueueId, str]]:

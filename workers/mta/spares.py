@@ -72,6 +72,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def fsync_directory(directory: Path) -> None:
+    """Make the names created, renamed or removed in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class SparePool:
     """Files in one directory, free to be written over; safe to use from several threads."""
 

@@ -65,7 +65,14 @@ from workers.mta import message_id_log, snapshot_lock, spool_format
 from workers.mta.message_id_index import MessageIdIndex
 from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
 from workers.mta.message_id_log import normalise_message_id as normalise_message_id
-from workers.mta.spares import SparePool, exchange, stage_parallel, write_all, write_new
+from workers.mta.spares import (
+    SparePool,
+    exchange,
+    fsync_directory,
+    stage_parallel,
+    write_all,
+    write_new,
+)
 from workers.mta.spool_format import Envelope as Envelope
 from workers.mta.spool_format import QueueId as QueueId
 from workers.mta.spool_format import RecipientState as RecipientState
@@ -125,14 +132,6 @@ _QUEUE_ID_SEQUENCE = itertools.count(secrets.randbits(32))
 def new_queue_id() -> QueueId:
     """A queue id that sorts by creation time and does not collide."""
     return QueueId(f"{time.time_ns():016x}{next(_QUEUE_ID_SEQUENCE) & 0xFFFFFFFF:08x}")
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, data: bytes) -> int:
