@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audience.segments import segment_filter
+from app.core.database import on_postgresql
 from app.core.events import record_events
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
@@ -87,7 +88,7 @@ async def _analyze_if_stale(session: AsyncSession, audience: int) -> None:
     analyzed or holds fewer rows than the audience as the planner last knew it. ANALYZE sees
     this transaction's own rows; its statistics apply once the start commits.
     """
-    if session.get_bind().dialect.name != "postgresql" or audience == 0:
+    if not on_postgresql(session) or audience == 0:
         return
     rows = await session.execute(
         sa.text(
@@ -200,10 +201,6 @@ arrays (one column each) instead of an executemany that runs the UPDATE once per
 rows are locked in id order first (`_lock_in_id_order`)."""
 
 
-def _on_postgresql(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 async def _lock_in_id_order(session: AsyncSession, ids: list[int]) -> None:
     """Lock the rows in id order before one UPDATE writes them all (PostgreSQL).
 
@@ -258,7 +255,7 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
         }
         for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
     ]
-    if _on_postgresql(session):
+    if on_postgresql(session):
         params = _one_per_row(params, summed=("b_inc",))
         await _lock_in_id_order(session, [p["b_id"] for p in params])
         await session.execute(
@@ -322,7 +319,7 @@ async def record_delivery(
     if not words:
         return
     eventful = [item for item in deliveries if item.verdict in _EVENT_OF] if events else []
-    if _on_postgresql(session):
+    if on_postgresql(session):
         # The UPDATE returns the rows the events name: no second read of them.
         words = _one_per_row(words, kept=("b_status",))
         await _lock_in_id_order(session, [w["b_id"] for w in words])

@@ -63,3 +63,8 @@ async def unit_of_work(
         except BaseException:
             await session.rollback()
             raise
+
+
+def on_postgresql(session: AsyncSession) -> bool:
+    """Whether the session's database is PostgreSQL (where batched array statements apply)."""
+    return session.get_bind().dialect.name == "postgresql"

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import event_rollups
+from app.core.database import on_postgresql
 from app.models import Event, EventKind, utcnow
 
 
@@ -62,7 +63,7 @@ async def record_events(session: AsyncSession, events: Sequence[NewEvent]) -> No
         }
         for event in events
     ]
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgresql(session):
         columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in rows[0]}
         columns["data"] = [json.dumps(data) for data in columns["data"]]
         await session.execute(_UNNEST_INSERT, columns)

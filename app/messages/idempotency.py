@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.database import on_postgresql
 from app.core.errors import Conflict, DomainError, Invalid
 from app.models import IdempotencyKey, utcnow
 
@@ -124,7 +125,7 @@ async def claim_many(session: AsyncSession, claims: Sequence[Claim]) -> dict[tup
     """
     if not claims:
         return {}
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if on_postgresql(session) else sqlite.insert
     now = utcnow()
     statement = (
         insert(IdempotencyKey)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audience.suppression_scopes import scopes_for
+from app.core.database import on_postgresql
 from app.core.events import record_events
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
@@ -135,7 +136,7 @@ async def insert(session: AsyncSession, values: Sequence[dict[str, Any]]) -> lis
 async def allocate_ids(session: AsyncSession, count: int) -> list[int] | None:
     """`count` new message ids from the sequence (PostgreSQL, one query), or None where ids
     come only from the INSERT (SQLite)."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not on_postgresql(session):
         return None
     sequence = sa.func.pg_get_serial_sequence(Message.__tablename__, "id")
     result = await session.scalars(
