@@ -3,6 +3,7 @@ in bulk (the same `record_attempts` / `record_delivery` as transactional message
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -19,7 +20,11 @@ from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
 from app.models import Campaign, EventKind, Send, SendStatus, Subscriber, utcnow
 from campaigns.audience import audience_filter
 
+logger = logging.getLogger(__name__)
+
 BATCH_SPAN = 500  # ledger ids per batch job
+ANALYZE_LOCK_TIMEOUT = "2s"
+"""How long a campaign start waits for a table's ANALYZE lock before it goes on without."""
 PLANNED_TABLES = ("subscribers", "subscriptions", "sends")
 """The tables every chunk of a campaign reads by id (the eligibility check, the ledger)."""
 SETTLED_BY_MTA = (SendStatus.delivered, SendStatus.bounced, SendStatus.complained)
@@ -98,10 +103,29 @@ async def _analyze_if_stale(session: AsyncSession, audience: int) -> None:
         {"names": list(PLANNED_TABLES)},
     )
     known = {str(name): float(tuples) for name, tuples in rows}
-    # In one order, so that two campaigns starting at once wait rather than deadlock.
-    for name in PLANNED_TABLES:
-        if name in known and known[name] < audience:  # -1: never analyzed
-            await session.execute(sa.text(f"analyze {name}"))
+    # reltuples is -1 for a table never analyzed.
+    stale = [name for name in PLANNED_TABLES if name in known and known[name] < audience]
+    if not stale:
+        return
+    # ANALYZE waits for any VACUUM of its table (an anti-wraparound one is not cancelled for
+    # it): the start must not hang on an optimisation, so each waits a bounded time, in a
+    # savepoint so that a timeout leaves the start's transaction usable.
+    previous = await session.scalar(sa.text("select current_setting('lock_timeout')"))
+    await session.execute(
+        sa.text("select set_config('lock_timeout', :wait, true)"), {"wait": ANALYZE_LOCK_TIMEOUT}
+    )
+    try:
+        # In one order, so that two campaigns starting at once wait rather than deadlock.
+        for name in stale:
+            try:
+                async with session.begin_nested():
+                    await session.execute(sa.text(f"analyze {name}"))
+            except sa.exc.DBAPIError as exc:
+                logger.warning("campaign start: %s not analyzed (%s); going on without", name, exc)
+    finally:
+        await session.execute(
+            sa.text("select set_config('lock_timeout', :wait, true)"), {"wait": previous}
+        )
 
 
 def batch_range(base: int, index: int) -> tuple[int, int]:
