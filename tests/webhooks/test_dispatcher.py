@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
-from app.models import EventKind, WebhookDelivery
+from app.models import Event, EventKind, WebhookDelivery, utcnow
+from app.webhooks import repository
 from app.webhooks.dispatcher import WebhookDispatcher
 from tests.helpers.api import eventually, post_json
 from tests.helpers.receivers import HANG, receiver
@@ -298,3 +300,24 @@ async def test_without_endpoints_the_cursor_skips_ahead_and_new_endpoints_start_
         assert await dispatcher.fan_out() == 1
     finally:
         await dispatcher.client.aclose()
+
+
+async def test_the_skip_ahead_stops_before_the_first_event_still_settling(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # Events commit out of id order: one still settling holds back every id after it.
+    async with sessionmaker() as session:
+        await record_events(session, [NewEvent(EventKind.opened, "a@example.com")] * 5)
+        await session.commit()
+        ids = list(await session.scalars(sa.select(Event.id).order_by(Event.id)))
+        hour_ago = utcnow() - timedelta(hours=1)
+        await session.execute(
+            sa.update(Event).where(Event.id != ids[2]).values(created_at=hour_ago)
+        )
+        await session.commit()
+        cutoff = utcnow() - timedelta(minutes=1)
+        assert await repository.settled_end(session, 0, cutoff, 100) == ids[1]
+        assert await repository.settled_end(session, 0, cutoff, 1) == ids[0]
+        assert await repository.settled_end(session, ids[2], cutoff, 100) == ids[4]
+        assert await repository.settled_end(session, ids[4], cutoff, 100) == ids[4]
+        assert await repository.settled_end(session, 0, utcnow(), 100) == ids[4]
