@@ -170,6 +170,12 @@ class PipelinedSender:
                     stopping = True
                     break
                 items.append(item)
+            # A caller that gave up (its batch lost its lease, the worker stops) no longer
+            # waits: its message is not sent, its ledger row is retried with the same
+            # Message-ID. Sending it anyway would only load the MTA with work nobody records.
+            items = [item for item in items if not item.future.done()]
+            if not items:
+                continue
             if session is None:
                 session, failure = await self._connect()
                 if session is None:
@@ -181,6 +187,14 @@ class PipelinedSender:
             except (TimeoutError, OSError, _Disconnected, asyncio.IncompleteReadError) as exc:
                 text = f"{session.host}: {exc or type(exc).__name__}"
                 self._settle(items, SendResult.connection_failure(text, str(session.host)))
+                await self._close(session, polite=False)
+                session = None
+                continue
+            except Exception:
+                # A bug must cost this round and its connection, never the connection loop:
+                # a dead loop left every later send waiting forever.
+                logger.exception("injection to %s failed; reconnecting", session.host)
+                self._settle(items, SendResult.connection_failure("sender failed"))
                 await self._close(session, polite=False)
                 session = None
                 continue
@@ -197,8 +211,7 @@ class PipelinedSender:
     @staticmethod
     def _settle(items: Sequence[_Item], failure: SendResult) -> None:
         for item in items:
-            if not item.future.done():
-                item.future.set_result(dict.fromkeys(item.recipients, failure))
+            _answer(item, dict.fromkeys(item.recipients, failure))
 
     async def _connect(self) -> tuple[_Session | None, SendResult]:
         failure = SendResult.connection_failure("no submission host configured")
@@ -261,7 +274,7 @@ class PipelinedSender:
         for item in items:
             mail = self._mail_command(session, item)
             if isinstance(mail, SendResult):
-                item.future.set_result(dict.fromkeys(item.recipients, mail))
+                _answer(item, dict.fromkeys(item.recipients, mail))
                 continue
             sendable.append((item, mail))
             if session.pipelining and session.chunking:
@@ -278,7 +291,7 @@ class PipelinedSender:
                 results = await self._read_transaction(session, item, host)
             else:
                 results = await self._lockstep(session, item, mail, host)
-            item.future.set_result(results)
+            _answer(item, results)
 
     async def _read_transaction(
         self, session: _Session, item: _Item, host: str
@@ -347,6 +360,12 @@ class PipelinedSender:
         session.writer.close()
         with contextlib.suppress(OSError):
             await session.writer.wait_closed()
+
+
+def _answer(item: _Item, results: dict[str, SendResult]) -> None:
+    """Give the caller its results, unless it was cancelled meanwhile (nobody waits then)."""
+    if not item.future.done():
+        item.future.set_result(results)
 
 
 def submission_sender(settings: Settings, *, connections: int) -> PipelinedSender | SmtpSender:

@@ -153,3 +153,56 @@ async def test_a_dropped_connection_fails_the_batch_temporarily_and_the_next_one
     assert first.outcome is Outcome.TEMPORARY
     assert second.delivered
     assert len(connections) == 2
+
+
+@dataclass
+class GatedStore(Store):
+    """Holds each DATA reply until the test opens the gate."""
+
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle_DATA(self, session: Session, transaction: Transaction) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().handle_DATA(session, transaction)
+
+
+async def test_a_caller_cancelled_mid_exchange_does_not_stop_the_sender(
+    warta_server: StartWarta,
+) -> None:
+    # A batch cancelled while its message was on the wire (its lease lost) made the reply
+    # land on a cancelled future: the connection loop died, and after one such death per
+    # connection every later send of that worker waited forever.
+    store = GatedStore()
+    address = await warta_server(store)
+    async with PipelinedSender(address, connections=1) as sender:
+        abandoned = asyncio.create_task(sender.send_one(FROM, "a@example.com", MESSAGE))
+        await asyncio.wait_for(store.entered.wait(), 10)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        store.gate.set()
+        later = await asyncio.wait_for(sender.send_one(FROM, "b@example.com", MESSAGE), 10)
+    assert later.delivered
+    assert [t.rcpt_tos for t in store.transactions] == [["a@example.com"], ["b@example.com"]]
+
+
+async def test_a_message_whose_caller_gave_up_while_queued_is_not_sent(
+    warta_server: StartWarta,
+) -> None:
+    store = GatedStore()
+    address = await warta_server(store)
+    async with PipelinedSender(address, connections=1) as sender:
+        first = asyncio.create_task(sender.send_one(FROM, "a@example.com", MESSAGE))
+        await asyncio.wait_for(store.entered.wait(), 10)
+        queued = asyncio.create_task(sender.send_one(FROM, "b@example.com", MESSAGE))
+        await asyncio.sleep(0)  # one step: the task queues its message and waits
+        assert sender._queue.qsize() == 1  # behind the exchange in flight
+        queued.cancel()
+        store.gate.set()
+        assert (await asyncio.wait_for(first, 10)).delivered
+        last = await asyncio.wait_for(sender.send_one(FROM, "c@example.com", MESSAGE), 10)
+    assert last.delivered
+    assert queued.cancelled()
+    assert [t.rcpt_tos for t in store.transactions] == [["a@example.com"], ["c@example.com"]]
