@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import time
@@ -55,6 +56,8 @@ FOLD_WIDTH = 76
 KEY_RECHECK_SECONDS = 1.0
 """How long the MTA's and the workers' signers trust their last look at a domain's key
 directory: a key added or removed takes effect within this delay, not at once."""
+
+logger = logging.getLogger(__name__)
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 _SELECTOR_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
@@ -389,8 +392,14 @@ def shared_signer(directory: Path) -> DkimSigner:
 
 def sign_outgoing(directory: Path, message: bytes) -> bytes:
     """`message` signed for its From domain with the keys under `directory`, as the MTA
-    would sign it; unchanged when that domain has no key."""
-    return shared_signer(Path(directory)).sign(message, signing_domain(message))
+    would sign it; unchanged when that domain has no key, or no usable one."""
+    domain = signing_domain(message)
+    try:
+        return shared_signer(Path(directory)).sign(message, domain)
+    except (DkimKeyError, OSError):
+        # Left to the MTA, which defers the message and logs why until the key is fixed.
+        logger.exception("DKIM: cannot sign for %s here; the MTA will try", domain)
+        return message
 
 
 def _public_key_record(private_key: PrivateKey) -> tuple[str, bytes]:

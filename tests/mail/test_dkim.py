@@ -279,6 +279,13 @@ def test_sign_outgoing_signs_for_the_from_domain(keyring: KeyRing) -> None:
     assert sign_outgoing(keyring.directory, other) is other
 
 
+def test_sign_outgoing_leaves_an_unusable_key_to_the_mta(tmp_path: Path) -> None:
+    (tmp_path / "bad.example").mkdir()
+    (tmp_path / "bad.example" / "s1.pem").write_text("not a key\n")
+    original = message(CAMPAIGN, "bad.example")
+    assert sign_outgoing(tmp_path, original) is original  # no exception: the batch goes on
+
+
 def leading_fields(signed: bytes, count: int) -> list[bytes]:
     """The first `count` header fields of `signed`, each with its folded lines and CRLF."""
     fields = re.findall(rb"[^ \t\r][^\r]*\r\n(?:[ \t][^\r]*\r\n)*", signed)
