@@ -377,7 +377,7 @@ def dkim_keygen(
     algorithm: Annotated[str, typer.Option(help="rsa (2048 bits) or ed25519.")] = "rsa",
 ) -> None:
     """Create a DKIM key under WARTA_DKIM_DIR and print the DNS TXT record to publish."""
-    from workers.mta.dkim import generate_key
+    from app.mail.dkim import generate_key
 
     if algorithm not in ("rsa", "ed25519"):
         raise CommandFailed("--algorithm must be rsa or ed25519")

@@ -214,7 +214,7 @@ async def top_statements(sessionmaker: Any, limit: int = TOP_STATEMENTS) -> list
 
 def start_mta(stack: Stack, submission: int, next_hop: int, log: Path) -> Any:
     """`warta mta` on `submission`, signing for example.com, delivering it to `next_hop`."""
-    from workers.mta.dkim import generate_key
+    from app.mail.dkim import generate_key
 
     generate_key(stack.tmp / "dkim", postfix.DOMAIN, "bench")
     env = stack.env(
@@ -236,6 +236,9 @@ def worker_env(stack: Stack, submission: int) -> dict[str, str]:
         WARTA_WORKER_BATCHES=os.environ.get("BENCH_BATCHES", "8"),
         WARTA_SENDER_CONNECTIONS=os.environ.get("BENCH_CONNECTIONS", "20"),
         WARTA_ARCHIVE_ENABLED=os.environ.get("BENCH_ARCHIVE", "true"),
+        # The MTA's keys (written by start_mta; none in the Postfix leg): as in a deployment,
+        # where every process reads the same settings, the workers sign what they build.
+        WARTA_DKIM_DIR=str(stack.tmp / "dkim"),
     )
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from app.mail.dkim import DkimSigner, generate_key
 from bench.results import Row
-from workers.mta.dkim import DkimSigner, generate_key
 
 TARGET = 2_000
 DEFAULT_MESSAGES = 4_000

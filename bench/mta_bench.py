@@ -135,7 +135,7 @@ def _warta_setup(tmp: Path, next_hop: int, dkim: bool) -> Warta:
     (tmp / "dkim").mkdir()
     if dkim:
         sys.path.insert(0, str(ROOT))
-        from workers.mta.dkim import generate_key
+        from app.mail.dkim import generate_key
 
         generate_key(tmp / "dkim", DOMAIN, "bench")
     subprocess.run(

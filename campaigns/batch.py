@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from app.archive import service as archive
 from app.mail.context import EngineContext
+from app.mail.dkim import sign_outgoing
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, LedgerRow, SendReport, Verdict
 from app.mail.retry import RetryPolicy
@@ -113,9 +114,14 @@ async def _send_chunk(
     claimed = await _claim(ctx, [row.row_id for row, *_ in messages], archived)
     messages = [message for message in messages if message[0].row_id in claimed]
     await ctx.pace(prepared.campaign_id, prepared.rate, len(messages))
+    # Signed here, after the archive kept the bytes as built: the MTA (one process, the
+    # busiest) passes mail signed with its own keys on as it is.
+    keys = ctx.settings.dkim_dir
     results = await asyncio.gather(
         *(
-            ctx.sender.send_one(prepared.envelope_from(row.row_id), recipient.email, data)
+            ctx.sender.send_one(
+                prepared.envelope_from(row.row_id), recipient.email, sign_outgoing(keys, data)
+            )
             for row, _, recipient, data in messages
         )
     )

@@ -1,8 +1,8 @@
-"""What the archive holds is what the recipient's server got, minus the MTA's DKIM-Signature.
+"""What the archive holds is what the recipient's server got, minus its DKIM-Signature.
 
-A real worker submits to a real in-process MTA that signs with DKIM and delivers to a sink.
+A real worker submits to a real in-process MTA and on to a sink; the worker signs with DKIM.
 The archive stores the message as Warta built it, before signing (docs/archive.md): the
-test removes the DKIM-Signature field(s) the MTA prepended and compares byte for byte.
+test removes the DKIM-Signature field(s) prepended by the signer and compares byte for byte.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.settings import Settings
+from app.mail.dkim import generate_key
 from app.models import ArchivedMessage, Send
 from tests.helpers.api import eventually, wait_for_status
 from tests.helpers.seeding import seed_campaign
 from tests.helpers.sinks import SinkHandler
-from workers.mta.dkim import generate_key
 from workers.mta.service import MtaService
 
 # A DKIM-Signature field: its first line and every folded continuation line.
@@ -26,7 +26,7 @@ DKIM_FIELD = re.compile(rb"\ADKIM-Signature:[^\r]*\r\n(?:[ \t][^\r]*\r\n)*", re.
 
 
 def without_dkim(data: bytes) -> bytes:
-    """The message minus the DKIM-Signature fields the MTA put in front of it."""
+    """The message minus the DKIM-Signature fields put in front of it by the signer."""
     count = 0
     while (match := DKIM_FIELD.match(data)) is not None:
         data = data[match.end() :]

@@ -44,13 +44,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.backup.bundle import read_bundle
+from app.mail.dkim import generate_key
 from tests.helpers.api import ADMIN_TOKEN, eventually
 from tests.helpers.backup_instances import Instance
 from tests.helpers.seeding import seed_campaign
 from tests.helpers.servers import PostgresServer, free_port
 from tests.helpers.sinks import Received, SinkHandler, smtp_sink
 from workers.mta import spool_format
-from workers.mta.dkim import generate_key
 
 RECIPIENTS = int(os.environ.get("WARTA_BACKUP_TEST_RECIPIENTS", "2000"))
 """The issue's 5,000: WARTA_BACKUP_TEST_RECIPIENTS=5000 (the rate scales with it)."""

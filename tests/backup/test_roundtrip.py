@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.backup.database import tables_with_rows
 from app.core.database import create_engine
 from app.core.migrate import alembic_config
+from app.mail.dkim import generate_key
 from tests.helpers.backup_instances import Instance
 from tests.helpers.seeding import seed_campaign
-from workers.mta.dkim import generate_key
 from workers.mta.spool import Envelope, Spool
 
 

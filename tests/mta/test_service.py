@@ -17,13 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.settings import Settings
+from app.mail.dkim import generate_key
 from app.models import Send, SendStatus
 from tests.helpers.api import eventually, post_json, wait_for_status
 from tests.helpers.processes import BIN, worker_env
 from tests.helpers.servers import free_port
 from tests.helpers.sinks import SinkHandler, smtp_sink
 from workers.mta import spool_format
-from workers.mta.dkim import generate_key
 from workers.mta.service import MtaService
 from workers.mta.status import instance_name
 from workers.mta_process import start_mta

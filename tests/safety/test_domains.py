@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from app.core.settings import Settings
+from app.mail.dkim import generate_key, txt_record
 from app.safety.domains import DomainChecker, DomainReport, local_dkim_keys
 from tests.helpers.api import create_campaign, post_json
 from tests.helpers.daemons import zone_dns
 from tests.safety.conftest import MakeApi
-from workers.mta.dkim import generate_key, txt_record
 
 
 def _zone(*records: str) -> str:

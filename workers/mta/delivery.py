@@ -21,10 +21,9 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from app.mail.dkim import DkimSigner, signing_domain
 from app.mail.result import Outcome, SendResult
-from workers.mta.dkim import DkimSigner
 from workers.mta.dsn import Failure, build_dsn
-from workers.mta.listener import header_block
 from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
 from workers.mta.spool import Envelope, MisfiledMessage, QueueId, RecipientStatus, Spool
@@ -335,7 +334,7 @@ class DeliveryAgent:
             envelope.first_attempt_at = self.clock()
         data = self.spool.load(QueueId(envelope.queue_id))
         if self.signer is not None:
-            data = self.signer.sign(data, _from_domain(data))
+            data = self._sign(self.signer, data)
         by_domain: dict[str, list[str]] = defaultdict(list)
         for recipient in envelope.pending():
             by_domain[recipient.rpartition("@")[2].lower()].append(recipient)
@@ -353,6 +352,15 @@ class DeliveryAgent:
         failures += await self._settle(envelope)
         if failures and self.wants_dsn(envelope.mail_from):
             await self._notify(envelope, failures, data)
+
+    @staticmethod
+    def _sign(signer: DkimSigner, data: bytes) -> bytes:
+        """DKIM-sign for the From domain, unless a Warta worker already signed it with the
+        same keys: then it is passed on as it is, at every attempt (see docs/mta.md, DKIM)."""
+        domain = signing_domain(data)
+        if signer.presigned(data, domain):
+            return data
+        return signer.sign(data, domain)
 
     async def _deliver_domain(
         self, envelope: Envelope, domain: str, recipients: list[str], data: bytes
@@ -464,13 +472,3 @@ class DeliveryAgent:
                 await self.outcomes(envelope.mail_from, recipient, outcome, reply)
             except Exception:  # the ledger may lag; delivery must not stop for it
                 logger.exception("could not record %s for %s", outcome, recipient)
-
-
-def _from_domain(data: bytes) -> str:
-    """The domain of the From header (what DKIM signs for)."""
-    for line in header_block(data).split(b"\r\n"):
-        if line[:5].lower() == b"from:":
-            text = line[5:].decode("utf-8", "replace")
-            address = text.rpartition("<")[2].rstrip("> \t") if "<" in text else text.strip()
-            return address.rpartition("@")[2].lower()
-    return ""

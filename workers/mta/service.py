@@ -14,13 +14,13 @@ from app.core.database import create_engine, create_sessionmaker
 from app.core.ratelimit import RateLimiter
 from app.core.resolver import make_resolver
 from app.core.settings import Settings
+from app.mail.dkim import KEY_RECHECK_SECONDS, DkimSigner
 from app.mail.identity import Kind, parse_verp
 from workers.mta.abuse import RATE_PREFIX, ClientGuard, Dnsbl, Rate
 from workers.mta.auth import ApiKeyAuthenticator
 from workers.mta.auth_throttle import AuthThrottle
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent, RetryPolicy
-from workers.mta.dkim import DkimSigner
 from workers.mta.inbound import InboundStore, ReplyListener
 from workers.mta.listener import InboundHandler, Networks, SubmissionHandler, serve
 from workers.mta.reporting import Reporter
@@ -77,7 +77,7 @@ class MtaService:
             Router.from_settings(settings),
             Shaping.from_files(settings.mta_shaping_rules, settings.mta_throttle_rules),
             transports,
-            signer=DkimSigner(settings.dkim_dir),
+            signer=DkimSigner(settings.dkim_dir, recheck=KEY_RECHECK_SECONDS),
             outcomes=reporter.outcome,
             retry=RetryPolicy(
                 settings.mta_retry_min, settings.mta_retry_max, settings.mta_queue_lifetime

@@ -7,17 +7,23 @@ delivery path.
 Keys live under `WARTA_DKIM_DIR` as `<domain>/<selector>.pem`. A domain with several
 keys gets one signature per key (sorted by selector), so an RSA key beside an Ed25519
 key dual-signs as RFC 8463 suggests, and a key rotation can overlap old and new.
+
+Warta's workers sign the mail they build (`sign_outgoing`), where there are two processes
+with CPU to spare; the MTA then passes such a message on as it is (`DkimSigner.presigned`)
+and signs only what arrives unsigned by us: other submitters' mail, DSNs, forwards.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +53,11 @@ RSA_KEY_BITS = 2048
 MIN_RSA_KEY_BITS = 1024  # RFC 8301 §3.2: signers MUST use at least 1024 bits.
 TXT_STRING_MAX = 255  # RFC 1035 §3.3: one <character-string> holds at most 255 octets.
 FOLD_WIDTH = 76
+KEY_RECHECK_SECONDS = 1.0
+"""How long the MTA's and the workers' signers trust their last look at a domain's key
+directory: a key added or removed takes effect within this delay, not at once."""
+
+logger = logging.getLogger(__name__)
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 _SELECTOR_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
@@ -249,16 +260,41 @@ class DkimSigner:
     """Signs messages with the keys found under a directory, loaded on first use.
 
     A domain's keys are cached together with its directory's mtime, so adding or
-    removing a key file takes effect without a restart.
+    removing a key file takes effect without a restart. With `recheck` > 0 the mtime
+    itself is looked at only once per `recheck` seconds (per domain), not per message.
     """
 
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        recheck: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.directory = Path(directory)
         self._clock = clock
+        self._recheck = recheck
+        self._monotonic = monotonic
         self._cache: dict[str, tuple[int | None, tuple[DkimKey, ...]]] = {}
+        # domain as asked → (monotonic time of the last look, its keys)
+        self._recent: dict[str, tuple[float, tuple[DkimKey, ...]]] = {}
 
     def keys_for(self, domain: str) -> tuple[DkimKey, ...]:
         """The signing keys for `domain`, sorted by selector; empty when it has none."""
+        if self._recheck > 0:
+            now = self._monotonic()
+            recent = self._recent.get(domain)
+            if recent is not None and now - recent[0] < self._recheck:
+                return recent[1]
+            keys = self._look_up(domain)
+            if len(self._recent) >= 10_000:  # From domains are few; never let it grow unbounded
+                self._recent.clear()
+            self._recent[domain] = (now, keys)
+            return keys
+        return self._look_up(domain)
+
+    def _look_up(self, domain: str) -> tuple[DkimKey, ...]:
         name = normalize_domain(domain)
         if name is None:
             return ()
@@ -291,6 +327,79 @@ class DkimSigner:
             build_signature_header(key, headers, canonical, body_hash, timestamp) for key in keys
         ]
         return b"".join(signatures) + message
+
+    def presigned(self, message: bytes, domain: str) -> bool:
+        """Whether `message` opens with one DKIM-Signature per key of `domain`, each with
+        exactly that key's `d=` and `s=`: what `sign` would have prepended.
+
+        Only the tags are compared, nothing is verified: a submitter who forges such a
+        field gets its own mail delivered with a signature that fails, instead of ours
+        (see docs/mta.md, "DKIM").
+        """
+        keys = self.keys_for(domain)
+        if not keys:
+            return False
+        expected = sorted((key.domain, key.selector.lower()) for key in keys)
+        return sorted(leading_signers(message, len(keys))) == expected
+
+
+def leading_signers(message: bytes, count: int) -> list[tuple[str, str]]:
+    """The `(d=, s=)` of the DKIM-Signature fields at the top of `message`, at most `count`,
+    lower-cased; it stops at the first field that is not a DKIM-Signature."""
+    found: list[tuple[str, str]] = []
+    start = 0
+    while len(found) < count and message[start : start + 15].lower() == b"dkim-signature:":
+        end = start
+        while True:  # the field ends at the first CRLF not followed by WSP (folding)
+            end = message.find(b"\r\n", end)
+            if end < 0:
+                return found
+            end += 2
+            if message[end : end + 1] not in (b" ", b"\t"):
+                break
+        tags: dict[bytes, bytes] = {}
+        for part in message[start + 15 : end].translate(None, b" \t\r\n").split(b";"):
+            tag, _, value = part.partition(b"=")
+            tags.setdefault(tag, value)
+        domain = tags.get(b"d", b"").decode("ascii", "replace").lower()
+        found.append((domain, tags.get(b"s", b"").decode("ascii", "replace").lower()))
+        start = end
+    return found
+
+
+def signing_domain(message: bytes) -> str:
+    """The domain of the message's first From header (unfolded): the domain DKIM signs for."""
+    end = message.find(b"\r\n\r\n")
+    lines = (message if end < 0 else message[: end + 2]).split(b"\r\n")
+    for index, line in enumerate(lines):
+        if line[:5].lower() == b"from:":
+            field = [line[5:]]
+            for more in lines[index + 1 :]:
+                if more[:1] not in (b" ", b"\t"):
+                    break
+                field.append(more)
+            text = b" ".join(field).decode("utf-8", "replace")
+            address = text.rpartition("<")[2].rstrip("> \t") if "<" in text else text.strip()
+            return address.rpartition("@")[2].lower()
+    return ""
+
+
+@lru_cache(maxsize=8)
+def shared_signer(directory: Path) -> DkimSigner:
+    """The process's signer for `directory` (its key cache outlives one batch)."""
+    return DkimSigner(directory, recheck=KEY_RECHECK_SECONDS)
+
+
+def sign_outgoing(directory: Path, message: bytes) -> bytes:
+    """`message` signed for its From domain with the keys under `directory`, as the MTA
+    would sign it; unchanged when that domain has no key, or no usable one."""
+    domain = signing_domain(message)
+    try:
+        return shared_signer(Path(directory)).sign(message, domain)
+    except (DkimKeyError, OSError):
+        # Left to the MTA, which defers the message and logs why until the key is fixed.
+        logger.exception("DKIM: cannot sign for %s here; the MTA will try", domain)
+        return message
 
 
 def _public_key_record(private_key: PrivateKey) -> tuple[str, bytes]:

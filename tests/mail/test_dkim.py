@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import re
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import dkim
 import pytest
 from dkim.canonicalization import Relaxed
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.mta.dkim import (
+from app.mail.dkim import (
     DkimKeyError,
     DkimSigner,
     canonicalize_body_relaxed,
     canonicalize_header_relaxed,
     generate_key,
+    leading_signers,
+    sign_outgoing,
+    signing_domain,
 )
+from tests.helpers.dkim import both_fail, both_pass, mail_dkim
 
-VERIFY_PL = Path(__file__).parents[1] / "helpers" / "verify_dkim.pl"
 TIMESTAMP = 1_795_000_000
 
 
@@ -48,64 +48,6 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
 @pytest.fixture
 def signer(keyring: KeyRing) -> DkimSigner:
     return DkimSigner(keyring.directory, clock=lambda: TIMESTAMP + 0.75)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    domain: str
-    selector: str
-    algorithm: str
-    result: str
-    detail: str
-
-
-def mail_dkim(message: bytes, records: tuple[str, ...]) -> list[Verdict]:
-    """Every signature's verdict from Mail::DKIM, DNS answered from `records`."""
-    if subprocess.run(["perl", "-MMail::DKIM::Verifier", "-e", "1"], check=False).returncode:
-        pytest.fail("Mail::DKIM is missing: run scripts/ensure-system-deps.sh")
-    done = subprocess.run(
-        ["perl", str(VERIFY_PL)],
-        input=message,
-        capture_output=True,
-        env={**os.environ, "DKIM_TXT_RECORDS": "\n".join(records)},
-        timeout=60,
-        check=True,
-    )
-    lines = done.stdout.decode().splitlines()
-    return [Verdict(*[*line.split("\t"), ""][:5]) for line in lines]
-
-
-def dkimpy(message: bytes, records: tuple[str, ...]) -> list[bool]:
-    """Every signature's verdict from dkimpy, DNS answered from `records`."""
-    txt = {
-        rec.split()[0].lower(): "".join(re.findall(r'"([^"]*)"', rec)).encode() for rec in records
-    }
-
-    def dnsfunc(name: bytes | str, timeout: float = 5) -> bytes | None:
-        key = (name.decode() if isinstance(name, bytes) else name).rstrip(".").lower()
-        return txt.get(key)
-
-    count = len(re.findall(rb"(?im)^dkim-signature:", message.split(b"\r\n\r\n")[0]))
-    verdicts = []
-    for idx in range(count):
-        try:
-            verdicts.append(bool(dkim.DKIM(message).verify(idx=idx, dnsfunc=dnsfunc)))
-        except dkim.DKIMException:
-            verdicts.append(False)
-    return verdicts
-
-
-def both_pass(message: bytes, records: tuple[str, ...], signatures: int = 1) -> None:
-    verdicts = mail_dkim(message, records)
-    assert [v.result for v in verdicts] == ["pass"] * signatures, verdicts
-    assert dkimpy(message, records) == [True] * signatures
-
-
-def both_fail(message: bytes, records: tuple[str, ...]) -> None:
-    verdicts = mail_dkim(message, records)
-    assert verdicts, "Mail::DKIM found no signature"
-    assert all(v.result == "fail" for v in verdicts), verdicts
-    assert not any(dkimpy(message, records))
 
 
 CAMPAIGN = (
@@ -294,6 +236,60 @@ def test_keys_are_cached_and_new_keys_picked_up(tmp_path: Path) -> None:
     assert [k.selector for k in keys] == ["s1"]
     assert signer.keys_for("late.example") is keys
     both_pass(signer.sign(original, "late.example"), (record,))
+
+
+def test_key_directory_is_looked_at_once_per_recheck_interval(tmp_path: Path) -> None:
+    now = [100.0]
+    signer = DkimSigner(tmp_path, recheck=1.0, monotonic=lambda: now[0])
+    assert signer.keys_for("late.example") == ()
+    generate_key(tmp_path, "late.example", "s1", "ed25519")
+    now[0] += 0.9
+    assert signer.keys_for("late.example") == ()  # the cached look, not a new stat
+    now[0] += 0.2
+    assert [k.selector for k in signer.keys_for("late.example")] == ["s1"]
+
+
+def test_presigned_recognises_exactly_this_signers_keys(
+    signer: DkimSigner, keyring: KeyRing, tmp_path: Path
+) -> None:
+    original = message(CAMPAIGN, "dual.example")
+    signed = signer.sign(original, "dual.example")
+    assert signer.presigned(signed, "dual.example")
+    assert signer.presigned(signed, "DUAL.example.")
+    assert not signer.presigned(original, "dual.example")
+    first, second = leading_fields(signed, 2)
+    # One of two keys, a key of another directory, a signature not at the top: signed again.
+    assert not signer.presigned(first + original, "dual.example")
+    assert not signer.presigned(second + original, "dual.example")
+    assert not signer.presigned(b"Received: from a\r\n" + signed, "dual.example")
+    assert not signer.presigned(signed, "rsa.example")
+    generate_key(tmp_path, "dual.example", "a-rsa")
+    generate_key(tmp_path, "dual.example", "c-other", "ed25519")
+    assert not DkimSigner(tmp_path).presigned(signed, "dual.example")
+
+
+def test_sign_outgoing_signs_for_the_from_domain(keyring: KeyRing) -> None:
+    original = message(MESSAGES["folded headers"], "rsa.example")
+    assert signing_domain(original) == "rsa.example"
+    signed = sign_outgoing(keyring.directory, original)
+    assert signed.endswith(original)
+    assert leading_signers(signed, 5) == [("rsa.example", "r2026")]
+    both_pass(signed, keyring.records)
+    other = message(CAMPAIGN, "other.example")
+    assert sign_outgoing(keyring.directory, other) is other
+
+
+def test_sign_outgoing_leaves_an_unusable_key_to_the_mta(tmp_path: Path) -> None:
+    (tmp_path / "bad.example").mkdir()
+    (tmp_path / "bad.example" / "s1.pem").write_text("not a key\n")
+    original = message(CAMPAIGN, "bad.example")
+    assert sign_outgoing(tmp_path, original) is original  # no exception: the batch goes on
+
+
+def leading_fields(signed: bytes, count: int) -> list[bytes]:
+    """The first `count` header fields of `signed`, each with its folded lines and CRLF."""
+    fields = re.findall(rb"[^ \t\r][^\r]*\r\n(?:[ \t][^\r]*\r\n)*", signed)
+    return fields[:count]
 
 
 def test_unusable_key_file_is_reported(tmp_path: Path) -> None:
