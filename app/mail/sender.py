@@ -35,6 +35,7 @@ from aiosmtplib import (
 )
 
 from app.core.settings import Settings
+from app.mail import pipelining
 from app.mail.result import SendResult
 
 DEFAULT_POOL_SIZE = 10
@@ -246,13 +247,66 @@ class SmtpSender:
     ) -> dict[str, SendResult]:
         smtp = connection.smtp
         assert smtp is not None
-        host = str(connection.host)
         envelope = _envelope_options(smtp, envelope_from, recipients, message)
         if isinstance(envelope, SendResult):
             return dict.fromkeys(recipients, envelope)
         options, encoding = envelope
-        results: dict[str, SendResult] = {}
         connection.transactions += 1
+        if smtp.supports_extension("pipelining"):
+            results = await self._transact_pipelined(
+                connection, envelope_from, recipients, message, options, encoding
+            )
+        else:
+            results = await self._transact_lockstep(
+                connection, envelope_from, recipients, message, options, encoding
+            )
+        if connection.smtp is not None and connection.transactions >= self.messages_per_connection:
+            await self._quit(connection)
+        return results
+
+    async def _transact_pipelined(
+        self,
+        connection: _Connection,
+        envelope_from: str,
+        recipients: Sequence[str],
+        message: bytes,
+        options: list[str],
+        encoding: str,
+    ) -> dict[str, SendResult]:
+        """The envelope (and with CHUNKING the message) in one write, replies read in order."""
+        smtp = connection.smtp
+        assert smtp is not None
+        host = str(connection.host)
+        exchange = await pipelining.transact(
+            smtp,
+            pipelining.envelope_commands(envelope_from, recipients, options, encoding),
+            len(recipients),
+            message,
+            chunking=smtp.supports_extension("chunking"),
+            command_timeout=self.command_timeout,
+            data_timeout=self.data_timeout,
+        )
+        results = pipelining.results(exchange, recipients, host)
+        if exchange.broken is not None or exchange.closing:
+            self._discard(connection)
+        elif not exchange.clean:
+            await self._reset(connection)
+        return results
+
+    async def _transact_lockstep(
+        self,
+        connection: _Connection,
+        envelope_from: str,
+        recipients: Sequence[str],
+        message: bytes,
+        options: list[str],
+        encoding: str,
+    ) -> dict[str, SendResult]:
+        """One command, one reply, through aiosmtplib (a server without PIPELINING)."""
+        smtp = connection.smtp
+        assert smtp is not None
+        host = str(connection.host)
+        results: dict[str, SendResult] = {}
         try:
             try:
                 await smtp.mail(envelope_from, options=options, encoding=encoding)
@@ -279,8 +333,6 @@ class SmtpSender:
             self._discard(connection)
             failure = SendResult.connection_failure(f"{host}: {_describe(exc)}", host)
             return {recipient: results.get(recipient, failure) for recipient in recipients}
-        if connection.transactions >= self.messages_per_connection:
-            await self._quit(connection)
         return results
 
     @staticmethod
