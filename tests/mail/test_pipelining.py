@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from app.mail.pipelining import canonical_body, stuffed_body
 from app.mail.result import Outcome
 from app.mail.sender import SmtpSender
 from tests.helpers.recorders import FROM, MESSAGE, TO, Recorder, StartServer
+from tests.helpers.tls import make_pki
 from tests.mail.scripted import DROP, SILENT, ScriptedServer, StartScripted, scripted_servers
 from workers.mta.smtp_server import ServerConfig, Session, Transaction, serve
 
@@ -66,6 +69,7 @@ class Store:
     transactions: list[Transaction] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)
     sessions: int = 0
+    tls: list[bool] = field(default_factory=list)
 
     async def handle_CONNECT(self, session: Session) -> None:
         self.sessions += 1
@@ -80,10 +84,11 @@ class Store:
 
     async def handle_DATA(self, session: Session, transaction: Transaction) -> str:
         self.transactions.append(transaction)
+        self.tls.append(session.tls)
         return f"250 2.0.0 OK: queued as q{len(self.transactions)}"
 
 
-StartWarta = Callable[[Store], Awaitable[str]]
+StartWarta = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
@@ -91,8 +96,9 @@ async def warta_server() -> AsyncIterator[StartWarta]:
     """Warta's listener protocol (PIPELINING and CHUNKING) with a handler on 127.0.0.1."""
     servers: list[asyncio.Server] = []
 
-    async def start(handler: Store) -> str:
-        server = await serve(handler, "127.0.0.1:0", ServerConfig("mta.test", 1_000_000, 30, 50))
+    async def start(handler: Store, tls_context: ssl.SSLContext | None = None) -> str:
+        config = ServerConfig("mta.test", 1_000_000, 30, 50, tls_context)
+        server = await serve(handler, "127.0.0.1:0", config)
         servers.append(server)
         return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
@@ -382,3 +388,50 @@ async def test_without_pipelining_one_command_at_a_time(smtp_server: StartServer
         for body in TRICKY_BODIES:
             assert (await sender.send_one(FROM, TO, body)).delivered
     assert [e.content for e in sink.envelopes] == [canonical_body(b) for b in TRICKY_BODIES]
+
+
+async def test_pipelined_inside_starttls(warta_server: StartWarta, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    store = Store()
+    address = await warta_server(store, pki.server_context())
+    async with _sender(address, start_tls=True, tls_context=pki.client_context()) as sender:
+        for n in range(3):
+            assert (await sender.send_one(FROM, f"r{n}@example.com", MESSAGE)).delivered
+    assert [t.content for t in store.transactions] == [MESSAGE] * 3
+    assert store.sessions == 1
+    assert store.tls == [True, True, True]
+
+
+def test_pipelined_on_uvloop(tmp_path: Path) -> None:
+    # `warta mta` runs on uvloop: its transports must take the reply reader in turn too.
+    uvloop = pytest.importorskip("uvloop")
+    pki = make_pki(tmp_path)
+
+    async def main() -> tuple[Store, Store]:
+        plain, secure = Store(refuse={"gone@example.com"}), Store()
+        config = ServerConfig("mta.test", 1_000_000, 30, 50)
+        tls_config = ServerConfig("mta.test", 1_000_000, 30, 50, pki.server_context())
+        servers = [await serve(plain, "127.0.0.1:0", config)]
+        servers.append(await serve(secure, "127.0.0.1:0", tls_config))
+        hosts = [f"127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers]
+        try:
+            async with _sender(hosts[0]) as sender:
+                pair = await sender.send(FROM, ["a@example.com", "gone@example.com"], MESSAGE)
+                assert pair["a@example.com"].delivered
+                assert pair["gone@example.com"].code == 550
+                assert (await sender.send_one(FROM, TO, MESSAGE)).delivered
+            tls = _sender(hosts[1], start_tls=True, tls_context=pki.client_context())
+            async with tls as sender:
+                assert (await sender.send_one(FROM, TO, MESSAGE)).delivered
+                assert (await sender.send_one(FROM, TO, MESSAGE)).delivered
+        finally:
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+        return plain, secure
+
+    plain, secure = uvloop.run(main())
+    assert [t.rcpt_tos for t in plain.transactions] == [["a@example.com"], [TO]]
+    assert plain.sessions == 1
+    assert secure.tls == [True, True]
+    assert secure.sessions == 1
