@@ -33,6 +33,7 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPSenderRefused,
 )
+from aiosmtplib.email import parse_address
 
 from app.core.settings import Settings
 from app.mail import pipelining
@@ -46,6 +47,8 @@ DEFAULT_DATA_TIMEOUT = 120.0
 DEFAULT_HOST_COOLOFF = 30.0
 QUIT_TIMEOUT = 5.0
 _NOT_IN_BARE_ADDRESS = re.compile(r"[\x00-\x20<>()\x7f]")
+_PARSEADDR_SPECIALS = re.compile(r'[",:;\[\]\\]')
+"""Characters that can make `parseaddr` read an address as something else."""
 
 STATUS_BAD_ADDRESS = "5.1.3"
 """RFC 3463: bad destination mailbox address syntax."""
@@ -460,9 +463,18 @@ def is_bare_address(address: str) -> bool:
     """Whether `address` is a bare mailbox, not a display form aiosmtplib would rewrite.
 
     aiosmtplib passes addresses through `email.utils.parseaddr`, which quietly turns
-    "x@a.example> junk" into x@a.example; the sender refuses such input instead.
+    "x@a.example> junk" into x@a.example and "a:b@x.example" into b@x.example; the sender
+    refuses such input instead, so the pipelined path (which writes addresses as given)
+    and aiosmtplib's send the same envelope or none.
     """
-    return bool(address) and _NOT_IN_BARE_ADDRESS.search(address) is None
+    if not address or _NOT_IN_BARE_ADDRESS.search(address) is not None:
+        return False
+    if address.count("@") == 1 and _PARSEADDR_SPECIALS.search(address) is None:
+        return True  # a plain local@domain: parseaddr leaves it as it is
+    try:
+        return parse_address(address) == address
+    except ValueError:  # e.g. a stray quote: aiosmtplib would refuse it too
+        return False
 
 
 def _envelope_options(
