@@ -42,7 +42,6 @@ MAX_REPLIES_LENGTH = 1 << 20
 
 _LINE_ENDINGS = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
 """aiosmtplib's line-ending normaliser: bare LF and bare CR become CRLF."""
-_LEADING_PERIOD = re.compile(rb"(?m)^\.")
 
 
 class SessionBroken(Exception):
@@ -63,14 +62,6 @@ def stuffed_body(message: bytes) -> bytes:
     if body.startswith(b"."):
         body = b"." + body
     return body + b".\r\n"
-
-
-def aiosmtplib_payload(message: bytes) -> bytes:
-    """What aiosmtplib 5 writes after DATA's 354, for comparison in tests."""
-    body = _LINE_ENDINGS.sub(b"\r\n", message)
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return _LEADING_PERIOD.sub(b"..", body) + b".\r\n"
 
 
 def envelope_commands(

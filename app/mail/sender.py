@@ -5,6 +5,11 @@ Each pooled connection carries many transactions and is replaced after
 unknown. A failed transaction is always followed by RSET, and a connection whose RSET
 fails is dropped, so no send ever starts on a connection in an unknown state.
 
+When the server offers PIPELINING (RFC 2920), a transaction is the envelope and DATA in one
+write and the message in a second (with CHUNKING, RFC 3030, all in one: `BDAT <n> LAST`),
+its replies read in order (`app.mail.pipelining`); aiosmtplib keeps the session (connect,
+EHLO, STARTTLS, AUTH, RSET, QUIT) and the one-command-at-a-time path for other servers.
+
 Nothing raises to the caller for a mail problem: every recipient gets a `SendResult`.
 Connection loss after the message was sent but before the reply arrived is reported as
 temporary; the retry is safe because the MTA refuses a Message-ID it already accepted.
@@ -256,44 +261,26 @@ class SmtpSender:
         options, encoding = envelope
         connection.transactions += 1
         if smtp.supports_extension("pipelining"):
-            results = await self._transact_pipelined(
-                connection, envelope_from, recipients, message, options, encoding
+            exchange = await pipelining.transact(
+                smtp,
+                pipelining.envelope_commands(envelope_from, recipients, options, encoding),
+                len(recipients),
+                message,
+                chunking=smtp.supports_extension("chunking"),
+                command_timeout=self.command_timeout,
+                data_timeout=self.data_timeout,
             )
+            results = pipelining.results(exchange, recipients, str(connection.host))
+            if exchange.broken is not None or exchange.closing:
+                self._discard(connection)
+            elif not exchange.clean:
+                await self._reset(connection)
         else:
             results = await self._transact_lockstep(
                 connection, envelope_from, recipients, message, options, encoding
             )
         if connection.smtp is not None and connection.transactions >= self.messages_per_connection:
             await self._quit(connection)
-        return results
-
-    async def _transact_pipelined(
-        self,
-        connection: _Connection,
-        envelope_from: str,
-        recipients: Sequence[str],
-        message: bytes,
-        options: list[str],
-        encoding: str,
-    ) -> dict[str, SendResult]:
-        """The envelope (and with CHUNKING the message) in one write, replies read in order."""
-        smtp = connection.smtp
-        assert smtp is not None
-        host = str(connection.host)
-        exchange = await pipelining.transact(
-            smtp,
-            pipelining.envelope_commands(envelope_from, recipients, options, encoding),
-            len(recipients),
-            message,
-            chunking=smtp.supports_extension("chunking"),
-            command_timeout=self.command_timeout,
-            data_timeout=self.data_timeout,
-        )
-        results = pipelining.results(exchange, recipients, host)
-        if exchange.broken is not None or exchange.closing:
-            self._discard(connection)
-        elif not exchange.clean:
-            await self._reset(connection)
         return results
 
     async def _transact_lockstep(
