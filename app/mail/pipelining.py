@@ -234,7 +234,8 @@ async def transact(
         for _ in range(recipients):
             exchange.rcpts.append(await _envelope_reply(reader, command_timeout))
         if chunking:
-            # RFC 3030 §2: the chunk is read and refused whatever became of the envelope.
+            # RFC 3030 §2, §4.2: the server reads the chunk whatever became of the envelope
+            # and refuses it if no RCPT was accepted; after a refused BDAT, RSET.
             exchange.final = await reader.read(data_timeout)
         else:
             exchange.data = await reader.read(command_timeout)
@@ -243,6 +244,8 @@ async def transact(
                     # RFC 2920 §3.1 says a server must refuse DATA here; one that did not
                     # wants a message for no one. Nothing is sent: the session goes.
                     raise SessionBroken("354 to DATA without an accepted recipient")
+                if transport.is_closing():  # uvloop raises on a write to a closed transport
+                    raise SessionBroken("connection lost")
                 transport.write(stuffed_body(message))
                 exchange.final = await reader.read(data_timeout)
         if reader.unread:
