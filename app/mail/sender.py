@@ -5,6 +5,11 @@ Each pooled connection carries many transactions and is replaced after
 unknown. A failed transaction is always followed by RSET, and a connection whose RSET
 fails is dropped, so no send ever starts on a connection in an unknown state.
 
+When the server offers PIPELINING (RFC 2920), a transaction is the envelope and DATA in one
+write and the message in a second (with CHUNKING, RFC 3030, all in one: `BDAT <n> LAST`),
+its replies read in order (`app.mail.pipelining`); aiosmtplib keeps the session (connect,
+EHLO, STARTTLS, AUTH, RSET, QUIT) and the one-command-at-a-time path for other servers.
+
 Nothing raises to the caller for a mail problem: every recipient gets a `SendResult`.
 Connection loss after the message was sent but before the reply arrived is reported as
 temporary; the retry is safe because the MTA refuses a Message-ID it already accepted.
@@ -33,8 +38,10 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPSenderRefused,
 )
+from aiosmtplib.email import parse_address
 
 from app.core.settings import Settings
+from app.mail import pipelining
 from app.mail.result import SendResult
 
 DEFAULT_POOL_SIZE = 10
@@ -45,6 +52,8 @@ DEFAULT_DATA_TIMEOUT = 120.0
 DEFAULT_HOST_COOLOFF = 30.0
 QUIT_TIMEOUT = 5.0
 _NOT_IN_BARE_ADDRESS = re.compile(r"[\x00-\x20<>()\x7f]")
+_PARSEADDR_SPECIALS = re.compile(r'[",:;\[\]\\]')
+"""Characters that can make `parseaddr` read an address as something else."""
 
 STATUS_BAD_ADDRESS = "5.1.3"
 """RFC 3463: bad destination mailbox address syntax."""
@@ -246,13 +255,48 @@ class SmtpSender:
     ) -> dict[str, SendResult]:
         smtp = connection.smtp
         assert smtp is not None
-        host = str(connection.host)
         envelope = _envelope_options(smtp, envelope_from, recipients, message)
         if isinstance(envelope, SendResult):
             return dict.fromkeys(recipients, envelope)
         options, encoding = envelope
-        results: dict[str, SendResult] = {}
         connection.transactions += 1
+        if smtp.supports_extension("pipelining"):
+            exchange = await pipelining.transact(
+                smtp,
+                pipelining.envelope_commands(envelope_from, recipients, options, encoding),
+                len(recipients),
+                message,
+                chunking=smtp.supports_extension("chunking"),
+                command_timeout=self.command_timeout,
+                data_timeout=self.data_timeout,
+            )
+            results = pipelining.results(exchange, recipients, str(connection.host))
+            if exchange.broken is not None or exchange.closing:
+                self._discard(connection)
+            elif not exchange.clean:
+                await self._reset(connection)
+        else:
+            results = await self._transact_lockstep(
+                connection, envelope_from, recipients, message, options, encoding
+            )
+        if connection.smtp is not None and connection.transactions >= self.messages_per_connection:
+            await self._quit(connection)
+        return results
+
+    async def _transact_lockstep(
+        self,
+        connection: _Connection,
+        envelope_from: str,
+        recipients: Sequence[str],
+        message: bytes,
+        options: list[str],
+        encoding: str,
+    ) -> dict[str, SendResult]:
+        """One command, one reply, through aiosmtplib (a server without PIPELINING)."""
+        smtp = connection.smtp
+        assert smtp is not None
+        host = str(connection.host)
+        results: dict[str, SendResult] = {}
         try:
             try:
                 await smtp.mail(envelope_from, options=options, encoding=encoding)
@@ -279,8 +323,6 @@ class SmtpSender:
             self._discard(connection)
             failure = SendResult.connection_failure(f"{host}: {_describe(exc)}", host)
             return {recipient: results.get(recipient, failure) for recipient in recipients}
-        if connection.transactions >= self.messages_per_connection:
-            await self._quit(connection)
         return results
 
     @staticmethod
@@ -408,9 +450,18 @@ def is_bare_address(address: str) -> bool:
     """Whether `address` is a bare mailbox, not a display form aiosmtplib would rewrite.
 
     aiosmtplib passes addresses through `email.utils.parseaddr`, which quietly turns
-    "x@a.example> junk" into x@a.example; the sender refuses such input instead.
+    "x@a.example> junk" into x@a.example and "a:b@x.example" into b@x.example; the sender
+    refuses such input instead, so the pipelined path (which writes addresses as given)
+    and aiosmtplib's send the same envelope or none.
     """
-    return bool(address) and _NOT_IN_BARE_ADDRESS.search(address) is None
+    if not address or _NOT_IN_BARE_ADDRESS.search(address) is not None:
+        return False
+    if address.count("@") == 1 and _PARSEADDR_SPECIALS.search(address) is None:
+        return True  # a plain local@domain: parseaddr leaves it as it is
+    try:
+        return parse_address(address) == address
+    except ValueError:  # e.g. a stray quote: aiosmtplib would refuse it too
+        return False
 
 
 def _envelope_options(

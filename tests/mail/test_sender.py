@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
+from aiosmtplib.email import parse_address
 
 from app.mail.result import Outcome, SendResult, parse_enhanced_status
 from app.mail.sender import (
     SenderClosedError,
     SmtpSender,
     SubmissionHost,
+    is_bare_address,
     parse_submission_hosts,
 )
 from tests.helpers.memory_sender import MemorySender
@@ -233,6 +236,36 @@ async def test_addresses_that_are_not_bare_mailboxes_are_refused(
     assert results[smuggled].outcome is Outcome.PERMANENT
     assert (bad_sender.outcome, bad_sender.enhanced_status) == (Outcome.PERMANENT, "5.1.7")
     assert [envelope.rcpt_tos for envelope in sink.envelopes] == [[TO]]
+
+
+async def test_addresses_aiosmtplib_would_rewrite_are_refused(smtp_server: StartServer) -> None:
+    # parseaddr reads "a:b@x" as b@x and "a,b@x" as a: sent, they would reach someone else.
+    sink = Recorder()
+    rewritten = ["list:b@example.com", "a,b@example.com", "a@example.com,b@example.net"]
+    async with _sender(smtp_server(sink), pool_size=1) as sender:
+        results = await sender.send(FROM, [*rewritten, TO], MESSAGE)
+        bad_sender = await sender.send_one("x:news@example.org", TO, MESSAGE)
+    assert [results[r].enhanced_status for r in rewritten] == ["5.1.3"] * 3
+    assert results[TO].delivered
+    assert (bad_sender.outcome, bad_sender.enhanced_status) == (Outcome.PERMANENT, "5.1.7")
+    assert [envelope.rcpt_tos for envelope in sink.envelopes] == [[TO]]
+
+
+def _sent_as_given(address: str) -> bool:
+    try:
+        return parse_address(address) == address
+    except ValueError:
+        return False
+
+
+def test_bare_addresses_are_those_aiosmtplib_sends_as_given() -> None:
+    alphabet = ["a", ".", "@", '"', ",", ":", ";", "[", "]", "\\", "+", "ü"]
+    for length in range(1, 5):
+        for chars in itertools.product(alphabet, repeat=length):
+            address = "".join(chars)
+            assert is_bare_address(address) == _sent_as_given(address), address
+    for address in ['"a.b"@example.com', "x@[127.0.0.1]", "jürgen@example.de", "postmaster"]:
+        assert is_bare_address(address)
 
 
 async def test_a_closed_sender_refuses_to_send(smtp_server: StartServer) -> None:
