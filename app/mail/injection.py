@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Self
 
 from app.core.settings import Settings
+from app.mail.pipelining import stuffed_body
 from app.mail.result import SendResult
 from app.mail.sender import (
     STATUS_NO_SMTPUTF8,
@@ -322,13 +323,7 @@ class PipelinedSender:
         start = await self._reply(session)
         if start[0] != 354:
             return self._results(item, mail, rcpts, start, host)
-        body = item.message
-        if body.startswith(b"."):
-            body = b"." + body
-        body = body.replace(b"\r\n.", b"\r\n..")
-        if not body.endswith(b"\r\n"):
-            body += b"\r\n"
-        session.writer.write(body + b".\r\n")
+        session.writer.write(stuffed_body(item.message))
         final = await self._reply(session)
         return self._results(item, mail, rcpts, final, host)
 
