@@ -30,7 +30,9 @@ last one appended to the message file, else its first line.
 Group commit (as Postfix and databases do it): concurrent ``accept`` calls queue their
 files; one committer writes a whole batch, fsyncs each file and the directory once, then
 resolves every waiter. Nobody is answered before their files are durable, and many sessions
-share the cost of one fsync pass. Envelope changes (after a deferral) and removals are
+share the cost of one fsync pass. The batch's Message-IDs are appended to the log and fsynced
+alongside, not after: a 250 waits for two fsyncs in a row, not three, and a logged id counts
+only once a later line confirms its commit completed (see `message_id_log`). Envelope changes (after a deferral) and removals are
 grouped the same way.
 
 Every envelope names its queue id, and a file whose envelope names another is quarantined
@@ -183,6 +185,9 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
         self._known = MessageIdIndex(self.temp, horizon=self._horizon)  # off the heap
         self._unlogged: list[Envelope] = []  # accepted, their ids not yet in the log
+        # The latest batch of ids logged whose commit completed, and its envelopes, until a
+        # later line confirms it (see `message_id_log`); None when there is none.
+        self._logged: tuple[QueueId, dict[QueueId, Envelope]] | None = None
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
         self._pending: list[_Pending] = []
         # Accepted but not yet durable and announced: on disk perhaps, not yet queued.
@@ -339,7 +344,8 @@ class Spool:
             self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        """Write a batch durably: files, one fsync pass, renames, one directory fsync, ids log."""
+        """Write a batch durably: files, one fsync pass, renames, one directory fsync; the
+        Message-ID log appended and fsynced alongside (its batch confirmed by a later line)."""
         written = [
             (
                 self._temp_dirs[i % IO_THREADS] / f"{item.envelope.queue_id}.eml",
@@ -348,27 +354,42 @@ class Spool:
             for i, item in enumerate(batch)
         ]
         started = time.perf_counter()
-        # One file a message, envelope inside: one inode, one fsync, one rename. The files
-        # are written and fsynced by several threads, so that the concurrent fsyncs fold into
-        # fewer disk flushes; creating a file holds its directory's lock, so the temporary
-        # files are spread over several directories and their creations run in parallel.
-        sources = stage_parallel(
-            self._io_pool,
-            IO_THREADS,
-            self.spares,
-            [
-                ((temp, spool_format.encode(item.envelope, item.data)),)
-                for item, (temp, _) in zip(batch, written, strict=True)
-            ],
-        )
-        for (source,), (_, message) in zip(sources, written, strict=True):
-            os.replace(source, message)
-        fsync_directory(self.messages)
-        # The Message-ID log last: an id is never known unless its message is durable,
-        # otherwise a resubmission after a crash would be acknowledged and then lost.
+        # The ids are logged while the files are written: three fsyncs in a row (files,
+        # directory, log) would make every 250 wait for all three. A crash can then leave an
+        # id logged whose message is not durable, so the log's line counts only once a later
+        # line confirms the batch, written after this commit completed (`message_id_log`).
         entries = [item.envelope for item in batch if item.envelope.message_id]
-        if entries or self._unlogged:
-            self._log_message_ids(entries)
+        carried = self._unlogged
+        log = self._io_pool.submit(self._log_message_ids, entries) if entries or carried else None
+        try:
+            # One file a message, envelope inside: one inode, one fsync, one rename. The
+            # files are written and fsynced by several threads, so that the concurrent fsyncs
+            # fold into fewer disk flushes; creating a file holds its directory's lock, so
+            # the temporary files are spread over several directories and their creations
+            # run in parallel.
+            sources = stage_parallel(
+                self._io_pool,
+                IO_THREADS,
+                self.spares,
+                [
+                    ((temp, spool_format.encode(item.envelope, item.data)),)
+                    for item, (temp, _) in zip(batch, written, strict=True)
+                ],
+            )
+            for (source,), (_, message) in zip(sources, written, strict=True):
+                os.replace(source, message)
+            fsync_directory(self.messages)
+        except BaseException:
+            if log is not None:
+                wait([log])  # its batch stays unconfirmed: never counted
+                self._unlogged = carried  # their messages are durable: log them again
+            raise
+        logged = log.result() if log is not None else None  # a failure keeps them in memory
+        if logged is not None:
+            # Only now, the commit complete, may a line confirm the batch: the next commit's
+            # first line, or a removal's (`_confirm_logged`). Replaced, never changed in
+            # place: the event loop reads it.
+            self._logged = logged
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.accepted += len(batch)
@@ -376,7 +397,9 @@ class Spool:
         self.stats.last_fsync_seconds = elapsed
         self.stats.last_batch_size = len(batch)
 
-    def _log_message_ids(self, entries: list[Envelope]) -> None:
+    def _log_message_ids(
+        self, entries: list[Envelope]
+    ) -> tuple[QueueId, dict[QueueId, Envelope]] | None:
         """Append the batch's Message-IDs; if that fails the batch is still acknowledged.
 
         The messages are durably queued once renamed into place: answering 451 now would
@@ -385,8 +408,9 @@ class Spool:
         queued envelopes.
         """
         pending = self._unlogged + entries
+        confirms = self._logged[0] if self._logged is not None else ""
         try:
-            message_id_log.append(self.message_ids_log, pending)
+            batch = message_id_log.append_batch(self.message_ids_log, pending, confirms)
         except OSError as exc:
             logger.error(
                 "spool: could not log %d Message-IDs (%s); they stay known in memory and "
@@ -395,8 +419,9 @@ class Spool:
                 exc,
             )
             self._unlogged = pending
-        else:
-            self._unlogged = []
+            return None
+        self._unlogged = []
+        return batch, {e.queue_id: e for e in pending}
 
     # -- after acceptance ------------------------------------------------------------
 
@@ -537,8 +562,9 @@ class Spool:
             await asyncio.sleep(CHANGE_LINGER)
         while self._removals:
             batch, self._removals = self._removals[:MAX_BATCH], self._removals[MAX_BATCH:]
+            queue_ids = [queue_id for queue_id, _ in batch]
             try:
-                await asyncio.to_thread(self._remove, [queue_id for queue_id, _ in batch])
+                await asyncio.to_thread(self._remove, queue_ids, self._unconfirmed(queue_ids))
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -548,9 +574,31 @@ class Spool:
                 if not future.done():
                     future.set_result(None)
 
-    def _remove(self, queue_ids: list[QueueId]) -> None:
+    def _unconfirmed(self, queue_ids: list[QueueId]) -> tuple[QueueId, list[Envelope]] | None:
+        """The latest logged batch and those of ``queue_ids`` in it, if any: its line in the
+        Message-ID log is not confirmed yet (see `_confirm_logged`)."""
+        logged = self._logged
+        if logged is None:
+            return None
+        batch, envelopes = logged
+        found = [envelopes[q] for q in queue_ids if q in envelopes]
+        return (batch, found) if found else None
+
+    def _remove(
+        self, queue_ids: list[QueueId], unconfirmed: tuple[QueueId, list[Envelope]] | None
+    ) -> None:
+        if unconfirmed is not None:
+            self._confirm_logged(*unconfirmed)
         with self._append_lock:
             self._remove_files(queue_ids)
+
+    def _confirm_logged(self, batch: QueueId, envelopes: list[Envelope]) -> None:
+        """Confirm a logged batch before removing messages of it (once their files are gone,
+        only the log keeps their ids, and an unconfirmed id is dropped by recovery)."""
+        try:
+            message_id_log.confirm(self.message_ids_log, batch, envelopes)
+        except OSError as exc:  # as at commit: delivered, so removed; the ids stay in memory
+            logger.error("spool: could not confirm %d Message-IDs (%s)", len(envelopes), exc)
 
     def _remove_files(self, queue_ids: list[QueueId]) -> None:
         # Message files first: once one is gone its message is no longer queued. A crash
