@@ -188,6 +188,7 @@ class Spool:
         # The latest batch of ids logged whose commit completed, and its envelopes, until a
         # later line confirms it (see `message_id_log`); None when there is none.
         self._logged: tuple[QueueId, dict[QueueId, Envelope]] | None = None
+        self._confirmed = QueueId("")  # the batch a removal confirmed last
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
         self._pending: list[_Pending] = []
         # Accepted but not yet durable and announced: on disk perhaps, not yet queued.
@@ -581,6 +582,8 @@ class Spool:
         if logged is None:
             return None
         batch, envelopes = logged
+        if batch == self._confirmed:
+            return None
         found = [envelopes[q] for q in queue_ids if q in envelopes]
         return (batch, found) if found else None
 
@@ -597,6 +600,7 @@ class Spool:
         only the log keeps their ids, and an unconfirmed id is dropped by recovery)."""
         try:
             message_id_log.confirm(self.message_ids_log, batch, envelopes)
+            self._confirmed = batch  # the batch's other messages need not confirm it again
         except OSError as exc:  # as at commit: delivered, so removed; the ids stay in memory
             logger.error("spool: could not confirm %d Message-IDs (%s)", len(envelopes), exc)
 
@@ -665,6 +669,18 @@ class Spool:
     async def read_envelope(self, queue_id: QueueId) -> Envelope | None:
         """The current envelope of ``queue_id`` as on disk; None once the message is gone."""
         return await asyncio.to_thread(self._read_envelope, queue_id)
+
+    async def read_envelopes(self, queue_ids: list[QueueId]) -> list[Envelope | None]:
+        """`read_envelope` of each, in one hand-over to a thread (a sweep reads thousands:
+        one each cost more CPU than the reading); None also for one unreadable (logged)."""
+        return await asyncio.to_thread(lambda: [self._read_readable(q) for q in queue_ids])
+
+    def _read_readable(self, queue_id: QueueId) -> Envelope | None:
+        try:
+            return self._read_envelope(queue_id)
+        except ValueError:
+            logger.exception("spool: envelope %s is unreadable", queue_id)
+            return None
 
     def _read_envelope(self, queue_id: QueueId) -> Envelope | None:
         # The message file first: a removal takes it before the changed envelope.
