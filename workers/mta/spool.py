@@ -27,13 +27,11 @@ exists, and dropped as never acknowledged when not (as layout 1 did). The delive
 treat both alike, because the envelope is always ``env/<id>.json`` if present, else the
 last one appended to the message file, else its first line.
 
-Group commit (as Postfix and databases do it): concurrent ``accept`` calls queue their
-files; one committer writes a whole batch, fsyncs each file and the directory once, then
-resolves every waiter. Nobody is answered before their files are durable, and many sessions
-share the cost of one fsync pass. The batch's Message-IDs are appended to the log and fsynced
-alongside, not after: a 250 waits for two fsyncs in a row, not three, and a logged id counts
-only once a later line confirms its commit completed (see `message_id_log`). Envelope changes (after a deferral) and removals are
-grouped the same way.
+Group commit (`group_commit`): concurrent ``accept`` calls queue their files; one committer
+writes a whole batch, fsyncs each file and the directory once (the Message-ID log alongside),
+then resolves every waiter. Nobody is answered before their files are durable, and many
+sessions share the cost of one fsync pass. Envelope changes (after a deferral) and removals
+are grouped the same way.
 
 Every envelope names its queue id, and a file whose envelope names another is quarantined
 (recovery and every read check): whatever goes wrong, a queue id is never delivered with
@@ -41,10 +39,6 @@ another message's bytes or recipients.
 
 Layout 2 cannot be read by a version before it (it would drop the messages as never
 acknowledged): the upgrade is one way, see docs/mta.md.
-
-The committer, not the accepting session, tells the spool's listeners (the delivery agent)
-that a message is durable: a session cancelled while its commit completes (the client
-disconnected) must not leave a queued message that nobody will deliver.
 """
 
 from __future__ import annotations
@@ -59,11 +53,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from workers.mta import message_id_log, snapshot_lock, spool_format
+from workers.mta import message_id_log, spool_format
+from workers.mta.group_commit import IO_THREADS as IO_THREADS
+from workers.mta.group_commit import MAX_BATCH, GroupCommit
+from workers.mta.group_commit import SpoolStats as SpoolStats
 from workers.mta.message_id_index import MessageIdIndex
 from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
 from workers.mta.message_id_log import normalise_message_id as normalise_message_id
@@ -84,16 +80,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DEDUPE_WINDOW = 7 * 24 * 3600.0
 """Seconds a Message-ID stays known after its message was accepted."""
-MAX_BATCH = 512
-"""Most messages committed in one fsync pass, so one batch cannot delay the next forever."""
 TAIL_LIMIT = 32 * 1024
 """Bytes of changed envelopes appended to a message file at most; then env/ takes over."""
 CHANGE_LINGER = 0.002
 """Seconds the updater and the remover wait for more changes before writing a batch: one
 hand-over to a thread and one fsync pass for several deliveries (no 250 waits on them)."""
-IO_THREADS = 16
-"""Files of one batch are written, then fsynced, in parallel: the filesystem folds the fsyncs
-into one journal commit (on ext4 twenty 5 KB files take ~2 ms so, ~15 ms one after another)."""
 
 
 CommitListener = Callable[[Envelope], None]
@@ -102,29 +93,6 @@ CommitListener = Callable[[Envelope], None]
 
 class MisfiledMessage(ValueError):
     """A queued file holds the envelope of another queue id; it was moved to corrupt/."""
-
-
-@dataclass
-class SpoolStats:
-    """Group-commit figures for the metrics endpoint (spool fsync latency)."""
-
-    commits: int = 0
-    accepted: int = 0
-    fsync_seconds_total: float = 0.0
-    last_fsync_seconds: float = 0.0
-    last_batch_size: int = 0
-
-    @property
-    def mean_fsync_seconds(self) -> float:
-        """Mean duration of one fsync pass."""
-        return self.fsync_seconds_total / self.commits if self.commits else 0.0
-
-
-@dataclass
-class _Pending:
-    envelope: Envelope
-    data: bytes
-    future: asyncio.Future[QueueId]
 
 
 _QUEUE_ID_SEQUENCE = itertools.count(secrets.randbits(32))
@@ -176,26 +144,12 @@ class Spool:
         self.message_ids_log = directory / MESSAGE_IDS_LOG
         self.clock = clock
         self.dedupe_window = dedupe_window
-        # Seconds the committer lingers before writing a batch, gathering more messages
-        # (PostgreSQL's commit_delay). 0 in production; tests widen it to hold a commit open.
-        self.commit_delay = commit_delay
-        self.stats = SpoolStats()
         self._temp_dirs = [self.temp / str(shard) for shard in range(IO_THREADS)]
         for folder in (self.messages, self.envelopes, self.corrupt, *self._temp_dirs):
             folder.mkdir(parents=True, exist_ok=True)
         self._known = MessageIdIndex(self.temp, horizon=self._horizon)  # off the heap
-        self._unlogged: list[Envelope] = []  # accepted, their ids not yet in the log
-        # The latest batch of ids logged whose commit completed, and its envelopes, until a
-        # later line confirms it (see `message_id_log`); None when there is none.
-        self._logged: tuple[QueueId, dict[QueueId, Envelope]] | None = None
-        self._confirmed = QueueId("")  # the batch a removal confirmed last
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
-        self._pending: list[_Pending] = []
-        # Accepted but not yet durable and announced: on disk perhaps, not yet queued.
-        self._uncommitted: set[QueueId] = set()
         self._listeners: list[CommitListener] = []
-        self._wakeup = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
         self._removals: list[tuple[QueueId, asyncio.Future[None]]] = []
         self._remover: asyncio.Task[None] | None = None
         self._updates: list[tuple[QueueId, bytes, asyncio.Future[None]]] = []
@@ -208,7 +162,10 @@ class Spool:
         self._append_lock = threading.Lock()
         self._closing = False
         self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
-        self._snapshot_lock = snapshot_lock.open_lock(directory)  # see _commit_unless_snapshot
+        self._commits = GroupCommit(
+            directory, self.spares, self._io_pool, self._durable, commit_delay=commit_delay
+        )
+        self.stats = self._commits.stats
 
     async def __aenter__(self) -> Self:
         return self
@@ -243,7 +200,7 @@ class Spool:
     @property
     def waiting(self) -> int:
         """Messages accepted whose commit has not completed yet."""
-        return len(self._uncommitted)
+        return len(self._commits.uncommitted)
 
     async def accept(self, envelope: Envelope, data: bytes) -> QueueId:
         """Spool a message; return its queue id once message and envelope are durable.
@@ -265,16 +222,22 @@ class Spool:
         envelope.queue_id = new_queue_id()
         envelope.received_at = now
         envelope.next_attempt_at = envelope.next_attempt_at or now
-        future: asyncio.Future[QueueId] = asyncio.get_running_loop().create_future()
+        future = self._commits.submit(envelope, data)
         if key is not None:
             self._inflight[key] = future
             future.add_done_callback(lambda _: self._inflight.pop(key, None))
-        self._pending.append(_Pending(envelope, data, future))
-        self._uncommitted.add(envelope.queue_id)
-        self._wakeup.set()
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_forever(), name="spool-committer")
         return await asyncio.shield(future)
+
+    def _durable(self, envelope: Envelope) -> None:
+        """Make a message just committed known, and announce it to the listeners."""
+        if envelope.message_id:
+            key = normalise_message_id(envelope.message_id)
+            self._known[key] = (envelope.queue_id, envelope.received_at)
+        for listener in self._listeners:
+            try:
+                listener(envelope)
+            except Exception:  # one listener's bug must not wedge every later commit
+                logger.exception("spool listener failed for %s", envelope.queue_id)
 
     async def seen(self, message_id: str) -> QueueId | None:
         """The queue id under which ``message_id`` was accepted within the window, if any."""
@@ -286,143 +249,12 @@ class Spool:
     async def close(self) -> None:
         """Commit what is queued, then stop the committer."""
         self._closing = True
-        self._wakeup.set()
-        if self._committer is not None:
-            await self._committer
-            self._committer = None
+        await self._commits.close()
         if self._updater is not None:
             await self._updater
         if self._remover is not None:
             await self._remover
         self._io_pool.shutdown()
-        if self._snapshot_lock >= 0:
-            os.close(self._snapshot_lock)
-            self._snapshot_lock = -1
-
-    async def _commit_forever(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self.commit_delay > 0 and not self._closing:
-                await asyncio.sleep(self.commit_delay)
-            while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                try:
-                    await asyncio.to_thread(self._commit_unless_snapshot, batch)
-                except Exception as exc:
-                    logger.exception("spool commit of %d messages failed", len(batch))
-                    for item in batch:
-                        self._uncommitted.discard(item.envelope.queue_id)
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                for item in batch:
-                    self._committed(item)
-            if self._closing:
-                return
-
-    def _committed(self, item: _Pending) -> None:
-        """Make a durable message known, announce it, then answer whoever waits for it."""
-        envelope = item.envelope
-        if envelope.message_id:
-            key = normalise_message_id(envelope.message_id)
-            self._known[key] = (envelope.queue_id, envelope.received_at)
-        # Announced here, in the committer, before the waiter hears of it: the waiting
-        # session may have been cancelled (its client gone) and would never pass it on.
-        for listener in self._listeners:
-            try:
-                listener(envelope)
-            except Exception:  # one listener's bug must not wedge every later commit
-                logger.exception("spool listener failed for %s", envelope.queue_id)
-        self._uncommitted.discard(envelope.queue_id)
-        if not item.future.done():
-            item.future.set_result(envelope.queue_id)
-
-    def _commit_unless_snapshot(self, batch: list[_Pending]) -> None:
-        """Commit while no backup snapshots the spool: it must never see half a batch."""
-        with snapshot_lock.shared(self._snapshot_lock):
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Pending]) -> None:
-        """Write a batch durably: files, one fsync pass, renames, one directory fsync; the
-        Message-ID log appended and fsynced alongside (its batch confirmed by a later line)."""
-        written = [
-            (
-                self._temp_dirs[i % IO_THREADS] / f"{item.envelope.queue_id}.eml",
-                self.message_path(item.envelope.queue_id),
-            )
-            for i, item in enumerate(batch)
-        ]
-        started = time.perf_counter()
-        # The ids are logged while the files are written: three fsyncs in a row (files,
-        # directory, log) would make every 250 wait for all three. A crash can then leave an
-        # id logged whose message is not durable, so the log's line counts only once a later
-        # line confirms the batch, written after this commit completed (`message_id_log`).
-        entries = [item.envelope for item in batch if item.envelope.message_id]
-        carried = self._unlogged
-        log = self._io_pool.submit(self._log_message_ids, entries) if entries or carried else None
-        try:
-            # One file a message, envelope inside: one inode, one fsync, one rename. The
-            # files are written and fsynced by several threads, so that the concurrent fsyncs
-            # fold into fewer disk flushes; creating a file holds its directory's lock, so
-            # the temporary files are spread over several directories and their creations
-            # run in parallel.
-            sources = stage_parallel(
-                self._io_pool,
-                IO_THREADS,
-                self.spares,
-                [
-                    ((temp, spool_format.encode(item.envelope, item.data)),)
-                    for item, (temp, _) in zip(batch, written, strict=True)
-                ],
-            )
-            for (source,), (_, message) in zip(sources, written, strict=True):
-                os.replace(source, message)
-            fsync_directory(self.messages)
-        except BaseException:
-            if log is not None:
-                wait([log])  # its batch stays unconfirmed: never counted
-                self._unlogged = carried  # their messages are durable: log them again
-            raise
-        logged = log.result() if log is not None else None  # a failure keeps them in memory
-        if logged is not None:
-            # Only now, the commit complete, may a line confirm the batch: the next commit's
-            # first line, or a removal's (`_confirm_logged`). Replaced, never changed in
-            # place: the event loop reads it.
-            self._logged = logged
-        elapsed = time.perf_counter() - started
-        self.stats.commits += 1
-        self.stats.accepted += len(batch)
-        self.stats.fsync_seconds_total += elapsed
-        self.stats.last_fsync_seconds = elapsed
-        self.stats.last_batch_size = len(batch)
-
-    def _log_message_ids(
-        self, entries: list[Envelope]
-    ) -> tuple[QueueId, dict[QueueId, Envelope]] | None:
-        """Append the batch's Message-IDs; if that fails the batch is still acknowledged.
-
-        The messages are durably queued once renamed into place: answering 451 now would
-        make the client resubmit and the message go out twice. Their ids stay known in
-        memory, are appended with the next commit, and a restart rebuilds them from the
-        queued envelopes.
-        """
-        pending = self._unlogged + entries
-        confirms = self._logged[0] if self._logged is not None else ""
-        try:
-            batch = message_id_log.append_batch(self.message_ids_log, pending, confirms)
-        except OSError as exc:
-            logger.error(
-                "spool: could not log %d Message-IDs (%s); they stay known in memory and "
-                "are appended with the next commit",
-                len(pending),
-                exc,
-            )
-            self._unlogged = pending
-            return None
-        self._unlogged = []
-        return batch, {e.queue_id: e for e in pending}
 
     # -- after acceptance ------------------------------------------------------------
 
@@ -565,7 +397,9 @@ class Spool:
             batch, self._removals = self._removals[:MAX_BATCH], self._removals[MAX_BATCH:]
             queue_ids = [queue_id for queue_id, _ in batch]
             try:
-                await asyncio.to_thread(self._remove, queue_ids, self._unconfirmed(queue_ids))
+                await asyncio.to_thread(
+                    self._remove, queue_ids, self._commits.unconfirmed(queue_ids)
+                )
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -575,34 +409,13 @@ class Spool:
                 if not future.done():
                     future.set_result(None)
 
-    def _unconfirmed(self, queue_ids: list[QueueId]) -> tuple[QueueId, list[Envelope]] | None:
-        """The latest logged batch and those of ``queue_ids`` in it, if any: its line in the
-        Message-ID log is not confirmed yet (see `_confirm_logged`)."""
-        logged = self._logged
-        if logged is None:
-            return None
-        batch, envelopes = logged
-        if batch == self._confirmed:
-            return None
-        found = [envelopes[q] for q in queue_ids if q in envelopes]
-        return (batch, found) if found else None
-
     def _remove(
         self, queue_ids: list[QueueId], unconfirmed: tuple[QueueId, list[Envelope]] | None
     ) -> None:
         if unconfirmed is not None:
-            self._confirm_logged(*unconfirmed)
+            self._commits.confirm_logged(*unconfirmed)
         with self._append_lock:
             self._remove_files(queue_ids)
-
-    def _confirm_logged(self, batch: QueueId, envelopes: list[Envelope]) -> None:
-        """Confirm a logged batch before removing messages of it (once their files are gone,
-        only the log keeps their ids, and an unconfirmed id is dropped by recovery)."""
-        try:
-            message_id_log.confirm(self.message_ids_log, batch, envelopes)
-            self._confirmed = batch  # the batch's other messages need not confirm it again
-        except OSError as exc:  # as at commit: delivered, so removed; the ids stay in memory
-            logger.error("spool: could not confirm %d Message-IDs (%s)", len(envelopes), exc)
 
     def _remove_files(self, queue_ids: list[QueueId]) -> None:
         # Message files first: once one is gone its message is no longer queued. A crash
@@ -647,7 +460,7 @@ class Spool:
             queue_id
             for name in names
             if name.endswith(".eml")
-            and (queue_id := QueueId(name.removesuffix(".eml"))) not in self._uncommitted
+            and (queue_id := QueueId(name.removesuffix(".eml"))) not in self._commits.uncommitted
         ]
 
     async def oldest_queued(self, limit: int, skip: Callable[[str], bool]) -> list[QueueId]:
@@ -661,7 +474,7 @@ class Spool:
             with os.scandir(self.messages) as entries:
                 names = (entry.name for entry in entries)
                 ids = (QueueId(name[:-4]) for name in names if name.endswith(".eml"))
-                wanted = (q for q in ids if q not in self._uncommitted and not skip(q))
+                wanted = (q for q in ids if q not in self._commits.uncommitted and not skip(q))
                 return heapq.nsmallest(limit, wanted)
 
         return await asyncio.to_thread(scan) if limit > 0 else []
