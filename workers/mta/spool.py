@@ -52,7 +52,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
@@ -67,6 +67,7 @@ from workers.mta.spares import (
     SparePool,
     exchange,
     fsync_directory,
+    in_lanes,
     stage_parallel,
     write_all,
     write_new,
@@ -297,16 +298,8 @@ class Spool:
         try:
             with self._append_lock:
                 self._append_changes(changes, appended, rewrites)
-            # In parallel: the concurrent fsyncs fold into fewer disk flushes. The first in
-            # this thread, as `stage_parallel` does: one hand-over fewer (a thread woken).
-            others = [self._io_pool.submit(os.fsync, fd) for fd in appended[1:]]
-            try:
-                if appended:
-                    os.fsync(appended[0])
-            finally:
-                wait(others)
-            for other in others:
-                other.result()  # the first failure fails the batch
+            # In parallel: the concurrent fsyncs fold into fewer disk flushes.
+            in_lanes(self._io_pool, IO_THREADS, appended, _fsync_each)
         finally:
             for fd in appended:
                 os.close(fd)
@@ -640,6 +633,13 @@ def _read_file(path: Path) -> bytes:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _fsync_each(fds: list[int]) -> list[int]:
+    """Fsync each descriptor, in order (one lane of `in_lanes`)."""
+    for fd in fds:
+        os.fsync(fd)
+    return fds
 
 
 def _misfiled(queue_id: QueueId, *envelopes: Envelope | None) -> bool:
