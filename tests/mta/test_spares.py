@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from tests.helpers.spooled import envelope, message, record_fsyncs
 from workers.mta import spool as spool_module
 from workers.mta import spool_format
-from workers.mta.spares import SparePool, exchange
+from workers.mta.spares import SparePool, exchange, in_lanes
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool
 
 
@@ -202,3 +204,27 @@ async def test_a_replaced_envelope_s_file_is_free_only_after_env_is_fsynced(
         assert len(spool.spares) == 1
         stored = await spool.read_envelope(queue_id)
         assert stored is not None and stored.next_attempt_at == 2000.0
+
+
+def test_in_lanes_keeps_the_order_runs_a_lane_here_and_fails_after_every_lane_ended() -> None:
+    threads: dict[int, str] = {}
+    ended: list[int] = []
+
+    def run(lane: list[int]) -> list[int]:
+        for item in lane:
+            threads[item] = threading.current_thread().name
+        if 3 in lane:
+            raise OSError("disk full")
+        ended.extend(lane[:1])
+        return [item * 10 for item in lane]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert in_lanes(pool, 3, [0, 1, 2, 4, 5], run) == [0, 10, 20, 40, 50]
+        assert {threads[0], threads[4]} == {threading.current_thread().name}  # lane 0, here
+        assert threads[1] != threading.current_thread().name
+        ended.clear()
+        with pytest.raises(OSError, match="disk full"):
+            in_lanes(pool, 3, list(range(9)), run)  # lane 0 holds 3: fails here, first
+        assert sorted(ended) == [1, 2]  # the other lanes were not abandoned mid-way
+        assert in_lanes(pool, 3, [7], run) == [70]
+        assert in_lanes(pool, 3, [], run) == []

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.mta.spares import fsync_directory, write_all
+from workers.mta.spares import fsync_directory, in_lanes, write_all
 
 MAX_BATCH = 512
 """Most messages in one fsync pass, so one batch cannot delay the next forever."""
@@ -66,15 +66,11 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _write_all_durably(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Create and fsync each file of one writer's share of a batch, in order."""
+def _written(files: list[tuple[Path, bytes]]) -> list[Path]:
+    """Create and fsync each file of one writer's lane of a batch, in order; their paths."""
     for path, data in files:
         _write_durably(path, data)
-
-
-def _shares(files: list[tuple[Path, bytes]], writers: int) -> list[list[tuple[Path, bytes]]]:
-    """`files` dealt into at most `writers` shares of nearly equal size."""
-    return [share for share in (files[n::writers] for n in range(writers)) if share]
+    return [path for path, _ in files]
 
 
 def _fail(items: list[_Pending], error: BaseException) -> None:
@@ -171,11 +167,10 @@ class DurableMaildir:
         else:
             if self._io_pool is None:
                 self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="maildir-io")
-            # One task per writer thread, not per file: a batch of N costs IO_THREADS
+            # One lane per writer thread, not a task per file: a batch of N costs IO_THREADS
             # hand-overs (futures, wake-ups, GIL switches) instead of N, and still keeps
             # IO_THREADS fsyncs in flight for the journal to fold into one commit.
-            shares = _shares(list(zip(temps, messages, strict=True)), IO_THREADS)
-            list(self._io_pool.map(_write_all_durably, shares))
+            in_lanes(self._io_pool, IO_THREADS, list(zip(temps, messages, strict=True)), _written)
         finals = [self.new / name for name in names]
         for temp, final in zip(temps, finals, strict=True):
             os.replace(temp, final)

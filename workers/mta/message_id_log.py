@@ -4,6 +4,18 @@ Each commit appends its batch's ids (``t`` accepted at, ``q`` queue id, ``m`` th
 angle brackets) and fsyncs; recovery reads the log back into the spool's `MessageIdIndex`,
 adds the ids of the queued envelopes, drops those older than the dedupe window and rewrites
 the log compacted.
+
+The append runs alongside the commit's other fsyncs, not after them, so a crash can leave a
+batch's ids durable while its messages are not: known, such an id would make the client's
+resubmission be answered with a queue id that is gone, and the message would be lost. So
+an id counts only once its commit is *confirmed*: the first line of a batch carries
+``"b":1`` (the batch is named by that line's queue id), and a later line carries ``"c"``
+naming it, written only after the batch's commit completed: by the next commit's first line,
+or, when a message of the latest batch is removed before any next commit (its id would
+otherwise rest on its message file alone), by its own line appended again
+(`confirmations`). Lines before the first batch mark (a log compacted at recovery or written
+by a version before) are confirmed. An unconfirmed id whose message is queued is still known
+(recovery adds the queued envelopes); one whose message is not was never acknowledged.
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ from workers.mta.spares import fsync_directory, write_all, write_new
 from workers.mta.spool_format import Envelope, QueueId
 
 MESSAGE_IDS_LOG = "message-ids.log"
+Entry = tuple[float, QueueId, str]
+"""(accepted at, queue id, Message-ID) of one line."""
 
 
 def normalise_message_id(message_id: str) -> str:
@@ -27,17 +41,48 @@ def normalise_message_id(message_id: str) -> str:
     return message_id.strip().removeprefix("<").removesuffix(">")
 
 
-def _line(accepted_at: float, queue_id: str, message_id: str) -> bytes:
-    entry = {"t": accepted_at, "q": queue_id, "m": message_id}
+def _line(
+    accepted_at: float, queue_id: str, message_id: str, *, first: bool = False, confirms: str = ""
+) -> bytes:
+    entry: dict[str, object] = {"t": accepted_at, "q": queue_id, "m": message_id}
+    if first:
+        entry["b"] = 1
+    if confirms:
+        entry["c"] = confirms
     return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
 
 
-def append(path: Path, envelopes: Iterable[Envelope]) -> None:
-    """Append the envelopes' Message-IDs and fsync; raises ``OSError`` if it cannot."""
-    lines = b"".join(
-        _line(e.received_at, e.queue_id, normalise_message_id(e.message_id or ""))
-        for e in envelopes
-    )
+def plain_line(line: bytes) -> bytes:
+    """A log line without its batch marks (for a log whose commits all completed); raises
+    ``ValueError``, ``KeyError`` or ``TypeError`` for a line that is not an entry."""
+    entry = json.loads(line)
+    return _line(float(entry["t"]), str(entry["q"]), str(entry["m"]))
+
+
+def _lines(envelopes: Iterable[Envelope]) -> Iterator[tuple[float, str, str]]:
+    for e in envelopes:
+        yield e.received_at, e.queue_id, normalise_message_id(e.message_id or "")
+
+
+def append_batch(path: Path, envelopes: list[Envelope], confirms: str = "") -> QueueId:
+    """Append a commit's Message-IDs as a batch (confirming batch ``confirms``) and fsync.
+
+    Returns the batch's name (its first queue id); raises ``OSError`` if it cannot.
+    """
+    lines = [
+        _line(*entry, first=index == 0, confirms=confirms if index == 0 else "")
+        for index, entry in enumerate(_lines(envelopes))
+    ]
+    _append(path, b"".join(lines))
+    return envelopes[0].queue_id
+
+
+def confirm(path: Path, batch: str, envelopes: Iterable[Envelope]) -> None:
+    """Append the envelopes' ids again, confirming ``batch`` (their commit completed); fsync."""
+    _append(path, b"".join(_line(*entry, confirms=batch) for entry in _lines(envelopes)))
+
+
+def _append(path: Path, lines: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         write_all(fd, lines)
@@ -55,14 +100,16 @@ def load(
     Both passes stream the log: a million ids never sit in memory at once.
     """
     with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
-        for entry in _entries(log):
+        for entry in _confirmed(log):
             if entry[0] >= horizon:
                 index[entry[2]] = (entry[1], entry[0])
     fd = write_new(temp, b"")
     try:
         with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
             lines = []
-            for accepted_at, queue_id, message_id in _entries(log):
+            for (accepted_at, queue_id, message_id), first, confirms in _records(log):
+                if confirms and not first:
+                    continue  # appended again to confirm its batch: the line it repeats stays
                 if accepted_at >= horizon and index.get(message_id) == (queue_id, accepted_at):
                     lines.append(_line(accepted_at, queue_id, message_id))
                 if len(lines) >= 4096:
@@ -81,11 +128,35 @@ def load(
     fsync_directory(path.parent)
 
 
-def _entries(log: BinaryIO) -> Iterator[tuple[float, QueueId, str]]:
-    """(accepted at, queue id, Message-ID) of each readable line."""
+def _confirmed(log: BinaryIO) -> Iterator[Entry]:
+    """The entries of confirmed batches (see the module's docstring), in the log's order
+    but for a batch's, which come when its confirmation does."""
+    waiting: dict[str, list[Entry]] = {}  # unconfirmed batches: normally the latest one
+    batch: list[Entry] | None = None  # the open batch's entries; None: confirmed lines
+    for entry, first, confirms in _records(log):  # a torn last line: never answered
+        if first:
+            batch = waiting.setdefault(entry[1], [])
+        if confirms and (done := waiting.pop(confirms, None)) is not None:
+            yield from done
+            if done is batch:
+                batch = None  # what follows in it: lines appended to confirm
+        if batch is None:
+            yield entry
+        else:
+            batch.append(entry)
+
+
+def _records(log: BinaryIO) -> Iterator[tuple[Entry, bool, str]]:
+    """`_record` of each readable line, confirmed or not."""
     for line in log:
         try:
-            entry = json.loads(line)
-            yield float(entry["t"]), QueueId(str(entry["q"])), str(entry["m"])
+            yield _record(line)
         except (ValueError, KeyError, TypeError):
-            continue  # a torn last line from a crash: its batch was never answered
+            continue
+
+
+def _record(line: bytes) -> tuple[Entry, bool, str]:
+    """One line's entry, whether it opens a batch, and the batch it confirms ("" if none)."""
+    entry = json.loads(line)
+    parsed = (float(entry["t"]), QueueId(str(entry["q"])), str(entry["m"]))
+    return parsed, bool(entry.get("b")), str(entry.get("c") or "")

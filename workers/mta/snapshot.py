@@ -1,8 +1,8 @@
 """A point-in-time copy of a spool while its MTA runs, for `warta backup`.
 
 The spool's group commit makes a batch durable in steps: files, renames of the message files
-into ``msg/``, then the Message-ID log. A copy taken between two of those steps could hold a
-Message-ID whose message it missed: after a restore that message would be refused as a
+into ``msg/``, and the Message-ID log alongside. A copy taken between two of those steps could
+hold a Message-ID whose message it missed: after a restore that message would be refused as a
 duplicate and never delivered. So every commit holds a shared `flock` on ``snapshot.lock``
 in the spool directory, and the snapshot takes it exclusively for its short phase: listing
 the queued messages and noting how long the Message-ID log is. The listed messages (and the
@@ -13,7 +13,8 @@ unlinking or keeping the file as a spare, and a spare still linked by a snapshot
 written over (`SparePool.write`). A deferral appends a changed envelope to a message file,
 so a linked message may show a newer state than at the listing, as if linked a moment later
 (one torn by reading mid-append is skipped on recovery). The log is appended to as well, and
-only the length noted under the lock belongs to the snapshot.
+only the length noted under the lock belongs to the snapshot: every commit in it completed
+(restore drops the log's batch marks, `message_id_log`).
 
 Commits wait only for one directory listing; deliveries and removals never wait: a listed
 message delivered and removed before it is linked is left out, as delivered.

@@ -25,10 +25,13 @@ import os
 import secrets
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
+R = TypeVar("R")
 Files = tuple[tuple[Path, bytes], ...]
 """Files written together: (where to create it if no spare is free, content) each."""
 
@@ -198,23 +201,35 @@ def stage(spares: SparePool, groups: list[Files]) -> list[list[Path]]:
 def stage_parallel(
     pool: ThreadPoolExecutor, lanes: int, spares: SparePool, groups: list[Files]
 ) -> list[list[Path]]:
-    """`stage` every group of files, in parallel; where each file was written, in order.
+    """`stage` every group of files, in parallel (`in_lanes`); where each file was written."""
+    return in_lanes(pool, lanes, groups, lambda lane: stage(spares, lane))
 
-    The groups are dealt to at most `lanes` tasks, one of them run in this thread: the
-    concurrent fsyncs fold into fewer disk flushes, while a batch of one message costs no
-    hand-over between threads at all (each wakes a thread and contends for the GIL).
+
+def in_lanes(
+    pool: ThreadPoolExecutor,
+    lanes: int,
+    items: Sequence[T],
+    run: Callable[[list[T]], list[R]],
+) -> list[R]:
+    """``run`` the items dealt into at most ``lanes`` lanes, in parallel; results in order.
+
+    Item i goes to lane i % lanes; ``run`` gets a lane's items and returns one result each.
+    The first lane runs in this thread, the others on ``pool``: concurrent fsyncs fold into
+    fewer disk flushes, while a single item costs no hand-over between threads at all (each
+    wakes a thread and contends for the GIL). Every lane ends before the first failure is
+    raised, so nothing is still writing when the caller hears of it.
     """
-    lanes = min(len(groups), lanes)
+    lanes = min(len(items), lanes)
     if lanes <= 1:
-        return stage(spares, groups)
-    tasks = [pool.submit(stage, spares, groups[lane::lanes]) for lane in range(1, lanes)]
+        return run(list(items))
+    tasks = [pool.submit(run, list(items[lane::lanes])) for lane in range(1, lanes)]
     try:
-        first = stage(spares, groups[0::lanes])
+        first = run(list(items[0::lanes]))
     finally:
         wait(tasks)
     results = [first, *(task.result() for task in tasks)]  # the first failure fails all
-    out: list[list[Path]] = [[] for _ in groups]
+    out: list[R] = [None] * len(items)  # type: ignore[list-item]  # every slot set below
     for lane, lane_results in enumerate(results):
-        for index, paths in enumerate(lane_results):
-            out[lane + index * lanes] = paths
+        for index, result in enumerate(lane_results):
+            out[lane + index * lanes] = result
     return out

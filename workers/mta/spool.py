@@ -27,11 +27,11 @@ exists, and dropped as never acknowledged when not (as layout 1 did). The delive
 treat both alike, because the envelope is always ``env/<id>.json`` if present, else the
 last one appended to the message file, else its first line.
 
-Group commit (as Postfix and databases do it): concurrent ``accept`` calls queue their
-files; one committer writes a whole batch, fsyncs each file and the directory once, then
-resolves every waiter. Nobody is answered before their files are durable, and many sessions
-share the cost of one fsync pass. Envelope changes (after a deferral) and removals are
-grouped the same way.
+Group commit (`group_commit`): concurrent ``accept`` calls queue their files; one committer
+writes a whole batch, fsyncs each file and the directory once (the Message-ID log alongside),
+then resolves every waiter. Nobody is answered before their files are durable, and many
+sessions share the cost of one fsync pass. Envelope changes (after a deferral) and removals
+are grouped the same way.
 
 Every envelope names its queue id, and a file whose envelope names another is quarantined
 (recovery and every read check): whatever goes wrong, a queue id is never delivered with
@@ -39,10 +39,6 @@ another message's bytes or recipients.
 
 Layout 2 cannot be read by a version before it (it would drop the messages as never
 acknowledged): the upgrade is one way, see docs/mta.md.
-
-The committer, not the accepting session, tells the spool's listeners (the delivery agent)
-that a message is durable: a session cancelled while its commit completes (the client
-disconnected) must not leave a queued message that nobody will deliver.
 """
 
 from __future__ import annotations
@@ -56,12 +52,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
-from workers.mta import message_id_log, snapshot_lock, spool_format
+from workers.mta import message_id_log, spool_format
+from workers.mta.group_commit import IO_THREADS as IO_THREADS
+from workers.mta.group_commit import MAX_BATCH, GroupCommit
+from workers.mta.group_commit import SpoolStats as SpoolStats
 from workers.mta.message_id_index import MessageIdIndex
 from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
 from workers.mta.message_id_log import normalise_message_id as normalise_message_id
@@ -69,6 +67,7 @@ from workers.mta.spares import (
     SparePool,
     exchange,
     fsync_directory,
+    in_lanes,
     stage_parallel,
     write_all,
     write_new,
@@ -82,16 +81,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DEDUPE_WINDOW = 7 * 24 * 3600.0
 """Seconds a Message-ID stays known after its message was accepted."""
-MAX_BATCH = 512
-"""Most messages committed in one fsync pass, so one batch cannot delay the next forever."""
 TAIL_LIMIT = 32 * 1024
 """Bytes of changed envelopes appended to a message file at most; then env/ takes over."""
 CHANGE_LINGER = 0.002
 """Seconds the updater and the remover wait for more changes before writing a batch: one
 hand-over to a thread and one fsync pass for several deliveries (no 250 waits on them)."""
-IO_THREADS = 16
-"""Files of one batch are written, then fsynced, in parallel: the filesystem folds the fsyncs
-into one journal commit (on ext4 twenty 5 KB files take ~2 ms so, ~15 ms one after another)."""
 
 
 CommitListener = Callable[[Envelope], None]
@@ -100,29 +94,6 @@ CommitListener = Callable[[Envelope], None]
 
 class MisfiledMessage(ValueError):
     """A queued file holds the envelope of another queue id; it was moved to corrupt/."""
-
-
-@dataclass
-class SpoolStats:
-    """Group-commit figures for the metrics endpoint (spool fsync latency)."""
-
-    commits: int = 0
-    accepted: int = 0
-    fsync_seconds_total: float = 0.0
-    last_fsync_seconds: float = 0.0
-    last_batch_size: int = 0
-
-    @property
-    def mean_fsync_seconds(self) -> float:
-        """Mean duration of one fsync pass."""
-        return self.fsync_seconds_total / self.commits if self.commits else 0.0
-
-
-@dataclass
-class _Pending:
-    envelope: Envelope
-    data: bytes
-    future: asyncio.Future[QueueId]
 
 
 _QUEUE_ID_SEQUENCE = itertools.count(secrets.randbits(32))
@@ -174,22 +145,12 @@ class Spool:
         self.message_ids_log = directory / MESSAGE_IDS_LOG
         self.clock = clock
         self.dedupe_window = dedupe_window
-        # Seconds the committer lingers before writing a batch, gathering more messages
-        # (PostgreSQL's commit_delay). 0 in production; tests widen it to hold a commit open.
-        self.commit_delay = commit_delay
-        self.stats = SpoolStats()
         self._temp_dirs = [self.temp / str(shard) for shard in range(IO_THREADS)]
         for folder in (self.messages, self.envelopes, self.corrupt, *self._temp_dirs):
             folder.mkdir(parents=True, exist_ok=True)
         self._known = MessageIdIndex(self.temp, horizon=self._horizon)  # off the heap
-        self._unlogged: list[Envelope] = []  # accepted, their ids not yet in the log
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
-        self._pending: list[_Pending] = []
-        # Accepted but not yet durable and announced: on disk perhaps, not yet queued.
-        self._uncommitted: set[QueueId] = set()
         self._listeners: list[CommitListener] = []
-        self._wakeup = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
         self._removals: list[tuple[QueueId, asyncio.Future[None]]] = []
         self._remover: asyncio.Task[None] | None = None
         self._updates: list[tuple[QueueId, bytes, asyncio.Future[None]]] = []
@@ -202,7 +163,10 @@ class Spool:
         self._append_lock = threading.Lock()
         self._closing = False
         self._io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
-        self._snapshot_lock = snapshot_lock.open_lock(directory)  # see _commit_unless_snapshot
+        self._commits = GroupCommit(
+            directory, self.spares, self._io_pool, self._durable, commit_delay=commit_delay
+        )
+        self.stats = self._commits.stats
 
     async def __aenter__(self) -> Self:
         return self
@@ -237,7 +201,7 @@ class Spool:
     @property
     def waiting(self) -> int:
         """Messages accepted whose commit has not completed yet."""
-        return len(self._uncommitted)
+        return len(self._commits.uncommitted)
 
     async def accept(self, envelope: Envelope, data: bytes) -> QueueId:
         """Spool a message; return its queue id once message and envelope are durable.
@@ -259,16 +223,22 @@ class Spool:
         envelope.queue_id = new_queue_id()
         envelope.received_at = now
         envelope.next_attempt_at = envelope.next_attempt_at or now
-        future: asyncio.Future[QueueId] = asyncio.get_running_loop().create_future()
+        future = self._commits.submit(envelope, data)
         if key is not None:
             self._inflight[key] = future
             future.add_done_callback(lambda _: self._inflight.pop(key, None))
-        self._pending.append(_Pending(envelope, data, future))
-        self._uncommitted.add(envelope.queue_id)
-        self._wakeup.set()
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_forever(), name="spool-committer")
         return await asyncio.shield(future)
+
+    def _durable(self, envelope: Envelope) -> None:
+        """Make a message just committed known, and announce it to the listeners."""
+        if envelope.message_id:
+            key = normalise_message_id(envelope.message_id)
+            self._known[key] = (envelope.queue_id, envelope.received_at)
+        for listener in self._listeners:
+            try:
+                listener(envelope)
+            except Exception:  # one listener's bug must not wedge every later commit
+                logger.exception("spool listener failed for %s", envelope.queue_id)
 
     async def seen(self, message_id: str) -> QueueId | None:
         """The queue id under which ``message_id`` was accepted within the window, if any."""
@@ -280,123 +250,12 @@ class Spool:
     async def close(self) -> None:
         """Commit what is queued, then stop the committer."""
         self._closing = True
-        self._wakeup.set()
-        if self._committer is not None:
-            await self._committer
-            self._committer = None
+        await self._commits.close()
         if self._updater is not None:
             await self._updater
         if self._remover is not None:
             await self._remover
         self._io_pool.shutdown()
-        if self._snapshot_lock >= 0:
-            os.close(self._snapshot_lock)
-            self._snapshot_lock = -1
-
-    async def _commit_forever(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self.commit_delay > 0 and not self._closing:
-                await asyncio.sleep(self.commit_delay)
-            while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                try:
-                    await asyncio.to_thread(self._commit_unless_snapshot, batch)
-                except Exception as exc:
-                    logger.exception("spool commit of %d messages failed", len(batch))
-                    for item in batch:
-                        self._uncommitted.discard(item.envelope.queue_id)
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                for item in batch:
-                    self._committed(item)
-            if self._closing:
-                return
-
-    def _committed(self, item: _Pending) -> None:
-        """Make a durable message known, announce it, then answer whoever waits for it."""
-        envelope = item.envelope
-        if envelope.message_id:
-            key = normalise_message_id(envelope.message_id)
-            self._known[key] = (envelope.queue_id, envelope.received_at)
-        # Announced here, in the committer, before the waiter hears of it: the waiting
-        # session may have been cancelled (its client gone) and would never pass it on.
-        for listener in self._listeners:
-            try:
-                listener(envelope)
-            except Exception:  # one listener's bug must not wedge every later commit
-                logger.exception("spool listener failed for %s", envelope.queue_id)
-        self._uncommitted.discard(envelope.queue_id)
-        if not item.future.done():
-            item.future.set_result(envelope.queue_id)
-
-    def _commit_unless_snapshot(self, batch: list[_Pending]) -> None:
-        """Commit while no backup snapshots the spool: it must never see half a batch."""
-        with snapshot_lock.shared(self._snapshot_lock):
-            self._commit(batch)
-
-    def _commit(self, batch: list[_Pending]) -> None:
-        """Write a batch durably: files, one fsync pass, renames, one directory fsync, ids log."""
-        written = [
-            (
-                self._temp_dirs[i % IO_THREADS] / f"{item.envelope.queue_id}.eml",
-                self.message_path(item.envelope.queue_id),
-            )
-            for i, item in enumerate(batch)
-        ]
-        started = time.perf_counter()
-        # One file a message, envelope inside: one inode, one fsync, one rename. The files
-        # are written and fsynced by several threads, so that the concurrent fsyncs fold into
-        # fewer disk flushes; creating a file holds its directory's lock, so the temporary
-        # files are spread over several directories and their creations run in parallel.
-        sources = stage_parallel(
-            self._io_pool,
-            IO_THREADS,
-            self.spares,
-            [
-                ((temp, spool_format.encode(item.envelope, item.data)),)
-                for item, (temp, _) in zip(batch, written, strict=True)
-            ],
-        )
-        for (source,), (_, message) in zip(sources, written, strict=True):
-            os.replace(source, message)
-        fsync_directory(self.messages)
-        # The Message-ID log last: an id is never known unless its message is durable,
-        # otherwise a resubmission after a crash would be acknowledged and then lost.
-        entries = [item.envelope for item in batch if item.envelope.message_id]
-        if entries or self._unlogged:
-            self._log_message_ids(entries)
-        elapsed = time.perf_counter() - started
-        self.stats.commits += 1
-        self.stats.accepted += len(batch)
-        self.stats.fsync_seconds_total += elapsed
-        self.stats.last_fsync_seconds = elapsed
-        self.stats.last_batch_size = len(batch)
-
-    def _log_message_ids(self, entries: list[Envelope]) -> None:
-        """Append the batch's Message-IDs; if that fails the batch is still acknowledged.
-
-        The messages are durably queued once renamed into place: answering 451 now would
-        make the client resubmit and the message go out twice. Their ids stay known in
-        memory, are appended with the next commit, and a restart rebuilds them from the
-        queued envelopes.
-        """
-        pending = self._unlogged + entries
-        try:
-            message_id_log.append(self.message_ids_log, pending)
-        except OSError as exc:
-            logger.error(
-                "spool: could not log %d Message-IDs (%s); they stay known in memory and "
-                "are appended with the next commit",
-                len(pending),
-                exc,
-            )
-            self._unlogged = pending
-        else:
-            self._unlogged = []
 
     # -- after acceptance ------------------------------------------------------------
 
@@ -439,16 +298,8 @@ class Spool:
         try:
             with self._append_lock:
                 self._append_changes(changes, appended, rewrites)
-            # In parallel: the concurrent fsyncs fold into fewer disk flushes. The first in
-            # this thread, as `stage_parallel` does: one hand-over fewer (a thread woken).
-            others = [self._io_pool.submit(os.fsync, fd) for fd in appended[1:]]
-            try:
-                if appended:
-                    os.fsync(appended[0])
-            finally:
-                wait(others)
-            for other in others:
-                other.result()  # the first failure fails the batch
+            # In parallel: the concurrent fsyncs fold into fewer disk flushes.
+            in_lanes(self._io_pool, IO_THREADS, appended, _fsync_each)
         finally:
             for fd in appended:
                 os.close(fd)
@@ -537,8 +388,11 @@ class Spool:
             await asyncio.sleep(CHANGE_LINGER)
         while self._removals:
             batch, self._removals = self._removals[:MAX_BATCH], self._removals[MAX_BATCH:]
+            queue_ids = [queue_id for queue_id, _ in batch]
             try:
-                await asyncio.to_thread(self._remove, [queue_id for queue_id, _ in batch])
+                await asyncio.to_thread(
+                    self._remove, queue_ids, self._commits.unconfirmed(queue_ids)
+                )
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -548,7 +402,11 @@ class Spool:
                 if not future.done():
                     future.set_result(None)
 
-    def _remove(self, queue_ids: list[QueueId]) -> None:
+    def _remove(
+        self, queue_ids: list[QueueId], unconfirmed: tuple[QueueId, list[Envelope]] | None
+    ) -> None:
+        if unconfirmed is not None:
+            self._commits.confirm_logged(*unconfirmed)
         with self._append_lock:
             self._remove_files(queue_ids)
 
@@ -595,7 +453,7 @@ class Spool:
             queue_id
             for name in names
             if name.endswith(".eml")
-            and (queue_id := QueueId(name.removesuffix(".eml"))) not in self._uncommitted
+            and (queue_id := QueueId(name.removesuffix(".eml"))) not in self._commits.uncommitted
         ]
 
     async def oldest_queued(self, limit: int, skip: Callable[[str], bool]) -> list[QueueId]:
@@ -609,7 +467,7 @@ class Spool:
             with os.scandir(self.messages) as entries:
                 names = (entry.name for entry in entries)
                 ids = (QueueId(name[:-4]) for name in names if name.endswith(".eml"))
-                wanted = (q for q in ids if q not in self._uncommitted and not skip(q))
+                wanted = (q for q in ids if q not in self._commits.uncommitted and not skip(q))
                 return heapq.nsmallest(limit, wanted)
 
         return await asyncio.to_thread(scan) if limit > 0 else []
@@ -617,6 +475,18 @@ class Spool:
     async def read_envelope(self, queue_id: QueueId) -> Envelope | None:
         """The current envelope of ``queue_id`` as on disk; None once the message is gone."""
         return await asyncio.to_thread(self._read_envelope, queue_id)
+
+    async def read_envelopes(self, queue_ids: list[QueueId]) -> list[Envelope | None]:
+        """`read_envelope` of each, in one hand-over to a thread (a sweep reads thousands:
+        one each cost more CPU than the reading); None also for one unreadable (logged)."""
+        return await asyncio.to_thread(lambda: [self._read_readable(q) for q in queue_ids])
+
+    def _read_readable(self, queue_id: QueueId) -> Envelope | None:
+        try:
+            return self._read_envelope(queue_id)
+        except ValueError:
+            logger.exception("spool: envelope %s is unreadable", queue_id)
+            return None
 
     def _read_envelope(self, queue_id: QueueId) -> Envelope | None:
         # The message file first: a removal takes it before the changed envelope.
@@ -763,6 +633,13 @@ def _read_file(path: Path) -> bytes:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _fsync_each(fds: list[int]) -> list[int]:
+    """Fsync each descriptor, in order (one lane of `in_lanes`)."""
+    for fd in fds:
+        os.fsync(fd)
+    return fds
 
 
 def _misfiled(queue_id: QueueId, *envelopes: Envelope | None) -> bool:

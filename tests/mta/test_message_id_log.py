@@ -1,0 +1,99 @@
+"""The Message-ID log beside the group commit: fsynced alongside it, counted once confirmed."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.spooled import envelope, message, record_fsyncs
+from workers.mta.spool import MESSAGE_IDS_LOG, Spool
+
+
+async def test_the_log_is_fsynced_alongside_the_directory_not_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The directory's fsync waits (bounded) for the log's to start: in a chain of three
+    # fsyncs in a row (files, directory, log) it never would, and the 250 waited for all.
+    log_fsynced = threading.Event()
+    overlapped: list[bool] = []
+
+    def fsynced(path: str) -> None:
+        if path.endswith(f"/{MESSAGE_IDS_LOG}"):
+            log_fsynced.set()
+        elif path.endswith("/msg"):
+            overlapped.append(log_fsynced.wait(timeout=5))
+
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        record_fsyncs(monkeypatch, fsynced)
+        await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+    assert overlapped == [True]
+
+
+def _lines(path: Path, *entries: dict[str, object]) -> None:
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+
+
+async def test_an_id_of_a_commit_never_confirmed_is_forgotten_unless_queued(
+    tmp_path: Path,
+) -> None:
+    # What a crash can leave: the log's append of the last batch durable, its messages not
+    # (their renames lost). Dedupe against it would answer the client's resubmission with
+    # a queue id that is gone, and the message would never be delivered.
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        queued = await spool.accept(envelope(1, "<queued@warta.test>"), message(1))
+    now = time.time()
+    lost = "0000000000000002deadbeef"
+    delivered = "0000000000000001deadbeef"
+    _lines(
+        tmp_path / MESSAGE_IDS_LOG,
+        {"t": now, "q": "0000000000000000deadbeef", "m": "legacy@warta.test"},
+        {"t": now, "q": delivered, "m": "delivered@warta.test", "b": 1},
+        {"t": now, "q": lost, "m": "lost@warta.test", "b": 1, "c": delivered},
+        {"t": now, "q": "0000000000000003deadbeef", "m": "lost2@warta.test"},
+        {"t": now, "q": queued, "m": "queued@warta.test", "b": 1},
+    )
+
+    restarted = Spool(tmp_path)
+    restarted.recover()
+    # The compacted log holds only what counts, without the batch marks.
+    compacted = [json.loads(line) for line in (tmp_path / MESSAGE_IDS_LOG).read_text().split()]
+    assert sorted(entry["m"] for entry in compacted) == [
+        "delivered@warta.test",
+        "legacy@warta.test",
+        "queued@warta.test",
+    ]
+    assert [entry for entry in compacted if "b" in entry or "c" in entry] == []
+    assert await restarted.seen("<legacy@warta.test>") == "0000000000000000deadbeef"
+    assert await restarted.seen("<delivered@warta.test>") == delivered  # confirmed by the next
+    assert await restarted.seen("<lost@warta.test>") is None
+    assert await restarted.seen("<lost2@warta.test>") is None
+    assert await restarted.seen("<queued@warta.test>") == queued  # its message says so
+    async with restarted:
+        again = await restarted.accept(envelope(2, "<lost@warta.test>"), message(2))
+    assert again != lost
+
+
+async def test_removing_a_message_of_the_latest_batch_confirms_it_first(tmp_path: Path) -> None:
+    # No later commit confirms the batch: the removal does, before the file is gone.
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        first = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+        second = await spool.accept(envelope(2, "<m2@warta.test>"), message(2))
+        await spool.remove(second)
+        await spool.remove(first)  # its batch was confirmed by the second's commit
+    lines = [json.loads(line) for line in (tmp_path / MESSAGE_IDS_LOG).read_text().split()]
+    assert [(e["m"], e.get("c")) for e in lines] == [
+        ("m1@warta.test", None),
+        ("m2@warta.test", first),
+        ("m2@warta.test", second),
+    ]
+    restarted = Spool(tmp_path)
+    assert restarted.recover() == []
+    assert await restarted.seen("<m1@warta.test>") == first
+    assert await restarted.seen("<m2@warta.test>") == second
