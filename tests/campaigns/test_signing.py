@@ -8,20 +8,13 @@ import pytest
 from app.core.settings import Settings
 from app.mail.dkim import generate_key, leading_signers
 from tests.helpers.api import create_campaign, post_json, wait_for_status
-from tests.helpers.dkim import both_pass
+from tests.helpers.dkim import both_pass, straight_to_sink
 from tests.helpers.sinks import SinkHandler
 
 
 @pytest.fixture
 def engine_settings(settings: Settings, sink: tuple[str, SinkHandler]) -> Settings:
-    """Workers submitting straight to a sink: what arrives is what the worker submitted."""
-    return settings.model_copy(
-        update={
-            "mta_submission": sink[0],
-            "sender_connections": 4,
-            "dkim_dir": settings.var_dir / "dkim",
-        }
-    )
+    return straight_to_sink(settings, sink[0])
 
 
 async def test_the_worker_signs_what_it_builds_for_a_domain_with_a_key(

@@ -12,6 +12,8 @@ from pathlib import Path
 import dkim
 import pytest
 
+from app.core.settings import Settings
+
 VERIFY_PL = Path(__file__).parent / "verify_dkim.pl"
 
 
@@ -71,3 +73,15 @@ def both_fail(message: bytes, records: tuple[str, ...]) -> None:
     assert verdicts, "Mail::DKIM found no signature"
     assert all(v.result == "fail" for v in verdicts), verdicts
     assert not any(dkimpy(message, records))
+
+
+def straight_to_sink(settings: Settings, sink: str) -> Settings:
+    """Workers that sign with keys under var/dkim and submit straight to `sink` (no MTA):
+    what arrives is what the worker submitted."""
+    return settings.model_copy(
+        update={
+            "mta_submission": sink,
+            "sender_connections": 4,
+            "dkim_dir": settings.var_dir / "dkim",
+        }
+    )

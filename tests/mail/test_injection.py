@@ -12,29 +12,10 @@ from app.mail.injection import PipelinedSender
 from app.mail.result import Outcome
 from tests.helpers.recorders import MESSAGE, RejectAtRcpt, StartServer
 from tests.helpers.servers import free_port
+from tests.helpers.stores import Store
 from workers.mta.smtp_server import ServerConfig, Session, Transaction, serve
 
 FROM = "bounces+c1-abc@bounces.example"
-
-
-@dataclass
-class Store:
-    """A handler for Warta's server protocol: keeps transactions, refuses some recipients."""
-
-    transactions: list[Transaction] = field(default_factory=list)
-    refuse: set[str] = field(default_factory=set)
-
-    async def handle_RCPT(
-        self, session: Session, transaction: Transaction, address: str, options: list[str]
-    ) -> str:
-        if address in self.refuse:
-            return "550 5.1.1 No such user"
-        transaction.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, session: Session, transaction: Transaction) -> str:
-        self.transactions.append(transaction)
-        return f"250 2.0.0 OK: queued as q{len(self.transactions)}"
 
 
 StartWarta = Callable[[Store], Awaitable[str]]

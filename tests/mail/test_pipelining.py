@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ from app.mail.pipelining import canonical_body, stuffed_body
 from app.mail.result import Outcome
 from app.mail.sender import SmtpSender
 from tests.helpers.recorders import FROM, MESSAGE, TO, Recorder, StartServer
+from tests.helpers.stores import Store
 from tests.helpers.tls import make_pki
 from tests.mail.scripted import DROP, SILENT, ScriptedServer, StartScripted, scripted_servers
-from workers.mta.smtp_server import ServerConfig, Session, Transaction, serve
+from workers.mta.smtp_server import ServerConfig, serve
 
 TRICKY_BODIES = [
     b"",
@@ -60,32 +60,6 @@ def _sender(hosts: str, **options: Any) -> SmtpSender:
 async def scripted() -> AsyncIterator[StartScripted]:
     async with scripted_servers() as start:
         yield start
-
-
-@dataclass
-class Store:
-    """A handler for Warta's listener protocol: keeps transactions, refuses some recipients."""
-
-    transactions: list[Transaction] = field(default_factory=list)
-    refuse: set[str] = field(default_factory=set)
-    sessions: int = 0
-    tls: list[bool] = field(default_factory=list)
-
-    async def handle_CONNECT(self, session: Session) -> None:
-        self.sessions += 1
-
-    async def handle_RCPT(
-        self, session: Session, transaction: Transaction, address: str, options: list[str]
-    ) -> str:
-        if address in self.refuse:
-            return "550 5.1.1 No such user"
-        transaction.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, session: Session, transaction: Transaction) -> str:
-        self.transactions.append(transaction)
-        self.tls.append(session.tls)
-        return f"250 2.0.0 OK: queued as q{len(self.transactions)}"
 
 
 StartWarta = Callable[..., Awaitable[str]]
