@@ -14,7 +14,6 @@ resubmitting a message after the restore may reach any instance.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from app.backup.snapshot import SECRET_MEMBER, Progress, Trees
 from app.core.migrate import upgrade
 from app.core.settings import Settings
 from workers.mta.instances import instance_dir
-from workers.mta.message_id_log import plain_line
+from workers.mta.message_id_log import confirmed_lines
 from workers.mta.snapshot import spool_directories
 from workers.mta.spares import fsync_directory
 from workers.mta.spool import IO_THREADS, MESSAGE_IDS_LOG
@@ -227,15 +226,14 @@ def _place_spools(settings: Settings, staged: Path, *, force: bool) -> list[Path
 def _union_of_message_ids(staged: Path) -> bytes:
     """Every instance's Message-ID log in one, each id once: any instance knows them all.
 
-    Without the batch marks: a snapshot's log holds only completed commits (`snapshot`).
+    Confirmed entries only, without their batch marks: a snapshot can hold the batch of a
+    commit that failed, and the ids of a completed batch not yet confirmed are those of
+    messages still in the snapshot's spool, which recovery adds again.
     """
     entries: dict[str, bytes] = {}
     for log in sorted(staged.rglob(MESSAGE_IDS_LOG)) if staged.is_dir() else []:
-        for line in log.read_bytes().splitlines():
-            try:
-                entries.setdefault(str(json.loads(line)["m"]), plain_line(line))
-            except (ValueError, KeyError, TypeError):
-                continue
+        for message_id, line in confirmed_lines(log):
+            entries.setdefault(message_id, line)
     return b"".join(entries.values())
 
 

@@ -35,6 +35,7 @@ async def test_the_log_is_fsynced_alongside_the_directory_not_after_it(
 
 
 def _lines(path: Path, *entries: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
 
 
@@ -97,3 +98,46 @@ async def test_removing_a_message_of_the_latest_batch_confirms_it_first(tmp_path
     assert restarted.recover() == []
     assert await restarted.seen("<m1@warta.test>") == first
     assert await restarted.seen("<m2@warta.test>") == second
+
+
+async def test_an_append_torn_by_a_failure_does_not_swallow_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    # A full disk can tear an append mid-line; the next append's first line opens its batch
+    # and confirms the one before, and glued onto the fragment both would be lost.
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        first = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+        with (tmp_path / MESSAGE_IDS_LOG).open("ab") as log:
+            log.write(b'{"t":1,"q":"00000000000000')
+        second = await spool.accept(envelope(2, "<m2@warta.test>"), message(2))
+        await spool.accept(envelope(3, "<m3@warta.test>"), message(3))
+        await spool.remove(first)
+        await spool.remove(second)  # delivered: only the log knows them now
+    restarted = Spool(tmp_path)
+    restarted.recover()
+    assert await restarted.seen("<m1@warta.test>") == first
+    assert await restarted.seen("<m2@warta.test>") == second
+
+
+def test_a_restore_takes_over_confirmed_ids_only(tmp_path: Path) -> None:
+    # A snapshot can hold the batch of a commit that failed (its clients were answered
+    # 451): dedupe against it after a restore would refuse their resubmissions.
+    from app.backup.restore import _union_of_message_ids
+
+    now = time.time()
+    _lines(
+        tmp_path / "instance-0" / MESSAGE_IDS_LOG,
+        {"t": now, "q": "0000000000000001deadbeef", "m": "kept@warta.test", "b": 1},
+        {"t": now, "q": "0000000000000002deadbeef", "m": "failed@warta.test", "b": 1},
+        {
+            "t": now,
+            "q": "0000000000000003deadbeef",
+            "m": "next@warta.test",
+            "b": 1,
+            "c": "0000000000000001deadbeef",
+        },
+    )
+    union = [json.loads(line) for line in _union_of_message_ids(tmp_path).split()]
+    assert [entry["m"] for entry in union] == ["kept@warta.test"]
+    assert all("b" not in entry and "c" not in entry for entry in union)

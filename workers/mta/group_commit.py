@@ -222,7 +222,9 @@ class GroupCommit:
         memory, are appended with the next commit, and a restart rebuilds them from the
         queued envelopes.
         """
-        pending = self._unlogged + entries
+        # This commit's own envelopes first: the first names the batch, and a carried id
+        # would name a second batch alike if a commit after it failed.
+        pending = entries + self._unlogged
         confirms = self._logged[0] if self._logged is not None else ""
         try:
             batch = message_id_log.append_batch(self.message_ids_log, pending, confirms)

@@ -52,11 +52,12 @@ def _line(
     return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
 
 
-def plain_line(line: bytes) -> bytes:
-    """A log line without its batch marks (for a log whose commits all completed); raises
-    ``ValueError``, ``KeyError`` or ``TypeError`` for a line that is not an entry."""
-    entry = json.loads(line)
-    return _line(float(entry["t"]), str(entry["q"]), str(entry["m"]))
+def confirmed_lines(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(Message-ID, line without batch marks) of each confirmed entry of the log at `path`:
+    what a restore may take over (a failed commit's batch can be in a snapshot too)."""
+    with path.open("rb") as log:
+        for accepted_at, queue_id, message_id in _confirmed(log):
+            yield message_id, _line(accepted_at, queue_id, message_id)
 
 
 def _lines(envelopes: Iterable[Envelope]) -> Iterator[tuple[float, str, str]]:
@@ -85,7 +86,10 @@ def confirm(path: Path, batch: str, envelopes: Iterable[Envelope]) -> None:
 def _append(path: Path, lines: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        write_all(fd, lines)
+        # On a fresh line: an append torn by a failure (a full disk) leaves a fragment
+        # without its newline, which must not glue onto this append's first line (it
+        # opens or confirms a batch). The blank line is skipped like any unreadable one.
+        write_all(fd, b"\n" + lines)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -13,8 +13,9 @@ unlinking or keeping the file as a spare, and a spare still linked by a snapshot
 written over (`SparePool.write`). A deferral appends a changed envelope to a message file,
 so a linked message may show a newer state than at the listing, as if linked a moment later
 (one torn by reading mid-append is skipped on recovery). The log is appended to as well, and
-only the length noted under the lock belongs to the snapshot: every commit in it completed
-(restore drops the log's batch marks, `message_id_log`).
+only the length noted under the lock belongs to the snapshot. A commit that failed can have
+its batch in it, never confirmed: restore takes the confirmed entries only
+(`message_id_log.confirmed_lines`).
 
 Commits wait only for one directory listing; deliveries and removals never wait: a listed
 message delivered and removed before it is linked is left out, as delivered.
