@@ -239,6 +239,12 @@ async def transact(
             exchange.final = await reader.read(data_timeout)
         else:
             exchange.data = await reader.read(command_timeout)
+            if exchange.data[0] // 100 in (2, 3) and exchange.data[0] != START_INPUT:
+                # DATA is answered 354 or refused: a success here is an earlier command's
+                # reply, and taking it as the message's would report mail never sent.
+                raise SessionBroken(
+                    f"out of step: {exchange.data[0]} {exchange.data[1]} where DATA's reply was due"
+                )
             if exchange.data[0] == START_INPUT:
                 if not exchange.accepted():
                     # RFC 2920 §3.1 says a server must refuse DATA here; one that did not
@@ -282,8 +288,8 @@ def results(exchange: Exchange, recipients: Sequence[str], host: str) -> dict[st
     if not exchange.mail_accepted:
         return dict.fromkeys(recipients, SendResult.from_reply(*exchange.mail, host))
     decided = exchange.final
-    if decided is None and exchange.data is not None and exchange.data[0] != START_INPUT:
-        decided = exchange.data
+    if decided is None and exchange.data is not None and exchange.data[0] // 100 in (4, 5):
+        decided = exchange.data  # DATA refused: that is the accepted recipients' answer
     outcome = failure if decided is None else SendResult.from_reply(*decided, host)
     results = dict.fromkeys(recipients, failure)
     for recipient, (code, text) in zip(recipients, exchange.rcpts, strict=False):

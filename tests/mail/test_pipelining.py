@@ -409,3 +409,17 @@ def test_pipelined_on_uvloop(tmp_path: Path) -> None:
     assert plain.sessions == 1
     assert secure.tls == [True, True]
     assert secure.sessions == 1
+
+
+async def test_a_success_where_datas_reply_was_due_drops_the_session(
+    scripted: StartScripted,
+) -> None:
+    # DATA is answered 354 or refused; a 250 there is some earlier command's reply, and
+    # taking it for the message's would report mail delivered that was never sent.
+    server = ScriptedServer(script={"DATA": ["250 2.0.0 OK"]})
+    async with _sender(await scripted(server), command_timeout=5) as sender:
+        confused = await sender.send_one(FROM, TO, MESSAGE)
+        assert (await sender.send_one(FROM, TO, MESSAGE)).delivered
+    assert (confused.outcome, confused.code) == (Outcome.TEMPORARY, None)
+    assert len(server.payloads) == 1
+    assert server.sessions == 2
