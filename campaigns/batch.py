@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from app.archive import service as archive
 from app.mail.context import EngineContext
-from app.mail.dkim import sign_outgoing
+from app.mail.dkim import sign_all
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, LedgerRow, SendReport, Verdict
 from app.mail.retry import RetryPolicy
@@ -116,13 +116,11 @@ async def _send_chunk(
     await ctx.pace(prepared.campaign_id, prepared.rate, len(messages))
     # Signed here, after the archive kept the bytes as built: the MTA (one process, the
     # busiest) passes mail signed with its own keys on as it is.
-    keys = ctx.settings.dkim_dir
+    signed = await sign_all(ctx.settings.dkim_dir, [data for *_, data in messages])
     results = await asyncio.gather(
         *(
-            ctx.sender.send_one(
-                prepared.envelope_from(row.row_id), recipient.email, sign_outgoing(keys, data)
-            )
-            for row, _, recipient, data in messages
+            ctx.sender.send_one(prepared.envelope_from(row.row_id), recipient.email, data)
+            for (row, _, recipient, _), data in zip(messages, signed, strict=True)
         )
     )
     policy = RetryPolicy.for_campaigns(ctx.settings)

@@ -15,6 +15,7 @@ and signs only what arrives unsigned by us: other submitters' mail, DSNs, forwar
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -400,6 +401,12 @@ def sign_outgoing(directory: Path, message: bytes) -> bytes:
         # Left to the MTA, which defers the message and logs why until the key is fixed.
         logger.exception("DKIM: cannot sign for %s here; the MTA will try", domain)
         return message
+
+
+async def sign_all(directory: Path, messages: Sequence[bytes]) -> list[bytes]:
+    """`sign_outgoing` of each, in a thread: the RSA step releases the GIL, so the event
+    loop (lease heartbeats, replies to read) is not held up for a whole chunk's signing."""
+    return await asyncio.to_thread(lambda: [sign_outgoing(directory, m) for m in messages])
 
 
 def _public_key_record(private_key: PrivateKey) -> tuple[str, bytes]:

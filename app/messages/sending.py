@@ -16,7 +16,7 @@ from app.archive.service import keep as archive
 from app.core.jobs import MESSAGE_JOB_SIZE
 from app.mail import identity
 from app.mail.context import EngineContext
-from app.mail.dkim import sign_outgoing
+from app.mail.dkim import sign_all
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, SendReport, Verdict
 from app.mail.retry import RetryPolicy
@@ -60,14 +60,15 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> SendRe
     secret = settings.effective_secret_key()
     sender = engine.priority_sender or engine.sender
     # DKIM-signed here, after the archive kept the bytes as built: the MTA passes it on.
+    signed = await sign_all(settings.dkim_dir, [row.mime for row in claimed])
     results = await asyncio.gather(
         *(
             sender.send_one(
                 identity.verp_address(secret, row.id, settings.bounce_domain, Kind.MESSAGE),
                 row.to_email,
-                sign_outgoing(settings.dkim_dir, row.mime),
+                mime,
             )
-            for row in claimed
+            for row, mime in zip(claimed, signed, strict=True)
         )
     )
     policy = RetryPolicy.for_messages(settings)
