@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,43 @@ def test_a_restore_takes_over_confirmed_ids_only(tmp_path: Path) -> None:
     union = [json.loads(line) for line in _union_of_message_ids(tmp_path).split()]
     assert [entry["m"] for entry in union] == ["kept@warta.test"]
     assert all("b" not in entry and "c" not in entry for entry in union)
+
+
+async def test_a_failed_commit_after_a_failed_log_append_never_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log append fails (a full disk): its ids are carried to the next commit's append.
+    # That commit fails after its append (its clients are answered 451); the one after
+    # carries the same ids again. Named by a carried id, both batches had one name, and
+    # confirming the third counted the failed commit's ids too.
+    from workers.mta import group_commit, message_id_log
+
+    append, stage = message_id_log.append_batch, group_commit.stage_parallel
+    faults = {"append": 1, "stage": 0}
+
+    def flaky_append(*args: Any, **kwargs: Any) -> Any:
+        if faults["append"]:
+            faults["append"] -= 1
+            raise OSError(28, "No space left on device")
+        return append(*args, **kwargs)
+
+    def flaky_stage(*args: Any, **kwargs: Any) -> Any:
+        if faults["stage"]:
+            faults["stage"] -= 1
+            raise OSError(5, "Input/output error")
+        return stage(*args, **kwargs)
+
+    monkeypatch.setattr(message_id_log, "append_batch", flaky_append)
+    monkeypatch.setattr(group_commit, "stage_parallel", flaky_stage)
+    async with Spool(tmp_path) as spool:
+        spool.recover()
+        first = await spool.accept(envelope(1, "<m1@warta.test>"), message(1))
+        faults["stage"] = 1
+        with pytest.raises(OSError):
+            await spool.accept(envelope(2, "<failed@warta.test>"), message(2))
+        await spool.accept(envelope(3, "<m3@warta.test>"), message(3))
+        await spool.accept(envelope(4, "<m4@warta.test>"), message(4))
+    restarted = Spool(tmp_path)
+    restarted.recover()
+    assert await restarted.seen("<failed@warta.test>") is None
+    assert await restarted.seen("<m1@warta.test>") == first
