@@ -203,6 +203,7 @@ def _place_spools(settings: Settings, staged: Path, *, force: bool) -> list[Path
             for folder in ("env", "msg"):
                 shutil.rmtree(spool / folder, ignore_errors=True)
             (spool / MESSAGE_IDS_LOG).unlink(missing_ok=True)
+    known = _union_of_message_ids(staged)  # before the messages move: it looks at them
     restored: list[Path] = []
     placed: list[Path] = []
     if staged.is_dir():
@@ -215,7 +216,6 @@ def _place_spools(settings: Settings, staged: Path, *, force: bool) -> list[Path
             restored.append(target)
     count = settings.mta_processes
     owners = [root] if count == 1 else [instance_dir(root, i) for i in range(count)]
-    known = _union_of_message_ids(staged)
     for spool in sorted({*restored, *owners}):
         spool.mkdir(parents=True, exist_ok=True)
         (spool / MESSAGE_IDS_LOG).write_bytes(known)
@@ -226,13 +226,14 @@ def _place_spools(settings: Settings, staged: Path, *, force: bool) -> list[Path
 def _union_of_message_ids(staged: Path) -> bytes:
     """Every instance's Message-ID log in one, each id once: any instance knows them all.
 
-    Confirmed entries only, without their batch marks: a snapshot can hold the batch of a
-    commit that failed, and the ids of a completed batch not yet confirmed are those of
-    messages still in the snapshot's spool, which recovery adds again.
+    The entries that count, without their batch marks: confirmed ones, and those of messages
+    in the snapshot's spool (a completed batch not yet confirmed). A snapshot can hold the
+    batch of a commit that failed: its ids are left out.
     """
     entries: dict[str, bytes] = {}
     for log in sorted(staged.rglob(MESSAGE_IDS_LOG)) if staged.is_dir() else []:
-        for message_id, line in confirmed_lines(log):
+        queued = {path.stem for path in (log.parent / "msg").glob("*.eml")}
+        for message_id, line in confirmed_lines(log, queued):
             entries.setdefault(message_id, line)
     return b"".join(entries.values())
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,12 +52,17 @@ def _line(
     return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
 
 
-def confirmed_lines(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(Message-ID, line without batch marks) of each confirmed entry of the log at `path`:
-    what a restore may take over (a failed commit's batch can be in a snapshot too)."""
+def confirmed_lines(path: Path, queued: Container[str]) -> Iterator[tuple[str, bytes]]:
+    """(Message-ID, line without batch marks) of each entry of the log at `path` that counts:
+    confirmed, or of a message in `queued` (recovery adds those from their envelopes). What
+    a restore may take over: a failed commit's batch can be in a snapshot too."""
     with path.open("rb") as log:
         for accepted_at, queue_id, message_id in _confirmed(log):
             yield message_id, _line(accepted_at, queue_id, message_id)
+    with path.open("rb") as log:
+        for (accepted_at, queue_id, message_id), _, _ in _records(log):
+            if queue_id in queued:
+                yield message_id, _line(accepted_at, queue_id, message_id)
 
 
 def _lines(envelopes: Iterable[Envelope]) -> Iterator[tuple[float, str, str]]:
@@ -84,12 +89,14 @@ def confirm(path: Path, batch: str, envelopes: Iterable[Envelope]) -> None:
 
 
 def _append(path: Path, lines: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        # On a fresh line: an append torn by a failure (a full disk) leaves a fragment
-        # without its newline, which must not glue onto this append's first line (it
-        # opens or confirms a batch). The blank line is skipped like any unreadable one.
-        write_all(fd, b"\n" + lines)
+        # An append torn by a failure (a full disk) leaves a fragment without its newline,
+        # which must not glue onto this append's first line (it opens or confirms a batch).
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            lines = b"\n" + lines
+        write_all(fd, lines)
         os.fsync(fd)
     finally:
         os.close(fd)
