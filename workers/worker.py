@@ -31,6 +31,7 @@ from workers import tasks
 logger = logging.getLogger(__name__)
 BATCH_MAX_TRIES = 1_000_000  # slices and retries of one batch; a slice is a try
 SHUTDOWN_GRACE = 10.0  # seconds running jobs get to finish before they are cancelled
+STOP_POLLING_WAIT = 5.0  # seconds arq's poll loops get to end between rounds at shutdown
 
 
 @asynccontextmanager
@@ -156,11 +157,26 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event | N
             await _drain(workers, SHUTDOWN_GRACE)
             dispatcher_stop.set()
             await dispatcher
-            for run in runs:
-                run.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
+            await _stop_polling(workers, runs, STOP_POLLING_WAIT)
     finally:
         await pool.aclose()
+
+
+async def _stop_polling(workers: list[Worker], runs: list[asyncio.Task[None]], wait: float) -> None:
+    """End arq's poll loops between two rounds rather than cancel them inside one.
+
+    A round talks to Redis (a cron's enqueue is a WATCH pipeline): a cancel landing in the
+    pipeline's own clean-up leaves it holding its connection, which then leaks. arq has no
+    stop switch, but in burst mode with no jobs left to start its loop returns after the
+    round it is in; only a loop that has not returned within `wait` is cancelled.
+    """
+    for worker in workers:
+        worker.burst = True
+        worker.max_burst_jobs = 0
+    _, late = await asyncio.wait(runs, timeout=wait)
+    for run in late:
+        run.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
 
 
 async def _drain(workers: list[Worker], grace: float) -> None:
