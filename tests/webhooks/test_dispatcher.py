@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
@@ -298,6 +298,45 @@ async def test_without_endpoints_the_cursor_skips_ahead_and_new_endpoints_start_
             await record_events(session, [NewEvent(EventKind.opened, "new@example.com")])
             await session.commit()
         assert await dispatcher.fan_out() == 1
+    finally:
+        await dispatcher.client.aclose()
+
+
+async def test_without_endpoints_a_poll_is_one_query_and_the_skip_waits_its_interval(
+    settings: Settings,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    statements: list[str] = []
+    sa.event.listen(
+        engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
+
+    async def events(count: int) -> list[int]:
+        async with sessionmaker() as session:
+            await record_events(session, [NewEvent(EventKind.opened, "a@example.com")] * count)
+            await session.commit()
+            return list(await session.scalars(sa.select(Event.id).order_by(Event.id)))
+
+    async def cursor() -> int:
+        async with sessionmaker() as session:
+            return await repository.cursor_position(session)
+
+    await events(3)
+    dispatcher = WebhookDispatcher(settings.model_copy(update={"webhook_settle": 0.0}), sessionmaker)
+    try:
+        assert await dispatcher.fan_out() == 0  # the first poll skips
+        ids = await events(2)
+        assert await cursor() == ids[2]
+        statements.clear()
+        for _ in range(5):
+            assert await dispatcher.fan_out() == 0
+        assert len(statements) == 5, statements  # the endpoints, nothing else
+        assert await cursor() == ids[2]
+        monkeypatch.setattr(dispatcher, "_next_skip", time.monotonic())  # the interval passed
+        assert await dispatcher.fan_out() == 0
+        assert await cursor() == ids[4]
     finally:
         await dispatcher.client.aclose()
 
