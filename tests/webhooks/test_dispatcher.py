@@ -324,7 +324,9 @@ async def test_without_endpoints_a_poll_is_one_query_and_the_skip_waits_its_inte
             return await repository.cursor_position(session)
 
     await events(3)
-    dispatcher = WebhookDispatcher(settings.model_copy(update={"webhook_settle": 0.0}), sessionmaker)
+    dispatcher = WebhookDispatcher(
+        settings.model_copy(update={"webhook_settle": 0.0}), sessionmaker
+    )
     try:
         assert await dispatcher.fan_out() == 0  # the first poll skips
         ids = await events(2)
