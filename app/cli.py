@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from app.core import api_keys
+from app.core import api_keys, collector
 from app.core import migrate as migrations
 from app.core.database import create_engine, create_sessionmaker, unit_of_work
 from app.core.devserver import Child, ChildFailed, own_command
@@ -131,12 +131,25 @@ async def _until_stopped(stop: asyncio.Event, services: dict[str, asyncio.Task[N
             raise CommandFailed(f"the {name} stopped: {_first_line(error) if error else 'done'}")
 
 
+async def _started(
+    server: uvicorn.Server, serving: asyncio.Task[None], stop: asyncio.Event
+) -> None:
+    """Wait until uvicorn listens (it has a flag, not an event), then settle the collector."""
+    while not (server.started or stop.is_set()):
+        done, _ = await asyncio.wait({serving}, timeout=0.05)
+        if done:
+            return
+    if server.started:
+        collector.settle_after_start()
+
+
 async def _serve_until_stopped(settings: Settings) -> None:
     stop = asyncio.Event()
     _on_signals(stop)
     server = _server(settings)
     serving = asyncio.create_task(_serve(server))
     try:
+        await _started(server, serving, stop)
         await _until_stopped(stop, {"API": serving})
     finally:
         server.should_exit = True
@@ -242,6 +255,7 @@ async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
             if done:
                 break
         if server.started and not stop.is_set():
+            collector.settle_after_start()
             ready()
         await _until_stopped(stop, services)
     finally:
@@ -278,7 +292,7 @@ def worker() -> None:
 
     settings, embedded = _with_redis(_settings())
     try:
-        _run(run_worker(settings, settings.redis_url))
+        _run(run_worker(settings, settings.redis_url, started=collector.settle_after_start))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -361,6 +375,7 @@ async def _mta_until_signalled(settings: Settings, ready: Callable[[], None] | N
         settings.mta_delivery,
         settings.mta_spool_dir,
     )
+    collector.settle_after_start()
     if ready is not None:
         ready()
     stop = asyncio.Event()

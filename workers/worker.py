@@ -135,8 +135,14 @@ def build_workers(settings: Settings, pool: ArqRedis, ctx: dict[str, Any]) -> li
     ]
 
 
-async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event | None = None) -> None:
-    """Run both workers until `stop` is set (by default: SIGINT or SIGTERM)."""
+async def run_worker(
+    settings: Settings,
+    redis_url: str,
+    stop: asyncio.Event | None = None,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Run both workers until `stop` is set (by default: SIGINT or SIGTERM); `started` is
+    called once they run (`warta worker` settles the cycle collector then)."""
     pool = await create_pool(arq_redis_settings(redis_url))
     try:
         async with engine_context(settings, pool) as engine:
@@ -153,6 +159,8 @@ async def run_worker(settings: Settings, redis_url: str, stop: asyncio.Event | N
                 WebhookDispatcher(settings, engine.sessionmaker).run(dispatcher_stop)
             )
             logger.info("worker ready: queues %s, %s", BULK_QUEUE, PRIORITY_QUEUE)
+            if started is not None:
+                started()
             await stop.wait()
             await _drain(workers, SHUTDOWN_GRACE)
             dispatcher_stop.set()
