@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from app.core import api_keys, collector
+from app.core import allocator, api_keys, collector
 from app.core import migrate as migrations
 from app.core.database import create_engine, create_sessionmaker, unit_of_work
 from app.core.devserver import Child, ChildFailed, own_command
@@ -543,6 +543,7 @@ def _safe_url(url: str) -> str:
 def main() -> None:
     """Entry point: run the command; any failure is one line on stderr and exit status 1."""
     configure_logging()  # until a command has read WARTA_LOG_LEVEL and WARTA_LOG_FORMAT
+    allocator.limit_arenas()  # before any thread allocates
     try:
         cli()
     except KeyboardInterrupt:
