@@ -1,5 +1,6 @@
 """The C allocator's arenas: at most two, whatever number of threads allocate.
 
+Every `warta` command caps them at start (`app.cli.main`), before any thread allocates.
 glibc gives a thread that allocates while another holds the main arena an arena of its
 own, up to eight per core, and keeps what is freed in each. The workers sign each chunk
 of mail in a thread of asyncio's default pool (up to six threads here), and the MTA
