@@ -176,15 +176,22 @@ async def _stop_polling(workers: list[Worker], runs: list[asyncio.Task[None]], w
     A round talks to Redis (a cron's enqueue is a WATCH pipeline): a cancel landing in the
     pipeline's own clean-up leaves it holding its connection, which then leaks. arq has no
     stop switch, but in burst mode with no jobs left to start its loop returns after the
-    round it is in; only a loop that has not returned within `wait` is cancelled.
+    round it is in; only a loop that has not returned within `wait` is cancelled. (A round
+    that was already reading the queue when `_drain` stopped the picking may still start a
+    job: the loop then waits for it, so `wait` is that job's grace too.)
     """
     for worker in workers:
         worker.burst = True
         worker.max_burst_jobs = 0
-    _, late = await asyncio.wait(runs, timeout=wait)
-    for run in late:
-        run.cancel()
-    await asyncio.gather(*runs, return_exceptions=True)
+    try:
+        _, late = await asyncio.wait(runs, timeout=wait)
+    except BaseException:  # cancelled itself: the pool closes next, the loops must not run on
+        late = {run for run in runs if not run.done()}
+        raise
+    finally:
+        for run in late:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
 
 
 async def _drain(workers: list[Worker], grace: float) -> None:
