@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 from redis.asyncio import Redis
 
 from app.core.settings import Settings
 from tests.helpers.api import eventually
+from tests.helpers.servers import free_port
 from tests.helpers.sinks import SinkHandler
+from workers.mta import delivery
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent
 from workers.mta.routing import Router, parse_host_port
@@ -24,6 +27,7 @@ from workers.mta.service import MtaService
 from workers.mta.shaping import Shaping
 from workers.mta.spool import Envelope, Spool
 from workers.mta.transports import CaptureTransport, SmtpTransport
+from workers.mta.unreachable import HOLD
 
 SESSIONS = 24
 """Clients that vanish mid-transaction: even ones close (FIN), odd ones reset (RST)."""
@@ -295,7 +299,7 @@ async def test_a_scheduled_message_wakes_one_idle_worker_not_all(
         {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
         concurrency=100,
     )
-    woken_idle = 0
+    woken_idle = timed_out = 0
     look = agent._next
 
     async def counted() -> Envelope | None:
@@ -304,7 +308,16 @@ async def test_a_scheduled_message_wakes_one_idle_worker_not_all(
         woken_idle += envelope is None
         return envelope
 
+    release = getattr(delivery, "_release", None)
+
+    def timer(waiter: asyncio.Future[None]) -> None:  # an idle worker's own look, once a second
+        nonlocal timed_out
+        timed_out += 1
+        if release is not None:
+            release(waiter)
+
     monkeypatch.setattr(agent, "_next", counted)
+    monkeypatch.setattr(delivery, "_release", timer, raising=False)
     agent.start()
     try:
         for n in range(20):  # one commit each: twenty separate wake-ups
@@ -314,8 +327,73 @@ async def test_a_scheduled_message_wakes_one_idle_worker_not_all(
             return len(remote[1].snapshot()) == 20
 
         await eventually(all_delivered, within=10, what="the twenty messages delivered")
+        by_messages = woken_idle - timed_out  # before the drain, which wakes every one
     finally:
         await agent.drain(grace=5)
         await spool.close()
-    # One worker a message, plus each idle worker's own look once a second: 2,000 before.
-    assert woken_idle < 600, woken_idle
+    assert by_messages <= 2 * 20, (woken_idle, timed_out)  # ~2,000 when all woke each time
+
+
+async def test_mail_for_a_destination_refusing_connections_is_held_not_tried_per_message(
+    tmp_path: Path,
+) -> None:
+    """Postfix's dead destination: after three deliveries without a reply, the rest of the
+    queue for that destination waits untried; when the hold ends a probe finds it back."""
+    port = free_port()  # nothing listens: every connection is refused
+    now = [1_000_000.0]
+    spool = Spool(tmp_path / "spool", clock=lambda: now[0])
+    agent = DeliveryAgent(
+        spool,
+        Router(transport_map={"down.example": ("127.0.0.1", port)}),
+        Shaping(),
+        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        concurrency=1,
+        clock=lambda: now[0],
+    )
+    agent.start()
+    try:
+        for n in range(10):
+            await spool.accept(Envelope("news@example.com", [f"r{n}@down.example"]), _message(n))
+
+        def attempts() -> list[int]:
+            return sorted(
+                e.states[e.recipients[0]].attempts for _, _, e in agent.pending_envelopes()
+            )
+
+        async def all_looked_at() -> bool:
+            scheduled = agent.pending_envelopes()  # in flight: not in the schedule
+            return len(scheduled) == 10 and all(e.next_attempt_at > now[0] for *_, e in scheduled)
+
+        await eventually(all_looked_at, within=10, what="every message tried or held")
+        assert attempts() == [0] * 7 + [1] * 3
+        held = [
+            e for _, _, e in agent.pending_envelopes() if not e.states[e.recipients[0]].attempts
+        ]
+        assert {e.next_attempt_at for e in held} == {now[0] + HOLD}
+        assert agent.unreachable.snapshot(now[0]) == {f"127.0.0.1:{port}": now[0] + HOLD}
+
+        sink = SinkHandler()
+        controller = Controller(sink, hostname="127.0.0.1", port=port)
+        controller.start()  # the destination is back
+        try:
+            now[0] += HOLD  # the hold is over: the held messages are due, the first probes
+            delivered = {f"r{n}@down.example" for n in range(10)}
+
+            async def held_ones_delivered() -> bool:
+                return len(sink.snapshot()) == 7
+
+            await eventually(held_ones_delivered, within=10, what="the held messages")
+            assert not agent.unreachable.snapshot(now[0])
+            now[0] += 3600  # the three tried ones are due again
+            await eventually(
+                lambda: _delivered_to(sink, delivered), within=10, what="all ten delivered"
+            )
+        finally:
+            controller.stop()
+    finally:
+        await agent.drain(grace=5)
+        await spool.close()
+
+
+async def _delivered_to(sink: SinkHandler, expected: set[str]) -> bool:
+    return {item.rcpt_tos[0] for item in sink.snapshot()} == expected
