@@ -40,6 +40,7 @@ def aggregate(found: list[dict[str, Any]]) -> dict[str, Any]:
                     "delivered",
                     "deferred",
                     "failed",
+                    "unreachable",
                 )
             }
         )

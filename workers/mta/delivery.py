@@ -28,6 +28,7 @@ from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
 from workers.mta.spool import Envelope, MisfiledMessage, QueueId, RecipientStatus, Spool
 from workers.mta.transports import Transport
+from workers.mta.unreachable import UnreachableDestinations
 
 DEFAULT_SWEEP_INTERVAL = 30.0
 """Seconds between sweeps of the spool for messages the agent does not hold."""
@@ -122,6 +123,7 @@ class DeliveryAgent:
         self._workers: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._drops: dict[str, tuple[bool, str]] = {}
+        self.unreachable = UnreachableDestinations()
         spool.add_listener(self.schedule)
 
     def schedule(self, envelope: Envelope) -> None:
@@ -347,9 +349,17 @@ class DeliveryAgent:
         return None
 
     async def _deliver(self, envelope: Envelope) -> None:
-        """One attempt for every pending recipient, grouped by domain, then settle."""
+        """One attempt for every pending recipient, grouped by domain, then settle; or back
+        into the schedule, untried, while all of its destinations are held (unreachable)."""
+        now = self.clock()
         if envelope.first_attempt_at is None:
-            envelope.first_attempt_at = self.clock()
+            envelope.first_attempt_at = now
+        if self.unreachable and not expired(envelope.first_attempt_at, now, self.retry.lifetime):
+            held_until = await self._held_until(envelope, now)
+            if held_until is not None:
+                envelope.next_attempt_at = held_until  # in memory: a restart tries it at once
+                self._push(envelope)
+                return
         data = self.spool.load(QueueId(envelope.queue_id))
         if self.signer is not None:
             data = self._sign(self.signer, data)
@@ -370,6 +380,19 @@ class DeliveryAgent:
         failures += await self._settle(envelope)
         if failures and self.wants_dsn(envelope.mail_from):
             await self._notify(envelope, failures, data)
+
+    async def _held_until(self, envelope: Envelope, now: float) -> float | None:
+        """The earliest end of the holds on the message's destinations, if all are held."""
+        ends = []
+        for domain in {recipient.rpartition("@")[2].lower() for recipient in envelope.pending()}:
+            route = await self.router.route(domain)
+            if route.failure is not None or not route.hops:
+                return None
+            until = self.unreachable.held_until(destination_key(route), now)
+            if until is None:
+                return None
+            ends.append(until)
+        return min(ends, default=None)
 
     @staticmethod
     def _sign(signer: DkimSigner, data: bytes) -> bytes:
@@ -416,11 +439,14 @@ class DeliveryAgent:
             await asyncio.sleep(min(max(shaper.next_send_at(now) - now, 0.01), 1.0))
         transport = self.transports["capture" if not route.hops else "smtp"]
         if shaper is None:
-            return await transport.deliver(route, mail_from, recipients, data)
-        with shaper.transaction() as limits:
-            results = await transport.deliver(route, mail_from, recipients, data, limits)
-        for result in results.values():
-            shaper.on_reply(result.code or 0, result.enhanced_status, result.text)
+            results = await transport.deliver(route, mail_from, recipients, data)
+        else:
+            with shaper.transaction() as limits:
+                results = await transport.deliver(route, mail_from, recipients, data, limits)
+            for result in results.values():
+                shaper.on_reply(result.code or 0, result.enhanced_status, result.text)
+        if route.hops:
+            self.unreachable.record(destination_key(route), results.values(), self.clock())
         return results
 
     async def _record(self, envelope: Envelope, recipient: str, result: SendResult) -> None:

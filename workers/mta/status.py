@@ -61,6 +61,7 @@ def snapshot(agent: DeliveryAgent, spool: Spool, now: float) -> dict[str, Any]:
         "fsync_last_seconds": spool.stats.last_fsync_seconds,
         "domains": dict(domains),
         "destinations": destinations,
+        "unreachable": agent.unreachable.snapshot(now),
     }
 
 
