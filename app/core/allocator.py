@@ -25,6 +25,6 @@ def limit_arenas() -> bool:
         return True  # glibc read it at start-up: the operator's choice stands
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:  # musl and other C libraries: nothing to cap
+    except (AttributeError, OSError, TypeError):  # not glibc (musl, no libc handle): no cap
         return False
     return bool(mallopt(M_ARENA_MAX, ARENAS))
