@@ -10,6 +10,7 @@ import struct
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -78,6 +79,19 @@ def _vanish(writer: asyncio.StreamWriter, reset: bool) -> None:
         writer.transport.abort()
     else:
         writer.close()
+
+
+def _smtp_agent(
+    spool: Spool, transport_map: dict[str, tuple[str, int]], **options: Any
+) -> DeliveryAgent:
+    """A delivery agent on `spool` that sends over SMTP to the hosts `transport_map` names."""
+    return DeliveryAgent(
+        spool,
+        Router(transport_map=transport_map),
+        Shaping(),
+        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        **options,
+    )
 
 
 async def _submit(address: str, n: int) -> str:
@@ -226,11 +240,9 @@ async def test_urgent_mail_is_delivered_before_a_backlog_of_bulk_mail(
     for n in range(20):
         await spool.accept(Envelope("news@example.com", [f"bulk{n}@example.com"]), _message(n))
     await spool.accept(Envelope("app@example.com", ["reset@example.com"]), _message(99))
-    agent = DeliveryAgent(
+    agent = _smtp_agent(
         spool,
-        Router(transport_map={"example.com": parse_host_port(remote[0], 25)}),
-        Shaping(),
-        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        {"example.com": parse_host_port(remote[0], 25)},
         concurrency=1,  # one delivery at a time: the order at the sink is the agent's order
         urgent=lambda sender: sender == "app@example.com",
     )
@@ -252,11 +264,9 @@ async def test_a_backlog_beyond_the_schedule_waits_on_disk_and_is_all_delivered(
     tmp_path: Path, remote: tuple[str, SinkHandler], caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = Spool(tmp_path / "spool")
-    agent = DeliveryAgent(
+    agent = _smtp_agent(
         spool,
-        Router(transport_map={"example.com": parse_host_port(remote[0], 25)}),
-        Shaping(),
-        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        {"example.com": parse_host_port(remote[0], 25)},
         max_held=4,
         # Far beyond the test: the schedule must refill itself as it drains, not wait.
         sweep_interval=3600,
@@ -292,11 +302,9 @@ async def test_a_scheduled_message_wakes_one_idle_worker_not_all(
     """Every idle worker woke for every message before: 16 % of the MTA's CPU while
     deliveries failed (nothing kept the workers busy)."""
     spool = Spool(tmp_path / "spool")
-    agent = DeliveryAgent(
+    agent = _smtp_agent(
         spool,
-        Router(transport_map={"example.com": parse_host_port(remote[0], 25)}),
-        Shaping(),
-        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        {"example.com": parse_host_port(remote[0], 25)},
         concurrency=100,
     )
     woken_idle = timed_out = 0
@@ -342,11 +350,9 @@ async def test_mail_for_a_destination_refusing_connections_is_held_not_tried_per
     port = free_port()  # nothing listens: every connection is refused
     now = [1_000_000.0]
     spool = Spool(tmp_path / "spool", clock=lambda: now[0])
-    agent = DeliveryAgent(
+    agent = _smtp_agent(
         spool,
-        Router(transport_map={"down.example": ("127.0.0.1", port)}),
-        Shaping(),
-        {"smtp": SmtpTransport(hostname="mta.example.com", tls="none")},
+        {"down.example": ("127.0.0.1", port)},
         concurrency=1,
         clock=lambda: now[0],
     )
