@@ -38,6 +38,9 @@ limit): the rest wait on disk and are read back by the sweep as the schedule dra
 backlog of a million messages does not hold a million envelopes (~800 bytes each) in
 memory. Messages deferred for later do not count: fresh mail must not wait behind them."""
 
+IDLE_LOOK = 1.0
+"""Seconds at most between two looks at the schedule by an idle delivery worker."""
+
 logger = logging.getLogger(__name__)
 
 SHAPED_SOURCES = frozenset({RouteSource.MX, RouteSource.IMPLICIT_MX})
@@ -155,7 +158,8 @@ class DeliveryAgent:
         self._scheduled.add(envelope.queue_id)
         if envelope.next_attempt_at > self.clock() + self.sweep_interval:
             self._later.add(envelope.queue_id)
-        self._wake(1)
+        if envelope.next_attempt_at <= self.clock() + IDLE_LOOK:  # later: found by a look
+            self._wake(1)
 
     def _wake(self, count: int | None) -> None:
         """Wake `count` idle delivery workers (every one with None) to look at the schedule."""
@@ -333,7 +337,7 @@ class DeliveryAgent:
                     self._refill.set()
                 return envelope
         soonest = min((heap[0][0] for heap in (self._express, self._due) if heap), default=None)
-        wait = min(soonest - now, 1.0) if soonest is not None else 1.0
+        wait = min(soonest - now, IDLE_LOOK) if soonest is not None else IDLE_LOOK
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._idle.append(waiter)
