@@ -118,12 +118,14 @@ class WebhookDispatcher:
         made = 0
         for _ in range(MAX_PAGES_PER_TICK):
             async with self.sessionmaker() as session:
-                endpoints = await repository.endpoints(session)
-                self._listening = bool(endpoints)
-                if not endpoints and time.monotonic() < self._next_skip:
+                self._listening = await repository.any_endpoint(session)
+                if not self._listening and time.monotonic() < self._next_skip:
                     return made
+                # Before the endpoints are loaded: creating the cursor row may roll back
+                # (another dispatcher made it first), which expires loaded objects.
                 position = await repository.cursor_position(session)
                 cutoff = utcnow() - timedelta(seconds=self.settings.webhook_settle)
+                endpoints = await repository.endpoints(session) if self._listening else []
                 if not endpoints:
                     # Nobody listens: move past the settled events without loading them.
                     end = await repository.settled_end(session, position, cutoff, SKIP_PAGE)

@@ -82,6 +82,11 @@ async def settled_end(
     return after_id if end is None else int(end)
 
 
+async def any_endpoint(session: AsyncSession) -> bool:
+    """Whether any endpoint exists (one cheap query for a dispatcher with nobody listening)."""
+    return bool(await session.scalar(sa.select(sa.exists().where(WebhookEndpoint.id.is_not(None)))))
+
+
 async def endpoints(session: AsyncSession) -> list[WebhookEndpoint]:
     """Every endpoint (disabled ones still collect deliveries, sent once re-enabled)."""
     return list((await session.scalars(sa.select(WebhookEndpoint))).all())
