@@ -8,7 +8,7 @@ import logging
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -131,16 +131,16 @@ async def _until_stopped(stop: asyncio.Event, services: dict[str, asyncio.Task[N
             raise CommandFailed(f"the {name} stopped: {_first_line(error) if error else 'done'}")
 
 
-async def _started(
-    server: uvicorn.Server, serving: asyncio.Task[None], stop: asyncio.Event
-) -> None:
-    """Wait until uvicorn listens (it has a flag, not an event), then settle the collector."""
+async def _listening(
+    server: uvicorn.Server, services: Iterable[asyncio.Task[None]], stop: asyncio.Event
+) -> bool:
+    """Wait until uvicorn listens (it has a flag, not an event), a service ends or `stop`
+    is set; whether the API listens and is to keep serving."""
     while not (server.started or stop.is_set()):
-        done, _ = await asyncio.wait({serving}, timeout=0.05)
+        done, _ = await asyncio.wait(set(services), timeout=0.05)
         if done:
-            return
-    if server.started:
-        collector.settle_after_start()
+            break
+    return server.started and not stop.is_set()
 
 
 async def _serve_until_stopped(settings: Settings) -> None:
@@ -149,7 +149,8 @@ async def _serve_until_stopped(settings: Settings) -> None:
     server = _server(settings)
     serving = asyncio.create_task(_serve(server))
     try:
-        await _started(server, serving, stop)
+        if await _listening(server, [serving], stop):
+            collector.settle_after_start()
         await _until_stopped(stop, {"API": serving})
     finally:
         server.should_exit = True
@@ -250,11 +251,7 @@ async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
         "API": asyncio.create_task(_serve(server)),
     }
     try:
-        while not (server.started or stop.is_set()):  # uvicorn has a flag, not an event
-            done, _ = await asyncio.wait(services.values(), timeout=0.05)
-            if done:
-                break
-        if server.started and not stop.is_set():
+        if await _listening(server, services.values(), stop):
             collector.settle_after_start()
             ready()
         await _until_stopped(stop, services)

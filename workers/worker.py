@@ -184,13 +184,10 @@ async def _stop_polling(workers: list[Worker], runs: list[asyncio.Task[None]], w
         worker.burst = True
         worker.max_burst_jobs = 0
     try:
-        _, late = await asyncio.wait(runs, timeout=wait)
-    except BaseException:  # cancelled itself: the pool closes next, the loops must not run on
-        late = {run for run in runs if not run.done()}
-        raise
-    finally:
-        for run in late:
-            run.cancel()
+        await asyncio.wait(runs, timeout=wait)
+    finally:  # also when cancelled itself: the pool closes next, the loops must not run on
+        for run in runs:
+            run.cancel()  # a loop that returned is done: nothing to cancel
         await asyncio.gather(*runs, return_exceptions=True)
 
 

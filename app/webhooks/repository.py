@@ -84,7 +84,7 @@ async def settled_end(
 
 async def any_endpoint(session: AsyncSession) -> bool:
     """Whether any endpoint exists (one cheap query for a dispatcher with nobody listening)."""
-    return bool(await session.scalar(sa.select(sa.exists().where(WebhookEndpoint.id.is_not(None)))))
+    return bool(await session.scalar(sa.select(sa.select(WebhookEndpoint.id).exists())))
 
 
 async def endpoints(session: AsyncSession) -> list[WebhookEndpoint]:
