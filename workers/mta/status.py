@@ -27,6 +27,10 @@ from workers.mta.spool import QueueId, Spool
 
 logger = logging.getLogger(__name__)
 PUBLISH_EVERY = 1.0
+"""Seconds between two snapshots while taking one is cheap."""
+PUBLISH_SHARE = 0.01
+"""Most of the event loop's time that snapshots may take. The walk visits every scheduled
+envelope, so a large deferred queue is published less often, never more than 1 % of it."""
 SNAPSHOT_TTL = 10
 
 
@@ -65,6 +69,15 @@ def snapshot(agent: DeliveryAgent, spool: Spool, now: float) -> dict[str, Any]:
     }
 
 
+def publish_interval(cost: float) -> float:
+    """Seconds until the next snapshot, after one that took `cost` seconds of the loop.
+
+    Once a second while that is under `PUBLISH_SHARE` of the time; less often as the queue
+    grows, but always well within `SNAPSHOT_TTL`, so a live instance never drops out.
+    """
+    return min(max(PUBLISH_EVERY, cost / PUBLISH_SHARE), SNAPSHOT_TTL / 2)
+
+
 class StatusPublisher:
     """Publishes snapshots and applies commands for one MTA instance."""
 
@@ -93,12 +106,15 @@ class StatusPublisher:
 
     async def _publish_forever(self) -> None:
         while True:
+            cost = 0.0
             try:
+                started = time.perf_counter()
                 data = json.dumps(snapshot(self.agent, self.spool, time.time()))
+                cost = time.perf_counter() - started
                 await self.redis.set(self.key, data, ex=SNAPSHOT_TTL)
             except Exception:  # Redis down: the MTA keeps delivering regardless
                 logger.warning("could not publish MTA status", exc_info=True)
-            await asyncio.sleep(PUBLISH_EVERY)
+            await asyncio.sleep(publish_interval(cost))
 
     async def _listen(self) -> None:
         pubsub = self.redis.pubsub()
