@@ -314,3 +314,37 @@ def ping(port: int, host: str = "127.0.0.1") -> bool:
     except OSError:
         return False
     return reply == b"+PONG\r\n"
+
+
+_HOLDING = {"01", "08"}
+"""/proc/net/tcp states of a socket still holding a connection: ESTABLISHED, CLOSE_WAIT."""
+
+
+def connections_held(port: int) -> int:
+    """How many sockets on local `port` (a server's side) still hold a connection.
+
+    A client that hung up leaves the server's socket in CLOSE_WAIT until the server notices
+    and closes it; listening and closing sockets are not counted.
+    """
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] in _HOLDING:
+                    held += 1
+    return held
+
+
+def wait_for_hangups(port: int, timeout: float = 5.0) -> None:
+    """Wait until the server on `port` has closed every connection (or `timeout` passed).
+
+    A threaded aiosmtpd `Controller.stop()` stops its loop and only then cancels the
+    sessions, so a session it has not yet seen end (say, a TLS handshake its client just
+    aborted) is never closed and its transport warns when collected, in whatever test runs
+    then. Waiting for the server to hang up first makes the stop clean.
+    """
+    deadline = time.monotonic() + timeout
+    while connections_held(port) and time.monotonic() < deadline:
+        time.sleep(0.01)

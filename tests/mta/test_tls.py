@@ -10,7 +10,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from app.mail.result import Outcome
-from tests.helpers.servers import free_port
+from tests.helpers.servers import free_port, wait_for_hangups
 from tests.helpers.tls import Pki, make_pki
 from workers.mta.routing import NextHop, Route, RouteSource
 from workers.mta.transports import SmtpTransport
@@ -45,6 +45,7 @@ def tls_mx(pki: Pki) -> Iterator[tuple[int, Recorder]]:
     )
     controller.start()
     yield port, recorder
+    wait_for_hangups(port)
     controller.stop()
 
 
