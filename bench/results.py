@@ -60,7 +60,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def summary(rows: Iterable[Row], load: tuple[float, float]) -> str:
+def summary(rows: Iterable[Row], load: tuple[float, float], machine: str = "") -> str:
     """The summary as a Markdown table (so it can be pasted into docs/performance.md).
 
     Every figure of the issue's table gets a row: one that was not measured (its benchmark
@@ -77,6 +77,7 @@ def summary(rows: Iterable[Row], load: tuple[float, float]) -> str:
     lines = [
         f"load average (1 min): {load[0]:.2f} at the start, {load[1]:.2f} at the end; "
         f"{os.cpu_count()} cores",
+        *([f"machine: {machine}"] if machine else []),
         "",
         "| figure | target | value | peer, same run | met | load (start → end) |",
         "|---|---|---|---|---|---|",

@@ -49,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=[], help="e.g. pipeline mta")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    from bench.machine import describe, interpreter_ms
     from bench.results import Row, load_average, summary
 
     rows: list[Row] = []
     failed: list[str] = []
     run_load = load_average()
     started_at = datetime.datetime.now().astimezone()
-    print(f"bench: {started_at:%Y-%m-%d %H:%M %Z}, {'quick' if args.quick else 'full'} run\n")
+    machine = describe()
+    print(f"bench: {started_at:%Y-%m-%d %H:%M %Z}, {'quick' if args.quick else 'full'} run")
+    print(f"machine: {machine}\n")
     for name in _modules(args.only, args.quick):
         module = f"bench.{name}_bench"
         forwarded = ["--quick"] if args.quick else []
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(produced)
         print(f"   ({time.perf_counter() - started:.1f} s)\n", flush=True)
     print(f"== summary ({started_at:%Y-%m-%d}, {'bench-quick' if args.quick else 'bench'})\n")
-    print(summary(rows, (run_load, load_average())))
+    machine += f"; at the end, sum(range(10**6)) {interpreter_ms():.1f} ms"
+    print(summary(rows, (run_load, load_average()), machine))
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -1,0 +1,64 @@
+"""What machine a benchmark ran on, in figures that compare across machines.
+
+The same tree measured 983 msg/s on one 2-core machine and a third of that on another whose
+every process (PostgreSQL too) took about three times the CPU per message: the load average
+cannot tell such machines apart. So each run starts with the CPU's name and two reference
+timings, one of the interpreter and one of the disk, printed beside the load; the interpreter's
+is taken again at the end. On a shared virtual machine the same timing also moves by half
+within minutes (17.8 to 32.0 ms, best of five, on an idle machine): a run whose two timings
+differ that much measured a changing machine.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+FSYNC_FILES = 50
+"""New files written and fsynced one after another for the disk's reference timing."""
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo ("unknown CPU" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def interpreter_ms() -> float:
+    """Milliseconds for `sum(range(10**6))` in this interpreter, best of five."""
+    return min(timeit.repeat("sum(range(1_000_000))", number=5, repeat=5)) / 5 * 1000
+
+
+def fsync_ms(directory: Path | None = None) -> float:
+    """Median milliseconds to create a 4 KB file and fsync it, in `directory` (a temp dir)."""
+    data = os.urandom(4096)
+    timings = []
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        for index in range(FSYNC_FILES):
+            started = time.perf_counter()
+            fd = os.open(Path(scratch) / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000
+
+
+def describe() -> str:
+    """One line: CPU, cores and the two reference timings."""
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores; reference timings: "
+        f"sum(range(10**6)) {interpreter_ms():.1f} ms, 4 KB create+fsync {fsync_ms():.2f} ms"
+    )
