@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=[], help="e.g. pipeline mta")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from bench.machine import describe, interpreter_ms
+    from bench.machine import describe, interpreter_at_end
     from bench.results import Row, load_average, summary
 
     rows: list[Row] = []
@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(produced)
         print(f"   ({time.perf_counter() - started:.1f} s)\n", flush=True)
     print(f"== summary ({started_at:%Y-%m-%d}, {'bench-quick' if args.quick else 'bench'})\n")
-    machine += f"; at the end, sum(range(10**6)) {interpreter_ms():.1f} ms"
-    print(summary(rows, (run_load, load_average()), machine))
+    print(summary(rows, (run_load, load_average()), f"{machine}; {interpreter_at_end()}"))
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
     return 1 if failed else 0

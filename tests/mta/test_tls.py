@@ -45,8 +45,10 @@ def tls_mx(pki: Pki) -> Iterator[tuple[int, Recorder]]:
     )
     controller.start()
     yield port, recorder
-    wait_for_hangups(port)
-    controller.stop()
+    try:
+        assert wait_for_hangups(port), "the MX still holds a connection its client left"
+    finally:
+        controller.stop()
 
 
 def _route(port: int) -> Route:

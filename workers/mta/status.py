@@ -1,7 +1,7 @@
 """What an MTA instance publishes for the queue API and /metrics, and the commands it obeys.
 
 Each instance owns its spool, so the API cannot read queues directly: every instance writes
-a snapshot to Redis each second (expiring, so a dead instance disappears) and listens on a
+a snapshot to Redis each second (less often when its queue is large) (expiring, so a dead instance disappears) and listens on a
 channel for operator actions (flush, suspend, resume a destination; delete or bounce a
 message). Nothing here decides who gets mail; it only reports and relays commands.
 """
@@ -29,9 +29,12 @@ logger = logging.getLogger(__name__)
 PUBLISH_EVERY = 1.0
 """Seconds between two snapshots while taking one is cheap."""
 PUBLISH_SHARE = 0.01
-"""Most of the event loop's time that snapshots may take. The walk visits every scheduled
-envelope, so a large deferred queue is published less often, never more than 1 % of it."""
+"""The share of the event loop's time snapshots may take: the walk visits every scheduled
+envelope, so a large deferred queue is published less often, down to `PUBLISH_AT_LEAST_EVERY`."""
 SNAPSHOT_TTL = 10
+"""Seconds a snapshot lives in Redis: an instance that stops publishing drops out of the API."""
+PUBLISH_AT_LEAST_EVERY = SNAPSHOT_TTL / 2
+"""However costly the walk, a live instance publishes within this many seconds."""
 
 
 def instance_name() -> str:
@@ -73,9 +76,10 @@ def publish_interval(cost: float) -> float:
     """Seconds until the next snapshot, after one that took `cost` seconds of the loop.
 
     Once a second while that is under `PUBLISH_SHARE` of the time; less often as the queue
-    grows, but always well within `SNAPSHOT_TTL`, so a live instance never drops out.
+    grows, but at least every `PUBLISH_AT_LEAST_EVERY` seconds whatever it costs (a 200 ms
+    walk is then 4 % of the loop), so a live instance never drops out.
     """
-    return min(max(PUBLISH_EVERY, cost / PUBLISH_SHARE), SNAPSHOT_TTL / 2)
+    return min(max(PUBLISH_EVERY, cost / PUBLISH_SHARE), PUBLISH_AT_LEAST_EVERY)
 
 
 class StatusPublisher:
@@ -106,15 +110,24 @@ class StatusPublisher:
 
     async def _publish_forever(self) -> None:
         while True:
-            cost = 0.0
-            try:
-                started = time.perf_counter()
-                data = json.dumps(snapshot(self.agent, self.spool, time.time()))
-                cost = time.perf_counter() - started
-                await self.redis.set(self.key, data, ex=SNAPSHOT_TTL)
-            except Exception:  # Redis down: the MTA keeps delivering regardless
-                logger.warning("could not publish MTA status", exc_info=True)
-            await asyncio.sleep(publish_interval(cost))
+            wait = await self.publish()
+            await asyncio.sleep(wait)
+
+    async def publish(self) -> float:
+        """Write one snapshot; the seconds to wait before the next (`publish_interval`).
+
+        A failure is logged and retried a second later, so that a Redis that is briefly down
+        does not leave the instance out of the API for longer than the snapshot's expiry.
+        """
+        try:
+            started = time.perf_counter()
+            data = json.dumps(snapshot(self.agent, self.spool, time.time()))
+            cost = time.perf_counter() - started
+            await self.redis.set(self.key, data, ex=SNAPSHOT_TTL)
+        except Exception:  # Redis down: the MTA keeps delivering regardless
+            logger.warning("could not publish MTA status", exc_info=True)
+            return PUBLISH_EVERY
+        return publish_interval(cost)
 
     async def _listen(self) -> None:
         pubsub = self.redis.pubsub()
