@@ -320,19 +320,21 @@ _HOLDING = {"01", "08"}
 """/proc/net/tcp states of a socket still holding a connection: ESTABLISHED, CLOSE_WAIT."""
 
 
-def connections_held(port: int) -> int:
-    """How many sockets on local `port` (a server's side) still hold a connection.
+def connections_held(port: int, *, by_clients: bool = False) -> int:
+    """How many sockets of the server on `port` (or, `by_clients`, of its clients) still
+    hold a connection to it.
 
-    A client that hung up leaves the server's socket in CLOSE_WAIT until the server notices
-    and closes it; listening and closing sockets are not counted.
+    A peer that hung up leaves the other side's socket in CLOSE_WAIT until that side
+    notices and closes it; listening and closing sockets are not counted.
     """
+    address = 2 if by_clients else 1  # /proc/net/tcp: local_address, rem_address
     held = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
             next(lines)
             for line in lines:
                 fields = line.split()
-                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] in _HOLDING:
+                if int(fields[address].rpartition(":")[2], 16) == port and fields[3] in _HOLDING:
                     held += 1
     return held
 
