@@ -1,8 +1,8 @@
 """What an MTA instance publishes for the queue API and /metrics, and the commands it obeys.
 
 Each instance owns its spool, so the API cannot read queues directly: every instance writes
-a snapshot to Redis each second (less often when its queue is large) (expiring, so a dead instance disappears) and listens on a
-channel for operator actions (flush, suspend, resume a destination; delete or bounce a
+a snapshot to Redis each second, less often when its queue is large (expiring, so a dead
+instance disappears), and listens on a channel for operator actions (flush, suspend, resume a destination; delete or bounce a
 message). Nothing here decides who gets mail; it only reports and relays commands.
 """
 
