@@ -2,8 +2,9 @@
 
 Each instance owns its spool, so the API cannot read queues directly: every instance writes
 a snapshot to Redis each second, less often when its queue is large (expiring, so a dead
-instance disappears), and listens on a channel for operator actions (flush, suspend, resume a destination; delete or bounce a
-message). Nothing here decides who gets mail; it only reports and relays commands.
+instance disappears), and listens on a channel for operator actions (flush, suspend, resume
+a destination; delete or bounce a message). Nothing here decides who gets mail; it only
+reports and relays commands.
 """
 
 from __future__ import annotations
