@@ -316,16 +316,15 @@ async def test_a_scheduled_message_wakes_one_idle_worker_not_all(
         woken_idle += envelope is None
         return envelope
 
-    release = getattr(delivery, "_release", None)
+    release = delivery._release
 
     def timer(waiter: asyncio.Future[None]) -> None:  # an idle worker's own look, once a second
         nonlocal timed_out
         timed_out += 1
-        if release is not None:
-            release(waiter)
+        release(waiter)
 
     monkeypatch.setattr(agent, "_next", counted)
-    monkeypatch.setattr(delivery, "_release", timer, raising=False)
+    monkeypatch.setattr(delivery, "_release", timer)
     agent.start()
     try:
         for n in range(20):  # one commit each: twenty separate wake-ups
