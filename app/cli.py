@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-import uvicorn
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from app.core import allocator, api_keys, collector
 from app.core import migrate as migrations
@@ -27,6 +23,10 @@ from app.core.logging import configure_logging
 from app.core.processes import die_with_parent
 from app.core.redis import EmbeddedRedis, resolve_redis_url
 from app.core.settings import Settings, SettingsError, get_settings, persisted_token
+from app.core.terminal import console
+
+if TYPE_CHECKING:  # imported where the API is served: a worker or an MTA has no use for it
+    import uvicorn
 
 T = TypeVar("T")
 cli = typer.Typer(
@@ -34,7 +34,6 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)  # a URL stays one line when piped or logged
 logger = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -68,41 +67,6 @@ def _first_line(exc: BaseException) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "settings"
         return f"{where}: {err['msg']}"
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, minus its signal handlers: the command owns SIGINT and SIGTERM.
-
-    uvicorn's own handlers re-raise the signal once it has stopped serving, which ends the
-    process before the command stops the worker, the MTA and the embedded Redis.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Leave the signals to `_on_signals`."""
-        yield
-
-
-def _server(settings: Settings) -> uvicorn.Server:
-    from app.api.app import create_app
-
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        proxy_headers=True,
-        log_config=None,  # uvicorn's loggers, access log included, go through ours
-        log_level=None,
-    )
-    return _Server(config)
-
-
-async def _serve(server: uvicorn.Server) -> None:
-    """Serve until `should_exit`; a failed start raises here instead of exiting the process."""
-    try:
-        await server.serve()
-    except SystemExit:  # uvicorn's answer to a port in use or a failed lifespan start-up
-        raise RuntimeError("it did not start (see the log above)") from None
 
 
 def _on_signals(stop: asyncio.Event) -> None:
@@ -144,10 +108,12 @@ async def _listening(
 
 
 async def _serve_until_stopped(settings: Settings) -> None:
+    from app.api.server import serve, server_for
+
     stop = asyncio.Event()
     _on_signals(stop)
-    server = _server(settings)
-    serving = asyncio.create_task(_serve(server))
+    server = server_for(settings)
+    serving = asyncio.create_task(serve(server))
     try:
         if await _listening(server, [serving], stop):
             collector.settle_after_start()
@@ -186,9 +152,9 @@ def _dev_key(settings: Settings) -> str:
 def migrate() -> None:
     """Apply database migrations up to the newest revision."""
     settings = _settings()
-    console.print(f"migrating {_safe_url(settings.database_url)} …")
+    console().print(f"migrating {_safe_url(settings.database_url)} …")
     migrations.upgrade(settings.database_url)
-    console.print("[green]database is up to date[/green]")
+    console().print("[green]database is up to date[/green]")
 
 
 @cli.command()
@@ -221,16 +187,16 @@ def dev() -> None:
 def _print_dev_banner(settings: Settings, token: str, embedded: EmbeddedRedis | None) -> None:
     base = f"http://{settings.api_host}:{settings.api_port}"
     where = f" → {settings.var_dir / 'maildir'}" if settings.mta_delivery == "capture" else ""
-    console.print(f"[bold]Warta[/bold] API      {base}/api/v1")
-    console.print(f"      OpenAPI  {base}/docs  ({base}/openapi.json)")
-    console.print(f"      health   {base}/healthz")
-    console.print(
+    console().print(f"[bold]Warta[/bold] API      {base}/api/v1")
+    console().print(f"      OpenAPI  {base}/docs  ({base}/openapi.json)")
+    console().print(f"      health   {base}/healthz")
+    console().print(
         f"      MTA      smtp://{settings.mta_submission} ({settings.mta_delivery}{where})"
     )
-    console.print(f"      API key  [bold]{token}[/bold]")
-    console.print(f'      try      curl -H "Authorization: Bearer {token}" {base}/api/v1/lists')
+    console().print(f"      API key  [bold]{token}[/bold]")
+    console().print(f'      try      curl -H "Authorization: Bearer {token}" {base}/api/v1/lists')
     redis = " and the embedded Redis" if embedded is not None and embedded.owner else ""
-    console.print(f"      ready; Ctrl-C stops the API, the worker, the MTA{redis}")
+    console().print(f"      ready; Ctrl-C stops the API, the worker, the MTA{redis}")
 
 
 async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
@@ -244,11 +210,13 @@ async def _dev_services(settings: Settings, ready: Callable[[], None]) -> None:
         mta = await Child.start("MTA", [*own_command(), "dev-mta"], _dev_child_env(settings))
     except ChildFailed as exc:
         raise CommandFailed(str(exc)) from None
-    server = _server(settings)
+    from app.api.server import serve, server_for
+
+    server = server_for(settings)
     services = {
         "MTA": asyncio.create_task(mta.exited()),
         "worker": asyncio.create_task(run_worker(settings, settings.redis_url, stop)),
-        "API": asyncio.create_task(_serve(server)),
+        "API": asyncio.create_task(serve(server)),
     }
     try:
         if await _listening(server, services.values(), stop):
@@ -425,6 +393,8 @@ def demo(
     settings.effective_secret_key()
     migrations.upgrade(settings.database_url)
     settings, embedded = _with_redis(settings)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     try:
         with Progress(
             TextColumn("sending"),
@@ -432,7 +402,7 @@ def demo(
             TextColumn("{task.completed}/{task.total}"),
             TextColumn("{task.fields[detail]}"),
             TimeRemainingColumn(),
-            console=console,
+            console=console(),
         ) as bar:
             task = bar.add_task("send", total=recipients, detail="")
 
@@ -450,12 +420,12 @@ def demo(
         f"Maildir {maildir} (campaign {result.campaign_id})"
     )
     if failure := result.failure():
-        console.print(summary)
+        console().print(summary)
         raise CommandFailed(failure)
-    console.print(f"[green]done[/green]: {summary}")
+    console().print(f"[green]done[/green]: {summary}")
     if waiting := result.accepted - result.delivered:
-        console.print(f"      {waiting} more accepted by the MTA, not yet reported delivered")
-    console.print(f"      read them with any mail reader, e.g. mutt -f {maildir}")
+        console().print(f"      {waiting} more accepted by the MTA, not yet reported delivered")
+    console().print(f"      read them with any mail reader, e.g. mutt -f {maildir}")
 
 
 @cli.command("create-api-key")
@@ -493,6 +463,8 @@ def import_csv(
     ] = False,
 ) -> None:
     """Import subscribers from a CSV file (email,name,…attributes), upserting by email."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     from app.audience import imports
 
     settings = _settings()
@@ -503,7 +475,7 @@ def import_csv(
         TextColumn("{task.fields[rows]} rows, {task.fields[failed]} failed"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console()) as progress:
         task = progress.add_task("importing", total=file.stat().st_size, rows=0, failed=0)
 
         def report(job: imports.ImportJob) -> None:
@@ -522,10 +494,10 @@ def import_csv(
             )
         )
     for error in job.errors[:20]:
-        console.print(f"  line {error.get('line')}: {error.get('reason')}")
+        console().print(f"  line {error.get('line')}: {error.get('reason')}")
     if job.status != "finished":
         raise CommandFailed(f"import failed: {job.error}")
-    console.print(
+    console().print(
         f"[green]imported {job.rows_imported} rows[/green], {job.rows_failed} rejected "
         f"(import #{job.id})"
     )
@@ -544,13 +516,13 @@ def main() -> None:
     try:
         cli()
     except KeyboardInterrupt:
-        console.print("interrupted")
+        console().print("interrupted")
         sys.exit(130)
     except CommandFailed as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console().print(f"[red]error:[/red] {exc}")
         sys.exit(1)
     except (DomainError, SettingsError, OSError) as exc:
-        console.print(f"[red]error:[/red] {_first_line(exc)}")
+        console().print(f"[red]error:[/red] {_first_line(exc)}")
         sys.exit(1)
 
 

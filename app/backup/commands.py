@@ -11,20 +11,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from app.backup.bundle import Manifest, read_bundle
 from app.backup.crypto import Secret
@@ -33,9 +23,12 @@ from app.backup.restore import restore
 from app.backup.snapshot import make_backup
 from app.core.logging import configure_logging
 from app.core.settings import Settings, get_settings
+from app.core.terminal import console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 from workers.mta.spares import fsync_directory
 
-console = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger(__name__)
 DEFAULT_TARGET = "var/backups"
 PREFIX = "warta-"
@@ -93,6 +86,15 @@ class _Bar:
 
 @contextlib.contextmanager
 def _progress() -> Iterator[_Bar]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("{task.description:<34}"),
         BarColumn(),
@@ -100,7 +102,7 @@ def _progress() -> Iterator[_Bar]:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console()) as progress:
         bar = _Bar(progress)
         yield bar
         bar.end()
@@ -142,7 +144,7 @@ def backup(
                 settings, sys.stdout.buffer, secret, Path(tempfile.gettempdir()), bar
             )
         sys.stdout.buffer.flush()
-        console.print(f"[green]backup written[/green] to standard output: {_summary(manifest)}")
+        console().print(f"[green]backup written[/green] to standard output: {_summary(manifest)}")
         return
     path = Path(target)
     directory = path if keep is not None or target.endswith("/") or path.is_dir() else None
@@ -159,13 +161,13 @@ def backup(
         fsync_directory(path.parent)
     finally:
         partial.unlink(missing_ok=True)
-    console.print(
+    console().print(
         f"[green]backup written[/green]: {path} ({path.stat().st_size:,} bytes), "
         f"{_summary(manifest)}"
     )
     if directory is not None and keep is not None:
         for old in rotate(directory, keep):
-            console.print(f"removed old backup {old}")
+            console().print(f"removed old backup {old}")
 
 
 def _new_name(directory: Path, encrypted: bool) -> Path:
@@ -224,7 +226,7 @@ def verify_backup(
     with _open(file) as (source, size), _progress() as bar:
         bar.phase("verifying", size)
         manifest = read_bundle(source, secret, None, bar.advance)
-    console.print(
+    console().print(
         f"[green]backup OK[/green]: made {manifest.created_at} by Warta "
         f"{manifest.warta_version}, {_summary(manifest)}"
     )
@@ -244,8 +246,8 @@ def restore_command(
     with _open(file) as (source, size), _progress() as bar:
         manifest, warnings = restore(settings, source, secret, force=force, progress=bar, size=size)
     for warning in warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(
+        console().print(f"[yellow]warning:[/yellow] {warning}")
+    console().print(
         f"[green]restored[/green] the backup made {manifest.created_at}: {_summary(manifest)}; "
         "start the processes now"
     )
