@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench import pipeline_bench, postfix
 from bench.campaign import run_leg
+from bench.machine import cores
 from bench.processes import ROOT
 from bench.results import Row
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     """Parse arguments and run the benchmark once."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipients", type=int, help=f"default {RECIPIENTS:,}")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--workers", type=int, default=cores())
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_RECIPIENTS:,} recipients")
     parser.add_argument("--mta", action="store_true", help="bench.pipeline_bench --no-postfix")
     args = parser.parse_args(argv if argv is not None else [])

@@ -25,6 +25,12 @@ INTERPRETER_LOOP = "sum(range(1_000_000))"
 to speak of."""
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity, as `taskset` or a cgroup set it),
+    which is what the benchmarks' processes share; `os.cpu_count()` counts the machine's."""
+    return len(os.sched_getaffinity(0))
+
+
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo ("unknown CPU" elsewhere)."""
     try:

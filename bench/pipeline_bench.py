@@ -37,6 +37,7 @@ from pathlib import Path
 
 from bench import postfix
 from bench.campaign import Leg, run_leg
+from bench.machine import cores
 from bench.processes import ROOT
 from bench.profiling import print_profiles
 from bench.results import Row
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     """Parse arguments and run both legs once."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipients", type=int, help=f"default {RECIPIENTS:,}")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--workers", type=int, default=cores())
     parser.add_argument("--no-postfix", action="store_true", help="the Warta leg only")
     parser.add_argument("--profile", action="store_true", help="py-spy the Warta processes")
     parser.add_argument(

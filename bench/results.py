@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from bench.machine import cores
+
 ISSUE_FIGURES = {
     "campaign": "campaign end to end through `warta mta` vs Postfix (bench.pipeline_bench)",
     "acceptance": "MTA acceptance with fsync, 10 sessions, vs Postfix (bench.mta_bench)",
@@ -76,7 +78,7 @@ def summary(rows: Iterable[Row], load: tuple[float, float], machine: str = "") -
     ordered = [r for _, r in sorted(enumerate(listed), key=lambda item: _rank(item[1], item[0]))]
     lines = [
         f"load average (1 min): {load[0]:.2f} at the start, {load[1]:.2f} at the end; "
-        f"{os.cpu_count()} cores",
+        f"{cores()} cores",
         *([f"machine: {machine}"] if machine else []),
         "",
         "| figure | target | value | peer, same run | met | load (start → end) |",

@@ -43,6 +43,7 @@ from typing import Any
 
 from bench import postfix
 from bench.campaign import stack
+from bench.machine import cores
 from bench.processes import ROOT, cpu_by_group, free_port, listening, start, warta
 from bench.profiling import Profiler, print_profiles
 from bench.results import Row
@@ -290,8 +291,8 @@ async def _measure(
         "  CPU per accepted message (until all were sent): "
         + ", ".join(f"{role} {seconds * 1000:.1f} ms" for role, seconds in cpu.items())
         + f" (total {sum(cpu.values()) * 1000:.1f} ms: at most "
-        f"{(os.cpu_count() or 1) / max(sum(cpu.values()), 1e-9):,.0f}/s on "
-        f"{os.cpu_count()} idle cores)"
+        f"{cores() / max(sum(cpu.values()), 1e-9):,.0f}/s on "
+        f"{cores()} idle cores)"
     )
     print(
         f"  all {total:,} sent to the MTA {drained:.1f} s after the last 202 "
