@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Self
 
 from app.core.settings import Settings
-from app.mail.pipelining import stuffed_body
+from app.mail.pipelining import SessionBroken, reply_line, reply_text, stuffed_body
 from app.mail.result import SendResult
 from app.mail.sender import (
     STATUS_NO_SMTPUTF8,
@@ -246,14 +246,18 @@ class PipelinedSender:
 
     @staticmethod
     async def _reply(session: _Session) -> tuple[int, str]:
-        lines: list[str] = []
+        lines: list[bytes] = []
         while True:
             line = await session.reader.readline()
-            if not line.endswith(b"\n") or len(line) < 4 or not line[:3].isdigit():
+            if not line.endswith(b"\n"):
                 raise _Disconnected("connection closed" if not line else "malformed reply")
-            lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
-            if line[3:4] != b"-":
-                return int(line[:3]), "\n".join(lines)
+            try:
+                code, more, text = reply_line(line)
+            except SessionBroken as exc:
+                raise _Disconnected(str(exc)) from None
+            lines.append(text)
+            if not more:
+                return code, reply_text(lines)
 
     def _mail_command(self, session: _Session, item: _Item) -> bytes | SendResult:
         options = ""

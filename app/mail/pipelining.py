@@ -78,6 +78,19 @@ def envelope_commands(
     return mail + b"\r\n" + rcpts
 
 
+def reply_line(line: bytes) -> tuple[int, bool, bytes]:
+    """One line of a reply, with its line end: its code, whether more lines follow (a `-`
+    after the code) and its text; `SessionBroken` if it is no reply line."""
+    if len(line) > MAX_LINE_LENGTH or not line[:3].isdigit():
+        raise SessionBroken(f"malformed reply {line[:80]!r}")
+    return int(line[:3]), line[3:4] == b"-", line[4:].strip(b" \t\r\n")
+
+
+def reply_text(lines: Sequence[bytes]) -> str:
+    """The text of a reply's lines, one per line (bytes that are not UTF-8 as U+FFFD)."""
+    return b"\n".join(lines).decode("utf-8", "replace")
+
+
 class ReplyReader(asyncio.Protocol):
     """Reads pipelined replies off a transport in place of the session's own protocol.
 
@@ -142,18 +155,16 @@ class ReplyReader(asyncio.Protocol):
                 if len(buffer) - start > MAX_LINE_LENGTH:
                     raise SessionBroken("reply line too long")
                 return None
-            line = bytes(buffer[start : end + 1])
-            if len(line) > MAX_LINE_LENGTH or not line[:3].isdigit():
-                raise SessionBroken(f"malformed reply {line[:80]!r}")
-            lines.append(line[4:].strip(b" \t\r\n"))
+            code, more, text = reply_line(bytes(buffer[start : end + 1]))
+            lines.append(text)
             start = end + 1
-            if line[3:4] != b"-":
+            if not more:
                 break
         self._offset = start
         if start == len(buffer):
             buffer.clear()
             self._offset = 0
-        return int(line[:3]), b"\n".join(lines).decode("utf-8", "surrogateescape")
+        return code, reply_text(lines)
 
     def _end(self, reason: str) -> None:
         if self._ended is None:

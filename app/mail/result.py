@@ -47,6 +47,17 @@ def outcome_of(code: int) -> Outcome:
     return Outcome.TEMPORARY
 
 
+def storable(text: str) -> str:
+    """``text`` as valid Unicode. The SMTP clients decode a reply's bytes that are not UTF-8
+    (an old server's Latin-1) as lone surrogates, which no database, JSON writer or mail
+    header can encode: such a byte becomes U+FFFD."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoding made: nothing to give back
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """The outcome of one submission for one recipient, with the reply that decided it.
@@ -60,6 +71,10 @@ class SendResult:
     enhanced_status: str | None
     text: str
     host: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text.isascii():
+            object.__setattr__(self, "text", storable(self.text))
 
     @classmethod
     def from_reply(cls, code: int, text: str, host: str | None = None) -> SendResult:

@@ -59,8 +59,8 @@ class ScriptedServer:
             if reply is DROP:
                 writer.write(b"".join(held))
                 return False
-            if reply:
-                held.append(reply.encode() + b"\r\n")
+            if reply:  # a surrogate-escaped character goes out as the byte it stands for
+                held.append(reply.encode("utf-8", "surrogateescape") + b"\r\n")
             if flush or not self.hold_replies:
                 writer.write(b"".join(held))
                 held.clear()

@@ -223,6 +223,23 @@ async def test_mail_refused_applies_to_every_recipient_and_the_session_is_reset(
     assert server.sessions == 1
 
 
+@pytest.mark.parametrize("extensions", [[], ["PIPELINING"], ["PIPELINING", "CHUNKING"]])
+async def test_a_reply_that_is_not_utf8_reads_as_text_that_can_be_stored(
+    scripted: StartScripted, extensions: list[str]
+) -> None:
+    # An old server's Latin-1 "Müller": both SMTP clients kept the byte as a lone surrogate,
+    # which no database, JSON writer or mail header can encode. The ledger's outcome batch
+    # holding such a reply failed at every flush, and its bounces were never recorded.
+    server = ScriptedServer(
+        extensions=extensions, script={"RCPT": ["550 5.1.1 M\udcfcller: no such user"]}
+    )
+    async with _sender(await scripted(server)) as sender:
+        result = await sender.send_one(FROM, "mueller@example.com", MESSAGE)
+    assert result.describe() == "550 5.1.1 M\ufffdller: no such user"
+    assert result.enhanced_status == "5.1.1"
+    result.describe().encode("utf-8")  # raised UnicodeEncodeError
+
+
 @pytest.mark.parametrize(
     ("at", "reply", "outcome"),
     [
