@@ -26,9 +26,12 @@ to speak of."""
 
 
 def cores() -> int:
-    """The cores this process may run on (its affinity, as `taskset` or a cgroup set it),
-    which is what the benchmarks' processes share; `os.cpu_count()` counts the machine's."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may run on (its affinity, as `taskset` or a cgroup's cpuset
+    set it), which is what the benchmarks' processes share; `os.cpu_count()` counts the
+    machine's. (A cgroup's CPU quota does not show here.)"""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # not Linux
 
 
 def cpu_model() -> str:

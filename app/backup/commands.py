@@ -24,10 +24,10 @@ from app.backup.snapshot import make_backup
 from app.core.logging import configure_logging
 from app.core.settings import Settings, get_settings
 from app.core.terminal import console
+from workers.mta.spares import fsync_directory
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
-from workers.mta.spares import fsync_directory
 
 logger = logging.getLogger(__name__)
 DEFAULT_TARGET = "var/backups"

@@ -22,6 +22,7 @@ from app.bounces.ledgers import LEDGERS
 from app.core.errors import Invalid, NotFound
 from app.core.events import NewEvent, record_events
 from app.core.settings import Settings
+from app.core.text import storable
 from app.mail import identity
 from app.mail.identity import Kind
 from app.mail.recording import Delivery, LedgerRow, Verdict
@@ -112,8 +113,7 @@ class Unattributed:
 def _cut(text: str, limit: int) -> str:
     """At most `limit` bytes of UTF-8, without NUL (PostgreSQL text cannot hold it) or lone
     surrogates (what undecodable header bytes become; no database driver can encode them)."""
-    encoded = text.replace("\x00", "\ufffd").encode("utf-8", "replace")
-    return encoded[:limit].decode("utf-8", "ignore")
+    return storable(text).encode("utf-8")[:limit].decode("utf-8", "ignore")
 
 
 async def apply(

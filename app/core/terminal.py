@@ -1,7 +1,7 @@
 """The commands' terminal: one rich console on stderr, made on first use.
 
-rich (~2 MB and ~30 ms of imports) loads only in a process that prints to a person: a
-`warta worker` or `warta mta` never does.
+rich (~2 MB and ~30 ms of imports) loads only in a process that prints to a person, or
+that imports httpx (whose command line needs it): `warta mta` never loads it.
 """
 
 from __future__ import annotations

@@ -8,9 +8,23 @@ from typing import Any
 
 _LINE_BREAK_OR_NUL = re.compile(r"[\r\n\x00]")
 _NUL = "\x00"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_ATTRIBUTES_BYTES = 64_000
 MAX_ATTRIBUTES_DEPTH = 8
+
+
+def storable(text: str) -> str:
+    """``text`` as any database, JSON writer or mail header takes it: bytes that were not
+    UTF-8 (kept as lone surrogates by a `surrogateescape` decoding, as the SMTP clients do
+    with an old server's Latin-1) and NUL (PostgreSQL refuses it in text) become U+FFFD."""
+    if text.isascii() and _NUL not in text:
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes the surrogates stand for
+    except UnicodeEncodeError:  # a surrogate no decoding made: each becomes U+FFFD
+        raw = _SURROGATE.sub("\ufffd", text).encode("utf-8")
+    return raw.decode("utf-8", "replace").replace(_NUL, "\ufffd")
 
 
 def require_single_line(value: str) -> str:

@@ -81,7 +81,9 @@ def envelope_commands(
 def reply_line(line: bytes) -> tuple[int, bool, bytes]:
     """One line of a reply, with its line end: its code, whether more lines follow (a `-`
     after the code) and its text; `SessionBroken` if it is no reply line."""
-    if len(line) > MAX_LINE_LENGTH or not line[:3].isdigit():
+    if len(line) > MAX_LINE_LENGTH:
+        raise SessionBroken("reply line too long")
+    if not line[:3].isdigit():
         raise SessionBroken(f"malformed reply {line[:80]!r}")
     return int(line[:3]), line[3:4] == b"-", line[4:].strip(b" \t\r\n")
 

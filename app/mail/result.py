@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.core.text import storable
+
 REPLY_CLASS_SUCCESS = 2
 """First digit of a positive completion reply (RFC 5321 §4.2.1)."""
 REPLY_CLASS_PERMANENT = 5
@@ -47,17 +49,6 @@ def outcome_of(code: int) -> Outcome:
     return Outcome.TEMPORARY
 
 
-def storable(text: str) -> str:
-    """``text`` as valid Unicode. The SMTP clients decode a reply's bytes that are not UTF-8
-    (an old server's Latin-1) as lone surrogates, which no database, JSON writer or mail
-    header can encode: such a byte becomes U+FFFD."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate no decoding made: nothing to give back
-        raw = text.encode("utf-8", "replace")
-    return raw.decode("utf-8", "replace")
-
-
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """The outcome of one submission for one recipient, with the reply that decided it.
@@ -73,8 +64,7 @@ class SendResult:
     host: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.text.isascii():
-            object.__setattr__(self, "text", storable(self.text))
+        object.__setattr__(self, "text", storable(self.text))  # stored in ledgers, DSNs
 
     @classmethod
     def from_reply(cls, code: int, text: str, host: str | None = None) -> SendResult:

@@ -13,6 +13,7 @@ from app.mail.result import Outcome
 from tests.helpers.recorders import MESSAGE, RejectAtRcpt, StartServer
 from tests.helpers.servers import free_port
 from tests.helpers.stores import Store
+from tests.mail.scripted import ScriptedServer, scripted_servers
 from workers.mta.smtp_server import ServerConfig, Session, Transaction, serve
 
 FROM = "bounces+c1-abc@bounces.example"
@@ -187,3 +188,27 @@ async def test_a_message_whose_caller_gave_up_while_queued_is_not_sent(
     assert last.delivered
     assert queued.cancelled()
     assert [t.rcpt_tos for t in store.transactions] == [["a@example.com"], ["c@example.com"]]
+
+
+@pytest.mark.parametrize("extensions", [["PIPELINING"], ["PIPELINING", "CHUNKING"]])
+async def test_a_reply_that_is_not_utf8_reads_as_text(extensions: list[str]) -> None:
+    server = ScriptedServer(
+        extensions=extensions, script={"RCPT": ["550 5.1.1 M\udcfcller: no such user"]}
+    )
+    async with scripted_servers() as start:
+        address = await start(server)
+        async with PipelinedSender(address, connections=1) as sender:
+            result = await sender.send_one(FROM, "mueller@example.com", MESSAGE)
+    assert result.outcome is Outcome.PERMANENT
+    assert result.describe() == "550 5.1.1 M\ufffdller: no such user"
+
+
+async def test_an_overlong_reply_line_drops_the_session_and_says_why() -> None:
+    server = ScriptedServer(script={"RCPT": ["250 " + "x" * 9000]})
+    async with scripted_servers() as start:
+        address = await start(server)
+        async with PipelinedSender(address, connections=1) as sender:
+            result = await sender.send_one(FROM, "a@example.com", MESSAGE)
+    assert result.outcome is Outcome.TEMPORARY
+    assert result.code is None
+    assert "reply line too long" in result.describe()

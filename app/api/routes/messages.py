@@ -221,8 +221,8 @@ async def send_batch(
 def _item_error(index: int, status: int, title: str, exc: ValidationError) -> dict[str, Any]:
     errors = [
         {
-            "loc": [_storable(str(p)) for p in err["loc"]],
-            "msg": _storable(err["msg"]),
+            "loc": [_escaped(str(p)) for p in err["loc"]],
+            "msg": _escaped(err["msg"]),
             "type": err["type"],
         }
         for err in exc.errors(include_url=False, include_input=False)
@@ -236,9 +236,10 @@ def _item_error(index: int, status: int, title: str, exc: ValidationError) -> di
     }
 
 
-def _storable(text: str) -> str:
-    """Text from the request (an unknown key) made safe to store as JSON: no NUL, no lone
-    surrogates, which PostgreSQL refuses and which the answer is stored in for replays."""
+def _escaped(text: str) -> str:
+    """Text from the request (an unknown key) made safe to store as JSON, escaped visibly
+    (`\\udcfc`, `\\x00`) so the client sees what it sent: no NUL, no lone surrogates, which
+    PostgreSQL refuses and which the answer is stored in for replays."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
