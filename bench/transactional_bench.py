@@ -287,12 +287,13 @@ async def _measure(
         f"(target ≥ {RATE_TARGET:,.0f}: {'met' if rate >= RATE_TARGET else 'NOT met'})"
         + (f"; other answers: {sorted(set(other))}" if other else "")
     )
+    usable = cores()
     print(
         "  CPU per accepted message (until all were sent): "
         + ", ".join(f"{role} {seconds * 1000:.1f} ms" for role, seconds in cpu.items())
         + f" (total {sum(cpu.values()) * 1000:.1f} ms: at most "
-        f"{cores() / max(sum(cpu.values()), 1e-9):,.0f}/s on "
-        f"{cores()} idle cores)"
+        f"{usable / max(sum(cpu.values()), 1e-9):,.0f}/s on "
+        f"{usable} idle cores)"
     )
     print(
         f"  all {total:,} sent to the MTA {drained:.1f} s after the last 202 "
