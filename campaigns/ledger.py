@@ -9,12 +9,12 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audience.segments import segment_filter
 from app.core.database import on_postgresql
 from app.core.events import record_events
+from app.core.row_batches import lock_in_id_order, one_per_row
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
 from app.models import Campaign, EventKind, Send, SendStatus, Subscriber, utcnow
@@ -222,43 +222,8 @@ _UNNEST_DELIVERIES = sa.text(
 )
 """PostgreSQL: a batch of the engine's attempts, or of the MTA's words, as one UPDATE over
 arrays (one column each) instead of an executemany that runs the UPDATE once per row. The
-rows are locked in id order first (`_lock_in_id_order`)."""
-
-
-async def _lock_in_id_order(session: AsyncSession, ids: list[int]) -> None:
-    """Lock the rows in id order before one UPDATE writes them all (PostgreSQL).
-
-    An UPDATE … FROM unnest(…) locks rows in the order its plan meets them; the worker's
-    `record_attempts` and the MTA's `record_delivery` write overlapping rows at once, and
-    a deadlock between them aborted a batch of outcomes: both lock in id order first.
-    """
-    ids_param = sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.BigInteger()))
-    await session.execute(
-        sa.select(Send.id).where(Send.id == sa.any_(ids_param)).order_by(Send.id).with_for_update()
-    )
-
-
-def _one_per_row(
-    params: list[dict[str, Any]], *, summed: tuple[str, ...] = (), kept: tuple[str, ...] = ()
-) -> list[dict[str, Any]]:
-    """Merge the words on one row (in order) into one, as the executemany applied them one
-    after another: an UPDATE … FROM that joins a row twice writes it once, with either.
-
-    The later word wins, but a `summed` value adds up and a `kept` one (None: "leave it")
-    keeps the last that was not None.
-    """
-    merged: dict[int, dict[str, Any]] = {}
-    for word in params:
-        earlier = merged.get(word["b_id"])
-        if earlier is not None:
-            word = {**word}
-            for key in summed:
-                word[key] += earlier[key]
-            for key in kept:
-                if word[key] is None:
-                    word[key] = earlier[key]
-        merged[word["b_id"]] = word
-    return list(merged.values())
+rows are locked in id order first (`app.core.row_batches`)."""
+_SENDS = cast(sa.Table, Send.__table__)
 
 
 async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) -> None:
@@ -280,8 +245,8 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
         for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
     ]
     if on_postgresql(session):
-        params = _one_per_row(params, summed=("b_inc",))
-        await _lock_in_id_order(session, [p["b_id"] for p in params])
+        params = one_per_row(params, summed=("b_inc",))
+        await lock_in_id_order(session, _SENDS, [p["b_id"] for p in params])
         await session.execute(
             _UNNEST_ATTEMPTS,
             {
@@ -345,8 +310,8 @@ async def record_delivery(
     eventful = [item for item in deliveries if item.verdict in _EVENT_OF] if events else []
     if on_postgresql(session):
         # The UPDATE returns the rows the events name: no second read of them.
-        words = _one_per_row(words, kept=("b_status",))
-        await _lock_in_id_order(session, [w["b_id"] for w in words])
+        words = one_per_row(words, kept=("b_status",))
+        await lock_in_id_order(session, _SENDS, [w["b_id"] for w in words])
         updated = await session.execute(
             _UNNEST_DELIVERIES,
             {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audience.suppression_scopes import scopes_for
 from app.core.database import on_postgresql
 from app.core.events import record_events
+from app.core.row_batches import lock_in_id_order, one_per_row
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
 from app.models import (
@@ -55,6 +57,10 @@ _EVENT_OF = {
     MessageStatus.suppressed: EventKind.suppressed,
 }
 _FINAL = frozenset({Verdict.DELIVERED, Verdict.BOUNCED, Verdict.COMPLAINED})
+SETTLED_BY_MTA = (MessageStatus.delivered, MessageStatus.bounced, MessageStatus.complained)
+"""Statuses only the MTA's later word sets: the worker's record of its hand-over, which can
+arrive after that word, leaves them (and their reply) as they are."""
+_MESSAGES = cast(sa.Table, Message.__table__)
 
 
 def status_of(verdict: Verdict) -> MessageStatus:
@@ -151,19 +157,39 @@ async def insert_with_ids(
     ids: Sequence[int],
     built: Sequence[dict[str, Any]],
 ) -> None:
-    """Insert message rows under the `ids` allocated for them, each with its built message
-    (`built` as for `set_built`, for the rows that have one), in one multi-row INSERT."""
-    table = cast(sa.Table, Message.__table__)
-    columns = {"meta": "metadata"}  # the attribute's column name
+    """Insert message rows under the `ids` allocated for them (PostgreSQL), each with its
+    built message (`built` as for `set_built`, for the rows that have one), in one INSERT
+    over arrays: one execution for the group, not one per row."""
     by_id = {item["b_id"]: item for item in built}
     rows = []
     for row_id, row in zip(ids, values, strict=True):
-        record = {columns.get(k, k): v for k, v in row.items()}
-        record["id"] = row_id
+        record = {**row, "id": row_id}
         if (done := by_id.get(row_id)) is not None:
             record.update(status=done["b_status"], last_reply=done["b_reply"], mime=done["b_mime"])
         rows.append(record)
-    await session.execute(sa.insert(table), rows)
+    arrays = {name: [row[name] for row in rows] for name in _INSERTED}
+    arrays["meta"] = [json.dumps(meta) for meta in arrays["meta"]]
+    await session.execute(_UNNEST_INSERT, arrays)
+
+
+_INSERTED = (
+    "id", "stream", "status", "api_key_id", "from_email", "to_email", "subject", "tags",
+    "meta", "mime", "attempts", "last_reply", "created_at", "updated_at",
+)  # fmt: skip
+_UNNEST_INSERT = sa.text(
+    "INSERT INTO messages (id, stream, status, api_key_id, from_email, to_email, subject, "
+    "tags, metadata, mime, attempts, last_reply, created_at, updated_at) "
+    "SELECT id, stream, status, api_key_id, from_email, to_email, subject, tags, "
+    "CAST(meta AS jsonb), mime, attempts, last_reply, created_at, updated_at FROM UNNEST("
+    "CAST(:id AS bigint[]), CAST(:stream AS text[]), CAST(:status AS text[]), "
+    "CAST(:api_key_id AS integer[]), CAST(:from_email AS text[]), CAST(:to_email AS text[]), "
+    "CAST(:subject AS text[]), CAST(:tags AS text[]), CAST(:meta AS text[]), "
+    "CAST(:mime AS bytea[]), CAST(:attempts AS integer[]), CAST(:last_reply AS text[]), "
+    "CAST(:created_at AS timestamptz[]), CAST(:updated_at AS timestamptz[])) "
+    "AS new (id, stream, status, api_key_id, from_email, to_email, subject, tags, meta, mime, "
+    "attempts, last_reply, created_at, updated_at)"
+)
+"""PostgreSQL: a group's message rows as one statement over arrays (one column each)."""
 
 
 async def set_built(session: AsyncSession, built: Sequence[dict[str, Any]]) -> None:
@@ -199,39 +225,62 @@ async def suppressed_now(session: AsyncSession, claimed: Sequence[Claimed]) -> s
 async def record_attempts(
     session: AsyncSession, attempts: Sequence[Attempt], *, lease: str
 ) -> None:
-    """Write each attempt, release the `lease` and record the events."""
+    """Write each attempt, release the `lease` and record the events.
+
+    The MTA may have reported a message delivered (or bounced) before this record of its
+    hand-over arrives: that word is final, and the worker's `sent` does not undo it.
+    """
     if not attempts:
         return
-    table = cast(sa.Table, Message.__table__)
     now = utcnow()
-    statement = (
-        sa.update(table)
-        .where(table.c.id == sa.bindparam("b_id"), table.c.lease_token == lease)
-        .values(
-            status=sa.bindparam("b_status"),
-            last_reply=sa.bindparam("b_reply"),
-            next_attempt_at=sa.bindparam("b_next", type_=Message.next_attempt_at.type),
-            sent_at=sa.bindparam("b_sent", type_=Message.sent_at.type),
-            attempts=table.c.attempts + sa.bindparam("b_inc"),
-            lease_token=None,
-            lease_until=None,
-            updated_at=now,
-        )
-    )
-    await session.execute(
-        statement,
-        [
+    params: list[dict[str, Any]] = [
+        {
+            "b_id": item.row.row_id,
+            "b_status": status_of(item.verdict).value,
+            "b_reply": item.reply[:1000],
+            "b_next": item.next_attempt_at,
+            "b_sent": now if item.verdict is Verdict.SENT else None,
+            "b_inc": 0 if item.verdict is Verdict.SKIPPED else 1,
+        }
+        for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
+    ]
+    if on_postgresql(session):
+        params = one_per_row(params, summed=("b_inc",))
+        await lock_in_id_order(session, _MESSAGES, [p["b_id"] for p in params])
+        await session.execute(
+            _UNNEST_ATTEMPTS,
             {
-                "b_id": item.row.row_id,
-                "b_status": status_of(item.verdict).value,
-                "b_reply": item.reply[:1000],
-                "b_next": item.next_attempt_at,
-                "b_sent": now if item.verdict is Verdict.SENT else None,
-                "b_inc": 0 if item.verdict is Verdict.SKIPPED else 1,
-            }
-            for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
-        ],
-    )
+                "id": [p["b_id"] for p in params],
+                "status": [p["b_status"] for p in params],
+                "reply": [p["b_reply"] for p in params],
+                "next_attempt_at": [p["b_next"] for p in params],
+                "sent_at": [p["b_sent"] for p in params],
+                "inc": [p["b_inc"] for p in params],
+                "settled": [status.value for status in SETTLED_BY_MTA],
+                "lease": lease,
+                "now": now,
+            },
+        )
+    else:
+        c = _MESSAGES.c
+        # (OR of equalities: an IN list would be an expanding parameter, which executemany
+        # refuses.)
+        settled = sa.or_(*(c.status == sa.literal(s.value, sa.String) for s in SETTLED_BY_MTA))
+        statement = (
+            sa.update(_MESSAGES)
+            .where(c.id == sa.bindparam("b_id"), c.lease_token == lease)
+            .values(
+                status=sa.case((settled, c.status), else_=sa.bindparam("b_status")),
+                last_reply=sa.case((settled, c.last_reply), else_=sa.bindparam("b_reply")),
+                next_attempt_at=sa.bindparam("b_next", type_=Message.next_attempt_at.type),
+                sent_at=sa.bindparam("b_sent", type_=Message.sent_at.type),
+                attempts=c.attempts + sa.bindparam("b_inc"),
+                lease_token=None,
+                lease_until=None,
+                updated_at=now,
+            )
+        )
+        await session.execute(statement, params)
     await record_events(
         session,
         [
@@ -239,6 +288,23 @@ async def record_attempts(
             for item in attempts
         ],
     )
+
+
+_UNNEST_ATTEMPTS = sa.text(
+    "UPDATE messages SET "
+    "status = CASE WHEN messages.status = ANY(CAST(:settled AS text[])) THEN messages.status "
+    "ELSE new.status END, "
+    "last_reply = CASE WHEN messages.status = ANY(CAST(:settled AS text[])) "
+    "THEN messages.last_reply ELSE new.reply END, "
+    "next_attempt_at = new.next_attempt_at, sent_at = new.sent_at, "
+    "attempts = messages.attempts + new.inc, lease_token = NULL, lease_until = NULL, "
+    "updated_at = :now "
+    "FROM UNNEST(CAST(:id AS bigint[]), CAST(:status AS text[]), CAST(:reply AS text[]), "
+    "CAST(:next_attempt_at AS timestamptz[]), CAST(:sent_at AS timestamptz[]), "
+    "CAST(:inc AS integer[])) AS new (id, status, reply, next_attempt_at, sent_at, inc) "
+    "WHERE messages.id = new.id AND messages.lease_token = :lease"
+)
+"""PostgreSQL: a job's attempts as one UPDATE over arrays, the rows locked in id order first."""
 
 
 async def due(
@@ -274,10 +340,15 @@ async def record_delivery(
     if not deliveries:
         return
     ids = sorted({item.row_id for item in deliveries})
+    # Read and locked in id order (PostgreSQL; SQLite has one writer): the status the
+    # words are judged against is the one they replace.
     known = {
         row[0]: (row[1], MessageStatus(row[2]))
         for row in await session.execute(
-            sa.select(Message.id, Message.to_email, Message.status).where(Message.id.in_(ids))
+            sa.select(Message.id, Message.to_email, Message.status)
+            .where(Message.id.in_(ids))
+            .order_by(Message.id)
+            .with_for_update()
         )
     }
     table = cast(sa.Table, Message.__table__)
@@ -299,9 +370,20 @@ async def record_delivery(
         if item.verdict is not Verdict.DELETED:
             row = LedgerRow(Kind.MESSAGE, item.row_id, email)
             facts.append(row.event(_EVENT_OF[status_of(item.verdict)], reply=reply))
-    if words:
-        # One statement in id order (a deferral keeps the status), as the campaign ledger
-        # writes: two writers of the same rows take their locks in one order.
+    if words and on_postgresql(session):
+        # One statement over arrays, the rows locked in id order first, as the worker's
+        # `record_attempts` locks them: two writers of the same rows never wait in a cycle.
+        words = one_per_row(words, kept=("b_status",))
+        await session.execute(
+            _UNNEST_DELIVERIES,
+            {
+                "id": [w["b_id"] for w in words],
+                "status": [w["b_status"] for w in words],
+                "reply": [w["b_reply"] for w in words],
+                "now": now,
+            },
+        )
+    elif words:
         new_status = sa.func.coalesce(sa.bindparam("b_status", type_=sa.String), table.c.status)
         await session.execute(
             sa.update(table)
@@ -311,6 +393,15 @@ async def record_delivery(
         )
     if events:
         await record_events(session, facts)
+
+
+_UNNEST_DELIVERIES = sa.text(
+    "UPDATE messages SET status = COALESCE(new.status, messages.status), "
+    "last_reply = new.reply, updated_at = :now "
+    "FROM UNNEST(CAST(:id AS bigint[]), CAST(:status AS text[]), CAST(:reply AS text[])) "
+    "AS new (id, status, reply) WHERE messages.id = new.id"
+)
+"""PostgreSQL: the MTA's words on messages as one UPDATE over arrays (rows locked already)."""
 
 
 async def ledger_rows(session: AsyncSession, ids: Sequence[int]) -> dict[int, LedgerRow]:

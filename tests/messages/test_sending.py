@@ -195,3 +195,40 @@ async def test_record_delivery_moves_status_and_writes_the_timeline(
     shown_b = (await client.get(f"/api/v1/messages/{b}")).json()
     assert shown_b["status"] == "bounced"
     assert [e["kind"] for e in shown_b["events"]] == ["queued", "bounced", "delivered"]
+
+
+@pytest.mark.parametrize("word", [Verdict.DELIVERED, Verdict.BOUNCED, Verdict.COMPLAINED])
+async def test_the_mtas_final_word_stands_when_the_workers_record_comes_after_it(
+    client: httpx.AsyncClient, sessionmaker: async_sessionmaker[AsyncSession], word: Verdict
+) -> None:
+    """The MTA can deliver a message and report it before the worker that handed it over
+    records its 250 (the outcome writer and the worker write independently): the worker's
+    `sent` must not turn a final status back, as the campaign ledger already guarantees."""
+    from datetime import timedelta
+
+    from app.mail.recording import Attempt
+    from app.models import utcnow
+
+    response = await client.post("/api/v1/messages", json=MESSAGE)
+    message_id = response.json()["messages"][0]["id"]
+    async with sessionmaker() as session:
+        (claimed,) = await repository.claim(
+            session, [message_id], "lease-1", utcnow(), timedelta(minutes=5)
+        )
+        await session.commit()
+    final = f"{'250' if word is Verdict.DELIVERED else '550'} the remote server's word"
+    async with sessionmaker() as session:
+        await repository.record_delivery(session, [Delivery(message_id, word, final)])
+        await session.commit()
+    async with sessionmaker() as session:
+        await repository.record_attempts(
+            session, [Attempt(claimed.row, Verdict.SENT, "250 queued")], lease="lease-1"
+        )
+        await session.commit()
+    async with sessionmaker() as session:
+        row = await session.get(Message, message_id)
+        assert row is not None
+        assert row.status == repository.status_of(word)
+        assert row.last_reply == final
+        assert row.attempts == 1 and row.sent_at is not None  # the hand-over still counts
+        assert row.lease_token is None and row.lease_until is None
