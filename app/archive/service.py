@@ -51,30 +51,20 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def keep(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]]) -> None:
-    """Archive messages as built, before they are submitted: (ledger row, MIME) pairs.
-
-    A transactional message is archived once (its bytes never change); a campaign message
-    built again for a retry replaces the earlier copy, since the new bytes are what is sent.
-    Mail goes out even when the archive cannot be written (disk full): the failure is logged
-    for the operator, and sending is what the caller is there for.
-    """
-    items = _items(messages)
-    try:
-        await store(engine.sessionmaker, engine.settings, items)
-    except Exception:
-        logger.exception("archive: %d messages could not be archived", len(items))
-
-
 IndexRows = list[dict[str, Any]]
 """Index rows of messages already in a day file, for `add_index` to insert."""
 
 
 async def write(engine: EngineContext, messages: Sequence[tuple[LedgerRow, bytes]]) -> IndexRows:
-    """The first half of `keep` for a caller with a transaction of its own (a campaign batch
-    claiming its rows): write the messages to the day file; their index rows go into that
-    transaction with `add_index`. Nothing (and a logged error) if the file cannot be
-    written."""
+    """Archive messages as built, before they are submitted: (ledger row, MIME) pairs are
+    written to the day file, and their index rows go into the caller's transaction (the one
+    that claims the rows) with `add_index`.
+
+    A campaign message built again for a retry replaces the earlier copy, since the new
+    bytes are what is sent; the caller archives a transactional message once (its bytes
+    never change). Mail goes out even when the archive cannot be written (disk full):
+    nothing is returned, the failure is logged for the operator, and sending is what the
+    caller is there for."""
     items = _items(messages)
     if not engine.settings.archive_enabled or not items:
         return []

@@ -9,10 +9,13 @@ same Message-ID, which the MTA recognises and does not deliver twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from datetime import timedelta
 
-from app.archive.service import keep as archive
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.archive import service as archive
 from app.core.jobs import MESSAGE_JOB_SIZE
 from app.mail import identity
 from app.mail.context import EngineContext
@@ -22,6 +25,8 @@ from app.mail.recording import Attempt, SendReport, Verdict
 from app.mail.retry import RetryPolicy
 from app.messages import repository
 from app.models import utcnow
+
+logger = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)
 STRAGGLER_AGE = timedelta(seconds=5)
@@ -38,12 +43,7 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> SendRe
     """
     report = SendReport()
     token = secrets.token_hex(8)
-    async with engine.sessionmaker() as session:
-        claimed = await repository.claim(
-            session, message_ids, token, utcnow(), LEASE, extra=max(0, BATCH - len(message_ids))
-        )
-        blocked = await repository.suppressed_now(session, claimed)
-        await session.commit()
+    claimed, blocked = await _claim(engine, message_ids, token)
     report.skipped = len(set(message_ids) - {row.id for row in claimed})
     if blocked:
         skipped = [
@@ -55,7 +55,6 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> SendRe
         claimed = [row for row in claimed if row.id not in blocked]
     if not claimed:
         return report
-    await archive(engine, [(row.row, row.mime) for row in claimed])
     settings = engine.settings
     secret = settings.effective_secret_key()
     sender = engine.priority_sender or engine.sender
@@ -79,6 +78,38 @@ async def send_messages(engine: EngineContext, message_ids: list[int]) -> SendRe
     ]
     await _record(engine, attempts, token, report)
     return report
+
+
+async def _claim(
+    engine: EngineContext, message_ids: list[int], token: str
+) -> tuple[list[repository.Claimed], set[int]]:
+    """Take the lease on the rows to send (and those suppressed since: the second set), and
+    archive the messages to send for the first time, as built, in the same transaction: a
+    row claimed again (a retry) was archived at its first attempt, and no transaction of
+    the archive's own is needed. The archive never holds up sending: if its index rows
+    cannot be written, the rows are claimed without them."""
+    async with engine.sessionmaker() as session:
+        claimed, blocked = await _leased(session, message_ids, token)
+        archived = await archive.write(
+            engine,
+            [(row.row, row.mime) for row in claimed if row.id not in blocked and not row.attempts],
+        )
+        try:
+            await archive.add_index(session, archived)
+        except Exception:
+            logger.exception("archive: %d messages could not be indexed", len(archived))
+            await session.rollback()
+            claimed, blocked = await _leased(session, message_ids, token)
+        await session.commit()
+    return claimed, blocked
+
+
+async def _leased(
+    session: AsyncSession, message_ids: list[int], token: str
+) -> tuple[list[repository.Claimed], set[int]]:
+    extra = max(0, BATCH - len(message_ids))
+    claimed = await repository.claim(session, message_ids, token, utcnow(), LEASE, extra=extra)
+    return claimed, await repository.suppressed_now(session, claimed)
 
 
 async def _record(

@@ -123,3 +123,31 @@ async def test_a_campaign_goes_out_when_the_archive_index_cannot_be_written(
     async with sessionmaker() as session:
         statuses = (await session.scalars(sa.select(Send.status))).all()
     assert len(statuses) == 3 and set(statuses) <= {"sent", "delivered"}
+
+
+async def test_a_transactional_message_goes_out_when_the_archive_index_cannot_be_written(
+    mta_settings: Settings,
+    mta: MtaService,
+    api: httpx.AsyncClient,
+    worker: None,
+    remote: tuple[str, SinkHandler],
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # The index rows go into the transaction that leases the message: their failure must
+    # not take the lease (and the sending) with it.
+    generate_key(mta_settings.dkim_dir, "example.com", "sel1")
+    async with sessionmaker() as session:
+        await session.execute(sa.text("DROP TABLE archived_messages"))
+        await session.commit()
+    response = await api.post(
+        "/api/v1/messages",
+        json={"from": "shop@example.com", "to": "bob@example.com", "subject": "Hi", "text": "."},
+    )
+    message_id = response.json()["messages"][0]["id"]
+
+    async def recorded() -> bool:
+        shown = (await api.get(f"/api/v1/messages/{message_id}")).json()
+        return shown["status"] in ("sent", "delivered") and shown["attempts"] == 1
+
+    await eventually(recorded, 30, "the hand-over recorded")
+    assert [item.rcpt_tos for item in remote[1].snapshot()] == [("bob@example.com",)]

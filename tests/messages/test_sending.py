@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.ratelimit import RateLimiter
@@ -18,7 +19,7 @@ from app.mail.recording import Delivery, Verdict
 from app.mail.sender import SmtpSender
 from app.messages import repository
 from app.messages.sending import send_messages
-from app.models import Message, MessageStatus
+from app.models import ArchivedMessage, Message, MessageStatus
 from tests.helpers.api import eventually, post_json
 from tests.helpers.sinks import SinkHandler
 
@@ -72,7 +73,11 @@ async def test_a_message_reaches_the_mta_with_its_identity(
 
 
 async def test_a_deferral_is_retried_with_backoff(
-    api: httpx.AsyncClient, worker: None, sink: tuple[str, SinkHandler]
+    api: httpx.AsyncClient,
+    worker: None,
+    sink: tuple[str, SinkHandler],
+    engine_settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     sink[1].rcpt_replies["alice@example.com"] = ["451 4.3.0 try later", "451 4.3.0 try later"]
     response = await api.post("/api/v1/messages", json=MESSAGE)
@@ -89,6 +94,12 @@ async def test_a_deferral_is_retried_with_backoff(
     assert len(sink[1].snapshot()) == 1
     times = [e["created_at"] for e in shown["events"][1:]]
     assert times == sorted(times)
+    # Archived once, at the first attempt: the retries append nothing to the day file.
+    async with sessionmaker() as session:
+        (index,) = (await session.scalars(sa.select(ArchivedMessage))).all()
+    assert index.message_id == message_id and index.frame_offset == 0
+    day_file = engine_settings.archive_directory() / index.path
+    assert day_file.stat().st_size == index.frame_length
 
 
 async def test_a_permanent_refusal_fails_the_message(
