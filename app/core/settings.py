@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         "messages it does not hold (a safety net: each one found is logged as a warning).",
     )
     dkim_dir: Path = Field(Path("var/dkim"), description="DKIM keys as <domain>/<selector>.pem.")
+    mta_signing_helper: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Make the RSA/Ed25519 step of the MTA's DKIM signatures in a helper "
+        "process (one per MTA process) instead of its event loop; auto: when the process may "
+        "use more than one core.",
+    )
     send_rate: float = Field(
         0, ge=0, description="Messages per second for all workers; 0 = no cap."
     )

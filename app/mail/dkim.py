@@ -214,23 +214,34 @@ def _fold_base64(value: str, column: int) -> str:
     return lead + "\r\n\t".join(part for part in parts if part)
 
 
-def build_signature_header(
-    key: DkimKey, headers: Sequence[str], canonical: Sequence[bytes], body_hash: str, timestamp: int
-) -> bytes:
-    """The complete, folded `DKIM-Signature:` field (with CRLF) for one key.
+@dataclass(frozen=True, slots=True)
+class Unsigned:
+    """One key's DKIM-Signature field before its signature: what the key signs (`data`),
+    and the field up to `b=`, which `complete` finishes with the signature."""
 
-    `headers` and `canonical` come from `select_headers`, `body_hash` is the base64
-    SHA-256 of the relaxed body: both are shared by all of a message's signatures.
-    """
+    key: DkimKey
+    field: str
+    data: bytes
+
+    def complete(self, signature: bytes) -> bytes:
+        """The complete, folded field (with CRLF), `signature` being `key.sign_data(data)`."""
+        value = base64.b64encode(signature).decode("ascii")
+        column = len(self.field) - self.field.rfind("\n") - 1
+        return (self.field + _fold_base64(value, column) + "\r\n").encode("ascii")
+
+
+def unsigned_field(
+    key: DkimKey, headers: Sequence[str], canonical: Sequence[bytes], body_hash: str, timestamp: int
+) -> Unsigned:
+    """One key's field to sign: `headers` and `canonical` come from `select_headers`,
+    `body_hash` is the base64 SHA-256 of the relaxed body (shared by a message's fields)."""
     prefix = "DKIM-Signature: "
-    unsigned = prefix + _fold(_signature_tokens(key, timestamp, headers, body_hash), len(prefix))
-    name, _, value = unsigned.encode("ascii").partition(b":")
+    field = prefix + _fold(_signature_tokens(key, timestamp, headers, body_hash), len(prefix))
+    name, _, value = field.encode("ascii").partition(b":")
     # §3.7: the signature field itself is hashed last, with an empty b= and no CRLF.
     data = b"".join(line + b"\r\n" for line in canonical)
     data += canonicalize_header_relaxed(name, value)
-    signature = base64.b64encode(key.sign_data(data)).decode("ascii")
-    column = len(unsigned) - unsigned.rfind("\n") - 1
-    return (unsigned + _fold_base64(signature, column) + "\r\n").encode("ascii")
+    return Unsigned(key, field, data)
 
 
 def load_key(path: Path, domain: str) -> DkimKey:
@@ -316,18 +327,21 @@ class DkimSigner:
 
     def sign(self, message: bytes, domain: str) -> bytes:
         """Return `message` with a DKIM-Signature per key of `domain` prepended."""
+        fields = self.unsigned(message, domain)
+        return b"".join(f.complete(f.key.sign_data(f.data)) for f in fields) + message
+
+    def unsigned(self, message: bytes, domain: str) -> list[Unsigned]:
+        """`sign` up to the keys' own step: the fields to sign, one per key of `domain`
+        (none if it has no key), for a caller that has the signatures made elsewhere."""
         keys = self.keys_for(domain)
         if not keys:
-            return message
+            return []
         fields, body = split_message(message)
         digest = hashlib.sha256(canonicalize_body_relaxed(body)).digest()
         body_hash = base64.b64encode(digest).decode("ascii")
         headers, canonical = select_headers(fields, SIGNED_HEADERS)
         timestamp = int(self._clock())
-        signatures = [
-            build_signature_header(key, headers, canonical, body_hash, timestamp) for key in keys
-        ]
-        return b"".join(signatures) + message
+        return [unsigned_field(key, headers, canonical, body_hash, timestamp) for key in keys]
 
     def presigned(self, message: bytes, domain: str) -> bool:
         """Whether `message` opens with one DKIM-Signature per key of `domain`, each with

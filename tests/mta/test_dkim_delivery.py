@@ -38,6 +38,12 @@ FORGED = (
 )
 
 
+@pytest.fixture(params=["on", "off"])
+def mta_settings(mta_settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Each test with the signatures made in the helper process, and in the event loop."""
+    return mta_settings.model_copy(update={"mta_signing_helper": request.param})
+
+
 @pytest.fixture
 def record(mta_settings: Settings) -> str:
     """The MTA's key for example.com; its TXT record."""

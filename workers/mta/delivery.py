@@ -26,6 +26,7 @@ from app.mail.result import Outcome, SendResult
 from workers.mta.dsn import Failure, build_dsn
 from workers.mta.routing import Route, Router, RouteSource, destination_key
 from workers.mta.shaping import Shaping, expired, next_retry_delay
+from workers.mta.signing import SigningHelper
 from workers.mta.spool import Envelope, MisfiledMessage, QueueId, RecipientStatus, Spool
 from workers.mta.transports import Transport
 from workers.mta.unreachable import UnreachableDestinations
@@ -78,6 +79,7 @@ class DeliveryAgent:
         transports: dict[str, Transport],
         *,
         signer: DkimSigner | None = None,
+        signing: SigningHelper | None = None,
         outcomes: OutcomeSink | None = None,
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 50,
@@ -93,6 +95,8 @@ class DeliveryAgent:
         self.shaping = shaping
         self.transports = transports
         self.signer = signer
+        # The keys' step of each signature in a helper process (None: in this loop).
+        self.signing = signing
         self.outcomes = outcomes
         self.retry = retry
         self.concurrency = concurrency
@@ -366,7 +370,7 @@ class DeliveryAgent:
                 return
         data = self.spool.load(QueueId(envelope.queue_id))
         if self.signer is not None:
-            data = self._sign(self.signer, data)
+            data = await self._sign(self.signer, data)
         by_domain: dict[str, list[str]] = defaultdict(list)
         for recipient in envelope.pending():
             by_domain[recipient.rpartition("@")[2].lower()].append(recipient)
@@ -398,14 +402,17 @@ class DeliveryAgent:
             ends.append(until)
         return min(ends, default=None)
 
-    @staticmethod
-    def _sign(signer: DkimSigner, data: bytes) -> bytes:
+    async def _sign(self, signer: DkimSigner, data: bytes) -> bytes:
         """DKIM-sign for the From domain, unless a Warta worker already signed it with the
         same keys: then it is passed on as it is, at every attempt (see docs/mta.md, DKIM)."""
         domain = signing_domain(data)
         if signer.presigned(data, domain):
             return data
-        return signer.sign(data, domain)
+        if self.signing is None:
+            return signer.sign(data, domain)
+        fields = signer.unsigned(data, domain)
+        signatures = [await self.signing.sign(f.key, f.data) for f in fields]
+        return b"".join(f.complete(s) for f, s in zip(fields, signatures, strict=True)) + data
 
     async def _deliver_domain(
         self, envelope: Envelope, domain: str, recipients: list[str], data: bytes

@@ -26,6 +26,7 @@ from workers.mta.listener import InboundHandler, Networks, SubmissionHandler, se
 from workers.mta.reporting import Reporter
 from workers.mta.routing import Router
 from workers.mta.shaping import Shaping
+from workers.mta.signing import SigningHelper, wants_signing_helper
 from workers.mta.spool import Spool
 from workers.mta.status import StatusPublisher, instance_name
 from workers.mta.transports import CaptureTransport, SmtpTransport, Transport
@@ -72,12 +73,14 @@ class MtaService:
         }
         secret = settings.effective_secret_key()
         sessions = create_sessionmaker(engine)
+        signing = SigningHelper() if wants_signing_helper(settings.mta_signing_helper) else None
         agent = DeliveryAgent(
             spool,
             Router.from_settings(settings),
             Shaping.from_files(settings.mta_shaping_rules, settings.mta_throttle_rules),
             transports,
             signer=DkimSigner(settings.dkim_dir, recheck=KEY_RECHECK_SECONDS),
+            signing=signing,
             outcomes=reporter.outcome,
             retry=RetryPolicy(
                 settings.mta_retry_min, settings.mta_retry_max, settings.mta_queue_lifetime
@@ -156,6 +159,8 @@ class MtaService:
         if self.publisher is not None:  # after the listeners: it owns the Redis connection
             await self.publisher.stop()
         await self.agent.drain(grace)
+        if self.agent.signing is not None:
+            await self.agent.signing.close()
         await self.spool.close()
         await self.reporter.stop()
         if self.replies is not None:
