@@ -23,6 +23,11 @@ async def latest_row(
     return await ledger.latest_row(session, email, campaign_id)
 
 
+async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Lock ledger rows in id order, before several statements write them."""
+    await ledger.lock_rows(session, ids)
+
+
 async def record_delivery(
     session: AsyncSession, deliveries: Sequence[Delivery], *, events: bool = True
 ) -> None:

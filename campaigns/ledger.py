@@ -226,6 +226,13 @@ rows are locked in id order first (`app.core.row_batches`)."""
 _SENDS = cast(sa.Table, Send.__table__)
 
 
+async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Lock ledger rows in id order in the caller's transaction (PostgreSQL; SQLite has one
+    writer), before several statements write them."""
+    if ids and on_postgresql(session):
+        await lock_in_id_order(session, _SENDS, sorted(set(ids)))
+
+
 async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) -> None:
     """Write a batch of the engine's attempts in one statement, with their events."""
     if not attempts:

@@ -33,16 +33,23 @@ class DeliveryRecorder(Protocol):
     ) -> None: ...
 
 
+class RowLock(Protocol):
+    """Lock the rows of one kind with these ids in id order, in the caller's transaction."""
+
+    async def __call__(self, session: AsyncSession, ids: Sequence[int]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Ledger:
     """What the bounce domain asks of the domain that owns one kind of row."""
 
     rows: RowLookup
     record_delivery: DeliveryRecorder
+    lock: RowLock
 
 
 LEDGERS: dict[Kind, Ledger] = {
-    Kind.CAMPAIGN: Ledger(campaigns.ledger_rows, campaigns.record_delivery),
-    Kind.MESSAGE: Ledger(messages.ledger_rows, messages.record_delivery),
+    Kind.CAMPAIGN: Ledger(campaigns.ledger_rows, campaigns.record_delivery, campaigns.lock_rows),
+    Kind.MESSAGE: Ledger(messages.ledger_rows, messages.record_delivery, messages.lock_rows),
 }
 """The kinds of row a delivery outcome or a report may name."""

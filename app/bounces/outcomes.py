@@ -54,6 +54,10 @@ async def write_deliveries(
 ) -> None:
     """The MTA's word on rows of one kind: recorded by the row's domain, bounces acted on."""
     ledger = LEDGERS[kind]
+    # The words and the bounces below are written by two statements each: lock every row
+    # first, in id order, as the worker's record of its attempts does, so that the two
+    # never wait for each other in a cycle (a deadlock would fail one of them).
+    await ledger.lock(session, [item.row_id for item in deliveries])
     await ledger.record_delivery(
         session, [item for item in deliveries if item.verdict is not Verdict.BOUNCED]
     )

@@ -92,8 +92,13 @@ def _ping(dialect: Dialect, dbapi_connection: Any) -> None:
     try:
         dialect.do_ping(dbapi_connection)
     except Exception as error:
-        # The pool replaces this connection, and every one pooled before now, then retries.
-        raise exc.InvalidatePoolError(f"ping failed: {error}") from error
+        disconnected = isinstance(error, dialect.loaded_dbapi.Error) and dialect.is_disconnect(
+            error, dbapi_connection, None
+        )
+        if disconnected:  # the server went away: every connection pooled before now too
+            raise exc.InvalidatePoolError(f"ping failed: {error}") from error
+        # This connection is unusable: the pool replaces it and retries the checkout.
+        raise exc.DisconnectionError(f"ping failed: {error}") from error
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

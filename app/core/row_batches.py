@@ -50,8 +50,3 @@ def one_per_row(
                     word[key] = earlier[key]
         merged[word["b_id"]] = word
     return list(merged.values())
-
-
-def columns(params: list[dict[str, Any]], names: dict[str, str]) -> dict[str, list[Any]]:
-    """The words as one array per column: `names` maps each word key to its parameter."""
-    return {name: [word[key] for word in params] for key, name in names.items()}

@@ -222,6 +222,13 @@ async def suppressed_now(session: AsyncSession, claimed: Sequence[Claimed]) -> s
     }
 
 
+async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Lock messages in id order in the caller's transaction (PostgreSQL; SQLite has one
+    writer), before several statements write them."""
+    if ids and on_postgresql(session):
+        await lock_in_id_order(session, _MESSAGES, sorted(set(ids)))
+
+
 async def record_attempts(
     session: AsyncSession, attempts: Sequence[Attempt], *, lease: str
 ) -> None:
@@ -245,7 +252,12 @@ async def record_attempts(
         for item in sorted(attempts, key=lambda item: item.row.row_id)  # lock order: by id
     ]
     if on_postgresql(session):
-        params = one_per_row(params, summed=("b_inc",))
+        # One attempt a row (a job claims each row once): the first, as on SQLite, where the
+        # first UPDATE releases the lease the next one would need.
+        first: dict[int, dict[str, Any]] = {}
+        for word in params:
+            first.setdefault(word["b_id"], word)
+        params = list(first.values())
         await lock_in_id_order(session, _MESSAGES, [p["b_id"] for p in params])
         await session.execute(
             _UNNEST_ATTEMPTS,

@@ -368,6 +368,11 @@ async def ledger_rows(session: AsyncSession, ids: Sequence[int]) -> dict[int, Le
     return await repository.ledger_rows(session, ids)
 
 
+async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Lock messages in id order, before several statements write them."""
+    await repository.lock_rows(session, ids)
+
+
 async def record_delivery(
     session: AsyncSession, deliveries: Sequence[Delivery], *, events: bool = True
 ) -> None:

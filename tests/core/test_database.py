@@ -65,7 +65,9 @@ async def _terminate(settings: Settings, pid: int) -> None:
     other = database.create_engine(settings)
     try:
         async with other.connect() as connection:
-            await connection.scalar(sa.text("select pg_terminate_backend(:pid)"), {"pid": pid})
+            # (With a timeout: it returns once the backend is gone, not once it was told.)
+            ended = sa.text("select pg_terminate_backend(:pid, 10000)")
+            assert await connection.scalar(ended, {"pid": pid})
             await connection.commit()
     finally:
         await other.dispose()

@@ -117,6 +117,11 @@ async def test_unsigned_mail_and_mail_signed_with_other_keys_are_signed_by_the_m
     plain = await arrived(remote[1], "plain@example.com")
     assert leading_signers(plain.data, 3) == [("example.com", "sel1")]
     both_pass(plain.data, (record,))
+    helper = mta.agent.signing
+    if mta_settings.mta_signing_helper == "on":  # signed by the helper, not in the loop
+        assert helper is not None and helper.pid is not None and helper.signed_here == 0
+    else:
+        assert helper is None
     old_record = generate_key(tmp_path / "old", "example.com", "old")
     elsewhere = sign_outgoing(tmp_path / "old", message("other@example.com"))
     await submit(mta_settings, "other@example.com", elsewhere)

@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -59,11 +60,13 @@ async def test_the_helper_signs_as_the_key_would_and_ends_with_close(
         assert signed == [key.sign_data(data(i)) for i in range(50)]
     pid = helper.pid
     assert pid is not None and pid != os.getpid()
+    assert helper.signed_here == 0  # every one made by the helper
     await helper.close()
     assert helper.pid is None
     await asyncio.sleep(0)  # (the child was waited for: no zombie left)
     assert not alive(pid)
     assert await helper.sign(RSA, data(1)) == RSA.sign_data(data(1))  # after close: here
+    assert helper.signed_here == 1 and helper.pid is None
 
 
 async def test_what_a_killed_helper_owed_is_signed_in_the_loop_and_a_new_one_starts(
@@ -76,10 +79,12 @@ async def test_what_a_killed_helper_owed_is_signed_in_the_loop_and_a_new_one_sta
     await asyncio.sleep(0)
     os.kill(first, signal.SIGKILL)
     assert await asyncio.gather(*many) == [RSA.sign_data(data(i)) for i in range(300)]
+    assert helper.signed_here > 0  # what it owed when it died (~1 ms a signature)
     second = await next_helper(helper, first)
     # The new helper is sent the key again: it signs with it.
+    before = helper.signed_here
     assert await helper.sign(RSA, data(7)) == RSA.sign_data(data(7))
-    assert helper.pid == second
+    assert helper.pid == second and helper.signed_here == before
 
 
 async def test_a_helper_that_stops_answering_is_replaced(
@@ -114,4 +119,38 @@ async def test_a_signature_the_helper_cannot_make_is_made_in_the_loop(
     assert running is not None
     running.keys[ED25519] = 999  # the helper holds no key 999
     assert await helper.sign(ED25519, data(2)) == ED25519.sign_data(data(2))
-    assert helper.pid == pid
+    assert helper.pid == pid and helper.signed_here == 1
+
+
+async def test_a_busy_helper_is_not_taken_for_a_silent_one(
+    helper: SigningHelper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The silence limit counts from the helper's last answer, not from a request's own
+    start: requests queued behind many others wait their turn, the helper stays."""
+    monkeypatch.setattr(signing, "ANSWER_TIMEOUT", 0.3)
+    await helper.sign(RSA, data(0))
+    pid = helper.pid
+    # ~1 ms each in the helper: the last waits well past 0.3 s, with answers all along.
+    many = await asyncio.gather(*(helper.sign(RSA, data(i)) for i in range(800)))
+    assert many == [RSA.sign_data(data(i)) for i in range(800)]
+    assert helper.pid == pid and helper.signed_here == 0
+
+
+async def test_a_helper_that_cannot_start_is_tried_again_until_one_starts(
+    helper: SigningHelper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = asyncio.create_subprocess_exec
+    failures = 3
+
+    async def flaky(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError("no process for you")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", flaky)
+    assert await helper.sign(RSA, data(0)) == RSA.sign_data(data(0))  # in the loop
+    assert helper.pid is None and helper.signed_here == 1
+    await next_helper(helper, -1)  # after three failed starts in a row
+    assert failures == 0

@@ -7,10 +7,12 @@ interpreter and core: the loop prepares each field (canonicalisation, body hash:
 writes what the key must sign to the helper's stdin, and goes on with other sessions until
 the signature comes back on its stdout.
 
-Nothing depends on the helper: if it cannot start, dies, or does not answer within
-`ANSWER_TIMEOUT`, the signatures it owes are made in the loop, as without it, and a new
-helper is started after a pause. Its keys are sent to it as PEM once per key, through the
-pipe (the helper is this user's own child).
+Nothing depends on the helper: if it cannot start, dies, or stays silent for
+`ANSWER_TIMEOUT` while signatures are owed, the signatures it owes are made in the loop, as
+without it, and a new helper is started after a pause (again after each failed start). A
+signature it refuses (an error in the key's step) is made in the loop too, which then
+meets the error itself; the helper stays. Its keys are sent to it as PEM once per key,
+through the pipe (the helper is this user's own child).
 
 Frames, both ways: a header `!BQI` (kind, number, payload length), then the payload.
 To the helper: KEY (number = key id, payload = PEM), SIGN (number = request id, payload =
@@ -26,6 +28,7 @@ import os
 import signal
 import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -39,9 +42,9 @@ HEADER = struct.Struct("!BQI")
 KEY_ID = struct.Struct("!I")
 KEY, SIGN, FORGET, OK, ERROR = 1, 2, 3, 4, 5
 ANSWER_TIMEOUT = 10.0
-"""Seconds a signature may take in the helper before it is made in the loop instead."""
+"""Seconds the helper may stay silent while signatures are owed before it is replaced."""
 RESTART_AFTER = 5.0
-"""Seconds between a helper's end and the start of the next one."""
+"""Seconds between a helper's end (or a failed start) and the next start."""
 MAX_KEYS = 1000
 """Keys the helper holds at most; past it, it forgets them all and is sent them again."""
 
@@ -60,6 +63,8 @@ class _Running:
 
     process: asyncio.subprocess.Process
     keys: dict[DkimKey, int] = field(default_factory=dict)
+    answered_at: float = field(default_factory=time.monotonic)
+    """When it last answered (or started): how long it has been silent."""
 
 
 class SigningHelper:
@@ -74,14 +79,16 @@ class SigningHelper:
         self._next = 0
         self._first: asyncio.Task[None] | None = None
         self._closed = False
+        self.signed_here = 0
+        """Signatures made in the loop instead (no helper, or it failed them)."""
 
     @property
     def pid(self) -> int | None:
         """The running helper's process id (None while there is none)."""
         return self._running.process.pid if self._running is not None else None
 
-    async def _start(self) -> None:
-        """Start the helper; if it cannot start, signatures are made in the loop meanwhile."""
+    async def _start(self) -> bool:
+        """Start the helper; False if it cannot start (signatures are made in the loop)."""
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -92,36 +99,56 @@ class SigningHelper:
             )
         except OSError:
             logger.exception("DKIM signing helper: cannot start; signing in the event loop")
-            self._restart_later()
-            return
+            return False
         self._running = running = _Running(process)
         self._reading = asyncio.create_task(self._read(running))
+        return True
+
+    async def _first_start(self) -> None:
+        if not await self._start():
+            self._restart_later()
 
     async def sign(self, key: DkimKey, data: bytes) -> bytes:
         """`key.sign_data(data)`, made by the helper when there is one."""
-        if self._closed:
-            return key.sign_data(data)
-        if self._first is None:  # at the first signature: an MTA without keys needs none
-            self._first = asyncio.create_task(self._start())
-        if not self._first.done():
+        if not self._closed and self._first is None:  # an MTA without keys needs none
+            self._first = asyncio.create_task(self._first_start())
+        if self._first is not None and not self._first.done():
             await asyncio.shield(self._first)
         running = self._running
-        if running is None:
-            return key.sign_data(data)
-        try:
-            async with asyncio.timeout(ANSWER_TIMEOUT):
+        if running is not None:
+            try:
                 return await self._ask(running, key, data)
-        except HelperRefused:
-            return key.sign_data(data)
-        except (HelperGone, TimeoutError, OSError) as exc:
-            if running is self._running:  # not answering, or gone: replace it
-                logger.warning(
-                    "DKIM signing helper %s failed (%r); restarting", running.process.pid, exc
-                )
-                self._stop(running)
-            return key.sign_data(data)
+            except HelperRefused:
+                pass
+            except (HelperGone, TimeoutError, OSError) as exc:
+                if running is self._running:  # silent, or gone: replace it
+                    logger.warning(
+                        "DKIM signing helper %s failed (%r); restarting", running.process.pid, exc
+                    )
+                    self._stop(running)
+        self.signed_here += 1
+        return key.sign_data(data)
 
     async def _ask(self, running: _Running, key: DkimKey, data: bytes) -> bytes:
+        """The helper's signature; TimeoutError once it has been silent `ANSWER_TIMEOUT`
+        while this waits (a helper busy with the signatures queued before this one is not
+        silent: it answers them)."""
+        number = await self._send(running, key, data)
+        answer = self._pending[number]
+        try:
+            while True:
+                silent = time.monotonic() - running.answered_at
+                try:
+                    async with asyncio.timeout(max(ANSWER_TIMEOUT - silent, 0)):
+                        return await asyncio.shield(answer)
+                except TimeoutError:
+                    if time.monotonic() - running.answered_at >= ANSWER_TIMEOUT:
+                        raise
+        finally:
+            self._pending.pop(number, None)
+
+    async def _send(self, running: _Running, key: DkimKey, data: bytes) -> int:
+        """Write a SIGN frame (and the key's first), registered under the number returned."""
         stdin = running.process.stdin
         assert stdin is not None
         key_id = running.keys.get(key)
@@ -134,16 +161,16 @@ class SigningHelper:
             stdin.write(HEADER.pack(KEY, key_id, len(pem)) + pem)
         self._next += 1
         number = self._next
-        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[number] = answer
+        self._pending[number] = asyncio.get_running_loop().create_future()
         try:
             stdin.write(
                 HEADER.pack(SIGN, number, KEY_ID.size + len(data)) + KEY_ID.pack(key_id) + data
             )
             await stdin.drain()
-            return await answer
-        finally:
+        except BaseException:
             self._pending.pop(number, None)
+            raise
+        return number
 
     async def _read(self, running: _Running) -> None:
         stdout = running.process.stdout
@@ -152,6 +179,7 @@ class SigningHelper:
             while True:
                 kind, number, length = HEADER.unpack(await stdout.readexactly(HEADER.size))
                 payload = await stdout.readexactly(length)
+                running.answered_at = time.monotonic()
                 answer = self._pending.get(number)
                 if answer is None or answer.done():
                     continue
@@ -181,9 +209,10 @@ class SigningHelper:
             return
 
         async def restart() -> None:
-            await asyncio.sleep(RESTART_AFTER)
-            if not self._closed and self._running is None:
-                await self._start()
+            while not self._closed and self._running is None:
+                await asyncio.sleep(RESTART_AFTER)
+                if await self._start():
+                    return
 
         self._starting = asyncio.create_task(restart())
 
