@@ -14,7 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audience.segments import segment_filter
 from app.core.database import on_postgresql
 from app.core.events import record_events
-from app.core.row_batches import lock_in_id_order, one_per_row
+from app.core.row_batches import (
+    ATTEMPT_ARRAYS,
+    DELIVERY_ARRAYS,
+    arrays,
+    lock_in_id_order,
+    one_per_row,
+)
 from app.mail.identity import Kind
 from app.mail.recording import Attempt, Delivery, LedgerRow, Verdict
 from app.models import Campaign, EventKind, Send, SendStatus, Subscriber, utcnow
@@ -257,12 +263,7 @@ async def record_attempts(session: AsyncSession, attempts: Sequence[Attempt]) ->
         await session.execute(
             _UNNEST_ATTEMPTS,
             {
-                "id": [p["b_id"] for p in params],
-                "status": [p["b_status"] for p in params],
-                "reply": [p["b_reply"] for p in params],
-                "next_attempt_at": [p["b_next"] for p in params],
-                "sent_at": [p["b_sent"] for p in params],
-                "inc": [p["b_inc"] for p in params],
+                **arrays(params, ATTEMPT_ARRAYS),
                 "settled": [status.value for status in SETTLED_BY_MTA],
                 "now": now,
             },
@@ -322,9 +323,7 @@ async def record_delivery(
         updated = await session.execute(
             _UNNEST_DELIVERIES,
             {
-                "id": [w["b_id"] for w in words],
-                "status": [w["b_status"] for w in words],
-                "reply": [w["b_reply"] for w in words],
+                **arrays(words, DELIVERY_ARRAYS),
                 "now": utcnow(),
             },
         )

@@ -50,3 +50,22 @@ def one_per_row(
                     word[key] = earlier[key]
         merged[word["b_id"]] = word
     return list(merged.values())
+
+
+ATTEMPT_ARRAYS = {
+    "b_id": "id",
+    "b_status": "status",
+    "b_reply": "reply",
+    "b_next": "next_attempt_at",
+    "b_sent": "sent_at",
+    "b_inc": "inc",
+}
+"""The words of a batch of attempts (as both ledgers write them) and their statements'
+array parameters."""
+DELIVERY_ARRAYS = {"b_id": "id", "b_status": "status", "b_reply": "reply"}
+"""The same for the MTA's words on rows."""
+
+
+def arrays(params: list[dict[str, Any]], names: dict[str, str]) -> dict[str, list[Any]]:
+    """The words as one array per column: `names` maps each word key to its parameter."""
+    return {name: [word[key] for word in params] for key, name in names.items()}
