@@ -60,9 +60,9 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
     SQLAlchemy's `pool_pre_ping` pings at every checkout, and on asyncpg a ping is three
     round trips (BEGIN, `;`, ROLLBACK): under load that was a third of a group's statements.
     A connection handed back moments ago is almost surely alive, so it goes out unpinged
-    (HikariCP's rule); one that rested is pinged, and if the ping fails (the server
-    restarted, or closed it) every pooled connection from before is replaced, as with
-    `pool_pre_ping`. The window's cost: a connection whose server went away in the last
+    (HikariCP's rule); one that rested is pinged: if the ping finds the server gone (it
+    restarted, or closed the connection), every pooled connection from before is replaced,
+    as with `pool_pre_ping`; any other failure replaces this connection. The window's cost: a connection whose server went away in the last
     half second fails its first statement, which SQLAlchemy sees as a disconnect and which
     also replaces the pool; the caller's error path (a 503, a job retried, an outcome batch
     flushed again) handles it, as it must any error mid-statement.
