@@ -48,6 +48,13 @@ async def send_to_the_end(
     await eventually(delivered, 30, f"{count} messages at the remote MX")
 
 
+async def break_the_archive_index(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Make every archive index write fail from now on (its table is gone)."""
+    async with sessionmaker() as session:
+        await session.execute(sa.text("DROP TABLE archived_messages"))
+        await session.commit()
+
+
 async def test_a_transactional_message_in_the_archive_is_what_the_sink_received(
     mta_settings: Settings,
     mta: MtaService,
@@ -115,9 +122,7 @@ async def test_a_campaign_goes_out_when_the_archive_index_cannot_be_written(
     # must not take the claim (and the sending) with it.
     generate_key(mta_settings.dkim_dir, "example.com", "sel1")
     campaign_id, emails = await seed_campaign(sessionmaker, 3)
-    async with sessionmaker() as session:
-        await session.execute(sa.text("DROP TABLE archived_messages"))
-        await session.commit()
+    await break_the_archive_index(sessionmaker)
     await send_to_the_end(api, campaign_id, remote[1], 3)
     assert {item.rcpt_tos[0] for item in remote[1].snapshot()} == set(emails)
     async with sessionmaker() as session:
@@ -136,9 +141,7 @@ async def test_a_transactional_message_goes_out_when_the_archive_index_cannot_be
     # The index rows go into the transaction that leases the message: their failure must
     # not take the lease (and the sending) with it.
     generate_key(mta_settings.dkim_dir, "example.com", "sel1")
-    async with sessionmaker() as session:
-        await session.execute(sa.text("DROP TABLE archived_messages"))
-        await session.commit()
+    await break_the_archive_index(sessionmaker)
     response = await api.post(
         "/api/v1/messages",
         json={"from": "shop@example.com", "to": "bob@example.com", "subject": "Hi", "text": "."},
