@@ -7,7 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
+from workers.mta.message_id_log import dedupe_key
 from workers.mta.spool import Envelope
+
+RECIPIENTS = ("a@example.com", "b@example.net")
 
 
 def message(n: int, size: int = 5_000) -> bytes:
@@ -18,9 +21,14 @@ def message(n: int, size: int = 5_000) -> bytes:
 def envelope(n: int, message_id: str | None = None) -> Envelope:
     return Envelope(
         mail_from=f"sender{n}@warta.test",
-        recipients=["a@example.com", "b@example.net"],
+        recipients=list(RECIPIENTS),
         message_id=message_id,
     )
+
+
+def key(message_id: str) -> str:
+    """The `dedupe_key` of `envelope`'s messages with this Message-ID."""
+    return dedupe_key(message_id, RECIPIENTS)
 
 
 def record_fsyncs(

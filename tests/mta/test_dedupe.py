@@ -1,4 +1,4 @@
-"""The Message-IDs shared between MTA instances through Redis: batched round trips."""
+"""The messages accepted, shared between MTA instances through Redis: batched round trips."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from redis.asyncio import Redis
 
 from tests.helpers.api import eventually
 from workers.mta.dedupe import SharedMessageIds
+from workers.mta.message_id_log import dedupe_key
 
 NAME = "warta-dedupe-test"
+
+
+def key(message_id: str) -> str:
+    return dedupe_key(message_id, ["a@example.com"])
 
 
 async def _connections(redis_url: str) -> int:
@@ -29,14 +34,17 @@ async def test_concurrent_lookups_and_records_share_round_trips(redis_url: str) 
     redis = Redis.from_url(redis_url, client_name=NAME)
     shared = SharedMessageIds(redis, 60, "one")
     try:
-        await asyncio.gather(*(shared.remember(f"<m{n}@warta.test>", f"q{n}") for n in range(20)))
+        await asyncio.gather(
+            *(shared.remember(key(f"<m{n}@warta.test>"), f"q{n}") for n in range(20))
+        )
         found = await asyncio.gather(
-            *(shared.seen(f"<m{n}@warta.test>") for n in range(20)),
-            shared.seen("<unknown@warta.test>"),
-            shared.remember("<late@warta.test>", "q99"),
+            *(shared.seen(key(f"<m{n}@warta.test>")) for n in range(20)),
+            shared.seen(key("<unknown@warta.test>")),
+            shared.remember(key("<late@warta.test>"), "q99"),
         )
         assert found == [f"one/q{n}" for n in range(20)] + [None, None]
-        assert await shared.seen("late@warta.test") == "one/q99"  # brackets or not
+        assert await shared.seen(key("late@warta.test")) == "one/q99"  # brackets or not
+        assert await shared.seen(dedupe_key("<late@warta.test>", ["b@example.com"])) is None
         ttl = await redis.ttl("warta:mta:mid:" + "0" * 64)
         assert ttl == -2  # nothing stored under a key that was never remembered
         assert 0 < max([await redis.ttl(key) async for key in redis.scan_iter("warta:mta:*")]) <= 60
@@ -49,8 +57,8 @@ async def test_a_cancelled_caller_leaves_the_others_answered(redis_url: str) -> 
     redis = Redis.from_url(redis_url)
     shared = SharedMessageIds(redis, 60, "one")
     try:
-        await shared.remember("<kept@warta.test>", "q1")
-        lookups = [asyncio.create_task(shared.seen("<kept@warta.test>")) for _ in range(5)]
+        await shared.remember(key("<kept@warta.test>"), "q1")
+        lookups = [asyncio.create_task(shared.seen(key("<kept@warta.test>"))) for _ in range(5)]
         await asyncio.sleep(0)  # all five queued, one round trip under way or next
         lookups[0].cancel()
         results = await asyncio.gather(*lookups[1:])
@@ -68,9 +76,9 @@ async def test_redis_unreachable_degrades_to_not_seen() -> None:
     shared = SharedMessageIds(redis, 60, "one")
     try:
         results = await asyncio.gather(
-            shared.seen("<a@warta.test>"),
-            shared.remember("<b@warta.test>", "q1"),
-            shared.seen("<c@warta.test>"),
+            shared.seen(key("<a@warta.test>")),
+            shared.remember(key("<b@warta.test>"), "q1"),
+            shared.seen(key("<c@warta.test>")),
         )
         assert list(results) == [None, None, None]
     finally:
@@ -83,12 +91,12 @@ async def test_an_acceptance_is_shared_even_if_its_session_is_cancelled(redis_ur
     redis = Redis.from_url(redis_url)
     shared = SharedMessageIds(redis, 60, "mta-1")
     try:
-        waiting = asyncio.create_task(shared.remember("<gone@warta.test>", "q1"))
+        waiting = asyncio.create_task(shared.remember(key("<gone@warta.test>"), "q1"))
         await asyncio.sleep(0)  # queued in the batch
         waiting.cancel()
 
         async def recorded() -> bool:
-            return await shared.seen("gone@warta.test") == "mta-1/q1"
+            return await shared.seen(key("gone@warta.test")) == "mta-1/q1"
 
         await eventually(recorded, within=5, what="the cancelled session's Message-ID shared")
     finally:

@@ -23,6 +23,7 @@ from tests.helpers.sinks import SinkHandler
 from workers.mta import delivery
 from workers.mta.dedupe import SharedMessageIds
 from workers.mta.delivery import DeliveryAgent
+from workers.mta.message_id_log import dedupe_key
 from workers.mta.routing import Router, parse_host_port
 from workers.mta.service import MtaService
 from workers.mta.shaping import Shaping
@@ -143,7 +144,8 @@ async def test_a_message_committed_after_its_client_vanished_is_delivered(
     sibling = SharedMessageIds(Redis.from_url(mta_settings.redis_url), 60, "sibling")
 
     async def all_shared() -> bool:
-        return all([await sibling.seen(_message_id(n)) for n in range(SESSIONS)])
+        keys = [dedupe_key(_message_id(n), [f"r{n}@example.com"]) for n in range(SESSIONS)]
+        return all([await sibling.seen(key) for key in keys])
 
     try:
         await eventually(all_shared, within=10, what="every Message-ID shared")

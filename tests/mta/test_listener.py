@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.servers import free_port
 from workers.mta.listener import InboundHandler, Networks, SubmissionHandler, serve
-from workers.mta.spool import Spool
+from workers.mta.spool import QueueId, Spool
 
 MESSAGE = (
     b"From: news@example.com\r\nTo: a@example.com\r\nSubject: hi\r\n"
@@ -90,6 +90,33 @@ async def test_a_resubmitted_message_id_is_acknowledged_once(
     assert b"queued as" in first
     assert second.startswith(b"2.0.0 OK: already queued as")
     assert len(list(spool.messages.iterdir())) == 1
+
+
+async def test_the_same_message_id_to_other_recipients_is_another_transaction(
+    submission: tuple[Spool, int],
+) -> None:
+    # A client that splits its recipients over several transactions (Postfix past its
+    # recipient limit, or Bcc copies sent apart) sends one Message-ID more than once; each
+    # transaction must be queued. Only the same recipients again is a resubmission, in any
+    # order or case.
+    spool, port = submission
+
+    def send(*recipients: str) -> bytes:
+        with _client(port) as client:
+            client.mail("s@example.com")
+            for recipient in recipients:
+                client.rcpt(recipient)
+            return client.data(MESSAGE)[1]
+
+    first = await _in_thread(send, "a@example.com", "b@example.com")
+    second = await _in_thread(send, "c@example.com")
+    again = await _in_thread(send, "B@example.com", "a@example.com")
+    assert b"queued as" in first and b"already" not in first
+    assert b"queued as" in second and b"already" not in second
+    assert again == b"2.0.0 OK: already queued as " + first.rsplit(b" ", 1)[1]
+    envelopes = await spool.read_envelopes([QueueId(p.stem) for p in spool.messages.iterdir()])
+    queued = sorted(envelope.recipients for envelope in envelopes if envelope is not None)
+    assert queued == [["a@example.com", "b@example.com"], ["c@example.com"]]
 
 
 async def test_untrusted_client_must_authenticate(tmp_path: Path) -> None:

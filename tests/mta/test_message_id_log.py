@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.spooled import envelope, message, record_fsyncs
+from tests.helpers.spooled import envelope, key, message, record_fsyncs
 from workers.mta.spool import MESSAGE_IDS_LOG, Spool
 
 
@@ -54,31 +54,56 @@ async def test_an_id_of_a_commit_never_confirmed_is_forgotten_unless_queued(
     delivered = "0000000000000001deadbeef"
     _lines(
         tmp_path / MESSAGE_IDS_LOG,
-        {"t": now, "q": "0000000000000000deadbeef", "m": "legacy@warta.test"},
-        {"t": now, "q": delivered, "m": "delivered@warta.test", "b": 1},
-        {"t": now, "q": lost, "m": "lost@warta.test", "b": 1, "c": delivered},
-        {"t": now, "q": "0000000000000003deadbeef", "m": "lost2@warta.test"},
-        {"t": now, "q": queued, "m": "queued@warta.test", "b": 1},
+        {"t": now, "q": "0000000000000000deadbeef", "m": key("legacy@warta.test")},
+        {"t": now, "q": delivered, "m": key("delivered@warta.test"), "b": 1},
+        {"t": now, "q": lost, "m": key("lost@warta.test"), "b": 1, "c": delivered},
+        {"t": now, "q": "0000000000000003deadbeef", "m": key("lost2@warta.test")},
+        {"t": now, "q": queued, "m": key("queued@warta.test"), "b": 1},
     )
 
     restarted = Spool(tmp_path)
     restarted.recover()
     # The compacted log holds only what counts, without the batch marks.
-    compacted = [json.loads(line) for line in (tmp_path / MESSAGE_IDS_LOG).read_text().split()]
-    assert sorted(entry["m"] for entry in compacted) == [
-        "delivered@warta.test",
-        "legacy@warta.test",
-        "queued@warta.test",
-    ]
+    compacted = [json.loads(line) for line in (tmp_path / MESSAGE_IDS_LOG).read_text().splitlines()]
+    assert sorted(entry["m"] for entry in compacted) == sorted(
+        key(f"{name}@warta.test") for name in ("delivered", "legacy", "queued")
+    )
     assert [entry for entry in compacted if "b" in entry or "c" in entry] == []
-    assert await restarted.seen("<legacy@warta.test>") == "0000000000000000deadbeef"
-    assert await restarted.seen("<delivered@warta.test>") == delivered  # confirmed by the next
-    assert await restarted.seen("<lost@warta.test>") is None
-    assert await restarted.seen("<lost2@warta.test>") is None
-    assert await restarted.seen("<queued@warta.test>") == queued  # its message says so
+    assert await restarted.seen(key("<legacy@warta.test>")) == "0000000000000000deadbeef"
+    assert await restarted.seen(key("<delivered@warta.test>")) == delivered  # confirmed by the next
+    assert await restarted.seen(key("<lost@warta.test>")) is None
+    assert await restarted.seen(key("<lost2@warta.test>")) is None
+    assert await restarted.seen(key("<queued@warta.test>")) == queued  # its message says so
     async with restarted:
         again = await restarted.accept(envelope(2, "<lost@warta.test>"), message(2))
     assert again != lost
+
+
+async def test_an_id_logged_by_a_version_before_recipients_counted_still_dedupes(
+    tmp_path: Path,
+) -> None:
+    # Versions before `dedupe_key` logged the bare Message-ID. Within the window after an
+    # upgrade, a resubmission of what they accepted is still recognised (by its id alone,
+    # as they did); what this version accepts is keyed with its recipients.
+    now = time.time()
+    _lines(
+        tmp_path / MESSAGE_IDS_LOG,
+        {"t": now, "q": "0000000000000001deadbeef", "m": "before@warta.test"},
+    )
+    restarted = Spool(tmp_path)
+    restarted.recover()
+    assert await restarted.seen(key("<before@warta.test>")) == "0000000000000001deadbeef"
+    async with restarted:
+        again = await restarted.accept(envelope(1, "<before@warta.test>"), message(1))
+        assert again == "0000000000000001deadbeef"
+        new = await restarted.accept(envelope(2, "<after@warta.test>"), message(2))
+    assert not list(restarted.messages.glob("0000000000000001deadbeef*"))
+    # Once no bare id is left in the log (the window passed), none is looked up.
+    (tmp_path / MESSAGE_IDS_LOG).write_text("")
+    later = Spool(tmp_path)
+    later.recover()
+    assert later._legacy_keys is False
+    assert await later.seen(key("<after@warta.test>")) == new
 
 
 async def test_removing_a_message_of_the_latest_batch_confirms_it_first(tmp_path: Path) -> None:
@@ -89,16 +114,16 @@ async def test_removing_a_message_of_the_latest_batch_confirms_it_first(tmp_path
         second = await spool.accept(envelope(2, "<m2@warta.test>"), message(2))
         await spool.remove(second)
         await spool.remove(first)  # its batch was confirmed by the second's commit
-    lines = [json.loads(line) for line in (tmp_path / MESSAGE_IDS_LOG).read_text().split()]
+    lines = [json.loads(line) for line in (tmp_path / MESSAGE_IDS_LOG).read_text().splitlines()]
     assert [(e["m"], e.get("c")) for e in lines] == [
-        ("m1@warta.test", None),
-        ("m2@warta.test", first),
-        ("m2@warta.test", second),
+        (key("m1@warta.test"), None),
+        (key("m2@warta.test"), first),
+        (key("m2@warta.test"), second),
     ]
     restarted = Spool(tmp_path)
     assert restarted.recover() == []
-    assert await restarted.seen("<m1@warta.test>") == first
-    assert await restarted.seen("<m2@warta.test>") == second
+    assert await restarted.seen(key("<m1@warta.test>")) == first
+    assert await restarted.seen(key("<m2@warta.test>")) == second
 
 
 async def test_an_append_torn_by_a_failure_does_not_swallow_the_next_batch(
@@ -117,8 +142,8 @@ async def test_an_append_torn_by_a_failure_does_not_swallow_the_next_batch(
         await spool.remove(second)  # delivered: only the log knows them now
     restarted = Spool(tmp_path)
     restarted.recover()
-    assert await restarted.seen("<m1@warta.test>") == first
-    assert await restarted.seen("<m2@warta.test>") == second
+    assert await restarted.seen(key("<m1@warta.test>")) == first
+    assert await restarted.seen(key("<m2@warta.test>")) == second
 
 
 def test_a_restore_takes_over_confirmed_ids_only(tmp_path: Path) -> None:
@@ -180,5 +205,5 @@ async def test_a_failed_commit_after_a_failed_log_append_never_counts(
         await spool.accept(envelope(4, "<m4@warta.test>"), message(4))
     restarted = Spool(tmp_path)
     restarted.recover()
-    assert await restarted.seen("<failed@warta.test>") is None
-    assert await restarted.seen("<m1@warta.test>") == first
+    assert await restarted.seen(key("<failed@warta.test>")) is None
+    assert await restarted.seen(key("<m1@warta.test>")) == first

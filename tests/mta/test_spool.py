@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers.api import eventually
 from tests.helpers.sigkill import kill_mid_batch
-from tests.helpers.spooled import envelope, message, record_fsyncs
+from tests.helpers.spooled import envelope, key, message, record_fsyncs
 from workers.mta import spool as spool_module
 from workers.mta import spool_format
 from workers.mta.spool import (
@@ -137,7 +137,7 @@ async def test_remove_forgets_message_but_keeps_its_message_id(tmp_path: Path) -
         assert not spool.envelope_path(queue_id).exists()
     restarted = Spool(tmp_path)
     assert restarted.recover() == []
-    assert await restarted.seen("<m1@warta.test>") == queue_id
+    assert await restarted.seen(key("<m1@warta.test>")) == queue_id
 
 
 async def test_recover_drops_orphans_and_temp_files(tmp_path: Path) -> None:
@@ -284,8 +284,8 @@ async def test_duplicate_message_id_is_acknowledged_without_a_second_copy(
         )
         third = await spool.accept(envelope(1, "dup@warta.test"), message(1))
         assert first == second == third
-        assert await spool.seen("<dup@warta.test>") == first
-        assert await spool.seen("<other@warta.test>") is None
+        assert await spool.seen(key("<dup@warta.test>")) == first
+        assert await spool.seen(key("<other@warta.test>")) is None
     assert len(list((tmp_path / "env").iterdir())) == 0  # the envelope is in the message file
     assert len(list((tmp_path / "msg").iterdir())) == 1
 
@@ -301,21 +301,21 @@ async def test_message_id_dedupe_survives_restart_and_expires(tmp_path: Path) ->
     clock.now += 0.5 * DAY
     restarted = Spool(tmp_path, clock=clock)
     assert [e.queue_id for e in restarted.recover()] == [recent]
-    assert await restarted.seen("<old@warta.test>") == old
+    assert await restarted.seen(key("<old@warta.test>")) == old
     async with restarted:
         assert await restarted.accept(envelope(1, "<old@warta.test>"), message(1)) == old
     assert len(list((tmp_path / "msg").iterdir())) == 1
 
     clock.now += 0.5 * DAY + 1  # old is now older than the 7-day window
     assert DEFAULT_DEDUPE_WINDOW == 7 * DAY
-    assert await restarted.seen("<old@warta.test>") is None
-    assert await restarted.seen("<recent@warta.test>") == recent
+    assert await restarted.seen(key("<old@warta.test>")) is None
+    assert await restarted.seen(key("<recent@warta.test>")) == recent
 
     compacted = Spool(tmp_path, clock=clock)
     compacted.recover()
-    assert await compacted.seen("<old@warta.test>") is None
+    assert await compacted.seen(key("<old@warta.test>")) is None
     log = (tmp_path / "message-ids.log").read_text().splitlines()
-    assert [json.loads(line)["m"] for line in log] == ["recent@warta.test"]
+    assert [json.loads(line)["m"] for line in log] == [key("recent@warta.test")]
     async with compacted:
         fresh = await compacted.accept(envelope(1, "<old@warta.test>"), message(1))
     assert fresh != old
@@ -328,7 +328,7 @@ async def test_torn_message_id_log_line_is_ignored(tmp_path: Path) -> None:
         log.write(b'{"t":1.0,"q":"00')
     restarted = Spool(tmp_path)
     restarted.recover()
-    assert await restarted.seen("<m1@warta.test>") == queue_id
+    assert await restarted.seen(key("<m1@warta.test>")) == queue_id
 
 
 CHILD = textwrap.dedent(
@@ -369,7 +369,7 @@ def test_recover_after_sigkill_keeps_every_acknowledged_message(tmp_path: Path) 
         assert spool.load(queue_id) == message(n, 40_000)
         assert env.message_id == f"<m{n}@warta.test>"
     for queue_id, count in acknowledged.items():
-        assert asyncio.run(spool.seen(f"<m{count}@warta.test>")) == queue_id
+        assert asyncio.run(spool.seen(key(f"<m{count}@warta.test>"))) == queue_id
     assert sorted(p.stem for p in (tmp_path / "msg").iterdir()) == sorted(recovered)
     assert temp_files(tmp_path) == []
 
@@ -392,7 +392,7 @@ async def test_a_commit_is_announced_though_its_waiter_was_cancelled(tmp_path: P
         await eventually(committed, within=5, what="the commit")
         assert waiter.cancelled()
         assert [e.queue_id for e in announced] == list(await spool.queued())
-        assert await spool.seen("<m1@warta.test>") == announced[0].queue_id
+        assert await spool.seen(key("<m1@warta.test>")) == announced[0].queue_id
 
 
 async def test_queued_lists_only_committed_messages(tmp_path: Path) -> None:
@@ -426,7 +426,7 @@ async def test_a_message_id_log_that_cannot_be_written_still_acknowledges_and_de
         spool.message_ids_log.rmdir()
         await spool.accept(envelope(2, "<m2@warta.test>"), message(2))
     logged = [json.loads(line)["m"] for line in spool.message_ids_log.read_text().splitlines()]
-    assert sorted(logged) == ["m1@warta.test", "m2@warta.test"]  # the batch's own id first
+    assert sorted(logged) == [key("m1@warta.test"), key("m2@warta.test")]
 
 
 async def test_queued_envelopes_reads_a_spool_without_recovering_it(tmp_path: Path) -> None:

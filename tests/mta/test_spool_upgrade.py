@@ -12,6 +12,7 @@ import pytest
 from tests.helpers.api import eventually
 from tests.helpers.sinks import SinkHandler
 from workers.mta.delivery import DeliveryAgent
+from workers.mta.message_id_log import envelope_key
 from workers.mta.routing import Router, parse_host_port
 from workers.mta.shaping import Shaping
 from workers.mta.spool import Envelope, QueueId, RecipientStatus, Spool, new_queue_id
@@ -117,5 +118,6 @@ async def test_an_upgraded_spool_delivers_what_was_queued_once(
     restarted = Spool(directory)
     assert restarted.recover() == []
     for envelope in old:
-        assert envelope.message_id is not None
-        assert await restarted.seen(envelope.message_id) == QueueId(envelope.queue_id)
+        key = envelope_key(envelope)
+        assert key is not None
+        assert await restarted.seen(key) == QueueId(envelope.queue_id)

@@ -1,9 +1,10 @@
-"""Message-IDs accepted by any MTA instance, shared through Redis.
+"""Messages accepted by any MTA instance, shared through Redis.
 
-Each spool remembers the Message-IDs it accepted, but a sender that resubmits after a
-crash may reach another instance (the first one down, or simply less busy). This registry
-closes that gap: an instance records every accepted Message-ID in Redis, expiring after
-the dedupe window, before it answers 250, and looks it up before spooling.
+Each spool remembers the messages it accepted (by `dedupe_key`: Message-ID and recipients),
+but a sender that resubmits after a crash may reach another instance (the first one down,
+or simply less busy). This registry closes that gap: an instance records every accepted
+key in Redis, expiring after the dedupe window, before it answers 250, and looks it up
+before spooling.
 
 Redis being unreachable degrades to per-instance de-duplication (logged), never to
 refusing mail: losing a message is worse than a rare second copy.
@@ -19,19 +20,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from workers.mta.spool import normalise_message_id
-
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "warta:mta:mid:"
 
 
-def _key(message_id: str) -> str:
-    normal = normalise_message_id(message_id)
-    return KEY_PREFIX + hashlib.sha256(normal.encode("utf-8", "surrogateescape")).hexdigest()
+def _key(key: str) -> str:
+    return KEY_PREFIX + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class SharedMessageIds:
-    """The cluster-wide memory of accepted Message-IDs.
+    """The cluster-wide memory of accepted messages, by `dedupe_key`.
 
     Lookups and records are batched like the spool's group commit: while one round trip to
     Redis is under way, the calls that arrive meanwhile wait and then go together in one
@@ -45,14 +43,14 @@ class SharedMessageIds:
         self._queue: list[tuple[str, str | None, asyncio.Future[Any]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def seen(self, message_id: str) -> str | None:
+    async def seen(self, key: str) -> str | None:
         """`instance/queue id` of an earlier acceptance by any instance, else None."""
-        value = await self._submit(_key(message_id), None)
+        value = await self._submit(_key(key), None)
         return value.decode() if isinstance(value, bytes) else value
 
-    async def remember(self, message_id: str, queue_id: str) -> None:
+    async def remember(self, key: str, queue_id: str) -> None:
         """Record an acceptance for the dedupe window."""
-        await self._submit(_key(message_id), f"{self.instance}/{queue_id}")
+        await self._submit(_key(key), f"{self.instance}/{queue_id}")
 
     async def _submit(self, key: str, value: str | None) -> Any:
         """GET ``key`` (``value`` None) or SET it, in the next round trip."""

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from workers.mta.abuse import ClientGuard
 from workers.mta.dedupe import SharedMessageIds
+from workers.mta.message_id_log import envelope_key
 from workers.mta.smtp_server import Authenticator, AuthGuard, ServerConfig, Session, Transaction
 from workers.mta.smtp_server import serve as serve_smtp
 from workers.mta.spool import Envelope as SpooledEnvelope
@@ -148,19 +149,20 @@ class SubmissionHandler:
         return OK_RCPT
 
     async def handle_DATA(self, session: Session, envelope: Transaction) -> str:
-        """Spool durably, then acknowledge; a Message-ID already queued is not stored twice."""
+        """Spool durably, then acknowledge; a message already queued (the same Message-ID
+        to the same recipients) is not stored twice."""
         data = envelope.content
         problem = check_content(data, envelope)
         if problem:
             return problem
-        message_id = message_id_of(data)
-        if message_id is not None and (earlier := await self._seen(message_id)):
-            return ALREADY_QUEUED.format(queue_id=earlier)
         spooled = SpooledEnvelope(
             mail_from=null_sender(envelope.mail_from or ""),
             recipients=list(dict.fromkeys(envelope.rcpt_tos)),
-            message_id=message_id,
+            message_id=message_id_of(data),
         )
+        key = envelope_key(spooled)
+        if key is not None and (earlier := await self._seen(key)):
+            return ALREADY_QUEUED.format(queue_id=earlier)
         task = asyncio.create_task(self._spool(spooled, data))
         self._spooling.add(task)
         task.add_done_callback(self._spooling.discard)
@@ -177,14 +179,15 @@ class SubmissionHandler:
         except Exception:
             logger.exception("spooling failed")
             return None
-        if spooled.queue_id == queue_id and spooled.message_id and self.shared is not None:
-            await self.shared.remember(spooled.message_id, queue_id)
+        key = envelope_key(spooled)
+        if spooled.queue_id == queue_id and key is not None and self.shared is not None:
+            await self.shared.remember(key, queue_id)
         return queue_id
 
-    async def _seen(self, message_id: str) -> str | None:
-        earlier = await self.spool.seen(message_id)
+    async def _seen(self, key: str) -> str | None:
+        earlier = await self.spool.seen(key)
         if earlier is None and self.shared is not None:
-            return await self.shared.seen(message_id)
+            return await self.shared.seen(key)
         return earlier
 
 

@@ -2,7 +2,7 @@
 
 The spool remembers every Message-ID it accepted within the dedupe window (7 days): at a
 million messages a dict of strings holds ~400 bytes per id, ~400 MB of RSS that grows with
-every message. This index keeps the same mapping (normalised Message-ID → queue id and time
+every message. This index keeps the same mapping (a message's `dedupe_key` → queue id and time
 of acceptance) in an open-addressing hash table in an unnamed temporary file: each lookup is
 one `pread`, each insertion a `pread` and a `pwrite` (while the table grows, a few more: see
 `MessageIdIndex`), the pages live in the page cache (the kernel's to evict), and the

@@ -1,7 +1,8 @@
 """The spool's memory of accepted Message-IDs on disk: ``message-ids.log``, one JSON a line.
 
-Each commit appends its batch's ids (``t`` accepted at, ``q`` queue id, ``m`` the id without
-angle brackets) and fsyncs; recovery reads the log back into the spool's `MessageIdIndex`,
+Each commit appends its batch's ids (``t`` accepted at, ``q`` queue id, ``m`` the message's
+`dedupe_key`: its Message-ID without angle brackets and a digest of its recipients; a log
+written by a version before holds the bare id there, see `is_legacy`) and fsyncs; recovery reads the log back into the spool's `MessageIdIndex`,
 adds the ids of the queued envelopes, drops those older than the dedupe window and rewrites
 the log compacted.
 
@@ -21,8 +22,10 @@ by a version before) are confirmed. An unconfirmed id whose message is queued is
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -33,12 +36,44 @@ from workers.mta.spool_format import Envelope, QueueId
 
 MESSAGE_IDS_LOG = "message-ids.log"
 Entry = tuple[float, QueueId, str]
-"""(accepted at, queue id, Message-ID) of one line."""
+"""(accepted at, queue id, dedupe key) of one line."""
+_RECIPIENTS_DIGEST = re.compile(r" [0-9a-f]{24}\Z")
 
 
 def normalise_message_id(message_id: str) -> str:
-    """A Message-ID without surrounding blanks and angle brackets, the key it is known by."""
+    """A Message-ID without surrounding blanks and angle brackets."""
     return message_id.strip().removeprefix("<").removesuffix(">")
+
+
+def dedupe_key(message_id: str, recipients: Iterable[str]) -> str:
+    """What a resubmission is recognised by: its Message-ID *and* its envelope's recipients.
+
+    The same Message-ID to other recipients is not a resubmission but another transaction of
+    the same message: a client that splits a long recipient list over several (Postfix does
+    past `smtp_destination_recipient_limit`), or sends each Bcc copy apart. Keyed by the id
+    alone, such a transaction was answered "already queued" and never delivered. Recipients
+    are compared without case, in any order, each once.
+    """
+    addresses = "\n".join(sorted({address.lower() for address in recipients}))
+    digest = hashlib.blake2b(addresses.encode("utf-8", "surrogateescape"), digest_size=12)
+    return f"{normalise_message_id(message_id)} {digest.hexdigest()}"
+
+
+def envelope_key(envelope: Envelope) -> str | None:
+    """The envelope's `dedupe_key`; None for a message without a Message-ID."""
+    if not envelope.message_id:
+        return None
+    return dedupe_key(envelope.message_id, envelope.recipients)
+
+
+def is_legacy(key: str) -> bool:
+    """Whether a key was written by a version that keyed on the Message-ID alone."""
+    return bool(key) and _RECIPIENTS_DIGEST.search(key) is None
+
+
+def legacy_key(key: str) -> str:
+    """The key a version before `dedupe_key` gave the same message: its bare Message-ID."""
+    return key.rpartition(" ")[0]
 
 
 def _line(
@@ -67,7 +102,7 @@ def confirmed_lines(path: Path, queued: Container[str]) -> Iterator[tuple[str, b
 
 def _lines(envelopes: Iterable[Envelope]) -> Iterator[tuple[float, str, str]]:
     for e in envelopes:
-        yield e.received_at, e.queue_id, normalise_message_id(e.message_id or "")
+        yield e.received_at, e.queue_id, envelope_key(e) or ""
 
 
 def append_batch(path: Path, envelopes: list[Envelope], confirms: str = "") -> QueueId:
@@ -104,16 +139,19 @@ def _append(path: Path, lines: bytes) -> None:
 
 def load(
     path: Path, queued: Iterable[Envelope], horizon: float, index: MessageIdIndex, temp: Path
-) -> None:
-    """Fill ``index`` with the ids in the log and of the queued envelopes accepted at or
+) -> bool:
+    """Fill ``index`` with the keys in the log and of the queued envelopes accepted at or
     after ``horizon``, and rewrite the log compacted to exactly those (through ``temp``).
+    Whether a key written by a version before `dedupe_key` is among them (`is_legacy`).
 
     Both passes stream the log: a million ids never sit in memory at once.
     """
+    legacy = False
     with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
         for entry in _confirmed(log):
             if entry[0] >= horizon:
                 index[entry[2]] = (entry[1], entry[0])
+                legacy = legacy or is_legacy(entry[2])
     fd = write_new(temp, b"")
     try:
         with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
@@ -128,7 +166,7 @@ def load(
                     lines = []
             write_all(fd, b"".join(lines))
         for envelope in queued:
-            key = normalise_message_id(envelope.message_id or "")
+            key = envelope_key(envelope)
             if key and envelope.received_at >= horizon and index.get(key) is None:
                 index[key] = (envelope.queue_id, envelope.received_at)
                 write_all(fd, _line(envelope.received_at, envelope.queue_id, key))
@@ -137,6 +175,7 @@ def load(
         os.close(fd)
     os.replace(temp, path)
     fsync_directory(path.parent)
+    return legacy
 
 
 def _confirmed(log: BinaryIO) -> Iterator[Entry]:

@@ -12,7 +12,7 @@ Layout (2) under the spool directory::
                             by later ones instead of creating new files, but only once
                             their removal is durable (see `spares`)
     corrupt/                files that could not be read, kept for a person to read
-    message-ids.log         accepted Message-IDs with their time, one JSON object a line
+    message-ids.log         accepted messages' dedupe keys with their time, one JSON a line
     snapshot.lock           commits hold it shared, a backup's snapshot exclusive (``snapshot``)
 
 A message is acknowledged only once its file is renamed into ``msg/``, after it was written
@@ -62,7 +62,7 @@ from workers.mta.group_commit import MAX_BATCH, GroupCommit
 from workers.mta.group_commit import SpoolStats as SpoolStats
 from workers.mta.message_id_index import MessageIdIndex
 from workers.mta.message_id_log import MESSAGE_IDS_LOG as MESSAGE_IDS_LOG
-from workers.mta.message_id_log import normalise_message_id as normalise_message_id
+from workers.mta.message_id_log import envelope_key, legacy_key
 from workers.mta.spares import (
     SparePool,
     exchange,
@@ -149,6 +149,7 @@ class Spool:
         for folder in (self.messages, self.envelopes, self.corrupt, *self._temp_dirs):
             folder.mkdir(parents=True, exist_ok=True)
         self._known = MessageIdIndex(self.temp, horizon=self._horizon)  # off the heap
+        self._legacy_keys = False  # keys by Message-ID alone in the log: looked up too
         self._inflight: dict[str, asyncio.Future[QueueId]] = {}
         self._listeners: list[CommitListener] = []
         self._removals: list[tuple[QueueId, asyncio.Future[None]]] = []
@@ -206,12 +207,13 @@ class Spool:
     async def accept(self, envelope: Envelope, data: bytes) -> QueueId:
         """Spool a message; return its queue id once message and envelope are durable.
 
-        A Message-ID accepted within the dedupe window returns the earlier queue id and
-        writes nothing: the sender resubmitted after a crash, the message is already here.
+        A message accepted within the dedupe window (its `dedupe_key`: the same Message-ID
+        to the same recipients) returns the earlier queue id and writes nothing: the sender
+        resubmitted after a crash, the message is already here.
         """
         if self._closing:
             raise RuntimeError("spool is closed")
-        key = normalise_message_id(envelope.message_id) if envelope.message_id else None
+        key = envelope_key(envelope)
         if key is not None:
             earlier = await self.seen(key)
             if earlier is not None:
@@ -231,8 +233,7 @@ class Spool:
 
     def _durable(self, envelope: Envelope) -> None:
         """Make a message just committed known, and announce it to the listeners."""
-        if envelope.message_id:
-            key = normalise_message_id(envelope.message_id)
+        if (key := envelope_key(envelope)) is not None:
             self._known[key] = (envelope.queue_id, envelope.received_at)
         for listener in self._listeners:
             try:
@@ -240,9 +241,12 @@ class Spool:
             except Exception:  # one listener's bug must not wedge every later commit
                 logger.exception("spool listener failed for %s", envelope.queue_id)
 
-    async def seen(self, message_id: str) -> QueueId | None:
-        """The queue id under which ``message_id`` was accepted within the window, if any."""
-        entry = self._known.get(normalise_message_id(message_id))
+    async def seen(self, key: str) -> QueueId | None:
+        """The queue id under which the message of `dedupe_key` ``key`` was accepted within
+        the window, if any (or, accepted by a version before, its Message-ID)."""
+        entry = self._known.get(key)
+        if entry is None and self._legacy_keys:
+            entry = self._known.get(legacy_key(key))
         if entry is None or entry[1] < self.clock() - self.dedupe_window:
             return None
         return entry[0]
@@ -610,7 +614,9 @@ class Spool:
         self._known.close()
         self._known = MessageIdIndex(self.temp, horizon=self._horizon)
         temp = self.temp / MESSAGE_IDS_LOG
-        message_id_log.load(self.message_ids_log, envelopes, self._horizon(), self._known, temp)
+        self._legacy_keys = message_id_log.load(
+            self.message_ids_log, envelopes, self._horizon(), self._known, temp
+        )
 
     def _horizon(self) -> float:
         """Message-IDs accepted before this are forgotten."""
