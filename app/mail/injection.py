@@ -10,7 +10,8 @@ order. The MTA stores the messages of one batch together, sharing one group comm
 
 Its contract is `Sender`'s: every recipient gets a `SendResult`, nothing raises for a mail
 problem, and a connection lost before a reply arrived is a temporary failure (the retry is
-safe: the MTA refuses a Message-ID it already accepted). A server that offers neither
+safe: the MTA acknowledges a message it already accepted, the same Message-ID to the same
+recipient, without a second copy). A server that offers neither
 extension still works, one command at a time, with DATA.
 """
 

@@ -12,7 +12,8 @@ EHLO, STARTTLS, AUTH, RSET, QUIT) and the one-command-at-a-time path for other s
 
 Nothing raises to the caller for a mail problem: every recipient gets a `SendResult`.
 Connection loss after the message was sent but before the reply arrived is reported as
-temporary; the retry is safe because the MTA refuses a Message-ID it already accepted.
+temporary; the retry is safe because the MTA acknowledges a message it already accepted
+(the same Message-ID to the same recipient) without a second copy.
 """
 
 from __future__ import annotations

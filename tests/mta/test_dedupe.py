@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 
 from redis.asyncio import Redis
@@ -49,6 +50,25 @@ async def test_concurrent_lookups_and_records_share_round_trips(redis_url: str) 
         assert ttl == -2  # nothing stored under a key that was never remembered
         assert 0 < max([await redis.ttl(key) async for key in redis.scan_iter("warta:mta:*")]) <= 60
         assert await _connections(redis_url) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_bare_message_id_recorded_before_the_upgrade_is_found_when_asked(
+    redis_url: str,
+) -> None:
+    # A version before `dedupe_key` recorded sha256(bare Message-ID). An instance that ran
+    # it within the window looks those up too, in the same round trip.
+    redis = Redis.from_url(redis_url)
+    shared = SharedMessageIds(redis, 60, "new")
+    try:
+        bare = hashlib.sha256(b"before@warta.test").hexdigest()
+        await redis.set(f"warta:mta:mid:{bare}", "old/q1", ex=60)
+        assert await shared.seen(key("<before@warta.test>"), legacy=True) == "old/q1"
+        assert await shared.seen(key("<before@warta.test>")) is None
+        await shared.remember(key("<after@warta.test>"), "q2")
+        assert await shared.seen(key("<after@warta.test>"), legacy=True) == "new/q2"
+        assert await shared.seen(key("<other@warta.test>"), legacy=True) is None
     finally:
         await redis.aclose()
 

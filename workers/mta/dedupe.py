@@ -20,6 +20,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from workers.mta.message_id_log import legacy_key
+
 logger = logging.getLogger(__name__)
 KEY_PREFIX = "warta:mta:mid:"
 
@@ -43,10 +45,19 @@ class SharedMessageIds:
         self._queue: list[tuple[str, str | None, asyncio.Future[Any]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def seen(self, key: str) -> str | None:
-        """`instance/queue id` of an earlier acceptance by any instance, else None."""
-        value = await self._submit(_key(key), None)
-        return value.decode() if isinstance(value, bytes) else value
+    async def seen(self, key: str, *, legacy: bool = False) -> str | None:
+        """`instance/queue id` of an earlier acceptance by any instance, else None.
+
+        `legacy`: also look the bare Message-ID up (in the same round trip), as a version
+        before `dedupe_key` recorded it; for the window after an upgrade from one.
+        """
+        lookups = [self._submit(_key(key), None)]
+        if legacy and (bare := legacy_key(key)) is not None:
+            lookups.append(self._submit(_key(bare), None))
+        for value in await asyncio.gather(*lookups):
+            if value is not None:
+                return value.decode() if isinstance(value, bytes) else str(value)
+        return None
 
     async def remember(self, key: str, queue_id: str) -> None:
         """Record an acceptance for the dedupe window."""

@@ -187,7 +187,7 @@ class SubmissionHandler:
     async def _seen(self, key: str) -> str | None:
         earlier = await self.spool.seen(key)
         if earlier is None and self.shared is not None:
-            return await self.shared.seen(key)
+            return await self.shared.seen(key, legacy=self.spool.legacy_keys)
         return earlier
 
 

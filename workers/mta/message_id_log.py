@@ -2,9 +2,9 @@
 
 Each commit appends its batch's ids (``t`` accepted at, ``q`` queue id, ``m`` the message's
 `dedupe_key`: its Message-ID without angle brackets and a digest of its recipients; a log
-written by a version before holds the bare id there, see `is_legacy`) and fsyncs; recovery reads the log back into the spool's `MessageIdIndex`,
-adds the ids of the queued envelopes, drops those older than the dedupe window and rewrites
-the log compacted.
+written by a version before holds the bare id there, see `is_legacy`) and fsyncs; recovery
+reads the log back into the spool's `MessageIdIndex`, adds the keys of the queued envelopes,
+drops those older than the dedupe window and rewrites the log compacted.
 
 The append runs alongside the commit's other fsyncs, not after them, so a crash can leave a
 batch's ids durable while its messages are not: known, such an id would make the client's
@@ -71,9 +71,11 @@ def is_legacy(key: str) -> bool:
     return bool(key) and _RECIPIENTS_DIGEST.search(key) is None
 
 
-def legacy_key(key: str) -> str:
-    """The key a version before `dedupe_key` gave the same message: its bare Message-ID."""
-    return key.rpartition(" ")[0]
+def legacy_key(key: str) -> str | None:
+    """The key a version before `dedupe_key` gave the same message: its bare Message-ID
+    (None for a key `dedupe_key` did not make)."""
+    message_id, space, _ = key.rpartition(" ")
+    return message_id if space and message_id else None
 
 
 def _line(
@@ -88,7 +90,7 @@ def _line(
 
 
 def confirmed_lines(path: Path, queued: Container[str]) -> Iterator[tuple[str, bytes]]:
-    """(Message-ID, line without batch marks) of each entry of the log at `path` that counts:
+    """(dedupe key, line without batch marks) of each entry of the log at `path` that counts:
     confirmed, or of a message in `queued` (recovery adds those from their envelopes). What
     a restore may take over: a failed commit's batch can be in a snapshot too."""
     with path.open("rb") as log:
@@ -149,7 +151,7 @@ def load(
     legacy = False
     with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
         for entry in _confirmed(log):
-            if entry[0] >= horizon:
+            if entry[2] and entry[0] >= horizon:  # "": a message without a Message-ID
                 index[entry[2]] = (entry[1], entry[0])
                 legacy = legacy or is_legacy(entry[2])
     fd = write_new(temp, b"")

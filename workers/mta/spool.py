@@ -241,12 +241,18 @@ class Spool:
             except Exception:  # one listener's bug must not wedge every later commit
                 logger.exception("spool listener failed for %s", envelope.queue_id)
 
+    @property
+    def legacy_keys(self) -> bool:
+        """Whether the log holds keys of a version before `dedupe_key` (bare Message-IDs)
+        within the window: this instance ran such a version then, and looks them up too."""
+        return self._legacy_keys
+
     async def seen(self, key: str) -> QueueId | None:
         """The queue id under which the message of `dedupe_key` ``key`` was accepted within
         the window, if any (or, accepted by a version before, its Message-ID)."""
         entry = self._known.get(key)
-        if entry is None and self._legacy_keys:
-            entry = self._known.get(legacy_key(key))
+        if entry is None and self._legacy_keys and (legacy := legacy_key(key)) is not None:
+            entry = self._known.get(legacy)
         if entry is None or entry[1] < self.clock() - self.dedupe_window:
             return None
         return entry[0]
