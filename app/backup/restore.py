@@ -233,8 +233,8 @@ def _union_of_message_ids(staged: Path) -> bytes:
     entries: dict[str, bytes] = {}
     for log in sorted(staged.rglob(MESSAGE_IDS_LOG)) if staged.is_dir() else []:
         queued = {path.stem for path in (log.parent / "msg").glob("*.eml")}
-        for message_id, line in confirmed_lines(log, queued):
-            entries.setdefault(message_id, line)
+        for key, line in confirmed_lines(log, queued):
+            entries.setdefault(key, line)
     return b"".join(entries.values())
 
 

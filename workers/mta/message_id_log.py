@@ -79,9 +79,9 @@ def legacy_key(key: str) -> str | None:
 
 
 def _line(
-    accepted_at: float, queue_id: str, message_id: str, *, first: bool = False, confirms: str = ""
+    accepted_at: float, queue_id: str, key: str, *, first: bool = False, confirms: str = ""
 ) -> bytes:
-    entry: dict[str, object] = {"t": accepted_at, "q": queue_id, "m": message_id}
+    entry: dict[str, object] = {"t": accepted_at, "q": queue_id, "m": key}
     if first:
         entry["b"] = 1
     if confirms:
@@ -94,12 +94,12 @@ def confirmed_lines(path: Path, queued: Container[str]) -> Iterator[tuple[str, b
     confirmed, or of a message in `queued` (recovery adds those from their envelopes). What
     a restore may take over: a failed commit's batch can be in a snapshot too."""
     with path.open("rb") as log:
-        for accepted_at, queue_id, message_id in _confirmed(log):
-            yield message_id, _line(accepted_at, queue_id, message_id)
+        for accepted_at, queue_id, key in _confirmed(log):
+            yield key, _line(accepted_at, queue_id, key)
     with path.open("rb") as log:
-        for (accepted_at, queue_id, message_id), _, _ in _records(log):
+        for (accepted_at, queue_id, key), _, _ in _records(log):
             if queue_id in queued:
-                yield message_id, _line(accepted_at, queue_id, message_id)
+                yield key, _line(accepted_at, queue_id, key)
 
 
 def _lines(envelopes: Iterable[Envelope]) -> Iterator[tuple[float, str, str]]:
@@ -158,20 +158,20 @@ def load(
     try:
         with contextlib.suppress(FileNotFoundError), path.open("rb") as log:
             lines = []
-            for (accepted_at, queue_id, message_id), first, confirms in _records(log):
+            for (accepted_at, queue_id, key), first, confirms in _records(log):
                 if confirms and not first:
                     continue  # appended again to confirm its batch: the line it repeats stays
-                if accepted_at >= horizon and index.get(message_id) == (queue_id, accepted_at):
-                    lines.append(_line(accepted_at, queue_id, message_id))
+                if accepted_at >= horizon and index.get(key) == (queue_id, accepted_at):
+                    lines.append(_line(accepted_at, queue_id, key))
                 if len(lines) >= 4096:
                     write_all(fd, b"".join(lines))
                     lines = []
             write_all(fd, b"".join(lines))
         for envelope in queued:
-            key = envelope_key(envelope)
-            if key and envelope.received_at >= horizon and index.get(key) is None:
-                index[key] = (envelope.queue_id, envelope.received_at)
-                write_all(fd, _line(envelope.received_at, envelope.queue_id, key))
+            queued_key = envelope_key(envelope)
+            if queued_key and envelope.received_at >= horizon and index.get(queued_key) is None:
+                index[queued_key] = (envelope.queue_id, envelope.received_at)
+                write_all(fd, _line(envelope.received_at, envelope.queue_id, queued_key))
         os.fsync(fd)
     finally:
         os.close(fd)
