@@ -85,7 +85,8 @@ def _backup_memory(path: Path) -> tuple[set[str], set[str]]:
         if name.endswith("/message-ids.log"):
             for line in data.splitlines():
                 entry = json.loads(line)
-                known[entry["q"]] = "<" + entry["m"] + ">"
+                message_id = entry["m"].rpartition(" ")[0]  # the key: id, digest of recipients
+                known[entry["q"]] = "<" + message_id + ">"
         elif "/msg/" in name:  # the message file's first line is its envelope
             envelope = spool_format.envelope_in(data.split(b"\n", 1)[0])
             queued.add(str(envelope.message_id))
