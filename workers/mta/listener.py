@@ -163,7 +163,7 @@ class SubmissionHandler:
         key = envelope_key(spooled)
         if key is not None and (earlier := await self._seen(key)):
             return ALREADY_QUEUED.format(queue_id=earlier)
-        task = asyncio.create_task(self._spool(spooled, data))
+        task = asyncio.create_task(self._spool(spooled, data, key))
         self._spooling.add(task)
         task.add_done_callback(self._spooling.discard)
         # If the client goes away now, this session is cancelled but the task goes on.
@@ -172,14 +172,15 @@ class SubmissionHandler:
             return SPOOL_FAILED
         return QUEUED.format(queue_id=queue_id)
 
-    async def _spool(self, spooled: SpooledEnvelope, data: bytes) -> QueueId | None:
+    async def _spool(
+        self, spooled: SpooledEnvelope, data: bytes, key: str | None
+    ) -> QueueId | None:
         """Spool durably and share the Message-ID; None if the spool could not take it."""
         try:
             queue_id = await self.spool.accept(spooled, data)
         except Exception:
             logger.exception("spooling failed")
             return None
-        key = envelope_key(spooled)
         if spooled.queue_id == queue_id and key is not None and self.shared is not None:
             await self.shared.remember(key, queue_id)
         return queue_id
